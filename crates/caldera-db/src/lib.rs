@@ -1,1 +1,91 @@
-//! caldera-db
+//! caldera's Postgres layer. Only the master talks to Postgres.
+//!
+//! * [`MIGRATOR`] embeds `migrations/` (reversible `NNNN_name.{up,down}.sql`).
+//! * One module per aggregate: [`experiments`], [`crate_lists`], [`tokens`].
+//! * [`embedded`] starts a private Postgres cluster from the system binaries (tests, `caldera local`).
+//!
+//! Queries are plain `sqlx::query*` calls checked by the integration tests against a real
+//! Postgres (see `tests/`), not the compile-time macros: this keeps builds free of a database
+//! or a committed `.sqlx/` cache; every query in this crate is exercised by a test.
+
+pub mod crate_lists;
+pub mod embedded;
+pub mod experiments;
+pub mod jobs;
+pub mod tokens;
+pub mod workers;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+pub use sqlx::PgPool;
+
+/// The embedded migrations of `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Errors of the database layer. Callers map them to HTTP statuses / gRPC codes.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The named thing does not exist.
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// The operation conflicts with the current state (duplicate name, wrong status, …).
+    #[error("{message}")]
+    Conflict { field: Option<&'static str>, message: String },
+    /// The input is invalid (a semantic check that needs the database, e.g. an unknown crate list).
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// Stored data could not be decoded (a bug or a manual edit of the database).
+    #[error("corrupt row in {table}: {message}")]
+    Corrupt { table: &'static str, message: String },
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl DbError {
+    pub(crate) fn not_found(what: impl Into<String>) -> Self {
+        DbError::NotFound { what: what.into() }
+    }
+    pub(crate) fn conflict(field: Option<&'static str>, message: impl Into<String>) -> Self {
+        DbError::Conflict { field, message: message.into() }
+    }
+}
+
+/// Is this error a unique-constraint violation (SQLSTATE 23505)?
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// Connect a pool to `url` (a `postgres://` URL).
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    let options: PgConnectOptions = url.parse()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+/// Apply all pending migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Revert applied migrations down to (but not including) `target` version; `0` reverts all.
+pub async fn migrate_down(pool: &PgPool, target: i64) -> Result<(), DbError> {
+    MIGRATOR.undo(pool, target).await?;
+    Ok(())
+}
+
+/// Check the database answers (used by `/healthz`).
+pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}

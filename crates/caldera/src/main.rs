@@ -1,1 +1,74 @@
-fn main() {}
+//! `caldera`: the one binary. `caldera master` serves the API; `caldera migrate` and
+//! `caldera token` talk to the database; `caldera experiment` and `caldera crate-list` talk to a
+//! running master over HTTP.
+
+mod client;
+mod cmd;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// caldera — run experiments over the Rust ecosystem: build and test crates with two toolchains
+/// and report what regressed.
+#[derive(Debug, Parser)]
+#[command(name = "caldera", version, propagate_version = true, max_term_width = 110)]
+struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value = "pretty", env = "CALDERA_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info,caldera_master=debug`).
+    #[arg(long, global = true, default_value = "info", env = "CALDERA_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API (and, once workers connect, schedule their jobs).
+    Master(cmd::master::MasterArgs),
+    /// Apply (or revert) database migrations.
+    Migrate(cmd::migrate::MigrateArgs),
+    /// Manage API tokens (talks to the database directly; use it to bootstrap the first admin).
+    #[command(subcommand)]
+    Token(cmd::token::TokenCommand),
+    /// Define, inspect and control experiments through a running master.
+    Experiment(cmd::experiment::ExperimentArgs),
+    /// Manage named crate lists through a running master.
+    CrateList(cmd::crate_list::CrateListArgs),
+}
+
+fn init_tracing(format: LogFormat, filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, &cli.log);
+    let result = match cli.command {
+        Command::Master(args) => cmd::master::run(args).await,
+        Command::Migrate(args) => cmd::migrate::run(args).await,
+        Command::Token(cmd) => cmd::token::run(cmd).await,
+        Command::Experiment(args) => cmd::experiment::run(args).await,
+        Command::CrateList(args) => cmd::crate_list::run(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

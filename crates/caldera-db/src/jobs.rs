@@ -1,0 +1,460 @@
+//! The job queue: creation on experiment start, batched claims with `FOR UPDATE SKIP LOCKED`,
+//! lease renewal, fenced completion, the reaper, hand-backs and cancellation.
+//!
+//! This is the SQL form of `caldera_core::job::transition`. Time is always a parameter (`now`),
+//! never the database's clock, so the scheduler's clock can be injected in tests. Every statement
+//! is a short transaction; nothing is held open while a job runs.
+
+use std::collections::BTreeMap;
+
+use caldera_core::crates::CrateId;
+use caldera_core::job::Side;
+use caldera_core::outcome::Outcome;
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::DbError;
+
+/// Insert the crates (deduplicated against the shared `crates` table) and one queued job per crate.
+/// Runs on the transaction that moves the experiment to `running`. Returns the number of jobs.
+pub async fn create_for_experiment(
+    tx: &mut Transaction<'static, Postgres>,
+    experiment_id: Uuid,
+    priority: i32,
+    crates: &[CrateId],
+) -> Result<u64, DbError> {
+    let mut ids = Vec::with_capacity(crates.len());
+    let mut kinds = Vec::with_capacity(crates.len());
+    let mut names = Vec::with_capacity(crates.len());
+    let mut versions: Vec<Option<String>> = Vec::with_capacity(crates.len());
+    let mut checksums: Vec<Option<String>> = Vec::with_capacity(crates.len());
+    for c in crates {
+        ids.push(c.to_string());
+        let (kind, name, version, checksum) = match c {
+            CrateId::Registry { name, version, checksum } => ("registry", name.clone(), Some(version.to_string()), checksum.clone()),
+            CrateId::Git { url, rev } => ("git", url.clone(), Some(rev.clone()), None),
+            CrateId::Local { path } => ("local", path.clone(), None, None),
+        };
+        kinds.push(kind);
+        names.push(name);
+        versions.push(version);
+        checksums.push(checksum);
+    }
+    sqlx::query(
+        "INSERT INTO crates (crate_id, kind, name, version, checksum)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+         ON CONFLICT (crate_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&names)
+    .bind(&versions)
+    .bind(&checksums)
+    .execute(&mut **tx)
+    .await?;
+    let done = sqlx::query(
+        "INSERT INTO jobs (experiment_id, crate_id, state, priority)
+         SELECT $1, c.id, 'queued', $2 FROM crates c JOIN unnest($3::text[]) WITH ORDINALITY AS t(cid, ord) ON c.crate_id = t.cid
+         ORDER BY t.ord
+         ON CONFLICT (experiment_id, crate_id) DO NOTHING",
+    )
+    .bind(experiment_id)
+    .bind(priority)
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// A job handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job_id: i64,
+    pub lease_token: Uuid,
+    pub attempt: i32,
+    pub experiment_id: Uuid,
+    pub experiment: String,
+    pub crate_id: String,
+    /// the experiment's spec (toolchains, mode, overrides) as stored
+    pub spec: serde_json::Value,
+}
+
+/// Claim up to `limit` queued jobs of running experiments whose requirements are all among
+/// `capabilities`, highest priority first, then oldest; lease them to `worker` until `now + lease`.
+pub async fn claim(
+    pool: &PgPool,
+    worker: Uuid,
+    capabilities: &[String],
+    limit: i64,
+    now: DateTime<Utc>,
+    lease: chrono::Duration,
+) -> Result<Vec<Claimed>, DbError> {
+    let rows: Vec<(i64, Uuid, i32, Uuid, String, String, Json<serde_json::Value>)> = sqlx::query_as(
+        "WITH picked AS (
+             SELECT j.id FROM jobs j
+             JOIN experiments e ON e.id = j.experiment_id
+             WHERE j.state = 'queued' AND e.status = 'running'
+               AND coalesce(e.spec->'requirements', '[]'::jsonb) <@ $2::jsonb
+             ORDER BY j.priority DESC, j.id
+             LIMIT $3
+             FOR UPDATE OF j SKIP LOCKED
+         )
+         UPDATE jobs j SET state = 'running', lease_token = gen_random_uuid(), lease_owner = $1,
+                lease_expires_at = $4, attempt = j.attempt + 1, updated_at = $5
+         FROM picked, experiments e, crates c
+         WHERE j.id = picked.id AND e.id = j.experiment_id AND c.id = j.crate_id
+         RETURNING j.id, j.lease_token, j.attempt, e.id, e.name, c.crate_id, e.spec",
+    )
+    .bind(worker)
+    .bind(Json(capabilities))
+    .bind(limit)
+    .bind(now + lease)
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    let mut claimed: Vec<Claimed> = rows
+        .into_iter()
+        .map(|(job_id, lease_token, attempt, experiment_id, experiment, crate_id, Json(spec))| Claimed {
+            job_id,
+            lease_token,
+            attempt,
+            experiment_id,
+            experiment,
+            crate_id,
+            spec,
+        })
+        .collect();
+    claimed.sort_by_key(|c| c.job_id);
+    Ok(claimed)
+}
+
+/// Extend the leases of `tokens` (held by `worker`) to `now + lease`. Returns the tokens that are
+/// still current; the others were reaped, cancelled or completed and the worker should stop them.
+pub async fn renew(
+    pool: &PgPool,
+    worker: Uuid,
+    tokens: &[Uuid],
+    now: DateTime<Utc>,
+    lease: chrono::Duration,
+) -> Result<Vec<Uuid>, DbError> {
+    if tokens.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "UPDATE jobs SET lease_expires_at = $3, lease_owner = $1, updated_at = $4
+         WHERE state = 'running' AND lease_token = ANY($2)
+         RETURNING lease_token",
+    )
+    .bind(worker)
+    .bind(tokens)
+    .bind(now + lease)
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(t,)| t).collect())
+}
+
+/// One side's result as the worker reported it.
+#[derive(Debug, Clone)]
+pub struct SideRecord {
+    pub outcome: Outcome,
+    pub log_key: Option<String>,
+    pub duration_ms: i64,
+    pub peak_memory_bytes: i64,
+    /// (step name, duration in ms), in order
+    pub steps: Vec<(String, i64)>,
+}
+
+/// A result for a job, fenced by its lease token.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub job_id: i64,
+    pub lease_token: Uuid,
+    pub worker: Uuid,
+    pub start: SideRecord,
+    pub end: SideRecord,
+}
+
+/// What became of a batch of completions.
+#[derive(Debug, Default)]
+pub struct CompletionOutcome {
+    /// job ids whose results were recorded
+    pub accepted: Vec<i64>,
+    /// job ids whose lease token was not current (late, duplicate, cancelled): nothing written
+    pub rejected: Vec<i64>,
+    /// experiments that had a job finish in this batch
+    pub experiments: Vec<Uuid>,
+}
+
+/// Record a batch of results in one transaction. A result is accepted only if its lease token is
+/// the job's current lease (fencing); it then finishes the job and writes one row per side. A
+/// rejected result writes nothing.
+pub async fn complete(pool: &PgPool, batch: &[Completion], now: DateTime<Utc>) -> Result<CompletionOutcome, DbError> {
+    if batch.is_empty() {
+        return Ok(CompletionOutcome::default());
+    }
+    let job_ids: Vec<i64> = batch.iter().map(|c| c.job_id).collect();
+    let tokens: Vec<Uuid> = batch.iter().map(|c| c.lease_token).collect();
+    let mut tx = pool.begin().await?;
+    let done: Vec<(i64, Uuid, i64)> = sqlx::query_as(
+        "UPDATE jobs j SET state = 'done', lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
+         FROM unnest($1::bigint[], $2::uuid[]) AS t(job_id, token)
+         WHERE j.id = t.job_id AND j.lease_token = t.token AND j.state = 'running'
+         RETURNING j.id, j.experiment_id, j.crate_id",
+    )
+    .bind(&job_ids)
+    .bind(&tokens)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let accepted: BTreeMap<i64, (Uuid, i64)> = done.into_iter().map(|(id, e, c)| (id, (e, c))).collect();
+
+    let mut cols = ResultColumns::default();
+    let mut out = CompletionOutcome::default();
+    for c in batch {
+        match accepted.get(&c.job_id) {
+            Some(&(experiment, krate)) if !out.accepted.contains(&c.job_id) => {
+                out.accepted.push(c.job_id);
+                for (side, rec) in [(Side::Start, &c.start), (Side::End, &c.end)] {
+                    cols.push(experiment, krate, side, Some(c.job_id), rec, Some(c.worker));
+                }
+                if !out.experiments.contains(&experiment) {
+                    out.experiments.push(experiment);
+                }
+            }
+            _ => out.rejected.push(c.job_id),
+        }
+    }
+    cols.insert(&mut tx, now).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+#[derive(Default)]
+struct ResultColumns {
+    experiment: Vec<Uuid>,
+    krate: Vec<i64>,
+    side: Vec<&'static str>,
+    job: Vec<Option<i64>>,
+    outcome: Vec<serde_json::Value>,
+    kind: Vec<String>,
+    log_key: Vec<Option<String>>,
+    duration: Vec<i64>,
+    memory: Vec<i64>,
+    steps: Vec<serde_json::Value>,
+    worker: Vec<Option<Uuid>>,
+}
+
+impl ResultColumns {
+    fn push(&mut self, experiment: Uuid, krate: i64, side: Side, job: Option<i64>, rec: &SideRecord, worker: Option<Uuid>) {
+        self.experiment.push(experiment);
+        self.krate.push(krate);
+        self.side.push(side.as_str());
+        self.job.push(job);
+        self.outcome.push(serde_json::to_value(&rec.outcome).unwrap_or(serde_json::Value::Null));
+        self.kind.push(outcome_kind(&rec.outcome).to_owned());
+        self.log_key.push(rec.log_key.clone());
+        self.duration.push(rec.duration_ms);
+        self.memory.push(rec.peak_memory_bytes);
+        self.steps.push(serde_json::Value::Array(
+            rec.steps.iter().map(|(name, ms)| serde_json::json!({"name": name, "duration_ms": ms})).collect(),
+        ));
+        self.worker.push(worker);
+    }
+
+    async fn insert(self, tx: &mut Transaction<'_, Postgres>, now: DateTime<Utc>) -> Result<(), DbError> {
+        if self.experiment.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO results (experiment_id, crate_id, toolchain, job_id, outcome, outcome_kind, log_key,
+                                  duration_ms, peak_memory_bytes, steps, worker_id, created_at)
+             SELECT e, c, s, j, o, k, l, d, m, st, w, $12
+             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::jsonb[], $6::text[], $7::text[],
+                         $8::bigint[], $9::bigint[], $10::jsonb[], $11::uuid[]) AS t(e, c, s, j, o, k, l, d, m, st, w)
+             ON CONFLICT (experiment_id, crate_id, toolchain) DO NOTHING",
+        )
+        .bind(&self.experiment)
+        .bind(&self.krate)
+        .bind(&self.side)
+        .bind(&self.job)
+        .bind(&self.outcome)
+        .bind(&self.kind)
+        .bind(&self.log_key)
+        .bind(&self.duration)
+        .bind(&self.memory)
+        .bind(&self.steps)
+        .bind(&self.worker)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The `kind` tag of an outcome, as stored in `results.outcome_kind`.
+pub fn outcome_kind(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::TestPass => "test-pass",
+        Outcome::TestFail { .. } => "test-fail",
+        Outcome::TestSkipped => "test-skipped",
+        Outcome::BuildFail(_) => "build-fail",
+        Outcome::PrepareFail { .. } => "prepare-fail",
+        Outcome::Broken { .. } => "broken",
+        Outcome::Skipped => "skipped",
+        Outcome::Error { .. } => "error",
+    }
+}
+
+/// The worker gives a job back without a result: it returns to the queue without using up an attempt.
+pub async fn hand_back(pool: &PgPool, job_id: i64, token: Uuid, now: DateTime<Utc>) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'queued', lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                attempt = greatest(attempt - 1, 0), updated_at = $3
+         WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+    )
+    .bind(job_id)
+    .bind(token)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// What the reaper did.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    /// jobs whose lease expired and that went back to the queue
+    pub requeued: Vec<i64>,
+    /// jobs that used up their attempts and ended as `error` (with an error result per side)
+    pub errored: Vec<i64>,
+    pub experiments: Vec<Uuid>,
+}
+
+/// Re-queue jobs whose lease expired before `now`; a job that has had `max_attempts` leases ends
+/// as `error` with an `error` result for both sides, so it is never lost from the report.
+pub async fn reap(pool: &PgPool, now: DateTime<Utc>, max_attempts: i32) -> Result<Reaped, DbError> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(i64, String, Uuid, i64, i32)> = sqlx::query_as(
+        "WITH expired AS (
+             SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1
+             ORDER BY lease_expires_at LIMIT 10000 FOR UPDATE SKIP LOCKED
+         )
+         UPDATE jobs j SET state = CASE WHEN j.attempt >= $2 THEN 'error' ELSE 'queued' END,
+                lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                last_error = 'lease expired', updated_at = $1
+         FROM expired WHERE j.id = expired.id
+         RETURNING j.id, j.state, j.experiment_id, j.crate_id, j.attempt",
+    )
+    .bind(now)
+    .bind(max_attempts)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut out = Reaped::default();
+    let mut cols = ResultColumns::default();
+    for (id, state, experiment, krate, attempt) in rows {
+        if state == "error" {
+            out.errored.push(id);
+            let rec = SideRecord {
+                outcome: Outcome::Error { reason: format!("no result after {attempt} attempts (leases expired)") },
+                log_key: None,
+                duration_ms: 0,
+                peak_memory_bytes: 0,
+                steps: Vec::new(),
+            };
+            for side in Side::BOTH {
+                cols.push(experiment, krate, side, Some(id), &rec, None);
+            }
+        } else {
+            out.requeued.push(id);
+        }
+        if !out.experiments.contains(&experiment) {
+            out.experiments.push(experiment);
+        }
+    }
+    cols.insert(&mut tx, now).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// A lease that was running when its job was cancelled.
+#[derive(Debug, Clone)]
+pub struct CancelledLease {
+    pub job_id: i64,
+    pub lease_token: Uuid,
+    pub owner: Option<Uuid>,
+}
+
+/// Cancel every unfinished job of an experiment (on abort). Runs on the abort's transaction.
+pub async fn cancel_experiment(
+    tx: &mut Transaction<'static, Postgres>,
+    experiment_id: Uuid,
+) -> Result<Vec<CancelledLease>, DbError> {
+    let rows: Vec<(i64, Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
+        "WITH c AS (SELECT id, lease_token, lease_owner FROM jobs
+                    WHERE experiment_id = $1 AND state IN ('queued', 'running') FOR UPDATE)
+         UPDATE jobs j SET state = 'cancelled', lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+         FROM c WHERE j.id = c.id
+         RETURNING j.id, c.lease_token, c.lease_owner",
+    )
+    .bind(experiment_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(job_id, token, owner)| token.map(|lease_token| CancelledLease { job_id, lease_token, owner }))
+        .collect())
+}
+
+/// Of `experiments`, those that are running or paused and have no unfinished job left.
+pub async fn finished_experiments(pool: &PgPool, experiments: &[Uuid]) -> Result<Vec<String>, DbError> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT e.name FROM experiments e
+         WHERE e.id = ANY($1) AND e.status IN ('running', 'paused')
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.experiment_id = e.id AND j.state IN ('queued', 'running'))",
+    )
+    .bind(experiments)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(n,)| n).collect())
+}
+
+/// Job counts per state for one experiment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Progress {
+    pub queued: i64,
+    pub running: i64,
+    pub done: i64,
+    pub error: i64,
+    pub cancelled: i64,
+}
+
+impl Progress {
+    pub fn total(&self) -> i64 {
+        self.queued + self.running + self.done + self.error + self.cancelled
+    }
+}
+
+/// Job counts per state, per experiment name, for experiments that have jobs.
+pub async fn progress(pool: &PgPool) -> Result<BTreeMap<String, Progress>, DbError> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT e.name, j.state, count(*) FROM jobs j JOIN experiments e ON e.id = j.experiment_id
+         GROUP BY e.name, j.state",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out: BTreeMap<String, Progress> = BTreeMap::new();
+    for (name, state, n) in rows {
+        let p = out.entry(name).or_default();
+        match state.as_str() {
+            "queued" => p.queued = n,
+            "running" => p.running = n,
+            "done" => p.done = n,
+            "error" => p.error = n,
+            _ => p.cancelled = n,
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,245 @@
+//! `/api/v1/experiments`: create, list, get, edit (queued only), delete, and the lifecycle actions.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use bytes::Bytes;
+use caldera_core::experiment::{ExperimentEdit, ExperimentSpec};
+use caldera_core::lifecycle::{ExperimentAction, ExperimentStatus};
+use caldera_db::experiments::{self, ExperimentRow};
+use caldera_db::jobs;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{check_json_syntax, parse_page};
+use crate::auth::{Reader, Writer};
+use crate::error::{ApiError, ErrorBody};
+use crate::AppState;
+
+/// An experiment: its spec plus lifecycle state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExperimentView {
+    pub id: Uuid,
+    pub status: ExperimentStatus,
+    #[serde(flatten)]
+    pub spec: ExperimentSpec,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<ExperimentRow> for ExperimentView {
+    fn from(r: ExperimentRow) -> Self {
+        ExperimentView {
+            id: r.id,
+            status: r.status,
+            spec: r.spec,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+/// A page of experiments, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExperimentPage {
+    pub items: Vec<ExperimentView>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+fn validation(e: caldera_core::experiment::ValidationError) -> ApiError {
+    ApiError::invalid(e.field.clone(), e.message.clone())
+}
+
+/// Create an experiment (status `queued`).
+#[utoipa::path(post, path = "/api/v1/experiments", tag = "experiments",
+    request_body(content = ExperimentSpec, description = "the experiment; toolchains and crate selections accept their compact string forms"),
+    responses(
+        (status = 201, body = ExperimentView),
+        (status = 400, description = "body is not JSON", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "name taken", body = ErrorBody),
+        (status = 422, description = "a field is invalid; `field` names it", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ExperimentView>), ApiError> {
+    check_json_syntax(&body)?;
+    let spec = ExperimentSpec::from_json(&body).map_err(validation)?;
+    let row = experiments::create(&state.pool, &spec).await?;
+    tracing::info!(experiment = %row.name, token = %caller.name, "experiment created");
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+/// List experiments, optionally filtered by status.
+#[utoipa::path(get, path = "/api/v1/experiments", tag = "experiments",
+    params(
+        ("status" = Option<ExperimentStatus>, Query, description = "only experiments in this status"),
+        ("limit" = Option<i64>, Query, description = "page size, 1–500 (default 50)"),
+        ("offset" = Option<i64>, Query, description = "items to skip (default 0)"),
+    ),
+    responses((status = 200, body = ExperimentPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    _caller: Reader,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<ExperimentPage>, ApiError> {
+    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "status" | "limit" | "offset")) {
+        return Err(ApiError::bad_request(
+            unknown.clone(),
+            format!("unknown query parameter {unknown:?}; expected status, limit or offset"),
+        ));
+    }
+    let status = query
+        .get("status")
+        .map(|s| {
+            s.parse::<ExperimentStatus>().map_err(|_| {
+                ApiError::bad_request(
+                    "status",
+                    format!("unknown status {s:?}; expected queued, running, paused, completed or aborted"),
+                )
+            })
+        })
+        .transpose()?;
+    let (limit, offset) = parse_page(query.get("limit").map(String::as_str), query.get("offset").map(String::as_str))?;
+    let page = experiments::list(&state.pool, status, limit, offset).await?;
+    Ok(Json(ExperimentPage {
+        items: page.items.into_iter().map(Into::into).collect(),
+        total: page.total,
+        limit: page.limit,
+        offset: page.offset,
+    }))
+}
+
+/// One experiment.
+#[utoipa::path(get, path = "/api/v1/experiments/{name}", tag = "experiments",
+    params(("name" = String, Path)),
+    responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    _caller: Reader,
+    Path(name): Path<String>,
+) -> Result<Json<ExperimentView>, ApiError> {
+    Ok(Json(experiments::get(&state.pool, &name).await?.into()))
+}
+
+/// Edit a queued experiment: any field but `name`; the result is validated as a whole.
+#[utoipa::path(patch, path = "/api/v1/experiments/{name}", tag = "experiments",
+    params(("name" = String, Path)),
+    request_body(content = ExperimentEdit),
+    responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody),
+        (status = 409, description = "not queued", body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn edit(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<ExperimentView>, ApiError> {
+    check_json_syntax(&body)?;
+    let edit = ExperimentEdit::from_json(&body).map_err(validation)?;
+    let row = experiments::edit(&state.pool, &name, edit).await?;
+    tracing::info!(experiment = %row.name, token = %caller.name, "experiment edited");
+    Ok(Json(row.into()))
+}
+
+/// Delete an experiment that is not running or paused, with its jobs and results.
+#[utoipa::path(delete, path = "/api/v1/experiments/{name}", tag = "experiments",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    experiments::delete(&state.pool, &name).await?;
+    tracing::info!(experiment = %name, token = %caller.name, "experiment deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn action(state: &AppState, caller: &Writer, name: &str, action: ExperimentAction) -> Result<Json<ExperimentView>, ApiError> {
+    let row = match action {
+        ExperimentAction::Start => {
+            // resolve before taking the row lock: this may read crate lists or a registry listing
+            let current = experiments::get(&state.pool, name).await?;
+            if current.status != ExperimentStatus::Queued {
+                // let the transition produce the precise error
+                experiments::apply_action(&state.pool, name, action).await?
+            } else {
+                let crates = crate::resolve::resolve(&state.pool, state.registry.as_deref(), &current.spec).await?;
+                let mut pending = experiments::begin_action(&state.pool, name, action).await?;
+                let n = jobs::create_for_experiment(&mut pending.tx, pending.current.id, pending.current.spec.priority, &crates)
+                    .await?;
+                let row = pending.commit().await?;
+                tracing::info!(experiment = %row.name, jobs = n, "jobs created");
+                state.scheduler.wake();
+                row
+            }
+        }
+        ExperimentAction::Abort => {
+            let mut pending = experiments::begin_action(&state.pool, name, action).await?;
+            let leases = jobs::cancel_experiment(&mut pending.tx, pending.current.id).await?;
+            let row = pending.commit().await?;
+            state.scheduler.cancel_leases(&leases, "the experiment was aborted");
+            row
+        }
+        _ => {
+            let row = experiments::apply_action(&state.pool, name, action).await?;
+            state.scheduler.wake();
+            row
+        }
+    };
+    tracing::info!(experiment = %row.name, token = %caller.0.name, status = %row.status, "experiment {action:?}");
+    Ok(Json(row.into()))
+}
+
+/// Start a queued experiment.
+#[utoipa::path(post, path = "/api/v1/experiments/{name}/start", tag = "experiments",
+    params(("name" = String, Path)),
+    responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn start(State(state): State<AppState>, caller: Writer, Path(name): Path<String>) -> Result<Json<ExperimentView>, ApiError> {
+    action(&state, &caller, &name, ExperimentAction::Start).await
+}
+
+/// Pause a running experiment: no new jobs are handed out; running jobs finish.
+#[utoipa::path(post, path = "/api/v1/experiments/{name}/pause", tag = "experiments",
+    params(("name" = String, Path)),
+    responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn pause(State(state): State<AppState>, caller: Writer, Path(name): Path<String>) -> Result<Json<ExperimentView>, ApiError> {
+    action(&state, &caller, &name, ExperimentAction::Pause).await
+}
+
+/// Resume a paused experiment.
+#[utoipa::path(post, path = "/api/v1/experiments/{name}/resume", tag = "experiments",
+    params(("name" = String, Path)),
+    responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn resume(State(state): State<AppState>, caller: Writer, Path(name): Path<String>) -> Result<Json<ExperimentView>, ApiError> {
+    action(&state, &caller, &name, ExperimentAction::Resume).await
+}
+
+/// Abort an experiment: pending jobs are cancelled and running ones stopped.
+#[utoipa::path(post, path = "/api/v1/experiments/{name}/abort", tag = "experiments",
+    params(("name" = String, Path)),
+    responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn abort(State(state): State<AppState>, caller: Writer, Path(name): Path<String>) -> Result<Json<ExperimentView>, ApiError> {
+    action(&state, &caller, &name, ExperimentAction::Abort).await
+}

@@ -1,0 +1,43 @@
+//! The OpenAPI document, generated from the handlers and types (`/api/v1/openapi.json`).
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{crate_lists, experiments};
+use crate::error::{ErrorBody, ErrorDetail};
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "caldera", description = "caldera master HTTP API: experiments over the Rust ecosystem"),
+    paths(
+        crate::health,
+        experiments::create, experiments::list, experiments::get, experiments::edit, experiments::delete,
+        experiments::start, experiments::pause, experiments::resume, experiments::abort,
+        crate_lists::create, crate_lists::list, crate_lists::get, crate_lists::delete,
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "experiments", description = "define and control experiments"),
+        (name = "crate-lists", description = "named crate selections"),
+        (name = "health", description = "liveness"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as JSON.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

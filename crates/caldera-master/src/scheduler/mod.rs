@@ -1,0 +1,493 @@
+//! The scheduler: hands queued jobs to connected workers (pushed, no polling), renews leases on
+//! heartbeats, accepts fenced results in batches, re-queues expired leases, and completes
+//! experiments whose jobs are all finished.
+//!
+//! Three background tasks share one [`Scheduler`]:
+//! * the **dispatcher** claims jobs for workers with free slots whenever something changes
+//!   (a worker connects or frees a slot, an experiment starts or resumes, the reaper re-queues);
+//! * the **result writer** batches incoming results into one transaction per batch;
+//! * the **reaper** re-queues jobs whose lease expired.
+//!
+//! Postgres is the only state that matters: a master restart loses nothing but open streams, and
+//! workers reconnect and deliver what they finished meanwhile.
+
+pub mod clock;
+mod service;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use caldera_core::crates::CrateId;
+use caldera_core::experiment::ExperimentSpec;
+use caldera_core::job::JobSpec;
+use caldera_core::lifecycle::ExperimentAction;
+use caldera_db::jobs::{self, Claimed, Completion};
+use caldera_db::{experiments, PgPool};
+use caldera_proto::v1::{self, master_message};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use service::WorkerServiceImpl;
+
+use crate::metrics::Metrics;
+
+/// Tuning of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// How long a lease lasts without a heartbeat.
+    pub lease: Duration,
+    /// How often workers send heartbeats (told to them in Welcome).
+    pub heartbeat_interval: Duration,
+    /// Leases a job may use up before it ends as `error`.
+    pub max_attempts: i32,
+    /// Most jobs claimed for one worker in one transaction.
+    pub claim_batch: i64,
+    /// How often the reaper looks for expired leases.
+    pub reap_interval: Duration,
+    /// Most results written in one transaction.
+    pub result_batch: usize,
+    /// The dispatcher also runs this often without being woken (a safety net).
+    pub dispatch_tick: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            lease: Duration::from_secs(120),
+            heartbeat_interval: Duration::from_secs(15),
+            max_attempts: 3,
+            claim_batch: 64,
+            reap_interval: Duration::from_secs(5),
+            result_batch: 512,
+            dispatch_tick: Duration::from_secs(2),
+        }
+    }
+}
+
+type Outbound = mpsc::Sender<Result<v1::MasterMessage, tonic::Status>>;
+
+/// A connected worker's session as the scheduler sees it.
+struct Session {
+    session: Uuid,
+    capabilities: Vec<String>,
+    slots: usize,
+    /// jobs assigned to this session and not yet finished, by job id → lease token
+    in_flight: HashMap<i64, Uuid>,
+    draining: bool,
+    tx: Outbound,
+}
+
+/// A result waiting for the result writer.
+struct PendingResult {
+    completion: Completion,
+    tx: Outbound,
+}
+
+pub(crate) struct Inner {
+    pool: PgPool,
+    config: SchedulerConfig,
+    clock: Arc<dyn Clock>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// worker id → session
+    sessions: Mutex<HashMap<Uuid, Session>>,
+    wake: Notify,
+    results: mpsc::Sender<PendingResult>,
+    shutdown: CancellationToken,
+}
+
+/// Handle to the scheduler; cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn chrono_dur(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Scheduler {
+    /// Start the scheduler's background tasks. They stop when `shutdown` is cancelled.
+    pub fn start(
+        pool: PgPool,
+        config: SchedulerConfig,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Scheduler {
+        let (results, results_rx) = mpsc::channel(config.result_batch * 8);
+        let inner = Arc::new(Inner {
+            pool,
+            config,
+            clock,
+            metrics,
+            sessions: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            results,
+            shutdown,
+        });
+        let s = Scheduler { inner };
+        tokio::spawn(s.clone().dispatcher());
+        tokio::spawn(s.clone().result_writer(results_rx));
+        tokio::spawn(s.clone().reaper());
+        s.wake();
+        s
+    }
+
+    /// The gRPC service for workers.
+    pub fn service(&self) -> v1::worker_service_server::WorkerServiceServer<WorkerServiceImpl> {
+        v1::worker_service_server::WorkerServiceServer::new(WorkerServiceImpl::new(self.clone()))
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Something changed that may let the dispatcher hand out jobs.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.inner.clock.now()
+    }
+
+    /// Tell workers to stop leases that were cancelled (experiment aborted).
+    pub fn cancel_leases(&self, leases: &[jobs::CancelledLease], reason: &str) {
+        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        for lease in leases {
+            for s in sessions.values_mut() {
+                if s.in_flight.remove(&lease.job_id).is_some() {
+                    let msg = master_message::Kind::Cancel(v1::Cancel {
+                        job_id: lease.job_id as u64,
+                        lease_token: lease.lease_token.to_string(),
+                        reason: reason.to_owned(),
+                    });
+                    let _ = s.tx.try_send(Ok(v1::MasterMessage { kind: Some(msg) }));
+                }
+            }
+        }
+        drop(sessions);
+        self.wake();
+    }
+
+    /// Ask every connected worker to drain (finish what it runs, take nothing new).
+    pub fn drain_all(&self, reason: &str) {
+        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        for s in sessions.values_mut() {
+            s.draining = true;
+            let msg = master_message::Kind::Drain(v1::Drain { reason: reason.to_owned() });
+            let _ = s.tx.try_send(Ok(v1::MasterMessage { kind: Some(msg) }));
+        }
+    }
+
+    /// Number of open worker sessions.
+    pub fn connected_workers(&self) -> usize {
+        self.inner.sessions.lock().expect("sessions lock").len()
+    }
+
+    // ------------------------------------------------------------------ sessions
+
+    fn register(&self, worker: Uuid, session: Session) {
+        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        // a newer session of the same worker replaces the old one (dropping its sender ends it)
+        sessions.insert(worker, session);
+        self.inner.metrics.workers_connected.set(sessions.len() as i64);
+        drop(sessions);
+        self.wake();
+    }
+
+    fn unregister(&self, worker: Uuid, session: Uuid) {
+        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        if sessions.get(&worker).is_some_and(|s| s.session == session) {
+            sessions.remove(&worker);
+        }
+        self.inner.metrics.workers_connected.set(sessions.len() as i64);
+    }
+
+    /// Jobs `worker` no longer runs (finished, returned, cancelled, or not renewed).
+    fn release(&self, worker: Uuid, job_ids: impl IntoIterator<Item = i64>) {
+        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        if let Some(s) = sessions.get_mut(&worker) {
+            for id in job_ids {
+                s.in_flight.remove(&id);
+            }
+        }
+        drop(sessions);
+        self.wake();
+    }
+
+    // ------------------------------------------------------------------ dispatcher
+
+    async fn dispatcher(self) {
+        let mut specs: HashMap<Uuid, Arc<ExperimentSpec>> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(self.inner.config.dispatch_tick) => {}
+            }
+            if let Err(e) = self.dispatch_round(&mut specs).await {
+                self.inner.metrics.db_errors.inc();
+                tracing::warn!(error = %e, "dispatcher: database error; retrying shortly");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    /// Claim for every worker with free slots until nothing more can be handed out.
+    async fn dispatch_round(&self, specs: &mut HashMap<Uuid, Arc<ExperimentSpec>>) -> Result<(), caldera_db::DbError> {
+        let mut exhausted: HashSet<Uuid> = HashSet::new();
+        loop {
+            let candidates: Vec<(Uuid, Vec<String>, usize)> = {
+                let sessions = self.inner.sessions.lock().expect("sessions lock");
+                sessions
+                    .iter()
+                    .filter(|(id, s)| !s.draining && s.in_flight.len() < s.slots && !exhausted.contains(id))
+                    .map(|(id, s)| (*id, s.capabilities.clone(), s.slots - s.in_flight.len()))
+                    .collect()
+            };
+            if candidates.is_empty() {
+                return Ok(());
+            }
+            for (worker, caps, free) in candidates {
+                let limit = (free as i64).min(self.inner.config.claim_batch);
+                let started = Instant::now();
+                let claimed =
+                    jobs::claim(&self.inner.pool, worker, &caps, limit, self.now(), chrono_dur(self.inner.config.lease))
+                        .await?;
+                self.inner.metrics.claim_latency.observe(started.elapsed().as_secs_f64());
+                if (claimed.len() as i64) < limit {
+                    exhausted.insert(worker);
+                }
+                if claimed.is_empty() {
+                    continue;
+                }
+                let sent_at = Instant::now();
+                self.assign(worker, claimed, specs).await?;
+                self.inner.metrics.claim_to_send.observe(sent_at.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    async fn assign(
+        &self,
+        worker: Uuid,
+        claimed: Vec<Claimed>,
+        specs: &mut HashMap<Uuid, Arc<ExperimentSpec>>,
+    ) -> Result<(), caldera_db::DbError> {
+        let mut messages = Vec::with_capacity(claimed.len());
+        let mut unsendable = Vec::new();
+        for c in &claimed {
+            let spec = match specs.get(&c.experiment_id) {
+                Some(s) => s.clone(),
+                None => match serde_json::from_value::<ExperimentSpec>(c.spec.clone()) {
+                    Ok(s) => {
+                        let s = Arc::new(s);
+                        specs.insert(c.experiment_id, s.clone());
+                        s
+                    }
+                    Err(e) => {
+                        tracing::error!(experiment = %c.experiment, error = %e, "stored spec does not parse");
+                        unsendable.push(c);
+                        continue;
+                    }
+                },
+            };
+            match job_spec(&spec, c) {
+                Ok(job) => messages.push((c.job_id, c.lease_token, v1::Assign {
+                    job_id: c.job_id as u64,
+                    lease_token: c.lease_token.to_string(),
+                    attempt: c.attempt as u32,
+                    spec: Some((&job).into()),
+                })),
+                Err(e) => {
+                    tracing::error!(experiment = %c.experiment, krate = %c.crate_id, error = %e, "cannot build the job spec");
+                    unsendable.push(c);
+                }
+            }
+        }
+        let tx = {
+            let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+            match sessions.get_mut(&worker) {
+                Some(s) => {
+                    for (id, token, _) in &messages {
+                        s.in_flight.insert(*id, *token);
+                    }
+                    Some(s.tx.clone())
+                }
+                None => None,
+            }
+        };
+        let mut give_back: Vec<(i64, Uuid)> = unsendable.iter().map(|c| (c.job_id, c.lease_token)).collect();
+        match tx {
+            Some(tx) => {
+                for (id, token, assign) in messages {
+                    tracing::debug!(job = id, worker = %worker, "assign");
+                    let msg = v1::MasterMessage { kind: Some(master_message::Kind::Assign(assign)) };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        give_back.push((id, token));
+                    } else {
+                        self.inner.metrics.jobs_assigned.inc();
+                    }
+                }
+            }
+            None => give_back.extend(messages.iter().map(|(id, token, _)| (*id, *token))),
+        }
+        if !give_back.is_empty() {
+            self.release(worker, give_back.iter().map(|(id, _)| *id));
+            for (id, token) in give_back {
+                jobs::hand_back(&self.inner.pool, id, token, self.now()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ results
+
+    pub(crate) async fn submit_result(&self, completion: Completion, tx: Outbound) {
+        if self.inner.results.send(PendingResult { completion, tx }).await.is_err() {
+            tracing::warn!("result writer stopped; result dropped (the worker keeps it spooled)");
+        }
+    }
+
+    async fn result_writer(self, mut rx: mpsc::Receiver<PendingResult>) {
+        let max = self.inner.config.result_batch;
+        loop {
+            let first = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                r = rx.recv() => match r { Some(r) => r, None => return },
+            };
+            let mut batch = vec![first];
+            while batch.len() < max {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let completions: Vec<Completion> = batch.iter().map(|p| p.completion.clone()).collect();
+            let out = loop {
+                match jobs::complete(&self.inner.pool, &completions, self.now()).await {
+                    Ok(out) => break out,
+                    Err(e) => {
+                        self.inner.metrics.db_errors.inc();
+                        tracing::warn!(error = %e, results = completions.len(), "cannot record results; retrying");
+                        tokio::select! {
+                            _ = self.inner.shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                }
+            };
+            let accepted: HashSet<i64> = out.accepted.iter().copied().collect();
+            let mut by_worker: HashMap<Uuid, Vec<i64>> = HashMap::new();
+            for p in &batch {
+                let c = &p.completion;
+                let ok = accepted.contains(&c.job_id);
+                if ok {
+                    self.inner.metrics.jobs_completed.inc();
+                } else {
+                    self.inner.metrics.results_rejected.get_or_create(&crate::metrics::ReasonLabel { reason: "stale-lease".into() }).inc();
+                    tracing::warn!(job = c.job_id, lease = %c.lease_token, worker = %c.worker, "rejected a result: its lease is not current");
+                }
+                by_worker.entry(c.worker).or_default().push(c.job_id);
+                let ack = v1::ResultAck {
+                    job_id: c.job_id as u64,
+                    lease_token: c.lease_token.to_string(),
+                    accepted: ok,
+                    reason: if ok { String::new() } else { "the lease is not current (expired, reassigned, cancelled or already reported)".into() },
+                };
+                let _ = p.tx.send(Ok(v1::MasterMessage { kind: Some(master_message::Kind::Ack(ack)) })).await;
+            }
+            for (worker, ids) in by_worker {
+                self.release(worker, ids);
+            }
+            self.complete_finished(&out.experiments).await;
+        }
+    }
+
+    /// Move experiments with no unfinished job to `completed`.
+    async fn complete_finished(&self, experiments: &[Uuid]) {
+        if experiments.is_empty() {
+            return;
+        }
+        let names = match jobs::finished_experiments(&self.inner.pool, experiments).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check for finished experiments");
+                return;
+            }
+        };
+        for name in names {
+            match experiments::apply_action(&self.inner.pool, &name, ExperimentAction::Complete).await {
+                Ok(_) => tracing::info!(experiment = %name, "experiment completed"),
+                Err(e) => tracing::debug!(experiment = %name, error = %e, "not completed"),
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ reaper
+
+    async fn reaper(self) {
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.inner.config.reap_interval) => {}
+            }
+            if let Err(e) = self.reap_now().await {
+                self.inner.metrics.db_errors.inc();
+                tracing::warn!(error = %e, "reaper: database error");
+            }
+        }
+    }
+
+    /// Re-queue (or give up on) jobs whose lease expired by the clock's now.
+    pub async fn reap_now(&self) -> Result<jobs::Reaped, caldera_db::DbError> {
+        let reaped = jobs::reap(&self.inner.pool, self.now(), self.inner.config.max_attempts).await?;
+        let n = (reaped.requeued.len() + reaped.errored.len()) as u64;
+        if n > 0 {
+            self.inner.metrics.lease_expiries.inc_by(n);
+            self.inner.metrics.jobs_requeued.inc_by(reaped.requeued.len() as u64);
+            self.inner.metrics.jobs_errored.inc_by(reaped.errored.len() as u64);
+            tracing::warn!(requeued = reaped.requeued.len(), errored = reaped.errored.len(), "leases expired");
+            let gone: HashSet<i64> = reaped.requeued.iter().chain(&reaped.errored).copied().collect();
+            {
+                let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+                for s in sessions.values_mut() {
+                    s.in_flight.retain(|id, _| !gone.contains(id));
+                }
+            }
+            self.wake();
+            self.complete_finished(&reaped.experiments).await;
+        }
+        Ok(reaped)
+    }
+}
+
+/// The job a worker runs for a claimed row.
+pub fn job_spec(spec: &ExperimentSpec, c: &Claimed) -> Result<JobSpec, String> {
+    let krate: CrateId = c.crate_id.parse().map_err(|e| format!("crate id {:?}: {e}", c.crate_id))?;
+    let name = match &krate {
+        CrateId::Registry { name, .. } => Some(name.as_str()),
+        _ => None,
+    };
+    let ov = name.and_then(|n| spec.override_for(n));
+    Ok(JobSpec {
+        experiment: c.experiment.clone(),
+        krate,
+        start: spec.start.clone(),
+        end: spec.end.clone(),
+        mode: spec.mode,
+        cap_lints: spec.cap_lints,
+        skip_tests: ov.is_some_and(|o| o.skip_tests),
+        quiet: ov.is_some_and(|o| o.quiet),
+        extra_timeout_secs: ov.and_then(|o| o.extra_timeout_secs).unwrap_or(0),
+        extra_memory_mib: ov.and_then(|o| o.extra_memory_mib).unwrap_or(0),
+    })
+}

@@ -1,0 +1,106 @@
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::client::{print_json, segment, Client, ServerArgs};
+
+#[derive(Debug, Args)]
+pub struct CrateListArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(subcommand)]
+    pub command: CrateListCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CrateListCommand {
+    /// Create a crate list from --crates and/or --file (one crate spec per line, `#` comments).
+    Create(CreateArgs),
+    /// List crate lists.
+    List,
+    /// Show a crate list's entries.
+    Show(NameArg),
+    /// Delete a crate list (refused while a queued experiment uses it).
+    Delete(NameArg),
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// The list's name.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The list's name: lowercase letters, digits and `-`, 1–64 characters.
+    pub name: String,
+    /// Comma-separated crate specs: `name`, `name@version`, `git:URL#rev`, `path:/dir`.
+    #[arg(long, env = "CALDERA_CRATE_LIST_CRATES", value_delimiter = ',')]
+    pub crates: Vec<String>,
+    /// A file with one crate spec per line (`-` for stdin).
+    #[arg(long, env = "CALDERA_CRATE_LIST_FILE")]
+    pub file: Option<String>,
+    /// A description.
+    #[arg(long, env = "CALDERA_CRATE_LIST_DESCRIPTION", default_value = "")]
+    pub description: String,
+}
+
+pub async fn run(args: CrateListArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.server)?;
+    let json_out = args.server.json;
+    match args.command {
+        CrateListCommand::Create(c) => {
+            let mut crates: Vec<String> = c.crates.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+            if let Some(file) = &c.file {
+                let text = if file == "-" {
+                    std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+                } else {
+                    std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+                };
+                crates.extend(
+                    text.lines()
+                        .map(|l| l.split('#').next().unwrap_or("").trim())
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned),
+                );
+            }
+            let body = json!({"name": c.name, "description": c.description, "crates": crates});
+            let v = client.call(Method::POST, "/crate-lists", Some(body)).await?;
+            if json_out {
+                print_json(&v);
+            } else {
+                println!("created crate list {} with {} crates", c.name, v["crates"].as_array().map_or(0, Vec::len));
+            }
+        }
+        CrateListCommand::List => {
+            let v = client.call(Method::GET, "/crate-lists", None).await?;
+            if json_out {
+                print_json(&v);
+            } else {
+                println!("{:<32}  {:>8}  description", "name", "crates");
+                for l in v.as_array().into_iter().flatten() {
+                    println!("{:<32}  {:>8}  {}", l["name"].as_str().unwrap_or("?"), l["len"], l["description"].as_str().unwrap_or(""));
+                }
+            }
+        }
+        CrateListCommand::Show(n) => {
+            let v = client.call(Method::GET, &format!("/crate-lists/{}", segment(&n.name)), None).await?;
+            if json_out {
+                print_json(&v);
+            } else {
+                for c in v["crates"].as_array().into_iter().flatten() {
+                    println!("{}", c.as_str().map(str::to_owned).unwrap_or_else(|| c.to_string()));
+                }
+            }
+        }
+        CrateListCommand::Delete(n) => {
+            client.call(Method::DELETE, &format!("/crate-lists/{}", segment(&n.name)), None).await?;
+            if !json_out {
+                println!("deleted crate list {}", n.name);
+            }
+        }
+    }
+    Ok(())
+}
+

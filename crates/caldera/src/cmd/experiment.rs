@@ -1,0 +1,255 @@
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+
+use crate::client::{print_json, segment, Client, ServerArgs};
+
+#[derive(Debug, Args)]
+pub struct ExperimentArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(subcommand)]
+    pub command: ExperimentCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExperimentCommand {
+    /// Create an experiment (it starts in status `queued`; run `caldera experiment start NAME`).
+    Create(CreateArgs),
+    /// List experiments, newest first.
+    List(ListArgs),
+    /// Show one experiment.
+    Show(NameArg),
+    /// Change a queued experiment; only the given options change.
+    Edit(EditArgs),
+    /// Start a queued experiment.
+    Start(NameArg),
+    /// Pause a running experiment (no new jobs are handed out).
+    Pause(NameArg),
+    /// Resume a paused experiment.
+    Resume(NameArg),
+    /// Abort an experiment (pending jobs are cancelled).
+    Abort(NameArg),
+    /// Delete an experiment that is not running or paused, with its results.
+    Delete(NameArg),
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// The experiment's name.
+    pub name: String,
+}
+
+/// Fields of an experiment settable from the command line. Values are sent as written; the
+/// master validates them and names the offending field on error.
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// Baseline toolchain: `stable`, `nightly-2026-05-19`, `1.95.0`, `path:/opt/rust`, with options
+    /// as `+key=value` (`nightly+rustflags=-Zfoo+target=x86_64-unknown-linux-gnu`), or a JSON object.
+    #[arg(long, env = "CALDERA_EXPERIMENT_START")]
+    pub start: Option<String>,
+    /// Candidate toolchain, same forms as --start; must differ from it.
+    #[arg(long, env = "CALDERA_EXPERIMENT_END")]
+    pub end: Option<String>,
+    /// What to run: build-and-test, build-only, check-only, clippy, rustdoc or miri.
+    #[arg(long, env = "CALDERA_EXPERIMENT_MODE")]
+    pub mode: Option<String>,
+    /// Crates: `top:N`, `random:N`, `random:N@seed=S`, `all`, `list:NAME` (a crate list), or a
+    /// comma-separated list of `name`, `name@version`, `git:URL#rev`, `path:/dir`.
+    #[arg(long, env = "CALDERA_EXPERIMENT_CRATES")]
+    pub crates: Option<String>,
+    /// Lint cap for dependencies and the crate: allow, warn, deny or forbid.
+    #[arg(long, env = "CALDERA_EXPERIMENT_CAP_LINTS")]
+    pub cap_lints: Option<String>,
+    /// Scheduling priority, -1000..=1000 (higher runs first).
+    #[arg(long, env = "CALDERA_EXPERIMENT_PRIORITY", allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// A capability a worker must have (repeatable), e.g. `arch:x86_64`.
+    #[arg(long = "requires", env = "CALDERA_EXPERIMENT_REQUIRES", value_delimiter = ',')]
+    pub requirements: Vec<String>,
+    /// Read the experiment (or the edit) as JSON from this file (`-` for stdin); options given
+    /// on the command line override its fields.
+    #[arg(long, env = "CALDERA_EXPERIMENT_FILE")]
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The experiment's name: lowercase letters, digits and `-`, 1–64 characters.
+    #[arg(env = "CALDERA_EXPERIMENT_NAME")]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// The experiment to change.
+    pub name: String,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only experiments in this status: queued, running, paused, completed, aborted.
+    #[arg(long, env = "CALDERA_EXPERIMENT_STATUS")]
+    pub status: Option<String>,
+    /// Page size (1–500).
+    #[arg(long, env = "CALDERA_LIMIT", default_value_t = 50)]
+    pub limit: u32,
+    /// Items to skip.
+    #[arg(long, env = "CALDERA_OFFSET", default_value_t = 0)]
+    pub offset: u32,
+}
+
+/// A toolchain argument is sent as a JSON object when it looks like one, else as the string.
+fn toolchain_value(s: &str) -> anyhow::Result<Value> {
+    if s.trim_start().starts_with('{') {
+        serde_json::from_str(s).context("toolchain JSON object")
+    } else {
+        Ok(Value::String(s.to_owned()))
+    }
+}
+
+fn read_file(path: &str) -> anyhow::Result<Map<String, Value>> {
+    let text = if path == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+    };
+    match serde_json::from_str(&text).with_context(|| format!("{path} is not JSON"))? {
+        Value::Object(map) => Ok(map),
+        _ => anyhow::bail!("{path} must hold a JSON object"),
+    }
+}
+
+impl SpecArgs {
+    fn into_body(self, mut body: Map<String, Value>) -> anyhow::Result<Map<String, Value>> {
+        if let Some(file) = &self.file {
+            for (k, v) in read_file(file)? {
+                body.entry(k).or_insert(v);
+            }
+        }
+        if let Some(s) = self.start {
+            body.insert("start".into(), toolchain_value(&s)?);
+        }
+        if let Some(s) = self.end {
+            body.insert("end".into(), toolchain_value(&s)?);
+        }
+        if let Some(m) = self.mode {
+            body.insert("mode".into(), m.into());
+        }
+        if let Some(c) = self.crates {
+            body.insert("crates".into(), c.into());
+        }
+        if let Some(c) = self.cap_lints {
+            body.insert("cap_lints".into(), c.into());
+        }
+        if let Some(p) = self.priority {
+            body.insert("priority".into(), p.into());
+        }
+        if !self.requirements.is_empty() {
+            body.insert("requirements".into(), json!(self.requirements));
+        }
+        Ok(body)
+    }
+}
+
+fn print_experiment(v: &Value) {
+    let s = |k: &str| match &v[k] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    println!("name:         {}", s("name"));
+    println!("status:       {}", s("status"));
+    println!("start:        {}", v["start"]);
+    println!("end:          {}", v["end"]);
+    println!("mode:         {}", s("mode"));
+    println!("crates:       {}", v["crates"]);
+    println!("cap-lints:    {}", s("cap_lints"));
+    println!("priority:     {}", s("priority"));
+    println!("requirements: {}", v["requirements"]);
+    if v["overrides"].as_object().is_some_and(|o| !o.is_empty()) {
+        println!("overrides:    {}", v["overrides"]);
+    }
+    println!("created:      {}", s("created_at"));
+    println!("started:      {}", s("started_at"));
+    println!("finished:     {}", s("finished_at"));
+}
+
+pub async fn run(args: ExperimentArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.server)?;
+    let json_out = args.server.json;
+    let show = |v: &Value| if json_out { print_json(v) } else { print_experiment(v) };
+    match args.command {
+        ExperimentCommand::Create(c) => {
+            let mut body = Map::new();
+            if let Some(name) = c.name {
+                body.insert("name".into(), name.into());
+            }
+            let body = c.spec.into_body(body)?;
+            let v = client.call(Method::POST, "/experiments", Some(Value::Object(body))).await?;
+            if json_out {
+                print_json(&v);
+            } else {
+                println!("created experiment {} (queued); start it with `caldera experiment start {}`", v["name"].as_str().unwrap_or("?"), v["name"].as_str().unwrap_or("?"));
+            }
+        }
+        ExperimentCommand::List(l) => {
+            let mut path = format!("/experiments?limit={}&offset={}", l.limit, l.offset);
+            if let Some(status) = &l.status {
+                path.push_str(&format!("&status={}", segment(status)));
+            }
+            let v = client.call(Method::GET, &path, None).await?;
+            if json_out {
+                print_json(&v);
+            } else {
+                println!("{:<32}  {:<10}  {:<15}  {:<24}  created", "name", "status", "mode", "start → end");
+                for e in v["items"].as_array().into_iter().flatten() {
+                    let tc = |k: &str| e[k]["toolchain"].as_str().map(str::to_owned).unwrap_or_else(|| e[k].to_string());
+                    println!(
+                        "{:<32}  {:<10}  {:<15}  {:<24}  {}",
+                        e["name"].as_str().unwrap_or("?"),
+                        e["status"].as_str().unwrap_or("?"),
+                        e["mode"].as_str().unwrap_or("?"),
+                        format!("{} → {}", tc("start"), tc("end")),
+                        e["created_at"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
+                    );
+                }
+                println!("({} of {} shown)", v["items"].as_array().map_or(0, Vec::len), v["total"]);
+            }
+        }
+        ExperimentCommand::Show(n) => show(&client.call(Method::GET, &format!("/experiments/{}", segment(&n.name)), None).await?),
+        ExperimentCommand::Edit(e) => {
+            let body = e.spec.into_body(Map::new())?;
+            if body.is_empty() {
+                anyhow::bail!("nothing to change: give at least one option (see --help)");
+            }
+            show(&client.call(Method::PATCH, &format!("/experiments/{}", segment(&e.name)), Some(Value::Object(body))).await?);
+        }
+        ExperimentCommand::Start(n) => action(&client, &n.name, "start", json_out).await?,
+        ExperimentCommand::Pause(n) => action(&client, &n.name, "pause", json_out).await?,
+        ExperimentCommand::Resume(n) => action(&client, &n.name, "resume", json_out).await?,
+        ExperimentCommand::Abort(n) => action(&client, &n.name, "abort", json_out).await?,
+        ExperimentCommand::Delete(n) => {
+            client.call(Method::DELETE, &format!("/experiments/{}", segment(&n.name)), None).await?;
+            if !json_out {
+                println!("deleted experiment {}", n.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn action(client: &Client, name: &str, verb: &str, json_out: bool) -> anyhow::Result<()> {
+    let v = client.call(Method::POST, &format!("/experiments/{}/{verb}", segment(name)), None).await?;
+    if json_out {
+        print_json(&v);
+    } else {
+        println!("experiment {name} is now {}", v["status"].as_str().unwrap_or("?"));
+    }
+    Ok(())
+}

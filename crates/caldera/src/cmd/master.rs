@@ -1,0 +1,95 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::DbArgs;
+
+#[derive(Debug, Args)]
+pub struct MasterArgs {
+    /// Address of the HTTP API (and dashboard, /metrics, /healthz).
+    #[arg(long, env = "CALDERA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the worker service (gRPC) that workers connect to.
+    #[arg(long, env = "CALDERA_GRPC_LISTEN", default_value = "127.0.0.1:9090")]
+    pub grpc_listen: SocketAddr,
+    /// Do not apply pending migrations at startup (run `caldera migrate` yourself).
+    #[arg(long, env = "CALDERA_NO_MIGRATE")]
+    pub no_migrate: bool,
+    /// A lease lasts this many seconds unless renewed by a worker's heartbeat.
+    #[arg(long, env = "CALDERA_LEASE_SECS", default_value_t = 120)]
+    pub lease_secs: u64,
+    /// Workers send heartbeats this often (milliseconds); keep it well under the lease.
+    #[arg(long, env = "CALDERA_HEARTBEAT_MS", default_value_t = 15_000)]
+    pub heartbeat_ms: u64,
+    /// A job whose lease expired this many times ends as `error`.
+    #[arg(long, env = "CALDERA_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: i32,
+    /// The registry's database dump (a directory with crates.csv and versions.csv), for
+    /// unversioned crate names, `top:N`, `random:N` and `all`.
+    #[arg(long, env = "CALDERA_REGISTRY_DUMP", conflicts_with = "registry_index")]
+    pub registry_dump: Option<PathBuf>,
+    /// A checkout of the registry index, instead of --registry-dump.
+    #[arg(long, env = "CALDERA_REGISTRY_INDEX")]
+    pub registry_index: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
+    let pool = args.db.connect().await?;
+    if !args.no_migrate {
+        caldera_db::migrate(&pool).await.context("applying migrations")?;
+    }
+    let registry = match (args.registry_dump.clone(), args.registry_index.clone()) {
+        (Some(dir), _) => Some(tokio::task::spawn_blocking(move || caldera_master::resolve::load_db_dump(&dir)).await?.map_err(anyhow::Error::msg)?),
+        (_, Some(dir)) => Some(tokio::task::spawn_blocking(move || caldera_master::resolve::load_index(&dir)).await?.map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
+    if let Some(r) = &registry {
+        tracing::info!(crates = r.len(), "registry listing loaded");
+    }
+    caldera_db::workers::disconnect_all(&pool).await?;
+    let shutdown = CancellationToken::new();
+    let config = caldera_master::scheduler::SchedulerConfig {
+        lease: Duration::from_secs(args.lease_secs.max(1)),
+        heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(10)),
+        max_attempts: args.max_attempts.max(1),
+        ..Default::default()
+    };
+    anyhow::ensure!(
+        config.heartbeat_interval * 2 < config.lease,
+        "--heartbeat-ms must be less than half of --lease-secs, or leases expire between heartbeats"
+    );
+    let scheduler = caldera_master::scheduler::Scheduler::start(
+        pool.clone(),
+        config,
+        Arc::new(caldera_master::scheduler::SystemClock),
+        Arc::new(caldera_master::metrics::Metrics::default()),
+        shutdown.clone(),
+    );
+    let state = caldera_master::AppState { pool, scheduler, registry: registry.map(Arc::new) };
+    let (http, grpc) = caldera_master::bind(args.listen, args.grpc_listen)
+        .await
+        .with_context(|| format!("binding {} and {}", args.listen, args.grpc_listen))?;
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal.cancel();
+    });
+    caldera_master::serve(state, http, grpc, shutdown).await.context("serving")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    tracing::info!("shutting down");
+}
