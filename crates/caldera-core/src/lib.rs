@@ -1,1 +1,46 @@
-//! caldera-core
+//! # caldera-core
+//!
+//! The pure domain of caldera: what an experiment is, how toolchains and crates are named, which crates
+//! a selection covers, how an experiment moves through its lifecycle, what a crate's outcome can be and
+//! how two outcomes compare. No I/O happens here: parsers take text or `impl std::io::Read`, and every
+//! value that comes from outside has a validating constructor (`FromStr`, `Deserialize`, `from_json`)
+//! whose error names what is wrong.
+//!
+//! Modules:
+//! * [`toolchain`] — [`Toolchain`]: a rustup name or a local path, plus flags, a target and patches.
+//! * [`crates`] — [`CrateSpec`] (what a user writes) and [`CrateId`] (a resolved, stable identity).
+//! * [`selection`] — [`CrateSelection`]: an explicit list, a stored list, `top:N`, `random:N`, `all`.
+//! * [`registry`] — [`RegistryListing`]: the whole registry from a database dump or index files, and
+//!   the `all` / `top` / `random` listings computed from it.
+//! * [`experiment`] — [`ExperimentSpec`] and [`ExperimentEdit`], parsed from JSON with field paths.
+//! * [`lifecycle`] — [`ExperimentStatus`], [`ExperimentAction`] and [`transition`].
+//! * [`outcome`] — [`Outcome`], [`BuildFailReason`], [`Comparison`] and [`compare`].
+//!
+//! With the `openapi` feature, every type used in an HTTP body implements `utoipa::ToSchema`.
+
+pub mod crates;
+pub mod experiment;
+pub mod job;
+pub mod lifecycle;
+pub mod outcome;
+pub mod registry;
+pub mod selection;
+pub mod toolchain;
+
+mod serde_util;
+
+#[cfg(all(test, feature = "openapi"))]
+mod openapi_tests;
+
+pub use crates::{CrateId, CrateSpec};
+pub use experiment::{
+    CapLints, CrateOverride, ExperimentEdit, ExperimentSpec, Mode, ValidationError,
+};
+pub use lifecycle::{ExperimentAction, ExperimentStatus, TransitionError, transition};
+pub use outcome::{BuildFailReason, Comparison, Outcome, compare};
+pub use registry::RegistryListing;
+pub use selection::CrateSelection;
+pub use toolchain::{Patch, Toolchain, ToolchainSource};
+
+/// The `semver` crate, re-exported because [`CrateSpec`] and [`CrateId`] carry `semver::Version`s.
+pub use semver;
