@@ -1,0 +1,293 @@
+//! One session with the master: the handshake (connect, open the stream, Hello → Welcome) and
+//! the heartbeat task.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use caldera_proto::v1::worker_service_client::WorkerServiceClient;
+use caldera_proto::v1::{self, master_message, worker_message};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::task::AbortOnDropHandle;
+use tonic::Streaming;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
+
+use crate::WorkerError;
+use crate::config::HANDSHAKE_TIMEOUT;
+use crate::worker::Running;
+
+/// An established session.
+pub(crate) struct Session {
+    /// Messages to the master, in order.
+    pub tx: mpsc::UnboundedSender<v1::WorkerMessage>,
+    pub inbound: Streaming<v1::MasterMessage>,
+    /// Kept so that the connection lives exactly as long as the session.
+    client: WorkerServiceClient<Channel>,
+    heartbeat: Option<AbortOnDropHandle<()>>,
+}
+
+impl Session {
+    /// Send a message; `false` when the stream is gone (the inbound side will say why).
+    pub fn send(&self, kind: worker_message::Kind) -> bool {
+        self.tx.send(v1::WorkerMessage { kind: Some(kind) }).is_ok()
+    }
+
+    /// Start sending heartbeats every `interval`, listing the leases in `running`.
+    pub fn start_heartbeats(&mut self, interval: Duration, running: Running, spool_dir: PathBuf) {
+        let tx = self.tx.clone();
+        let task =
+            heartbeat_loop(tx, interval, running, spool_dir).instrument(tracing::Span::current());
+        self.heartbeat = Some(AbortOnDropHandle::new(tokio::spawn(task)));
+    }
+
+    /// End the session politely: stop heartbeats and close our side of the stream, so the master
+    /// ends its side. Returns the inbound stream, to read what the master still sends, and the
+    /// client that keeps the connection.
+    pub fn close(self: Box<Self>) -> (Streaming<v1::MasterMessage>, WorkerServiceClient<Channel>) {
+        let Session {
+            tx,
+            inbound,
+            client,
+            heartbeat,
+        } = *self;
+        drop(heartbeat);
+        drop(tx);
+        (inbound, client)
+    }
+}
+
+/// Why a handshake failed.
+#[derive(Debug)]
+pub(crate) enum HandshakeError {
+    /// Retrying cannot help (the master refused our credentials).
+    Fatal(WorkerError),
+    /// The master is unreachable, restarting, or said something odd: try again later.
+    Retry(String),
+}
+
+/// The master's answer to Hello, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct Welcome {
+    pub worker_id: String,
+    pub lease: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+/// Whether a status from the master means our credentials are refused.
+pub(crate) fn is_auth_failure(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    )
+}
+
+pub(crate) fn unauthorized(status: &tonic::Status) -> WorkerError {
+    WorkerError::Unauthorized {
+        code: format!("{:?}", status.code()),
+        message: status.message().to_owned(),
+    }
+}
+
+fn status_error(what: &str, status: tonic::Status) -> HandshakeError {
+    if is_auth_failure(&status) {
+        HandshakeError::Fatal(unauthorized(&status))
+    } else {
+        HandshakeError::Retry(format!("{what}: {:?}: {}", status.code(), status.message()))
+    }
+}
+
+/// Connect, open the stream with our credentials, send `hello` and wait for Welcome. Hello's
+/// `running` is filled from `running` once connected, so it is as fresh as it can be.
+pub(crate) async fn handshake(
+    endpoint: Endpoint,
+    authorization: MetadataValue<Ascii>,
+    hello: v1::Hello,
+    running: Running,
+) -> Result<(Box<Session>, Welcome), HandshakeError> {
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake_inner(endpoint, authorization, hello, running),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(HandshakeError::Retry(format!(
+            "no Welcome within {HANDSHAKE_TIMEOUT:?}"
+        )))
+    })
+}
+
+async fn handshake_inner(
+    endpoint: Endpoint,
+    authorization: MetadataValue<Ascii>,
+    mut hello: v1::Hello,
+    running: Running,
+) -> Result<(Box<Session>, Welcome), HandshakeError> {
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| HandshakeError::Retry(format!("connect: {}", error_chain(&e))))?;
+    hello.running = leases(&running);
+    tracing::debug!(running = hello.running.len(), "connected; sending Hello");
+    let mut client = WorkerServiceClient::new(channel);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(v1::WorkerMessage {
+        kind: Some(worker_message::Kind::Hello(hello)),
+    })
+    .expect("the receiver is alive: it is right here");
+    let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", authorization);
+    let mut inbound = client
+        .session(request)
+        .await
+        .map_err(|s| status_error("open session", s))?
+        .into_inner();
+    let first = match inbound.next().await {
+        Some(Ok(m)) => m,
+        Some(Err(s)) => return Err(status_error("session", s)),
+        None => {
+            return Err(HandshakeError::Retry(
+                "the master closed the session before Welcome".into(),
+            ));
+        }
+    };
+    let welcome = match first.kind {
+        Some(master_message::Kind::Welcome(w)) => {
+            check_welcome(w).map_err(HandshakeError::Retry)?
+        }
+        other => {
+            return Err(HandshakeError::Retry(format!(
+                "expected Welcome, got {other:?}"
+            )));
+        }
+    };
+    Ok((
+        Box::new(Session {
+            tx,
+            inbound,
+            client,
+            heartbeat: None,
+        }),
+        welcome,
+    ))
+}
+
+/// Validate a Welcome (edge validation: a bad message names its field).
+pub(crate) fn check_welcome(w: v1::Welcome) -> Result<Welcome, String> {
+    let lease = Duration::from_secs(w.lease_seconds.into());
+    let heartbeat_interval = match (w.heartbeat_interval_ms, w.lease_seconds) {
+        (0, 0) => return Err(
+            "invalid welcome.heartbeat_interval_ms: zero, and no lease_seconds to derive it from"
+                .into(),
+        ),
+        // an old or sloppy master: a third of the lease keeps leases alive through two lost beats
+        (0, _) => lease / 3,
+        (ms, _) => Duration::from_millis(ms.into()),
+    };
+    if !lease.is_zero() && heartbeat_interval >= lease {
+        return Err(format!(
+            "invalid welcome.heartbeat_interval_ms: {heartbeat_interval:?} is not shorter than the lease ({lease:?})"
+        ));
+    }
+    Ok(Welcome {
+        worker_id: w.worker_id,
+        lease,
+        heartbeat_interval,
+    })
+}
+
+/// Every `interval` (the first at once), tell the master which leases we hold and how the machine
+/// is doing. Independent of job execution: nothing a build does delays it.
+async fn heartbeat_loop(
+    tx: mpsc::UnboundedSender<v1::WorkerMessage>,
+    interval: Duration,
+    running: Running,
+    spool_dir: PathBuf,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (free_disk_bytes, load_average) = tokio::join!(
+            crate::system::free_disk_bytes(spool_dir.clone()),
+            crate::system::load_average()
+        );
+        let running = leases(&running);
+        tracing::trace!(running = running.len(), "heartbeat");
+        let beat = v1::Heartbeat {
+            running,
+            free_disk_bytes,
+            load_average,
+        };
+        if tx
+            .send(v1::WorkerMessage {
+                kind: Some(worker_message::Kind::Heartbeat(beat)),
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The leases of the jobs running now (cancelled ones are not ours any more).
+pub(crate) fn leases(running: &Mutex<crate::worker::RunningJobs>) -> Vec<v1::LeaseRef> {
+    let running = running.lock().unwrap_or_else(|p| p.into_inner());
+    running
+        .iter()
+        .filter(|(_, job)| !job.cancelled)
+        .map(|(key, _)| v1::LeaseRef {
+            job_id: key.job_id,
+            lease_token: key.token.clone(),
+        })
+        .collect()
+}
+
+/// `error: cause: cause`, since tonic's transport errors hide the useful part in their sources.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn welcome_is_checked() {
+        let w = |lease_seconds, heartbeat_interval_ms| v1::Welcome {
+            worker_id: "w".into(),
+            lease_seconds,
+            heartbeat_interval_ms,
+            limits: None,
+        };
+        let ok = check_welcome(w(30, 10_000)).unwrap();
+        assert_eq!(
+            (ok.lease, ok.heartbeat_interval),
+            (Duration::from_secs(30), Duration::from_secs(10))
+        );
+        assert_eq!(
+            check_welcome(w(30, 0)).unwrap().heartbeat_interval,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            check_welcome(w(0, 50)).unwrap().heartbeat_interval,
+            Duration::from_millis(50)
+        );
+        for bad in [w(0, 0), w(30, 30_000), w(1, 5_000)] {
+            let e = check_welcome(bad).unwrap_err();
+            assert!(e.contains("welcome.heartbeat_interval_ms"), "{e}");
+        }
+    }
+}

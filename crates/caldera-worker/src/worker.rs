@@ -1,0 +1,652 @@
+//! The worker's event loop: one task that owns the connection state, the running jobs and the
+//! unacknowledged results, and reacts to the master, to finished jobs, to timers and to drain.
+//!
+//! Jobs run in their own tasks (a [`JoinSet`]); heartbeats come from a task of their own (see
+//! [`crate::session`]); so neither a slow build nor a busy loop delays a lease renewal.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use caldera_core::job::JobSpec;
+use caldera_proto::v1::{self, master_message, worker_message};
+use futures::FutureExt;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::executor::{Assignment, Executor, JobOutput, SideOutput};
+use crate::session::{self, HandshakeError, Session, Welcome};
+use crate::spool::Spool;
+use crate::{WorkerConfig, WorkerError};
+
+/// How long to wait, when leaving, for the master to close its side of the stream.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A job's lease: the job and the fencing token it runs under.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct LeaseKey {
+    pub job_id: u64,
+    pub token: String,
+}
+
+impl LeaseKey {
+    fn of_result(r: &v1::JobResult) -> Self {
+        LeaseKey {
+            job_id: r.job_id,
+            token: r.lease_token.clone(),
+        }
+    }
+}
+
+pub(crate) struct RunningJob {
+    cancel: CancellationToken,
+    /// Cancelled jobs still hold a slot until their task ends, but not a lease.
+    pub cancelled: bool,
+}
+
+pub(crate) type RunningJobs = BTreeMap<LeaseKey, RunningJob>;
+/// Shared with the heartbeat task, which lists the leases.
+pub(crate) type Running = Arc<Mutex<RunningJobs>>;
+
+/// What a job task reports when it ends.
+struct JobDone {
+    key: LeaseKey,
+    /// `None`: the job was cancelled; nothing is reported.
+    result: Option<v1::JobResult>,
+}
+
+enum Conn {
+    /// Disconnected; try again at this instant.
+    Waiting(Instant),
+    Connecting(BoxFuture<'static, Result<(Box<Session>, Welcome), HandshakeError>>),
+    Up(Box<Session>),
+}
+
+enum ConnEvent {
+    RetryDue,
+    Handshake(Result<(Box<Session>, Welcome), HandshakeError>),
+    Inbound(Option<Result<v1::MasterMessage, tonic::Status>>),
+}
+
+/// Wait for whatever the connection does next.
+async fn conn_event(conn: &mut Conn) -> ConnEvent {
+    match conn {
+        Conn::Waiting(at) => {
+            tokio::time::sleep_until(*at).await;
+            ConnEvent::RetryDue
+        }
+        Conn::Connecting(fut) => ConnEvent::Handshake(fut.await),
+        Conn::Up(session) => ConnEvent::Inbound(session.inbound.next().await),
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct DrainState {
+    /// Running jobs are cancelled and handed back at this instant.
+    deadline: Instant,
+    deadline_passed: bool,
+    /// Once nothing runs: give up waiting for acknowledgements at this instant.
+    ack_deadline: Option<Instant>,
+}
+
+pub(crate) struct Worker {
+    config: WorkerConfig,
+    endpoint: tonic::transport::Endpoint,
+    authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    executor: Arc<dyn Executor>,
+    spool: Spool,
+    running: Running,
+    tasks: JoinSet<JobDone>,
+    task_keys: HashMap<tokio::task::Id, LeaseKey>,
+    /// Finished, spooled, not yet acknowledged.
+    pending: BTreeMap<LeaseKey, v1::JobResult>,
+    /// Hand-backs that could not be sent while disconnected; sent after the next Welcome.
+    unsent_returns: Vec<v1::JobReturned>,
+    conn: Conn,
+    /// Failed connection attempts since the last Welcome.
+    attempt: u32,
+    drain: Option<DrainState>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        config: WorkerConfig,
+        executor: Arc<dyn Executor>,
+    ) -> Result<Self, WorkerError> {
+        config.validate()?;
+        let endpoint = config.endpoint()?;
+        let authorization = config.authorization()?;
+        let spool_error = |source| WorkerError::Spool {
+            path: config.spool_dir.clone(),
+            source,
+        };
+        let spool = Spool::open(&config.spool_dir).map_err(spool_error)?;
+        let pending: BTreeMap<_, _> = spool
+            .scan()
+            .map_err(spool_error)?
+            .into_iter()
+            .map(|r| (LeaseKey::of_result(&r), r))
+            .collect();
+        if !pending.is_empty() {
+            info!(
+                results = pending.len(),
+                "found results of an earlier run in the spool; they are sent once connected"
+            );
+        }
+        Ok(Worker {
+            config,
+            endpoint,
+            authorization,
+            executor,
+            spool,
+            running: Arc::default(),
+            tasks: JoinSet::new(),
+            task_keys: HashMap::new(),
+            pending,
+            unsent_returns: Vec::new(),
+            conn: Conn::Waiting(Instant::now()),
+            attempt: 0,
+            drain: None,
+        })
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        drain: impl Future<Output = ()> + Send,
+    ) -> Result<(), WorkerError> {
+        let mut drain = pin!(drain);
+        let mut drain_signalled = false;
+        self.conn = Conn::Connecting(self.handshake());
+        loop {
+            if self.drain_finished() {
+                self.leave().await;
+                return Ok(());
+            }
+            let drain_deadline = self
+                .drain
+                .as_ref()
+                .filter(|d| !d.deadline_passed)
+                .map(|d| d.deadline);
+            let ack_deadline = self.drain.as_ref().and_then(|d| d.ack_deadline);
+            let fatal = tokio::select! {
+                () = &mut drain, if !drain_signalled => {
+                    drain_signalled = true;
+                    self.start_drain("asked to drain locally");
+                    None
+                }
+                () = sleep_until_opt(drain_deadline) => {
+                    self.drain_deadline_reached();
+                    None
+                }
+                // only wakes the loop, which then sees the drain is over
+                () = sleep_until_opt(ack_deadline) => None,
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.job_ended(joined);
+                    None
+                }
+                event = conn_event(&mut self.conn) => self.on_conn_event(event).await.err(),
+            };
+            if let Some(fatal) = fatal {
+                self.abandon_jobs().await;
+                return Err(fatal);
+            }
+        }
+    }
+
+    fn handshake(&self) -> BoxFuture<'static, Result<(Box<Session>, Welcome), HandshakeError>> {
+        let hello = v1::Hello {
+            name: self.config.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            capabilities: self.config.capabilities.clone(),
+            slots: self.config.slots,
+            running: Vec::new(), // filled in once connected
+        };
+        debug!("connecting to {}", self.config.master);
+        session::handshake(
+            self.endpoint.clone(),
+            self.authorization.clone(),
+            hello,
+            self.running.clone(),
+        )
+        .boxed()
+    }
+
+    fn reconnect_later(&mut self) {
+        let delay = self.config.reconnect.next_delay(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        debug!(?delay, attempt = self.attempt, "reconnecting after a pause");
+        self.conn = Conn::Waiting(Instant::now() + delay);
+    }
+
+    async fn on_conn_event(&mut self, event: ConnEvent) -> Result<(), WorkerError> {
+        match event {
+            ConnEvent::RetryDue => self.conn = Conn::Connecting(self.handshake()),
+            ConnEvent::Handshake(Ok((session, welcome))) => self.welcomed(session, welcome),
+            ConnEvent::Handshake(Err(HandshakeError::Fatal(e))) => return Err(e),
+            ConnEvent::Handshake(Err(HandshakeError::Retry(why))) => {
+                warn!(master = %self.config.master, "cannot reach the master: {why}");
+                self.reconnect_later();
+            }
+            ConnEvent::Inbound(Some(Ok(message))) => self.on_master_message(message).await,
+            ConnEvent::Inbound(Some(Err(status))) => {
+                if session::is_auth_failure(&status) {
+                    return Err(session::unauthorized(&status));
+                }
+                warn!(code = ?status.code(), "session with the master lost: {}", status.message());
+                self.reconnect_later();
+            }
+            ConnEvent::Inbound(None) => {
+                warn!("the master closed the session");
+                self.reconnect_later();
+            }
+        }
+        Ok(())
+    }
+
+    fn welcomed(&mut self, mut session: Box<Session>, welcome: Welcome) {
+        info!(
+            worker_id = %welcome.worker_id,
+            lease = ?welcome.lease,
+            heartbeat = ?welcome.heartbeat_interval,
+            running = session::leases(&self.running).len(),
+            unacknowledged = self.pending.len(),
+            "connected to the master",
+        );
+        self.attempt = 0;
+        session.start_heartbeats(
+            welcome.heartbeat_interval,
+            self.running.clone(),
+            self.config.spool_dir.clone(),
+        );
+        for result in self.pending.values() {
+            session.send(worker_message::Kind::Result(result.clone()));
+        }
+        for returned in self.unsent_returns.drain(..) {
+            session.send(worker_message::Kind::Returned(returned));
+        }
+        self.conn = Conn::Up(session);
+    }
+
+    /// Send to the master if connected; `false` if not (or the stream just broke).
+    fn send(&self, kind: worker_message::Kind) -> bool {
+        match &self.conn {
+            Conn::Up(session) => session.send(kind),
+            _ => false,
+        }
+    }
+
+    async fn on_master_message(&mut self, message: v1::MasterMessage) {
+        match message.kind {
+            Some(master_message::Kind::Assign(a)) => self.assign(a),
+            Some(master_message::Kind::Cancel(c)) => self.cancel(c).await,
+            Some(master_message::Kind::Drain(d)) => {
+                self.start_drain(&format!("the master asked to drain: {}", d.reason))
+            }
+            Some(master_message::Kind::Ack(a)) => self.acknowledged(a).await,
+            Some(master_message::Kind::Welcome(_)) => warn!("ignoring a second Welcome"),
+            None => warn!("ignoring an empty message from the master"),
+        }
+    }
+
+    fn return_job(&mut self, key: &LeaseKey, reason: String) {
+        info!(job_id = key.job_id, %reason, "handing the job back");
+        let returned = v1::JobReturned {
+            job_id: key.job_id,
+            lease_token: key.token.clone(),
+            reason,
+        };
+        if !self.send(worker_message::Kind::Returned(returned.clone())) {
+            self.unsent_returns.push(returned);
+        }
+    }
+
+    fn assign(&mut self, a: v1::Assign) {
+        let key = LeaseKey {
+            job_id: a.job_id,
+            token: a.lease_token.clone(),
+        };
+        let spec = match check_assign(&a) {
+            Ok(spec) => spec,
+            Err(e) => {
+                warn!(job_id = a.job_id, "invalid assignment: {e}");
+                return self.return_job(&key, format!("invalid assignment: {e}"));
+            }
+        };
+        if self.task_keys.values().any(|k| *k == key) {
+            debug!(
+                job_id = key.job_id,
+                "ignoring a repeated assignment of a running job"
+            );
+            return;
+        }
+        if let Some(result) = self.pending.get(&key) {
+            debug!(
+                job_id = key.job_id,
+                "job already finished under this lease; sending its result again"
+            );
+            let result = result.clone();
+            self.send(worker_message::Kind::Result(result));
+            return;
+        }
+        if self.drain.is_some() {
+            return self.return_job(&key, "the worker is draining".into());
+        }
+        // the same job under another lease: the master gave it out again, so our lease is dead
+        for (old, job) in self
+            .lock_running()
+            .iter_mut()
+            .filter(|(k, j)| k.job_id == key.job_id && !j.cancelled)
+        {
+            info!(
+                job_id = old.job_id,
+                "the job was assigned again under a new lease; stopping the stale run"
+            );
+            job.cancelled = true;
+            job.cancel.cancel();
+        }
+        let busy = self.tasks.len();
+        if busy >= self.config.slots as usize {
+            return self.return_job(
+                &key,
+                format!("no free slot ({busy} of {} busy)", self.config.slots),
+            );
+        }
+
+        let span = info_span!(
+            "job",
+            job_id = a.job_id,
+            attempt = a.attempt,
+            experiment = %spec.experiment,
+            "crate" = %spec.krate,
+        );
+        let cancel = CancellationToken::new();
+        self.lock_running().insert(
+            key.clone(),
+            RunningJob {
+                cancel: cancel.clone(),
+                cancelled: false,
+            },
+        );
+        let assignment = Assignment {
+            job_id: a.job_id,
+            lease_token: a.lease_token,
+            attempt: a.attempt,
+            spec,
+        };
+        let task = run_job(
+            self.executor.clone(),
+            self.spool.clone(),
+            self.running.clone(),
+            key.clone(),
+            assignment,
+            cancel,
+        );
+        let handle = self.tasks.spawn(task.instrument(span));
+        self.task_keys.insert(handle.id(), key);
+    }
+
+    async fn cancel(&mut self, c: v1::Cancel) {
+        let matches = |key: &LeaseKey| {
+            key.job_id == c.job_id && (c.lease_token.is_empty() || key.token == c.lease_token)
+        };
+        let mut found = false;
+        for (key, job) in self.lock_running().iter_mut().filter(|(k, _)| matches(k)) {
+            info!(job_id = key.job_id, reason = %c.reason, "cancelling the job as the master asked");
+            job.cancelled = true;
+            job.cancel.cancel();
+            found = true;
+        }
+        // finished but not yet delivered: drop it too
+        let finished: Vec<LeaseKey> = self
+            .pending
+            .keys()
+            .filter(|k| matches(k))
+            .cloned()
+            .collect();
+        for key in finished {
+            info!(job_id = key.job_id, reason = %c.reason, "dropping the finished job's result as the master asked");
+            self.pending.remove(&key);
+            unspool(&self.spool, &key).await;
+            found = true;
+        }
+        if !found {
+            debug!(
+                job_id = c.job_id,
+                "cancel for a job this worker does not run"
+            );
+        }
+    }
+
+    async fn acknowledged(&mut self, a: v1::ResultAck) {
+        let key = LeaseKey {
+            job_id: a.job_id,
+            token: a.lease_token,
+        };
+        if self.pending.remove(&key).is_none() {
+            debug!(
+                job_id = key.job_id,
+                "acknowledgement of a result that is not pending"
+            );
+            return;
+        }
+        if a.accepted {
+            info!(job_id = key.job_id, "result accepted");
+        } else {
+            warn!(job_id = key.job_id, reason = %a.reason, "result rejected by the master; dropped");
+        }
+        unspool(&self.spool, &key).await;
+    }
+
+    fn job_ended(&mut self, joined: Result<(tokio::task::Id, JobDone), tokio::task::JoinError>) {
+        let (key, result) = match joined {
+            Ok((id, done)) => {
+                self.task_keys.remove(&id);
+                (done.key, done.result)
+            }
+            Err(e) => {
+                let Some(key) = self.task_keys.remove(&e.id()) else {
+                    return;
+                };
+                error!(job_id = key.job_id, error = %e, "job task failed; its lease will expire");
+                (key, None)
+            }
+        };
+        self.lock_running().remove(&key);
+        if let Some(result) = result {
+            self.send(worker_message::Kind::Result(result.clone()));
+            self.pending.insert(key, result);
+        }
+    }
+
+    fn start_drain(&mut self, why: &str) {
+        if self.drain.is_some() {
+            return;
+        }
+        let running = self.tasks.len();
+        info!(running, timeout = ?self.config.drain_timeout, "draining: {why}");
+        self.drain = Some(DrainState {
+            deadline: Instant::now() + self.config.drain_timeout,
+            deadline_passed: false,
+            ack_deadline: None,
+        });
+    }
+
+    fn drain_deadline_reached(&mut self) {
+        if let Some(d) = &mut self.drain {
+            d.deadline_passed = true;
+        }
+        let mut cancelled = Vec::new();
+        for (key, job) in self.lock_running().iter_mut().filter(|(_, j)| !j.cancelled) {
+            job.cancelled = true;
+            job.cancel.cancel();
+            cancelled.push(key.clone());
+        }
+        for key in cancelled {
+            let reason = format!(
+                "the worker is draining and the job did not finish within {:?}",
+                self.config.drain_timeout
+            );
+            self.return_job(&key, reason);
+        }
+    }
+
+    /// Whether a drain is over: nothing runs, and every result is acknowledged or we waited long
+    /// enough for that.
+    fn drain_finished(&mut self) -> bool {
+        let ack_timeout = self.config.drain_ack_timeout;
+        let Some(d) = &mut self.drain else {
+            return false;
+        };
+        if !self.tasks.is_empty() {
+            return false;
+        }
+        if self.pending.is_empty() {
+            return true;
+        }
+        let ack_deadline = *d
+            .ack_deadline
+            .get_or_insert_with(|| Instant::now() + ack_timeout);
+        Instant::now() >= ack_deadline
+    }
+
+    /// Leave after a drain: close the stream politely and wait briefly for the master to close
+    /// its side, taking any last acknowledgements.
+    async fn leave(&mut self) {
+        if !self.pending.is_empty() {
+            warn!(
+                results = self.pending.len(),
+                "leaving with unacknowledged results; they stay in the spool for the next run"
+            );
+        }
+        if !self.unsent_returns.is_empty() {
+            warn!(
+                jobs = self.unsent_returns.len(),
+                "could not hand back every job; their leases will expire"
+            );
+        }
+        let Conn::Up(session) = std::mem::replace(&mut self.conn, Conn::Waiting(Instant::now()))
+        else {
+            return;
+        };
+        let (mut inbound, _client) = session.close();
+        let closing = async {
+            while let Some(Ok(message)) = inbound.next().await {
+                match message.kind {
+                    Some(master_message::Kind::Ack(a)) => self.acknowledged(a).await,
+                    other => debug!(message = ?other, "ignored while leaving"),
+                }
+            }
+        };
+        if tokio::time::timeout(CLOSE_GRACE, closing).await.is_err() {
+            debug!("the master did not close the session within {CLOSE_GRACE:?}");
+        }
+        info!("drained; bye");
+    }
+
+    /// After a fatal error: cancel every job and wait (bounded) for the tasks to end.
+    async fn abandon_jobs(&mut self) {
+        if !self.tasks.is_empty() {
+            warn!(
+                running = self.tasks.len(),
+                "stopping: cancelling the running jobs"
+            );
+        }
+        for job in self.lock_running().values_mut() {
+            job.cancelled = true;
+            job.cancel.cancel();
+        }
+        let wait = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.config.drain_ack_timeout, wait)
+            .await
+            .is_err()
+        {
+            warn!("jobs did not stop after being cancelled; aborting their tasks");
+            self.tasks.shutdown().await;
+        }
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, RunningJobs> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+// A free function: holding `&Worker` across an await would need `Worker: Sync`.
+async fn unspool(spool: &Spool, key: &LeaseKey) {
+    if let Err(e) = spool.remove(key.job_id, &key.token).await {
+        error!(job_id = key.job_id, error = %e, "could not remove a spooled result; it will be sent again on restart");
+    }
+}
+
+/// Edge validation of an Assign: a bad one is handed back with the field named.
+fn check_assign(a: &v1::Assign) -> Result<JobSpec, caldera_proto::WireError> {
+    caldera_proto::parse_lease_token("lease_token", &a.lease_token)?;
+    let spec = a.spec.clone().ok_or_else(|| caldera_proto::WireError {
+        field: "spec",
+        message: "missing".into(),
+    })?;
+    JobSpec::try_from(spec)
+}
+
+/// One job, in its own task: run it, then — unless it was cancelled — spool the result.
+/// The job leaves `running` (heartbeats, Hello) as soon as the executor is done with it.
+async fn run_job(
+    executor: Arc<dyn Executor>,
+    spool: Spool,
+    running: Running,
+    key: LeaseKey,
+    assignment: Assignment,
+    cancel: CancellationToken,
+) -> JobDone {
+    info!("job started");
+    let started = Instant::now();
+    let run = AssertUnwindSafe(async { executor.run(assignment, cancel.clone()).await })
+        .catch_unwind()
+        .await;
+    running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key);
+    if cancel.is_cancelled() {
+        info!("job stopped after being cancelled; its result is dropped");
+        return JobDone { key, result: None };
+    }
+    let output = run.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string panic".into());
+        error!(panic = %what, "the executor panicked; reporting the job as an error");
+        let side = SideOutput::error(
+            format!("worker executor panicked: {what}"),
+            started.elapsed(),
+        );
+        JobOutput {
+            start: side.clone(),
+            end: side,
+        }
+    });
+    let result = output.to_result(key.job_id, &key.token);
+    if let Err(e) = spool.write(&result).await {
+        // still sent: this connection may well deliver it; only a restart before the ack loses it
+        error!(error = %e, "could not spool the result");
+    }
+    info!(start = %output.start.outcome, end = %output.end.outcome, "job finished");
+    JobDone {
+        key,
+        result: Some(result),
+    }
+}
