@@ -32,6 +32,8 @@
 //! With the `testing` feature, [`testing::S3Server`] starts a real S3-compatible server (`s3s-fs`, in
 //! process, on a loopback port, over a temporary directory) that tests of other crates can use.
 
+#![warn(missing_docs)]
+
 mod config;
 mod error;
 mod key;

@@ -313,3 +313,100 @@ pub async fn read_log(
     let body = get_log(store, key).await?;
     crate::store::collect_body(store.describe(), key, body, max_len).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ObjectKey {
+        ObjectKey::new("e/log.zst").unwrap()
+    }
+
+    async fn collect(mut body: ObjectBody) -> Result<Vec<u8>, StorageError> {
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    fn frame(data: &[u8]) -> Vec<u8> {
+        zstd::encode_all(data, 3).unwrap()
+    }
+
+    fn body_of(chunks: Vec<Result<Bytes, StorageError>>) -> ObjectBody {
+        futures::stream::iter(chunks).boxed()
+    }
+
+    #[tokio::test]
+    async fn compress_then_decompress() {
+        let data = "line\n".repeat(100_000).into_bytes();
+        let compressed = compress(crate::store::bytes_stream(data.clone()), 3);
+        let compressed: Vec<u8> = compressed.map(|c| c.unwrap().to_vec()).concat().await;
+        assert!(compressed.len() < data.len() / 20);
+        let body = body_of(vec![Ok(Bytes::from(compressed))]);
+        let out = collect(decompress("store", &key(), body, Some(data.len() as u64)))
+            .await
+            .unwrap();
+        assert!(out == data);
+    }
+
+    #[tokio::test]
+    async fn errors_of_the_object_stream_pass_through_unchanged() {
+        let f = frame(&vec![b'x'; 1_000_000]);
+        let body = body_of(vec![
+            Ok(Bytes::copy_from_slice(&f[..f.len() / 2])),
+            Err(StorageError::Unavailable {
+                store: "S3 bucket `logs`".into(),
+                op: "read",
+                key: "e/log.zst".into(),
+                cause: "connection reset".into(),
+            }),
+        ]);
+        let err = collect(decompress("S3 bucket `logs`", &key(), body, None))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Unavailable { .. }), "{err}");
+        assert!(err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn bad_data_and_wrong_sizes_are_corrupt() {
+        let garbage = body_of(vec![Ok(Bytes::from_static(b"not zstd at all"))]);
+        let err = collect(decompress("s", &key(), garbage, None))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+
+        let truncated = frame(b"hello world, hello world");
+        let body = body_of(vec![Ok(Bytes::copy_from_slice(
+            &truncated[..truncated.len() - 3],
+        ))]);
+        let err = collect(decompress("s", &key(), body, None))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+
+        for expected in [5, 100] {
+            let body = body_of(vec![Ok(Bytes::from(frame(b"0123456789")))]);
+            let err = collect(decompress("s", &key(), body, Some(expected)))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+            assert!(err.to_string().contains("original-size"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn announced_lengths_are_enforced() {
+        for (len, announced) in [(10usize, 9u64), (10, 11)] {
+            let stream = exact_len(crate::store::bytes_stream(vec![1u8; len]), announced);
+            let results: Vec<_> = stream.collect().await;
+            assert!(results.last().unwrap().is_err(), "{len} vs {announced}");
+        }
+        let ok: Vec<_> = exact_len(crate::store::bytes_stream(vec![1u8; 10]), 10)
+            .collect()
+            .await;
+        assert!(ok.iter().all(Result::is_ok));
+    }
+}
