@@ -18,12 +18,14 @@
 //!
 //! With the `openapi` feature, every type used in an HTTP body implements `utoipa::ToSchema`.
 
+pub mod classify;
 pub mod crates;
 pub mod experiment;
 pub mod job;
 pub mod lifecycle;
 pub mod outcome;
 pub mod registry;
+pub mod report;
 pub mod selection;
 pub mod toolchain;
 
