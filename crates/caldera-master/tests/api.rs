@@ -58,7 +58,7 @@ impl Master {
     }
 }
 
-const VALID: &str = r#"{"name":"stable-vs-nightly","start":"stable","end":"nightly","mode":"build-and-test","crates":"serde,rand@0.8.5"}"#;
+const VALID: &str = r#"{"name":"stable-vs-nightly","start":"stable","end":"nightly","mode":"build-and-test","crates":"serde@1.0.219,rand@0.8.5"}"#;
 
 fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_field: &str, message_has: &str) {
     assert_eq!(status, want_status, "{body}");
@@ -194,6 +194,7 @@ async fn lifecycle_actions_and_delete() {
     let m = Master::start().await;
     m.call(Method::POST, "/api/v1/experiments", Some(&m.operator), Some(VALID)).await;
     let path = "/api/v1/experiments/stable-vs-nightly";
+    let m = &m;
     let step = |verb: &'static str| async move { m.call(Method::POST, &format!("{path}/{verb}"), Some(&m.operator), None).await };
 
     let (status, body) = step("pause").await;
@@ -253,7 +254,7 @@ async fn crate_lists_crud_and_validation() {
     assert_eq!((status, &one["crates"]), (StatusCode::OK, &json!(["serde", "rand@0.8.5"])));
 
     // an experiment over the list; the list cannot go while the experiment is queued
-    let exp = VALID.replace(r#""serde,rand@0.8.5""#, r#""list:small""#);
+    let exp = VALID.replace(r#""serde@1.0.219,rand@0.8.5""#, r#""list:small""#);
     let (status, body) = m.call(Method::POST, "/api/v1/experiments", Some(&m.operator), Some(&exp)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = m.call(Method::DELETE, "/api/v1/crate-lists/small", Some(&m.operator), None).await;

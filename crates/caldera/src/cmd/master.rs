@@ -29,6 +29,9 @@ pub struct MasterArgs {
     /// A job whose lease expired this many times ends as `error`.
     #[arg(long, env = "CALDERA_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: i32,
+    /// How often the reaper looks for expired leases (milliseconds).
+    #[arg(long, env = "CALDERA_REAP_INTERVAL_MS", default_value_t = 5_000)]
+    pub reap_interval_ms: u64,
     /// The registry's database dump (a directory with crates.csv and versions.csv), for
     /// unversioned crate names, `top:N`, `random:N` and `all`.
     #[arg(long, env = "CALDERA_REGISTRY_DUMP", conflicts_with = "registry_index")]
@@ -59,6 +62,7 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
         lease: Duration::from_secs(args.lease_secs.max(1)),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(10)),
         max_attempts: args.max_attempts.max(1),
+        reap_interval: Duration::from_millis(args.reap_interval_ms.max(10)),
         ..Default::default()
     };
     anyhow::ensure!(
