@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -37,7 +37,10 @@ enum Cmd {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
 }
 
 fn say(msg: &str) {
@@ -46,7 +49,10 @@ fn say(msg: &str) {
 
 fn run(cmd: &mut Command) -> Result<()> {
     say(&format!("running {cmd:?}"));
-    let status = cmd.current_dir(root()).status().with_context(|| format!("spawning {cmd:?}"))?;
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("spawning {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -58,17 +64,24 @@ fn cargo() -> Command {
 }
 
 fn have(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program} >/dev/null 2>&1")]).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {
     if !have("apt-get") {
-        bail!("missing {packages:?} and this machine has no apt-get: install them with your package manager");
+        bail!(
+            "missing {packages:?} and this machine has no apt-get: install them with your package manager"
+        );
     }
     let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
     let apt = |args: &[&str]| {
@@ -109,7 +122,14 @@ fn provision() -> Result<()> {
 
 fn lint() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 fn main() -> Result<()> {
@@ -117,7 +137,10 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Provision => provision(),
         Cmd::Lint => lint(),
-        Cmd::Test { no_lint, cargo_args } => {
+        Cmd::Test {
+            no_lint,
+            cargo_args,
+        } => {
             provision()?;
             if !no_lint {
                 lint()?;
@@ -127,8 +150,12 @@ fn main() -> Result<()> {
             run(&mut test)
         }
         Cmd::Demo => {
-            say("the demo experiment (`caldera local --demo`) is not built yet: it needs the worker, sandbox and storage issues");
-            say("for now, see README.md for running the master and defining experiments over the API");
+            say(
+                "the demo experiment (`caldera local --demo`) is not built yet: it needs the worker, sandbox and storage issues",
+            );
+            say(
+                "for now, see README.md for running the master and defining experiments over the API",
+            );
             Ok(())
         }
     }

@@ -24,18 +24,26 @@ pub enum EmbeddedError {
          install them with `apt-get install postgresql` or point CALDERA_PG_BIN at the directory holding initdb and postgres"
     )]
     BinariesNotFound,
-    #[error("running as root but there is no `postgres` system user to run the cluster as; install Debian's `postgresql` package or run as a normal user")]
+    #[error(
+        "running as root but there is no `postgres` system user to run the cluster as; install Debian's `postgresql` package or run as a normal user"
+    )]
     NoPostgresUser,
     #[error("{step} failed: {message}")]
     Command { step: &'static str, message: String },
     #[error("I/O error at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("postgres did not accept connections within {0:?}; see its log at {1}")]
     NotReady(Duration, PathBuf),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EmbeddedError + '_ {
-    move |source| EmbeddedError::Io { path: path.to_owned(), source }
+    move |source| EmbeddedError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// How to start the cluster.
@@ -68,7 +76,11 @@ impl PrivatePostgres {
     /// Start (initialising if needed) a cluster and wait until it accepts connections.
     pub async fn start(options: ClusterOptions) -> Result<Self, EmbeddedError> {
         let bin = find_bin_dir().ok_or(EmbeddedError::BinariesNotFound)?;
-        let run_as = if running_as_root() { Some(postgres_user()?) } else { None };
+        let run_as = if running_as_root() {
+            Some(postgres_user()?)
+        } else {
+            None
+        };
         let dir = options.dir.clone();
         let data = dir.join("data");
         let socket = dir.join("socket");
@@ -102,7 +114,11 @@ impl PrivatePostgres {
             }
         }
 
-        let port = if options.port == 0 { free_port().map_err(io_err(&dir))? } else { options.port };
+        let port = if options.port == 0 {
+            free_port().map_err(io_err(&dir))?
+        } else {
+            options.port
+        };
         // A stale pid file from a killed server would stop postgres from starting.
         let pid_file = data.join("postmaster.pid");
         if pid_file.exists() && !server_alive(&pid_file) {
@@ -145,12 +161,21 @@ cleanup
             // and the watchdog stops the server cleanly instead of being killed mid-write
             .process_group(0);
         let child = as_user(&mut sh, run_as).spawn().map_err(io_err(&bin))?;
-        let this = PrivatePostgres { dir: dir.clone(), port, watchdog_pid: child.id() };
+        let this = PrivatePostgres {
+            dir: dir.clone(),
+            port,
+            watchdog_pid: child.id(),
+        };
         this.wait_ready(&bin, &log, Duration::from_secs(30)).await?;
         Ok(this)
     }
 
-    async fn wait_ready(&self, bin: &Path, log: &Path, limit: Duration) -> Result<(), EmbeddedError> {
+    async fn wait_ready(
+        &self,
+        bin: &Path,
+        log: &Path,
+        limit: Duration,
+    ) -> Result<(), EmbeddedError> {
         let started = Instant::now();
         loop {
             let ok = tokio::process::Command::new(bin.join("pg_isready"))
@@ -202,7 +227,11 @@ cleanup
 
 fn is_zombie(proc_dir: &Path) -> bool {
     fs::read_to_string(proc_dir.join("stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -222,7 +251,9 @@ fn as_user(cmd: &mut Command, run_as: Option<(u32, u32)>) -> &mut Command {
 
 /// Is this process running as root? (`/proc/self` is owned by the effective uid.)
 pub fn running_as_root() -> bool {
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 fn postgres_user() -> Result<(u32, u32), EmbeddedError> {
@@ -253,7 +284,9 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), EmbeddedError> {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Locate the directory holding `initdb` and `postgres`.

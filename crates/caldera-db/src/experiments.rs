@@ -10,7 +10,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::{is_unique_violation, DbError};
+use crate::{DbError, is_unique_violation};
 
 /// An experiment as stored.
 #[derive(Debug, Clone, Serialize)]
@@ -40,22 +40,38 @@ const COLUMNS: &str = "id, name, status, spec, created_at, updated_at, started_a
 
 fn from_raw(raw: Raw) -> Result<ExperimentRow, DbError> {
     let (id, name, status, Json(spec), created_at, updated_at, started_at, finished_at) = raw;
-    let status = status
-        .parse()
-        .map_err(|e| DbError::Corrupt { table: "experiments", message: format!("status: {e}") })?;
-    Ok(ExperimentRow { id, name, status, spec, created_at, updated_at, started_at, finished_at })
+    let status = status.parse().map_err(|e| DbError::Corrupt {
+        table: "experiments",
+        message: format!("status: {e}"),
+    })?;
+    Ok(ExperimentRow {
+        id,
+        name,
+        status,
+        spec,
+        created_at,
+        updated_at,
+        started_at,
+        finished_at,
+    })
 }
 
-async fn check_crate_list(tx: &mut Transaction<'_, Postgres>, spec: &ExperimentSpec) -> Result<(), DbError> {
+async fn check_crate_list(
+    tx: &mut Transaction<'_, Postgres>,
+    spec: &ExperimentSpec,
+) -> Result<(), DbError> {
     if let CrateSelection::CrateList { name } = &spec.crates {
-        let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM crate_lists WHERE name = $1 FOR SHARE")
-            .bind(name)
-            .fetch_optional(&mut **tx)
-            .await?;
+        let exists: Option<(i32,)> =
+            sqlx::query_as("SELECT 1 FROM crate_lists WHERE name = $1 FOR SHARE")
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?;
         if exists.is_none() {
             return Err(DbError::Invalid {
                 field: "crates".into(),
-                message: format!("unknown crate list {name:?}; create it first with POST /api/v1/crate-lists"),
+                message: format!(
+                    "unknown crate list {name:?}; create it first with POST /api/v1/crate-lists"
+                ),
             });
         }
     }
@@ -89,11 +105,15 @@ pub async fn create(pool: &PgPool, spec: &ExperimentSpec) -> Result<ExperimentRo
 
 /// One experiment by name.
 pub async fn get(pool: &PgPool, name: &str) -> Result<ExperimentRow, DbError> {
-    let raw: Option<Raw> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM experiments WHERE name = $1"))
-        .bind(name)
-        .fetch_optional(pool)
-        .await?;
-    raw.map(from_raw).transpose()?.ok_or_else(|| DbError::not_found(format!("experiment {name:?}")))
+    let raw: Option<Raw> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM experiments WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    raw.map(from_raw)
+        .transpose()?
+        .ok_or_else(|| DbError::not_found(format!("experiment {name:?}")))
 }
 
 /// A page of experiments.
@@ -122,36 +142,53 @@ pub async fn list(
     .bind(offset)
     .fetch_all(pool)
     .await?;
-    let (total,): (i64,) = sqlx::query_as("SELECT count(*) FROM experiments WHERE ($1::text IS NULL OR status = $1)")
-        .bind(&status)
-        .fetch_one(pool)
-        .await?;
+    let (total,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM experiments WHERE ($1::text IS NULL OR status = $1)")
+            .bind(&status)
+            .fetch_one(pool)
+            .await?;
     let items = raws.into_iter().map(from_raw).collect::<Result<_, _>>()?;
-    Ok(Page { items, total, limit, offset })
+    Ok(Page {
+        items,
+        total,
+        limit,
+        offset,
+    })
 }
 
 async fn lock(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<ExperimentRow, DbError> {
-    let raw: Option<Raw> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM experiments WHERE name = $1 FOR UPDATE"))
-        .bind(name)
-        .fetch_optional(&mut **tx)
-        .await?;
-    raw.map(from_raw).transpose()?.ok_or_else(|| DbError::not_found(format!("experiment {name:?}")))
+    let raw: Option<Raw> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM experiments WHERE name = $1 FOR UPDATE"
+    ))
+    .bind(name)
+    .fetch_optional(&mut **tx)
+    .await?;
+    raw.map(from_raw)
+        .transpose()?
+        .ok_or_else(|| DbError::not_found(format!("experiment {name:?}")))
 }
 
 /// Apply an edit to a queued experiment; anything else is a conflict and changes nothing.
-pub async fn edit(pool: &PgPool, name: &str, edit: ExperimentEdit) -> Result<ExperimentRow, DbError> {
+pub async fn edit(
+    pool: &PgPool,
+    name: &str,
+    edit: ExperimentEdit,
+) -> Result<ExperimentRow, DbError> {
     let mut tx = pool.begin().await?;
     let current = lock(&mut tx, name).await?;
     if !current.status.is_editable() {
         return Err(DbError::conflict(
             Some("status"),
-            format!("experiment {name:?} is {}; only queued experiments can be edited", current.status),
+            format!(
+                "experiment {name:?} is {}; only queued experiments can be edited",
+                current.status
+            ),
         ));
     }
-    let spec = current
-        .spec
-        .apply(&edit)
-        .map_err(|e| DbError::Invalid { field: e.field.clone(), message: e.message.clone() })?;
+    let spec = current.spec.apply(&edit).map_err(|e| DbError::Invalid {
+        field: e.field.clone(),
+        message: e.message.clone(),
+    })?;
     check_crate_list(&mut tx, &spec).await?;
     let raw: Raw = sqlx::query_as(&format!(
         "UPDATE experiments SET spec = $2, priority = $3, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
@@ -177,7 +214,11 @@ pub struct PendingTransition {
 }
 
 /// Check `action` against the current status under a row lock (a conflict changes nothing).
-pub async fn begin_action(pool: &PgPool, name: &str, action: ExperimentAction) -> Result<PendingTransition, DbError> {
+pub async fn begin_action(
+    pool: &PgPool,
+    name: &str,
+    action: ExperimentAction,
+) -> Result<PendingTransition, DbError> {
     let mut tx = pool.begin().await?;
     let current = lock(&mut tx, name).await?;
     let next = lifecycle::transition(current.status, action)
@@ -204,7 +245,11 @@ impl PendingTransition {
 }
 
 /// Run a lifecycle action with no side effects.
-pub async fn apply_action(pool: &PgPool, name: &str, action: ExperimentAction) -> Result<ExperimentRow, DbError> {
+pub async fn apply_action(
+    pool: &PgPool,
+    name: &str,
+    action: ExperimentAction,
+) -> Result<ExperimentRow, DbError> {
     begin_action(pool, name, action).await?.commit().await
 }
 
@@ -213,13 +258,22 @@ pub async fn apply_action(pool: &PgPool, name: &str, action: ExperimentAction) -
 pub async fn delete(pool: &PgPool, name: &str) -> Result<ExperimentRow, DbError> {
     let mut tx = pool.begin().await?;
     let current = lock(&mut tx, name).await?;
-    if matches!(current.status, ExperimentStatus::Running | ExperimentStatus::Paused) {
+    if matches!(
+        current.status,
+        ExperimentStatus::Running | ExperimentStatus::Paused
+    ) {
         return Err(DbError::conflict(
             Some("status"),
-            format!("experiment {name:?} is {}; abort it before deleting it", current.status),
+            format!(
+                "experiment {name:?} is {}; abort it before deleting it",
+                current.status
+            ),
         ));
     }
-    sqlx::query("DELETE FROM experiments WHERE id = $1").bind(current.id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM experiments WHERE id = $1")
+        .bind(current.id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(current)
 }

@@ -33,7 +33,16 @@ pub async fn create_for_experiment(
     for c in crates {
         ids.push(c.to_string());
         let (kind, name, version, checksum) = match c {
-            CrateId::Registry { name, version, checksum } => ("registry", name.clone(), Some(version.to_string()), checksum.clone()),
+            CrateId::Registry {
+                name,
+                version,
+                checksum,
+            } => (
+                "registry",
+                name.clone(),
+                Some(version.to_string()),
+                checksum.clone(),
+            ),
             CrateId::Git { url, rev } => ("git", url.clone(), Some(rev.clone()), None),
             CrateId::Local { path } => ("local", path.clone(), None, None),
         };
@@ -91,7 +100,16 @@ pub async fn claim(
     now: DateTime<Utc>,
     lease: chrono::Duration,
 ) -> Result<Vec<Claimed>, DbError> {
-    let rows: Vec<(i64, Uuid, i32, Uuid, String, String, Json<serde_json::Value>)> = sqlx::query_as(
+    type Row = (
+        i64,
+        Uuid,
+        i32,
+        Uuid,
+        String,
+        String,
+        Json<serde_json::Value>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
         "WITH picked AS (
              SELECT j.id FROM jobs j
              JOIN experiments e ON e.id = j.experiment_id
@@ -116,15 +134,19 @@ pub async fn claim(
     .await?;
     let mut claimed: Vec<Claimed> = rows
         .into_iter()
-        .map(|(job_id, lease_token, attempt, experiment_id, experiment, crate_id, Json(spec))| Claimed {
-            job_id,
-            lease_token,
-            attempt,
-            experiment_id,
-            experiment,
-            crate_id,
-            spec,
-        })
+        .map(
+            |(job_id, lease_token, attempt, experiment_id, experiment, crate_id, Json(spec))| {
+                Claimed {
+                    job_id,
+                    lease_token,
+                    attempt,
+                    experiment_id,
+                    experiment,
+                    crate_id,
+                    spec,
+                }
+            },
+        )
         .collect();
     claimed.sort_by_key(|c| c.job_id);
     Ok(claimed)
@@ -191,7 +213,11 @@ pub struct CompletionOutcome {
 /// Record a batch of results in one transaction. A result is accepted only if its lease token is
 /// the job's current lease (fencing); it then finishes the job and writes one row per side. A
 /// rejected result writes nothing.
-pub async fn complete(pool: &PgPool, batch: &[Completion], now: DateTime<Utc>) -> Result<CompletionOutcome, DbError> {
+pub async fn complete(
+    pool: &PgPool,
+    batch: &[Completion],
+    now: DateTime<Utc>,
+) -> Result<CompletionOutcome, DbError> {
     if batch.is_empty() {
         return Ok(CompletionOutcome::default());
     }
@@ -209,7 +235,8 @@ pub async fn complete(pool: &PgPool, batch: &[Completion], now: DateTime<Utc>) -
     .bind(now)
     .fetch_all(&mut *tx)
     .await?;
-    let accepted: BTreeMap<i64, (Uuid, i64)> = done.into_iter().map(|(id, e, c)| (id, (e, c))).collect();
+    let accepted: BTreeMap<i64, (Uuid, i64)> =
+        done.into_iter().map(|(id, e, c)| (id, (e, c))).collect();
 
     let mut cols = ResultColumns::default();
     let mut out = CompletionOutcome::default();
@@ -248,23 +275,39 @@ struct ResultColumns {
 }
 
 impl ResultColumns {
-    fn push(&mut self, experiment: Uuid, krate: i64, side: Side, job: Option<i64>, rec: &SideRecord, worker: Option<Uuid>) {
+    fn push(
+        &mut self,
+        experiment: Uuid,
+        krate: i64,
+        side: Side,
+        job: Option<i64>,
+        rec: &SideRecord,
+        worker: Option<Uuid>,
+    ) {
         self.experiment.push(experiment);
         self.krate.push(krate);
         self.side.push(side.as_str());
         self.job.push(job);
-        self.outcome.push(serde_json::to_value(&rec.outcome).unwrap_or(serde_json::Value::Null));
+        self.outcome
+            .push(serde_json::to_value(&rec.outcome).unwrap_or(serde_json::Value::Null));
         self.kind.push(outcome_kind(&rec.outcome).to_owned());
         self.log_key.push(rec.log_key.clone());
         self.duration.push(rec.duration_ms);
         self.memory.push(rec.peak_memory_bytes);
         self.steps.push(serde_json::Value::Array(
-            rec.steps.iter().map(|(name, ms)| serde_json::json!({"name": name, "duration_ms": ms})).collect(),
+            rec.steps
+                .iter()
+                .map(|(name, ms)| serde_json::json!({"name": name, "duration_ms": ms}))
+                .collect(),
         ));
         self.worker.push(worker);
     }
 
-    async fn insert(self, tx: &mut Transaction<'_, Postgres>, now: DateTime<Utc>) -> Result<(), DbError> {
+    async fn insert(
+        self,
+        tx: &mut Transaction<'_, Postgres>,
+        now: DateTime<Utc>,
+    ) -> Result<(), DbError> {
         if self.experiment.is_empty() {
             return Ok(());
         }
@@ -309,7 +352,12 @@ pub fn outcome_kind(o: &Outcome) -> &'static str {
 }
 
 /// The worker gives a job back without a result: it returns to the queue without using up an attempt.
-pub async fn hand_back(pool: &PgPool, job_id: i64, token: Uuid, now: DateTime<Utc>) -> Result<bool, DbError> {
+pub async fn hand_back(
+    pool: &PgPool,
+    job_id: i64,
+    token: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool, DbError> {
     let done = sqlx::query(
         "UPDATE jobs SET state = 'queued', lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
                 attempt = greatest(attempt - 1, 0), updated_at = $3
@@ -358,7 +406,9 @@ pub async fn reap(pool: &PgPool, now: DateTime<Utc>, max_attempts: i32) -> Resul
         if state == "error" {
             out.errored.push(id);
             let rec = SideRecord {
-                outcome: Outcome::Error { reason: format!("no result after {attempt} attempts (leases expired)") },
+                outcome: Outcome::Error {
+                    reason: format!("no result after {attempt} attempts (leases expired)"),
+                },
                 log_key: None,
                 duration_ms: 0,
                 peak_memory_bytes: 0,
@@ -404,12 +454,21 @@ pub async fn cancel_experiment(
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(job_id, token, owner)| token.map(|lease_token| CancelledLease { job_id, lease_token, owner }))
+        .filter_map(|(job_id, token, owner)| {
+            token.map(|lease_token| CancelledLease {
+                job_id,
+                lease_token,
+                owner,
+            })
+        })
         .collect())
 }
 
 /// Of `experiments`, those that are running or paused and have no unfinished job left.
-pub async fn finished_experiments(pool: &PgPool, experiments: &[Uuid]) -> Result<Vec<String>, DbError> {
+pub async fn finished_experiments(
+    pool: &PgPool,
+    experiments: &[Uuid],
+) -> Result<Vec<String>, DbError> {
     let rows: Vec<(String,)> = sqlx::query_as(
         "SELECT e.name FROM experiments e
          WHERE e.id = ANY($1) AND e.status IN ('running', 'paused')

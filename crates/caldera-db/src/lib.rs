@@ -20,8 +20,8 @@ pub mod testing;
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// The embedded migrations of `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
@@ -34,13 +34,19 @@ pub enum DbError {
     NotFound { what: String },
     /// The operation conflicts with the current state (duplicate name, wrong status, …).
     #[error("{message}")]
-    Conflict { field: Option<&'static str>, message: String },
+    Conflict {
+        field: Option<&'static str>,
+        message: String,
+    },
     /// The input is invalid (a semantic check that needs the database, e.g. an unknown crate list).
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
     /// Stored data could not be decoded (a bug or a manual edit of the database).
     #[error("corrupt row in {table}: {message}")]
-    Corrupt { table: &'static str, message: String },
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -52,7 +58,10 @@ impl DbError {
         DbError::NotFound { what: what.into() }
     }
     pub(crate) fn conflict(field: Option<&'static str>, message: impl Into<String>) -> Self {
-        DbError::Conflict { field, message: message.into() }
+        DbError::Conflict {
+            field,
+            message: message.into(),
+        }
     }
 }
 

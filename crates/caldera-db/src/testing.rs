@@ -10,8 +10,8 @@
 use sqlx::{Connection, PgConnection};
 use tokio::sync::OnceCell;
 
-use crate::embedded::{ClusterOptions, PrivatePostgres};
 use crate::PgPool;
+use crate::embedded::{ClusterOptions, PrivatePostgres};
 
 const TEMPLATE: &str = "caldera_template";
 
@@ -28,7 +28,12 @@ async fn cluster() -> &'static Cluster {
     CLUSTER
         .get_or_init(|| async {
             let (base, server) = match std::env::var("CALDERA_TEST_DATABASE_URL") {
-                Ok(url) => (url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(url), None),
+                Ok(url) => (
+                    url.rsplit_once('/')
+                        .map(|(b, _)| b.to_owned())
+                        .unwrap_or(url),
+                    None,
+                ),
                 Err(_) => {
                     let dir = tempfile_dir();
                     let server = PrivatePostgres::start(ClusterOptions {
@@ -43,19 +48,36 @@ async fn cluster() -> &'static Cluster {
                     (base, Some(server))
                 }
             };
-            let mut admin = PgConnection::connect(&format!("{base}/postgres")).await.expect("connect as admin");
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {TEMPLATE}")).execute(&mut admin).await.ok();
-            sqlx::query(&format!("CREATE DATABASE {TEMPLATE}")).execute(&mut admin).await.expect("create template");
-            let pool = crate::connect(&format!("{base}/{TEMPLATE}"), 2).await.expect("connect template");
+            let mut admin = PgConnection::connect(&format!("{base}/postgres"))
+                .await
+                .expect("connect as admin");
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {TEMPLATE}"))
+                .execute(&mut admin)
+                .await
+                .ok();
+            sqlx::query(&format!("CREATE DATABASE {TEMPLATE}"))
+                .execute(&mut admin)
+                .await
+                .expect("create template");
+            let pool = crate::connect(&format!("{base}/{TEMPLATE}"), 2)
+                .await
+                .expect("connect template");
             crate::migrate(&pool).await.expect("migrate template");
             pool.close().await;
-            Cluster { base, _server: server }
+            Cluster {
+                base,
+                _server: server,
+            }
         })
         .await
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("caldera-test-pg-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!(
+        "caldera-test-pg-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(&dir).expect("create test cluster dir");
     dir
 }
@@ -81,14 +103,18 @@ impl TestDb {
     async fn create(migrated: bool) -> TestDb {
         let cluster = cluster().await;
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&format!("{}/postgres", cluster.base)).await.expect("connect as admin");
+        let mut admin = PgConnection::connect(&format!("{}/postgres", cluster.base))
+            .await
+            .expect("connect as admin");
         let template = if migrated { TEMPLATE } else { "template0" };
         sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
             .execute(&mut admin)
             .await
             .expect("create test database");
         let url = format!("{}/{name}", cluster.base);
-        let pool = crate::connect(&url, 10).await.expect("connect test database");
+        let pool = crate::connect(&url, 10)
+            .await
+            .expect("connect test database");
         TestDb { pool, url, name }
     }
 

@@ -58,7 +58,9 @@ impl std::str::FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?}; expected one of admin, operator, worker, viewer"))
+            .ok_or_else(|| {
+                format!("unknown role {s:?}; expected one of admin, operator, worker, viewer")
+            })
     }
 }
 
@@ -80,11 +82,30 @@ fn hash(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
-type Raw = (Uuid, String, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+type Raw = (
+    Uuid,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
 
-fn from_raw((id, name, role, created_at, last_used_at, revoked_at): Raw) -> Result<TokenRow, DbError> {
-    let role = role.parse().map_err(|message| DbError::Corrupt { table: "api_tokens", message })?;
-    Ok(TokenRow { id, name, role, created_at, last_used_at, revoked_at })
+fn from_raw(
+    (id, name, role, created_at, last_used_at, revoked_at): Raw,
+) -> Result<TokenRow, DbError> {
+    let role = role.parse().map_err(|message| DbError::Corrupt {
+        table: "api_tokens",
+        message,
+    })?;
+    Ok(TokenRow {
+        id,
+        name,
+        role,
+        created_at,
+        last_used_at,
+        revoked_at,
+    })
 }
 
 /// Create a token; returns the row and the secret (shown once, never stored).
@@ -130,10 +151,11 @@ pub async fn list(pool: &PgPool) -> Result<Vec<TokenRow>, DbError> {
 
 /// Revoke a token by id; revoking twice is a no-op.
 pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<(), DbError> {
-    let done = sqlx::query("UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await?;
+    let done =
+        sqlx::query("UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await?;
     if done.rows_affected() == 0 {
         return Err(DbError::not_found(format!("token {id}")));
     }

@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::types::Json;
 use sqlx::PgPool;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::DbError;
@@ -54,25 +54,44 @@ pub async fn connect(
 
 /// Note a sign of life.
 pub async fn seen(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<(), DbError> {
-    sqlx::query("UPDATE workers SET last_seen_at = $2, connected = true WHERE id = $1").bind(id).bind(now).execute(pool).await?;
+    sqlx::query("UPDATE workers SET last_seen_at = $2, connected = true WHERE id = $1")
+        .bind(id)
+        .bind(now)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
 /// Mark a worker's session closed. Its leases stay until they expire or the worker reconnects.
 pub async fn disconnect(pool: &PgPool, id: Uuid) -> Result<(), DbError> {
-    sqlx::query("UPDATE workers SET connected = false WHERE id = $1").bind(id).execute(pool).await?;
+    sqlx::query("UPDATE workers SET connected = false WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
 /// Mark every worker disconnected (master startup: no session survives a master restart).
 pub async fn disconnect_all(pool: &PgPool) -> Result<(), DbError> {
-    sqlx::query("UPDATE workers SET connected = false WHERE connected").execute(pool).await?;
+    sqlx::query("UPDATE workers SET connected = false WHERE connected")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
 /// All workers, connected first, by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<WorkerRow>, DbError> {
-    type Raw = (Uuid, String, String, Json<Vec<String>>, i32, bool, DateTime<Utc>, DateTime<Utc>, i64);
+    type Raw = (
+        Uuid,
+        String,
+        String,
+        Json<Vec<String>>,
+        i32,
+        bool,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        i64,
+    );
     let rows: Vec<Raw> = sqlx::query_as(
         "SELECT w.id, w.name, w.version, w.capabilities, w.slots, w.connected, w.first_seen_at, w.last_seen_at,
                 (SELECT count(*) FROM jobs j WHERE j.lease_owner = w.id AND j.state = 'running')
@@ -82,16 +101,28 @@ pub async fn list(pool: &PgPool) -> Result<Vec<WorkerRow>, DbError> {
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, name, version, Json(capabilities), slots, connected, first_seen_at, last_seen_at, running)| WorkerRow {
-            id,
-            name,
-            version,
-            capabilities,
-            slots,
-            connected,
-            first_seen_at,
-            last_seen_at,
-            running,
-        })
+        .map(
+            |(
+                id,
+                name,
+                version,
+                Json(capabilities),
+                slots,
+                connected,
+                first_seen_at,
+                last_seen_at,
+                running,
+            )| WorkerRow {
+                id,
+                name,
+                version,
+                capabilities,
+                slots,
+                connected,
+                first_seen_at,
+                last_seen_at,
+                running,
+            },
+        )
         .collect())
 }

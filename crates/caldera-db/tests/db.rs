@@ -5,7 +5,7 @@ use caldera_core::experiment::{ExperimentEdit, ExperimentSpec};
 use caldera_core::lifecycle::{ExperimentAction, ExperimentStatus};
 use caldera_db::testing::TestDb;
 use caldera_db::tokens::{self, Role};
-use caldera_db::{crate_lists, experiments, DbError};
+use caldera_db::{DbError, crate_lists, experiments};
 
 fn spec(name: &str) -> ExperimentSpec {
     ExperimentSpec::from_json(
@@ -30,10 +30,22 @@ async fn migrations_apply_revert_and_reapply() {
     let tables = table_names(&db.pool).await;
     assert_eq!(
         tables,
-        ["api_tokens", "crate_list_entries", "crate_lists", "crates", "experiments", "jobs", "results", "workers"]
+        [
+            "api_tokens",
+            "crate_list_entries",
+            "crate_lists",
+            "crates",
+            "experiments",
+            "jobs",
+            "results",
+            "workers"
+        ]
     );
     caldera_db::migrate_down(&db.pool, 0).await.unwrap();
-    assert!(table_names(&db.pool).await.is_empty(), "down migrations drop everything");
+    assert!(
+        table_names(&db.pool).await.is_empty(),
+        "down migrations drop everything"
+    );
     caldera_db::migrate(&db.pool).await.unwrap();
     assert_eq!(table_names(&db.pool).await, tables);
     // applying again is a no-op
@@ -43,19 +55,41 @@ async fn migrations_apply_revert_and_reapply() {
 #[tokio::test]
 async fn tokens_authenticate_by_hash_and_revoke() {
     let db = TestDb::new().await;
-    let (row, secret) = tokens::create(&db.pool, "ops", Role::Operator).await.unwrap();
+    let (row, secret) = tokens::create(&db.pool, "ops", Role::Operator)
+        .await
+        .unwrap();
     assert!(secret.starts_with(tokens::TOKEN_PREFIX));
-    let stored: Vec<u8> = sqlx::query_scalar("SELECT token_hash FROM api_tokens").fetch_one(&db.pool).await.unwrap();
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT token_hash FROM api_tokens")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(stored.len(), 32, "only the SHA-256 is stored");
     assert!(!String::from_utf8_lossy(&stored).contains(&secret[5..]));
 
-    let found = tokens::authenticate(&db.pool, &secret).await.unwrap().expect("known token");
+    let found = tokens::authenticate(&db.pool, &secret)
+        .await
+        .unwrap()
+        .expect("known token");
     assert_eq!((found.id, found.role), (row.id, Role::Operator));
-    assert!(tokens::authenticate(&db.pool, "cldr_wrong").await.unwrap().is_none());
+    assert!(
+        tokens::authenticate(&db.pool, "cldr_wrong")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     tokens::revoke(&db.pool, row.id).await.unwrap();
-    assert!(tokens::authenticate(&db.pool, &secret).await.unwrap().is_none(), "revoked tokens stop working");
-    assert!(matches!(tokens::revoke(&db.pool, uuid::Uuid::new_v4()).await, Err(DbError::NotFound { .. })));
+    assert!(
+        tokens::authenticate(&db.pool, &secret)
+            .await
+            .unwrap()
+            .is_none(),
+        "revoked tokens stop working"
+    );
+    assert!(matches!(
+        tokens::revoke(&db.pool, uuid::Uuid::new_v4()).await,
+        Err(DbError::NotFound { .. })
+    ));
     assert_eq!(tokens::list(&db.pool).await.unwrap().len(), 1);
 }
 
@@ -68,7 +102,10 @@ async fn experiments_create_list_and_reject_duplicates() {
     experiments::create(&db.pool, &spec("beta")).await.unwrap();
 
     match experiments::create(&db.pool, &spec("alpha")).await {
-        Err(DbError::Conflict { field: Some("name"), message }) => assert!(message.contains("alpha"), "{message}"),
+        Err(DbError::Conflict {
+            field: Some("name"),
+            message,
+        }) => assert!(message.contains("alpha"), "{message}"),
         other => panic!("expected a name conflict, got {other:?}"),
     }
 
@@ -76,11 +113,28 @@ async fn experiments_create_list_and_reject_duplicates() {
     assert_eq!((page.total, page.items.len()), (2, 1));
     assert_eq!(page.items[0].name, "beta", "newest first");
     let page = experiments::list(&db.pool, None, 10, 1).await.unwrap();
-    assert_eq!(page.items.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["alpha"]);
+    assert_eq!(
+        page.items
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        ["alpha"]
+    );
 
-    experiments::apply_action(&db.pool, "alpha", ExperimentAction::Start).await.unwrap();
-    let running = experiments::list(&db.pool, Some(ExperimentStatus::Running), 10, 0).await.unwrap();
-    assert_eq!(running.items.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["alpha"]);
+    experiments::apply_action(&db.pool, "alpha", ExperimentAction::Start)
+        .await
+        .unwrap();
+    let running = experiments::list(&db.pool, Some(ExperimentStatus::Running), 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        running
+            .items
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        ["alpha"]
+    );
     assert_eq!(running.total, 1);
 }
 
@@ -88,40 +142,83 @@ async fn experiments_create_list_and_reject_duplicates() {
 async fn lifecycle_is_enforced_under_lock() {
     let db = TestDb::new().await;
     experiments::create(&db.pool, &spec("life")).await.unwrap();
-    let err = experiments::apply_action(&db.pool, "life", ExperimentAction::Pause).await.unwrap_err();
-    assert!(matches!(err, DbError::Conflict { field: Some("status"), .. }), "{err:?}");
+    let err = experiments::apply_action(&db.pool, "life", ExperimentAction::Pause)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DbError::Conflict {
+                field: Some("status"),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
-    let started = experiments::apply_action(&db.pool, "life", ExperimentAction::Start).await.unwrap();
+    let started = experiments::apply_action(&db.pool, "life", ExperimentAction::Start)
+        .await
+        .unwrap();
     assert_eq!(started.status, ExperimentStatus::Running);
     assert!(started.started_at.is_some() && started.finished_at.is_none());
-    let paused = experiments::apply_action(&db.pool, "life", ExperimentAction::Pause).await.unwrap();
+    let paused = experiments::apply_action(&db.pool, "life", ExperimentAction::Pause)
+        .await
+        .unwrap();
     assert_eq!(paused.status, ExperimentStatus::Paused);
-    let resumed = experiments::apply_action(&db.pool, "life", ExperimentAction::Resume).await.unwrap();
+    let resumed = experiments::apply_action(&db.pool, "life", ExperimentAction::Resume)
+        .await
+        .unwrap();
     assert_eq!(resumed.status, ExperimentStatus::Running);
-    assert_eq!(resumed.started_at, started.started_at, "resuming keeps the first start time");
+    assert_eq!(
+        resumed.started_at, started.started_at,
+        "resuming keeps the first start time"
+    );
 
     // running experiments can be neither edited nor deleted
     let edit = ExperimentEdit::from_json(br#"{"priority": 5}"#).unwrap();
-    assert!(matches!(experiments::edit(&db.pool, "life", edit).await, Err(DbError::Conflict { .. })));
-    assert!(matches!(experiments::delete(&db.pool, "life").await, Err(DbError::Conflict { .. })));
+    assert!(matches!(
+        experiments::edit(&db.pool, "life", edit).await,
+        Err(DbError::Conflict { .. })
+    ));
+    assert!(matches!(
+        experiments::delete(&db.pool, "life").await,
+        Err(DbError::Conflict { .. })
+    ));
 
-    let aborted = experiments::apply_action(&db.pool, "life", ExperimentAction::Abort).await.unwrap();
+    let aborted = experiments::apply_action(&db.pool, "life", ExperimentAction::Abort)
+        .await
+        .unwrap();
     assert_eq!(aborted.status, ExperimentStatus::Aborted);
     assert!(aborted.finished_at.is_some());
-    assert!(experiments::apply_action(&db.pool, "life", ExperimentAction::Resume).await.is_err());
-    assert_eq!(experiments::get(&db.pool, "life").await.unwrap().status, ExperimentStatus::Aborted);
+    assert!(
+        experiments::apply_action(&db.pool, "life", ExperimentAction::Resume)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        experiments::get(&db.pool, "life").await.unwrap().status,
+        ExperimentStatus::Aborted
+    );
     experiments::delete(&db.pool, "life").await.unwrap();
-    assert!(matches!(experiments::get(&db.pool, "life").await, Err(DbError::NotFound { .. })));
+    assert!(matches!(
+        experiments::get(&db.pool, "life").await,
+        Err(DbError::NotFound { .. })
+    ));
 }
 
 #[tokio::test]
 async fn pending_transition_rolls_back_when_dropped() {
     let db = TestDb::new().await;
     experiments::create(&db.pool, &spec("tx")).await.unwrap();
-    let pending = experiments::begin_action(&db.pool, "tx", ExperimentAction::Start).await.unwrap();
+    let pending = experiments::begin_action(&db.pool, "tx", ExperimentAction::Start)
+        .await
+        .unwrap();
     assert_eq!(pending.next, ExperimentStatus::Running);
     drop(pending);
-    assert_eq!(experiments::get(&db.pool, "tx").await.unwrap().status, ExperimentStatus::Queued);
+    assert_eq!(
+        experiments::get(&db.pool, "tx").await.unwrap().status,
+        ExperimentStatus::Queued
+    );
 }
 
 #[tokio::test]
@@ -131,7 +228,10 @@ async fn edit_revalidates_and_changes_nothing_on_error() {
     let edit = ExperimentEdit::from_json(br#"{"priority": 7, "mode": "check-only"}"#).unwrap();
     let row = experiments::edit(&db.pool, "ed", edit).await.unwrap();
     assert_eq!(row.spec.priority, 7);
-    let (prio,): (i32,) = sqlx::query_as("SELECT priority FROM experiments WHERE name = 'ed'").fetch_one(&db.pool).await.unwrap();
+    let (prio,): (i32,) = sqlx::query_as("SELECT priority FROM experiments WHERE name = 'ed'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(prio, 7, "the denormalised priority column follows the spec");
 
     let before = experiments::get(&db.pool, "ed").await.unwrap();
@@ -140,27 +240,44 @@ async fn edit_revalidates_and_changes_nothing_on_error() {
     let err = experiments::edit(&db.pool, "ed", edit).await.unwrap_err();
     assert!(matches!(&err, DbError::Invalid { .. }), "{err:?}");
     let after = experiments::get(&db.pool, "ed").await.unwrap();
-    assert_eq!((after.spec, after.updated_at), (before.spec, before.updated_at));
+    assert_eq!(
+        (after.spec, after.updated_at),
+        (before.spec, before.updated_at)
+    );
 }
 
 #[tokio::test]
 async fn crate_lists_round_trip_and_guard_their_users() {
     let db = TestDb::new().await;
-    let crates: Vec<_> = ["serde", "rand@0.8.5", "anyhow"].iter().map(|s| s.parse().unwrap()).collect();
-    crate_lists::create(&db.pool, "popular", "a few", &crates).await.unwrap();
+    let crates: Vec<_> = ["serde", "rand@0.8.5", "anyhow"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    crate_lists::create(&db.pool, "popular", "a few", &crates)
+        .await
+        .unwrap();
     let got = crate_lists::get(&db.pool, "popular").await.unwrap();
     assert_eq!(got.crates, crates, "order is kept");
     assert!(matches!(
         crate_lists::create(&db.pool, "popular", "", &crates).await,
-        Err(DbError::Conflict { field: Some("name"), .. })
+        Err(DbError::Conflict {
+            field: Some("name"),
+            ..
+        })
     ));
     let summaries = crate_lists::list(&db.pool).await.unwrap();
-    assert_eq!((summaries[0].name.as_str(), summaries[0].len), ("popular", 3));
+    assert_eq!(
+        (summaries[0].name.as_str(), summaries[0].len),
+        ("popular", 3)
+    );
 
     // an experiment may only name an existing list
     let mut s = spec("uses-list");
     s.crates = "list:missing".parse().unwrap();
-    assert!(matches!(experiments::create(&db.pool, &s).await, Err(DbError::Invalid { .. })));
+    assert!(matches!(
+        experiments::create(&db.pool, &s).await,
+        Err(DbError::Invalid { .. })
+    ));
     s.crates = "list:popular".parse().unwrap();
     experiments::create(&db.pool, &s).await.unwrap();
     let err = crate_lists::delete(&db.pool, "popular").await.unwrap_err();
@@ -170,5 +287,8 @@ async fn crate_lists_round_trip_and_guard_their_users() {
     }
     experiments::delete(&db.pool, "uses-list").await.unwrap();
     crate_lists::delete(&db.pool, "popular").await.unwrap();
-    assert!(matches!(crate_lists::get(&db.pool, "popular").await, Err(DbError::NotFound { .. })));
+    assert!(matches!(
+        crate_lists::get(&db.pool, "popular").await,
+        Err(DbError::NotFound { .. })
+    ));
 }

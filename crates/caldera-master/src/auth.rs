@@ -6,8 +6,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use caldera_db::tokens::{self, Role, TokenRow};
 
-use crate::error::ApiError;
 use crate::AppState;
+use crate::error::ApiError;
 
 /// A caller allowed to read.
 #[derive(Debug, Clone)]
@@ -27,19 +27,26 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<TokenRow, ApiEr
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("malformed Authorization header: expected `Bearer <token>`"))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized("malformed Authorization header: expected `Bearer <token>`")
+        })?;
     let token = tokens::authenticate(&state.pool, secret)
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
     if token.role == Role::Worker {
-        return Err(ApiError::forbidden("a worker token cannot use the HTTP API; use an operator, admin or viewer token"));
+        return Err(ApiError::forbidden(
+            "a worker token cannot use the HTTP API; use an operator, admin or viewer token",
+        ));
     }
     Ok(token)
 }
 
 impl FromRequestParts<AppState> for Reader {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = authenticate(parts, state).await?;
         debug_assert!(token.role.can_read());
         Ok(Reader(token))
@@ -48,7 +55,10 @@ impl FromRequestParts<AppState> for Reader {
 
 impl FromRequestParts<AppState> for Writer {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = authenticate(parts, state).await?;
         if !token.role.can_mutate() {
             return Err(ApiError::forbidden(format!(

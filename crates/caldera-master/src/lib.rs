@@ -38,7 +38,11 @@ impl AppState {
             std::sync::Arc::new(metrics::Metrics::default()),
             shutdown,
         );
-        AppState { pool, scheduler, registry: None }
+        AppState {
+            pool,
+            scheduler,
+            registry: None,
+        }
     }
 }
 
@@ -58,10 +62,21 @@ pub struct Health {
 pub async fn health(State(state): State<AppState>) -> (axum::http::StatusCode, Json<Health>) {
     let version = env!("CARGO_PKG_VERSION");
     match caldera_db::ping(&state.pool).await {
-        Ok(()) => (axum::http::StatusCode::OK, Json(Health { status: "ok", database: "ok".into(), version })),
+        Ok(()) => (
+            axum::http::StatusCode::OK,
+            Json(Health {
+                status: "ok",
+                database: "ok".into(),
+                version,
+            }),
+        ),
         Err(e) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health { status: "degraded", database: e.to_string(), version }),
+            Json(Health {
+                status: "degraded",
+                database: e.to_string(),
+                version,
+            }),
         ),
     }
 }
@@ -72,10 +87,18 @@ async fn metrics_text(State(state): State<AppState>) -> impl axum::response::Int
     if let Ok(progress) = caldera_db::jobs::progress(&state.pool).await {
         m.queue_depth.clear();
         for (experiment, p) in progress.into_iter().filter(|(_, p)| p.queued > 0) {
-            m.queue_depth.get_or_create(&metrics::ExperimentLabel { experiment }).set(p.queued);
+            m.queue_depth
+                .get_or_create(&metrics::ExperimentLabel { experiment })
+                .set(p.queued);
         }
     }
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.encode())
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        m.encode(),
+    )
 }
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
@@ -92,17 +115,28 @@ pub fn router(state: AppState) -> Router {
     use axum::routing::post;
     let v1 = Router::new()
         .route("/openapi.json", get(openapi_json))
-        .route("/experiments", get(experiments::list).post(experiments::create))
+        .route(
+            "/experiments",
+            get(experiments::list).post(experiments::create),
+        )
         .route(
             "/experiments/{name}",
-            get(experiments::get).patch(experiments::edit).delete(experiments::delete),
+            get(experiments::get)
+                .patch(experiments::edit)
+                .delete(experiments::delete),
         )
         .route("/experiments/{name}/start", post(experiments::start))
         .route("/experiments/{name}/pause", post(experiments::pause))
         .route("/experiments/{name}/resume", post(experiments::resume))
         .route("/experiments/{name}/abort", post(experiments::abort))
-        .route("/crate-lists", get(crate_lists::list).post(crate_lists::create))
-        .route("/crate-lists/{name}", get(crate_lists::get).delete(crate_lists::delete));
+        .route(
+            "/crate-lists",
+            get(crate_lists::list).post(crate_lists::create),
+        )
+        .route(
+            "/crate-lists/{name}",
+            get(crate_lists::get).delete(crate_lists::delete),
+        );
     Router::new()
         .route("/healthz", get(health))
         .route("/metrics", get(metrics_text))
@@ -128,11 +162,16 @@ pub async fn serve(
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .add_service(service)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), grpc_shutdown.cancelled_owned())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                grpc_shutdown.cancelled_owned(),
+            )
             .await
     });
     let http_shutdown = shutdown.clone();
-    axum::serve(http, router(state)).with_graceful_shutdown(http_shutdown.cancelled_owned()).await?;
+    axum::serve(http, router(state))
+        .with_graceful_shutdown(http_shutdown.cancelled_owned())
+        .await?;
     shutdown.cancel();
     match grpc_task.await {
         Ok(Ok(())) => Ok(()),
@@ -142,6 +181,12 @@ pub async fn serve(
 }
 
 /// Bind both listeners (port 0 picks a free port).
-pub async fn bind(http: SocketAddr, grpc: SocketAddr) -> std::io::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
-    Ok((tokio::net::TcpListener::bind(http).await?, tokio::net::TcpListener::bind(grpc).await?))
+pub async fn bind(
+    http: SocketAddr,
+    grpc: SocketAddr,
+) -> std::io::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
+    Ok((
+        tokio::net::TcpListener::bind(http).await?,
+        tokio::net::TcpListener::bind(grpc).await?,
+    ))
 }

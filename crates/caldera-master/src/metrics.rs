@@ -2,12 +2,12 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,22 +55,66 @@ impl Default for Metrics {
             db_errors: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("jobs_assigned", "Jobs handed to workers", m.jobs_assigned.clone());
-        registry.register("jobs_completed", "Job results accepted", m.jobs_completed.clone());
-        registry.register("jobs_requeued", "Jobs re-queued after their lease expired", m.jobs_requeued.clone());
-        registry.register("jobs_errored", "Jobs that used up their attempts", m.jobs_errored.clone());
-        registry.register("jobs_returned", "Jobs handed back by workers without a result", m.jobs_returned.clone());
-        registry.register("results_rejected", "Results rejected (stale lease, duplicate, cancelled)", m.results_rejected.clone());
-        registry.register("lease_expiries", "Leases that expired", m.lease_expiries.clone());
-        registry.register("workers_connected", "Workers with an open session", m.workers_connected.clone());
-        registry.register("queue_depth", "Queued jobs per experiment", m.queue_depth.clone());
-        registry.register("claim_latency_seconds", "Time of one batched queue claim", m.claim_latency.clone());
+        registry.register(
+            "jobs_assigned",
+            "Jobs handed to workers",
+            m.jobs_assigned.clone(),
+        );
+        registry.register(
+            "jobs_completed",
+            "Job results accepted",
+            m.jobs_completed.clone(),
+        );
+        registry.register(
+            "jobs_requeued",
+            "Jobs re-queued after their lease expired",
+            m.jobs_requeued.clone(),
+        );
+        registry.register(
+            "jobs_errored",
+            "Jobs that used up their attempts",
+            m.jobs_errored.clone(),
+        );
+        registry.register(
+            "jobs_returned",
+            "Jobs handed back by workers without a result",
+            m.jobs_returned.clone(),
+        );
+        registry.register(
+            "results_rejected",
+            "Results rejected (stale lease, duplicate, cancelled)",
+            m.results_rejected.clone(),
+        );
+        registry.register(
+            "lease_expiries",
+            "Leases that expired",
+            m.lease_expiries.clone(),
+        );
+        registry.register(
+            "workers_connected",
+            "Workers with an open session",
+            m.workers_connected.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Queued jobs per experiment",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "claim_latency_seconds",
+            "Time of one batched queue claim",
+            m.claim_latency.clone(),
+        );
         registry.register(
             "claim_to_send_seconds",
             "Time from the claim's commit until the assignment is on the worker's stream",
             m.claim_to_send.clone(),
         );
-        registry.register("db_errors", "Database errors in the scheduler's loops", m.db_errors.clone());
+        registry.register(
+            "db_errors",
+            "Database errors in the scheduler's loops",
+            m.db_errors.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

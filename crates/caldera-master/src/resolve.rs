@@ -11,18 +11,24 @@ use caldera_core::crates::{CrateId, CrateSpec};
 use caldera_core::experiment::ExperimentSpec;
 use caldera_core::registry::RegistryListing;
 use caldera_core::selection::CrateSelection;
-use caldera_db::{crate_lists, PgPool};
+use caldera_db::{PgPool, crate_lists};
 
 use crate::error::ApiError;
 
 /// Resolve the selection of `spec` to crate ids (deduplicated, in selection order).
-pub async fn resolve(pool: &PgPool, registry: Option<&RegistryListing>, spec: &ExperimentSpec) -> Result<Vec<CrateId>, ApiError> {
+pub async fn resolve(
+    pool: &PgPool,
+    registry: Option<&RegistryListing>,
+    spec: &ExperimentSpec,
+) -> Result<Vec<CrateId>, ApiError> {
     let specs: Vec<CrateSpec> = match &spec.crates {
         CrateSelection::List(specs) => specs.clone(),
-        CrateSelection::CrateList { name } => crate_lists::get(pool, name)
-            .await
-            .map_err(|e| ApiError::invalid("crates", format!("crate list {name:?}: {e}")))?
-            .crates,
+        CrateSelection::CrateList { name } => {
+            crate_lists::get(pool, name)
+                .await
+                .map_err(|e| ApiError::invalid("crates", format!("crate list {name:?}: {e}")))?
+                .crates
+        }
         whole => {
             let registry = registry.ok_or_else(|| {
                 ApiError::invalid(
@@ -33,9 +39,9 @@ pub async fn resolve(pool: &PgPool, registry: Option<&RegistryListing>, spec: &E
                     ),
                 )
             })?;
-            return registry
-                .select(whole)
-                .ok_or_else(|| ApiError::invalid("crates", "the registry listing cannot serve this selection"));
+            return registry.select(whole).ok_or_else(|| {
+                ApiError::invalid("crates", "the registry listing cannot serve this selection")
+            });
         }
     };
     let mut out = Vec::with_capacity(specs.len());
@@ -64,9 +70,15 @@ pub async fn resolve(pool: &PgPool, registry: Option<&RegistryListing>, spec: &E
 /// Load a registry listing from a database dump directory (`crates.csv`, `versions.csv`, as in
 /// the dump's `data/` folder).
 pub fn load_db_dump(dir: &Path) -> Result<RegistryListing, String> {
-    let open = |name: &str| std::fs::File::open(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()));
-    RegistryListing::from_db_dump(std::io::BufReader::new(open("crates.csv")?), std::io::BufReader::new(open("versions.csv")?))
-        .map_err(|e| format!("{}: {e}", dir.display()))
+    let open = |name: &str| {
+        std::fs::File::open(dir.join(name))
+            .map_err(|e| format!("{}: {e}", dir.join(name).display()))
+    };
+    RegistryListing::from_db_dump(
+        std::io::BufReader::new(open("crates.csv")?),
+        std::io::BufReader::new(open("versions.csv")?),
+    )
+    .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// Load a registry listing from an index checkout (one file of JSON lines per crate).
@@ -83,12 +95,17 @@ pub fn load_index(dir: &Path) -> Result<RegistryListing, String> {
                 continue;
             }
             let path = entry.path();
-            let ty = entry.file_type().map_err(|e| format!("{}: {e}", path.display()))?;
+            let ty = entry
+                .file_type()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             if ty.is_dir() {
                 stack.push(path);
             } else if ty.is_file() {
-                let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                listing.add_index_file(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                listing
+                    .add_index_file(&text)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
             }
         }
     }

@@ -3,7 +3,7 @@
 use caldera_db::testing::TestDb;
 use caldera_db::tokens::{self, Role};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 struct Master {
     base: String,
@@ -20,38 +20,73 @@ impl Master {
         let db = TestDb::new().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = caldera_master::router(caldera_master::AppState::new(db.pool.clone(), Default::default()));
+        let app = caldera_master::router(caldera_master::AppState::new(
+            db.pool.clone(),
+            Default::default(),
+        ));
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         let mut secrets = Vec::new();
         for role in [Role::Admin, Role::Operator, Role::Viewer, Role::Worker] {
-            secrets.push(tokens::create(&db.pool, role.as_str(), role).await.unwrap().1);
+            secrets.push(
+                tokens::create(&db.pool, role.as_str(), role)
+                    .await
+                    .unwrap()
+                    .1,
+            );
         }
         let [admin, operator, viewer, worker] = secrets.try_into().unwrap();
-        Master { base, db, http: reqwest::Client::new(), admin, operator, viewer, worker }
+        Master {
+            base,
+            db,
+            http: reqwest::Client::new(),
+            admin,
+            operator,
+            viewer,
+            worker,
+        }
     }
 
-    async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<&str>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_owned());
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_owned());
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Everything an API call could change, as one comparable value.
     async fn snapshot(&self) -> Value {
         let mut all = serde_json::Map::new();
-        for table in ["experiments", "crate_lists", "crate_list_entries", "jobs", "results"] {
-            let v: Value = sqlx::query_scalar(&format!("SELECT coalesce(json_agg(t ORDER BY t::text), '[]'::json) FROM {table} t"))
-                .fetch_one(&self.db.pool)
-                .await
-                .unwrap();
+        for table in [
+            "experiments",
+            "crate_lists",
+            "crate_list_entries",
+            "jobs",
+            "results",
+        ] {
+            let v: Value = sqlx::query_scalar(&format!(
+                "SELECT coalesce(json_agg(t ORDER BY t::text), '[]'::json) FROM {table} t"
+            ))
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap();
             all.insert(table.into(), v);
         }
         Value::Object(all)
@@ -60,29 +95,54 @@ impl Master {
 
 const VALID: &str = r#"{"name":"stable-vs-nightly","start":"stable","end":"nightly","mode":"build-and-test","crates":"serde@1.0.219,rand@0.8.5"}"#;
 
-fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_field: &str, message_has: &str) {
+fn assert_error(
+    status: StatusCode,
+    body: &Value,
+    want_status: StatusCode,
+    want_field: &str,
+    message_has: &str,
+) {
     assert_eq!(status, want_status, "{body}");
     assert_eq!(body["error"]["field"], want_field, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains(message_has), "message {message:?} should mention {message_has:?}");
+    assert!(
+        message.contains(message_has),
+        "message {message:?} should mention {message_has:?}"
+    );
     assert!(body["error"]["code"].is_string(), "{body}");
 }
 
 #[tokio::test]
 async fn create_returns_201_and_lists_it() {
     let m = Master::start().await;
-    let (status, body) = m.call(Method::POST, "/api/v1/experiments", Some(&m.operator), Some(VALID)).await;
+    let (status, body) = m
+        .call(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(&m.operator),
+            Some(VALID),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["name"], "stable-vs-nightly");
     assert_eq!(body["status"], "queued");
     assert_eq!(body["mode"], "build-and-test");
 
-    let (status, list) = m.call(Method::GET, "/api/v1/experiments", Some(&m.viewer), None).await;
+    let (status, list) = m
+        .call(Method::GET, "/api/v1/experiments", Some(&m.viewer), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["total"], 1);
     assert_eq!(list["items"][0]["name"], "stable-vs-nightly");
 
-    let (status, one) = m.call(Method::GET, "/api/v1/experiments/stable-vs-nightly", Some(&m.viewer), None).await;
+    let (status, one) = m
+        .call(
+            Method::GET,
+            "/api/v1/experiments/stable-vs-nightly",
+            Some(&m.viewer),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one["id"], body["id"]);
 }
@@ -92,7 +152,14 @@ async fn create_returns_201_and_lists_it() {
 async fn rejected_creates_change_nothing() {
     let m = Master::start().await;
     // a pre-existing experiment, so "duplicate name" has something to collide with
-    let (status, _) = m.call(Method::POST, "/api/v1/experiments", Some(&m.admin), Some(VALID)).await;
+    let (status, _) = m
+        .call(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(&m.admin),
+            Some(VALID),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     let before = m.snapshot().await;
 
@@ -103,21 +170,107 @@ async fn rejected_creates_change_nothing() {
         v.to_string()
     };
     let cases: Vec<(&str, Option<&str>, String, StatusCode, &str, &str)> = vec![
-        ("invalid toolchain", Some(&m.operator), with("start", json!("nightlyy")), StatusCode::UNPROCESSABLE_ENTITY, "start", "nightlyy"),
-        ("unknown mode", Some(&m.operator), with("mode", json!("fuzz")), StatusCode::UNPROCESSABLE_ENTITY, "mode", "fuzz"),
-        ("same toolchains", Some(&m.operator), with("end", json!("stable")), StatusCode::UNPROCESSABLE_ENTITY, "end", ""),
-        ("unknown field", Some(&m.operator), with("colour", json!("red")), StatusCode::UNPROCESSABLE_ENTITY, "colour", "colour"),
-        ("bad name", Some(&m.operator), with("name", json!("Not A Slug")), StatusCode::UNPROCESSABLE_ENTITY, "name", ""),
-        ("unknown crate list", Some(&m.operator), with("crates", json!("list:nope")), StatusCode::UNPROCESSABLE_ENTITY, "crates", "nope"),
-        ("not json", Some(&m.operator), "{not json".into(), StatusCode::BAD_REQUEST, "body", "JSON"),
-        ("duplicate name", Some(&m.operator), VALID.into(), StatusCode::CONFLICT, "name", "stable-vs-nightly"),
-        ("missing token", None, with("priority", json!(1)), StatusCode::UNAUTHORIZED, "authorization", "bearer"),
-        ("unknown token", Some("cldr_nope"), with("priority", json!(1)), StatusCode::UNAUTHORIZED, "authorization", "unknown"),
-        ("viewer token", Some(&m.viewer), with("priority", json!(1)), StatusCode::FORBIDDEN, "authorization", "viewer"),
-        ("worker token", Some(&m.worker), with("priority", json!(1)), StatusCode::FORBIDDEN, "authorization", "worker"),
+        (
+            "invalid toolchain",
+            Some(&m.operator),
+            with("start", json!("nightlyy")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "start",
+            "nightlyy",
+        ),
+        (
+            "unknown mode",
+            Some(&m.operator),
+            with("mode", json!("fuzz")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "mode",
+            "fuzz",
+        ),
+        (
+            "same toolchains",
+            Some(&m.operator),
+            with("end", json!("stable")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "end",
+            "",
+        ),
+        (
+            "unknown field",
+            Some(&m.operator),
+            with("colour", json!("red")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "colour",
+            "colour",
+        ),
+        (
+            "bad name",
+            Some(&m.operator),
+            with("name", json!("Not A Slug")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+            "",
+        ),
+        (
+            "unknown crate list",
+            Some(&m.operator),
+            with("crates", json!("list:nope")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "crates",
+            "nope",
+        ),
+        (
+            "not json",
+            Some(&m.operator),
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+            "body",
+            "JSON",
+        ),
+        (
+            "duplicate name",
+            Some(&m.operator),
+            VALID.into(),
+            StatusCode::CONFLICT,
+            "name",
+            "stable-vs-nightly",
+        ),
+        (
+            "missing token",
+            None,
+            with("priority", json!(1)),
+            StatusCode::UNAUTHORIZED,
+            "authorization",
+            "bearer",
+        ),
+        (
+            "unknown token",
+            Some("cldr_nope"),
+            with("priority", json!(1)),
+            StatusCode::UNAUTHORIZED,
+            "authorization",
+            "unknown",
+        ),
+        (
+            "viewer token",
+            Some(&m.viewer),
+            with("priority", json!(1)),
+            StatusCode::FORBIDDEN,
+            "authorization",
+            "viewer",
+        ),
+        (
+            "worker token",
+            Some(&m.worker),
+            with("priority", json!(1)),
+            StatusCode::FORBIDDEN,
+            "authorization",
+            "worker",
+        ),
     ];
     for (what, token, body, status_want, field, message_has) in cases {
-        let (status, resp) = m.call(Method::POST, "/api/v1/experiments", token, Some(&body)).await;
+        let (status, resp) = m
+            .call(Method::POST, "/api/v1/experiments", token, Some(&body))
+            .await;
         println!("{what}: {status} {resp}");
         assert_error(status, &resp, status_want, field, message_has);
         assert_eq!(m.snapshot().await, before, "{what} changed the database");
@@ -127,11 +280,27 @@ async fn rejected_creates_change_nothing() {
 #[tokio::test]
 async fn worker_and_missing_tokens_cannot_read() {
     let m = Master::start().await;
-    let (status, body) = m.call(Method::GET, "/api/v1/experiments", Some(&m.worker), None).await;
-    assert_error(status, &body, StatusCode::FORBIDDEN, "authorization", "worker");
+    let (status, body) = m
+        .call(Method::GET, "/api/v1/experiments", Some(&m.worker), None)
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::FORBIDDEN,
+        "authorization",
+        "worker",
+    );
     let (status, body) = m.call(Method::GET, "/api/v1/experiments", None, None).await;
-    assert_error(status, &body, StatusCode::UNAUTHORIZED, "authorization", "bearer");
-    let (status, body) = m.call(Method::GET, "/api/v1/experiments", Some("Basic abc"), None).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "authorization",
+        "bearer",
+    );
+    let (status, body) = m
+        .call(Method::GET, "/api/v1/experiments", Some("Basic abc"), None)
+        .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "authorization", "");
 }
 
@@ -140,20 +309,80 @@ async fn list_filters_paginates_and_validates_query() {
     let m = Master::start().await;
     for name in ["a1", "a2", "a3"] {
         let body = VALID.replace("stable-vs-nightly", name);
-        assert_eq!(m.call(Method::POST, "/api/v1/experiments", Some(&m.operator), Some(&body)).await.0, StatusCode::CREATED);
+        assert_eq!(
+            m.call(
+                Method::POST,
+                "/api/v1/experiments",
+                Some(&m.operator),
+                Some(&body)
+            )
+            .await
+            .0,
+            StatusCode::CREATED
+        );
     }
-    assert_eq!(m.call(Method::POST, "/api/v1/experiments/a2/start", Some(&m.operator), None).await.0, StatusCode::OK);
+    assert_eq!(
+        m.call(
+            Method::POST,
+            "/api/v1/experiments/a2/start",
+            Some(&m.operator),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
 
-    let (_, page) = m.call(Method::GET, "/api/v1/experiments?limit=2&offset=0", Some(&m.viewer), None).await;
-    assert_eq!((page["total"].as_i64(), page["items"].as_array().unwrap().len()), (Some(3), 2));
-    let (_, page) = m.call(Method::GET, "/api/v1/experiments?limit=2&offset=2", Some(&m.viewer), None).await;
+    let (_, page) = m
+        .call(
+            Method::GET,
+            "/api/v1/experiments?limit=2&offset=0",
+            Some(&m.viewer),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            page["total"].as_i64(),
+            page["items"].as_array().unwrap().len()
+        ),
+        (Some(3), 2)
+    );
+    let (_, page) = m
+        .call(
+            Method::GET,
+            "/api/v1/experiments?limit=2&offset=2",
+            Some(&m.viewer),
+            None,
+        )
+        .await;
     assert_eq!(page["items"][0]["name"], "a1");
-    let (_, page) = m.call(Method::GET, "/api/v1/experiments?status=running", Some(&m.viewer), None).await;
+    let (_, page) = m
+        .call(
+            Method::GET,
+            "/api/v1/experiments?status=running",
+            Some(&m.viewer),
+            None,
+        )
+        .await;
     assert_eq!(page["total"], 1);
     assert_eq!(page["items"][0]["name"], "a2");
 
-    for (query, field) in [("status=done", "status"), ("limit=0", "limit"), ("limit=x", "limit"), ("offset=-1", "offset"), ("sort=name", "sort")] {
-        let (status, body) = m.call(Method::GET, &format!("/api/v1/experiments?{query}"), Some(&m.viewer), None).await;
+    for (query, field) in [
+        ("status=done", "status"),
+        ("limit=0", "limit"),
+        ("limit=x", "limit"),
+        ("offset=-1", "offset"),
+        ("sort=name", "sort"),
+    ] {
+        let (status, body) = m
+            .call(
+                Method::GET,
+                &format!("/api/v1/experiments?{query}"),
+                Some(&m.viewer),
+                None,
+            )
+            .await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, field, "");
     }
 }
@@ -161,54 +390,142 @@ async fn list_filters_paginates_and_validates_query() {
 #[tokio::test]
 async fn edit_only_while_queued() {
     let m = Master::start().await;
-    m.call(Method::POST, "/api/v1/experiments", Some(&m.operator), Some(VALID)).await;
+    m.call(
+        Method::POST,
+        "/api/v1/experiments",
+        Some(&m.operator),
+        Some(VALID),
+    )
+    .await;
     let path = "/api/v1/experiments/stable-vs-nightly";
-    let (status, body) = m.call(Method::PATCH, path, Some(&m.operator), Some(r#"{"mode":"check-only","priority":3}"#)).await;
+    let (status, body) = m
+        .call(
+            Method::PATCH,
+            path,
+            Some(&m.operator),
+            Some(r#"{"mode":"check-only","priority":3}"#),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!((body["mode"].as_str(), body["priority"].as_i64()), (Some("check-only"), Some(3)));
+    assert_eq!(
+        (body["mode"].as_str(), body["priority"].as_i64()),
+        (Some("check-only"), Some(3))
+    );
 
     let before = m.snapshot().await;
     for (body, status_want, field) in [
-        (r#"{"name":"renamed"}"#, StatusCode::UNPROCESSABLE_ENTITY, "name"),
-        (r#"{"priority":5000}"#, StatusCode::UNPROCESSABLE_ENTITY, "priority"),
-        (r#"{"end":"stable"}"#, StatusCode::UNPROCESSABLE_ENTITY, "end"),
+        (
+            r#"{"name":"renamed"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+        ),
+        (
+            r#"{"priority":5000}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "priority",
+        ),
+        (
+            r#"{"end":"stable"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "end",
+        ),
     ] {
-        let (status, resp) = m.call(Method::PATCH, path, Some(&m.operator), Some(body)).await;
+        let (status, resp) = m
+            .call(Method::PATCH, path, Some(&m.operator), Some(body))
+            .await;
         assert_error(status, &resp, status_want, field, "");
         assert_eq!(m.snapshot().await, before, "{body} changed the database");
     }
-    let (status, resp) = m.call(Method::PATCH, path, Some(&m.viewer), Some(r#"{"priority":1}"#)).await;
-    assert_error(status, &resp, StatusCode::FORBIDDEN, "authorization", "viewer");
+    let (status, resp) = m
+        .call(
+            Method::PATCH,
+            path,
+            Some(&m.viewer),
+            Some(r#"{"priority":1}"#),
+        )
+        .await;
+    assert_error(
+        status,
+        &resp,
+        StatusCode::FORBIDDEN,
+        "authorization",
+        "viewer",
+    );
 
-    m.call(Method::POST, &format!("{path}/start"), Some(&m.operator), None).await;
+    m.call(
+        Method::POST,
+        &format!("{path}/start"),
+        Some(&m.operator),
+        None,
+    )
+    .await;
     let before = m.snapshot().await;
-    let (status, resp) = m.call(Method::PATCH, path, Some(&m.operator), Some(r#"{"priority":1}"#)).await;
+    let (status, resp) = m
+        .call(
+            Method::PATCH,
+            path,
+            Some(&m.operator),
+            Some(r#"{"priority":1}"#),
+        )
+        .await;
     assert_error(status, &resp, StatusCode::CONFLICT, "status", "running");
     assert_eq!(m.snapshot().await, before);
-    let (status, resp) = m.call(Method::PATCH, "/api/v1/experiments/nope", Some(&m.operator), Some(r#"{"priority":1}"#)).await;
+    let (status, resp) = m
+        .call(
+            Method::PATCH,
+            "/api/v1/experiments/nope",
+            Some(&m.operator),
+            Some(r#"{"priority":1}"#),
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{resp}");
 }
 
 #[tokio::test]
 async fn lifecycle_actions_and_delete() {
     let m = Master::start().await;
-    m.call(Method::POST, "/api/v1/experiments", Some(&m.operator), Some(VALID)).await;
+    m.call(
+        Method::POST,
+        "/api/v1/experiments",
+        Some(&m.operator),
+        Some(VALID),
+    )
+    .await;
     let path = "/api/v1/experiments/stable-vs-nightly";
     let m = &m;
-    let step = |verb: &'static str| async move { m.call(Method::POST, &format!("{path}/{verb}"), Some(&m.operator), None).await };
+    let step = |verb: &'static str| async move {
+        m.call(
+            Method::POST,
+            &format!("{path}/{verb}"),
+            Some(&m.operator),
+            None,
+        )
+        .await
+    };
 
     let (status, body) = step("pause").await;
     assert_error(status, &body, StatusCode::CONFLICT, "status", "queued");
-    for (verb, want) in [("start", "running"), ("pause", "paused"), ("resume", "running")] {
+    for (verb, want) in [
+        ("start", "running"),
+        ("pause", "paused"),
+        ("resume", "running"),
+    ] {
         let (status, body) = step(verb).await;
-        assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some(want)), "{verb}: {body}");
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (StatusCode::OK, Some(want)),
+            "{verb}: {body}"
+        );
     }
     let before = m.snapshot().await;
     let (status, body) = m.call(Method::DELETE, path, Some(&m.operator), None).await;
     assert_error(status, &body, StatusCode::CONFLICT, "status", "abort");
     assert_eq!(m.snapshot().await, before);
     let (status, body) = step("abort").await;
-    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("aborted")));
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("aborted"))
+    );
     let (status, body) = step("start").await;
     assert_error(status, &body, StatusCode::CONFLICT, "status", "aborted");
 
@@ -225,44 +542,138 @@ async fn lifecycle_actions_and_delete() {
 async fn crate_lists_crud_and_validation() {
     let m = Master::start().await;
     let (status, body) = m
-        .call(Method::POST, "/api/v1/crate-lists", Some(&m.operator), Some(r#"{"name":"small","crates":["serde","rand@0.8.5"]}"#))
+        .call(
+            Method::POST,
+            "/api/v1/crate-lists",
+            Some(&m.operator),
+            Some(r#"{"name":"small","crates":["serde","rand@0.8.5"]}"#),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["crates"], json!(["serde", "rand@0.8.5"]));
 
     let before = m.snapshot().await;
     for (body, status_want, field) in [
-        (r#"{"name":"small","crates":["serde"]}"#, StatusCode::CONFLICT, "name"),
-        (r#"{"name":"Bad Name","crates":["serde"]}"#, StatusCode::UNPROCESSABLE_ENTITY, "name"),
-        (r#"{"name":"empty","crates":[]}"#, StatusCode::UNPROCESSABLE_ENTITY, "crates"),
-        (r#"{"name":"dup","crates":["serde","serde"]}"#, StatusCode::UNPROCESSABLE_ENTITY, "crates[1]"),
-        (r#"{"name":"bad","crates":["serde","not a crate!"]}"#, StatusCode::UNPROCESSABLE_ENTITY, "crates[1]"),
-        (r#"{"name":"x","crates":["serde"],"extra":1}"#, StatusCode::UNPROCESSABLE_ENTITY, "extra"),
+        (
+            r#"{"name":"small","crates":["serde"]}"#,
+            StatusCode::CONFLICT,
+            "name",
+        ),
+        (
+            r#"{"name":"Bad Name","crates":["serde"]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+        ),
+        (
+            r#"{"name":"empty","crates":[]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "crates",
+        ),
+        (
+            r#"{"name":"dup","crates":["serde","serde"]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "crates[1]",
+        ),
+        (
+            r#"{"name":"bad","crates":["serde","not a crate!"]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "crates[1]",
+        ),
+        (
+            r#"{"name":"x","crates":["serde"],"extra":1}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "extra",
+        ),
     ] {
-        let (status, resp) = m.call(Method::POST, "/api/v1/crate-lists", Some(&m.operator), Some(body)).await;
+        let (status, resp) = m
+            .call(
+                Method::POST,
+                "/api/v1/crate-lists",
+                Some(&m.operator),
+                Some(body),
+            )
+            .await;
         assert_error(status, &resp, status_want, field, "");
         assert_eq!(m.snapshot().await, before, "{body} changed the database");
     }
-    let (status, resp) =
-        m.call(Method::POST, "/api/v1/crate-lists", Some(&m.viewer), Some(r#"{"name":"v","crates":["serde"]}"#)).await;
+    let (status, resp) = m
+        .call(
+            Method::POST,
+            "/api/v1/crate-lists",
+            Some(&m.viewer),
+            Some(r#"{"name":"v","crates":["serde"]}"#),
+        )
+        .await;
     assert_error(status, &resp, StatusCode::FORBIDDEN, "authorization", "");
 
-    let (_, all) = m.call(Method::GET, "/api/v1/crate-lists", Some(&m.viewer), None).await;
+    let (_, all) = m
+        .call(Method::GET, "/api/v1/crate-lists", Some(&m.viewer), None)
+        .await;
     assert_eq!(all[0]["name"], "small");
     assert_eq!(all[0]["len"], 2);
-    let (status, one) = m.call(Method::GET, "/api/v1/crate-lists/small", Some(&m.viewer), None).await;
-    assert_eq!((status, &one["crates"]), (StatusCode::OK, &json!(["serde", "rand@0.8.5"])));
+    let (status, one) = m
+        .call(
+            Method::GET,
+            "/api/v1/crate-lists/small",
+            Some(&m.viewer),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, &one["crates"]),
+        (StatusCode::OK, &json!(["serde", "rand@0.8.5"]))
+    );
 
     // an experiment over the list; the list cannot go while the experiment is queued
     let exp = VALID.replace(r#""serde@1.0.219,rand@0.8.5""#, r#""list:small""#);
-    let (status, body) = m.call(Method::POST, "/api/v1/experiments", Some(&m.operator), Some(&exp)).await;
+    let (status, body) = m
+        .call(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(&m.operator),
+            Some(&exp),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = m.call(Method::DELETE, "/api/v1/crate-lists/small", Some(&m.operator), None).await;
-    assert_error(status, &body, StatusCode::CONFLICT, "name", "stable-vs-nightly");
-    m.call(Method::DELETE, "/api/v1/experiments/stable-vs-nightly", Some(&m.operator), None).await;
-    let (status, _) = m.call(Method::DELETE, "/api/v1/crate-lists/small", Some(&m.operator), None).await;
+    let (status, body) = m
+        .call(
+            Method::DELETE,
+            "/api/v1/crate-lists/small",
+            Some(&m.operator),
+            None,
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::CONFLICT,
+        "name",
+        "stable-vs-nightly",
+    );
+    m.call(
+        Method::DELETE,
+        "/api/v1/experiments/stable-vs-nightly",
+        Some(&m.operator),
+        None,
+    )
+    .await;
+    let (status, _) = m
+        .call(
+            Method::DELETE,
+            "/api/v1/crate-lists/small",
+            Some(&m.operator),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = m.call(Method::GET, "/api/v1/crate-lists/small", Some(&m.viewer), None).await;
+    let (status, _) = m
+        .call(
+            Method::GET,
+            "/api/v1/crate-lists/small",
+            Some(&m.viewer),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -270,9 +681,14 @@ async fn crate_lists_crud_and_validation() {
 async fn healthz_and_openapi_document() {
     let m = Master::start().await;
     let (status, body) = m.call(Method::GET, "/healthz", None, None).await;
-    assert_eq!((status, body["status"].as_str(), body["database"].as_str()), (StatusCode::OK, Some("ok"), Some("ok")));
+    assert_eq!(
+        (status, body["status"].as_str(), body["database"].as_str()),
+        (StatusCode::OK, Some("ok"), Some("ok"))
+    );
 
-    let (status, doc) = m.call(Method::GET, "/api/v1/openapi.json", None, None).await;
+    let (status, doc) = m
+        .call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
@@ -294,7 +710,9 @@ async fn healthz_and_openapi_document() {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 
-    let (status, body) = m.call(Method::GET, "/api/v1/nope", Some(&m.viewer), None).await;
+    let (status, body) = m
+        .call(Method::GET, "/api/v1/nope", Some(&m.viewer), None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not-found");
 }

@@ -24,7 +24,10 @@ pub struct WireError {
 }
 
 fn wire(field: &'static str, message: impl Into<String>) -> WireError {
-    WireError { field, message: message.into() }
+    WireError {
+        field,
+        message: message.into(),
+    }
 }
 
 impl From<&Outcome> for v1::Outcome {
@@ -32,14 +35,16 @@ impl From<&Outcome> for v1::Outcome {
         let e = v1::Empty {};
         let kind = match o {
             Outcome::TestPass => outcome::Kind::TestPass(e),
-            Outcome::TestFail { failed_tests } => {
-                outcome::Kind::TestFail(v1::TestFail { failed_tests: failed_tests.clone() })
-            }
+            Outcome::TestFail { failed_tests } => outcome::Kind::TestFail(v1::TestFail {
+                failed_tests: failed_tests.clone(),
+            }),
             Outcome::TestSkipped => outcome::Kind::TestSkipped(e),
             Outcome::BuildFail(reason) => {
                 let r = match reason {
                     BuildFailReason::CompilerError { codes } => {
-                        build_fail::Reason::CompilerError(v1::CompilerError { codes: codes.clone() })
+                        build_fail::Reason::CompilerError(v1::CompilerError {
+                            codes: codes.clone(),
+                        })
                     }
                     BuildFailReason::Ice => build_fail::Reason::Ice(e),
                     BuildFailReason::Oom => build_fail::Reason::Oom(e),
@@ -49,16 +54,24 @@ impl From<&Outcome> for v1::Outcome {
                     BuildFailReason::NetworkAccess => build_fail::Reason::NetworkAccess(e),
                     BuildFailReason::Link => build_fail::Reason::Link(e),
                     BuildFailReason::DependsOn { crates } => {
-                        build_fail::Reason::DependsOn(v1::DependsOn { crates: crates.clone() })
+                        build_fail::Reason::DependsOn(v1::DependsOn {
+                            crates: crates.clone(),
+                        })
                     }
                     BuildFailReason::Unknown => build_fail::Reason::Unknown(e),
                 };
                 outcome::Kind::BuildFail(v1::BuildFail { reason: Some(r) })
             }
-            Outcome::PrepareFail { reason } => outcome::Kind::PrepareFail(v1::Reason { reason: reason.clone() }),
-            Outcome::Broken { reason } => outcome::Kind::Broken(v1::Reason { reason: reason.clone() }),
+            Outcome::PrepareFail { reason } => outcome::Kind::PrepareFail(v1::Reason {
+                reason: reason.clone(),
+            }),
+            Outcome::Broken { reason } => outcome::Kind::Broken(v1::Reason {
+                reason: reason.clone(),
+            }),
             Outcome::Skipped => outcome::Kind::Skipped(e),
-            Outcome::Error { reason } => outcome::Kind::Error(v1::Reason { reason: reason.clone() }),
+            Outcome::Error { reason } => outcome::Kind::Error(v1::Reason {
+                reason: reason.clone(),
+            }),
         };
         v1::Outcome { kind: Some(kind) }
     }
@@ -69,20 +82,31 @@ impl TryFrom<v1::Outcome> for Outcome {
     fn try_from(o: v1::Outcome) -> Result<Self, WireError> {
         Ok(match o.kind.ok_or_else(|| wire("outcome", "missing"))? {
             outcome::Kind::TestPass(_) => Outcome::TestPass,
-            outcome::Kind::TestFail(t) => Outcome::TestFail { failed_tests: t.failed_tests },
+            outcome::Kind::TestFail(t) => Outcome::TestFail {
+                failed_tests: t.failed_tests,
+            },
             outcome::Kind::TestSkipped(_) => Outcome::TestSkipped,
-            outcome::Kind::BuildFail(b) => Outcome::BuildFail(match b.reason.ok_or_else(|| wire("outcome.build_fail", "missing reason"))? {
-                build_fail::Reason::CompilerError(c) => BuildFailReason::CompilerError { codes: c.codes },
-                build_fail::Reason::Ice(_) => BuildFailReason::Ice,
-                build_fail::Reason::Oom(_) => BuildFailReason::Oom,
-                build_fail::Reason::Timeout(_) => BuildFailReason::Timeout,
-                build_fail::Reason::NoOutputTimeout(_) => BuildFailReason::NoOutputTimeout,
-                build_fail::Reason::NoSpace(_) => BuildFailReason::NoSpace,
-                build_fail::Reason::NetworkAccess(_) => BuildFailReason::NetworkAccess,
-                build_fail::Reason::Link(_) => BuildFailReason::Link,
-                build_fail::Reason::DependsOn(d) => BuildFailReason::DependsOn { crates: d.crates },
-                build_fail::Reason::Unknown(_) => BuildFailReason::Unknown,
-            }),
+            outcome::Kind::BuildFail(b) => Outcome::BuildFail(
+                match b
+                    .reason
+                    .ok_or_else(|| wire("outcome.build_fail", "missing reason"))?
+                {
+                    build_fail::Reason::CompilerError(c) => {
+                        BuildFailReason::CompilerError { codes: c.codes }
+                    }
+                    build_fail::Reason::Ice(_) => BuildFailReason::Ice,
+                    build_fail::Reason::Oom(_) => BuildFailReason::Oom,
+                    build_fail::Reason::Timeout(_) => BuildFailReason::Timeout,
+                    build_fail::Reason::NoOutputTimeout(_) => BuildFailReason::NoOutputTimeout,
+                    build_fail::Reason::NoSpace(_) => BuildFailReason::NoSpace,
+                    build_fail::Reason::NetworkAccess(_) => BuildFailReason::NetworkAccess,
+                    build_fail::Reason::Link(_) => BuildFailReason::Link,
+                    build_fail::Reason::DependsOn(d) => {
+                        BuildFailReason::DependsOn { crates: d.crates }
+                    }
+                    build_fail::Reason::Unknown(_) => BuildFailReason::Unknown,
+                },
+            ),
             outcome::Kind::PrepareFail(r) => Outcome::PrepareFail { reason: r.reason },
             outcome::Kind::Broken(r) => Outcome::Broken { reason: r.reason },
             outcome::Kind::Skipped(_) => Outcome::Skipped,
@@ -114,13 +138,25 @@ impl TryFrom<v1::JobSpec> for JobSpec {
         if j.experiment.is_empty() {
             return Err(wire("spec.experiment", "empty"));
         }
-        let toolchain = |field, s: &str| s.parse::<Toolchain>().map_err(|e| wire(field, format!("{s:?}: {e}")));
+        let toolchain = |field, s: &str| {
+            s.parse::<Toolchain>()
+                .map_err(|e| wire(field, format!("{s:?}: {e}")))
+        };
         Ok(JobSpec {
-            krate: j.crate_id.parse::<CrateId>().map_err(|e| wire("spec.crate_id", format!("{:?}: {e}", j.crate_id)))?,
+            krate: j
+                .crate_id
+                .parse::<CrateId>()
+                .map_err(|e| wire("spec.crate_id", format!("{:?}: {e}", j.crate_id)))?,
             start: toolchain("spec.start", &j.start)?,
             end: toolchain("spec.end", &j.end)?,
-            mode: j.mode.parse().map_err(|e| wire("spec.mode", format!("{:?}: {e}", j.mode)))?,
-            cap_lints: j.cap_lints.parse().map_err(|e| wire("spec.cap_lints", format!("{:?}: {e}", j.cap_lints)))?,
+            mode: j
+                .mode
+                .parse()
+                .map_err(|e| wire("spec.mode", format!("{:?}: {e}", j.mode)))?,
+            cap_lints: j
+                .cap_lints
+                .parse()
+                .map_err(|e| wire("spec.cap_lints", format!("{:?}: {e}", j.cap_lints)))?,
             experiment: j.experiment,
             skip_tests: j.skip_tests,
             quiet: j.quiet,
@@ -132,7 +168,8 @@ impl TryFrom<v1::JobSpec> for JobSpec {
 
 /// Parse a lease token (a UUID in its hyphenated form).
 pub fn parse_lease_token(field: &'static str, s: &str) -> Result<uuid_like::LeaseToken, WireError> {
-    uuid_like::LeaseToken::parse(s).ok_or_else(|| wire(field, format!("{s:?} is not a lease token")))
+    uuid_like::LeaseToken::parse(s)
+        .ok_or_else(|| wire(field, format!("{s:?} is not a lease token")))
 }
 
 /// Lease tokens are UUIDs; this crate checks their shape without depending on the uuid crate.
@@ -161,9 +198,13 @@ mod tests {
     fn outcomes_round_trip_through_the_wire() {
         let all = vec![
             Outcome::TestPass,
-            Outcome::TestFail { failed_tests: vec!["a::b".into(), "c".into()] },
+            Outcome::TestFail {
+                failed_tests: vec!["a::b".into(), "c".into()],
+            },
             Outcome::TestSkipped,
-            Outcome::BuildFail(BuildFailReason::CompilerError { codes: vec!["E0308".into()] }),
+            Outcome::BuildFail(BuildFailReason::CompilerError {
+                codes: vec!["E0308".into()],
+            }),
             Outcome::BuildFail(BuildFailReason::Ice),
             Outcome::BuildFail(BuildFailReason::Oom),
             Outcome::BuildFail(BuildFailReason::Timeout),
@@ -171,12 +212,18 @@ mod tests {
             Outcome::BuildFail(BuildFailReason::NoSpace),
             Outcome::BuildFail(BuildFailReason::NetworkAccess),
             Outcome::BuildFail(BuildFailReason::Link),
-            Outcome::BuildFail(BuildFailReason::DependsOn { crates: vec!["reg:foo@1.0.0".into()] }),
+            Outcome::BuildFail(BuildFailReason::DependsOn {
+                crates: vec!["reg:foo@1.0.0".into()],
+            }),
             Outcome::BuildFail(BuildFailReason::Unknown),
-            Outcome::PrepareFail { reason: "bad manifest".into() },
+            Outcome::PrepareFail {
+                reason: "bad manifest".into(),
+            },
             Outcome::Broken { reason: "x".into() },
             Outcome::Skipped,
-            Outcome::Error { reason: "docker".into() },
+            Outcome::Error {
+                reason: "docker".into(),
+            },
         ];
         for o in all {
             let w: v1::Outcome = (&o).into();
@@ -186,9 +233,19 @@ mod tests {
 
     #[test]
     fn bad_wire_data_names_the_field() {
-        assert_eq!(Outcome::try_from(v1::Outcome { kind: None }).unwrap_err().field, "outcome");
-        let bf = v1::Outcome { kind: Some(outcome::Kind::BuildFail(v1::BuildFail { reason: None })) };
-        assert_eq!(Outcome::try_from(bf).unwrap_err().field, "outcome.build_fail");
+        assert_eq!(
+            Outcome::try_from(v1::Outcome { kind: None })
+                .unwrap_err()
+                .field,
+            "outcome"
+        );
+        let bf = v1::Outcome {
+            kind: Some(outcome::Kind::BuildFail(v1::BuildFail { reason: None })),
+        };
+        assert_eq!(
+            Outcome::try_from(bf).unwrap_err().field,
+            "outcome.build_fail"
+        );
 
         let good = v1::JobSpec {
             experiment: "e".into(),
@@ -202,18 +259,40 @@ mod tests {
         let spec = JobSpec::try_from(good.clone()).unwrap();
         assert_eq!(v1::JobSpec::from(&spec), good, "round trip");
         for (field, mutate) in [
-            ("spec.experiment", Box::new(|j: &mut v1::JobSpec| j.experiment.clear()) as Box<dyn Fn(&mut v1::JobSpec)>),
-            ("spec.crate_id", Box::new(|j: &mut v1::JobSpec| j.crate_id = "nope".into())),
-            ("spec.start", Box::new(|j: &mut v1::JobSpec| j.start = "".into())),
-            ("spec.end", Box::new(|j: &mut v1::JobSpec| j.end = "nightlyy".into())),
-            ("spec.mode", Box::new(|j: &mut v1::JobSpec| j.mode = "fuzz".into())),
-            ("spec.cap_lints", Box::new(|j: &mut v1::JobSpec| j.cap_lints = "loud".into())),
+            (
+                "spec.experiment",
+                Box::new(|j: &mut v1::JobSpec| j.experiment.clear())
+                    as Box<dyn Fn(&mut v1::JobSpec)>,
+            ),
+            (
+                "spec.crate_id",
+                Box::new(|j: &mut v1::JobSpec| j.crate_id = "nope".into()),
+            ),
+            (
+                "spec.start",
+                Box::new(|j: &mut v1::JobSpec| j.start = "".into()),
+            ),
+            (
+                "spec.end",
+                Box::new(|j: &mut v1::JobSpec| j.end = "nightlyy".into()),
+            ),
+            (
+                "spec.mode",
+                Box::new(|j: &mut v1::JobSpec| j.mode = "fuzz".into()),
+            ),
+            (
+                "spec.cap_lints",
+                Box::new(|j: &mut v1::JobSpec| j.cap_lints = "loud".into()),
+            ),
         ] {
             let mut j = good.clone();
             mutate(&mut j);
             assert_eq!(JobSpec::try_from(j).unwrap_err().field, field);
         }
         assert!(parse_lease_token("lease_token", "0f8fad5b-d9cb-469f-a165-70867728950e").is_ok());
-        assert_eq!(parse_lease_token("lease_token", "x").unwrap_err().field, "lease_token");
+        assert_eq!(
+            parse_lease_token("lease_token", "x").unwrap_err().field,
+            "lease_token"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! A small HTTP client for the master's API, shared by the CLI commands.
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use clap::Args;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -9,7 +9,12 @@ use serde_json::Value;
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// Base URL of the master's HTTP API.
-    #[arg(long, env = "CALDERA_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "CALDERA_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub server: String,
     /// API token (create one with `caldera token create`).
     #[arg(long, env = "CALDERA_TOKEN", hide_env_values = true, global = true)]
@@ -31,11 +36,20 @@ impl Client {
             .timeout(std::time::Duration::from_secs(60))
             .build()
             .context("building the HTTP client")?;
-        Ok(Client { http, base: args.server.trim_end_matches('/').to_owned(), token: args.token.clone() })
+        Ok(Client {
+            http,
+            base: args.server.trim_end_matches('/').to_owned(),
+            token: args.token.clone(),
+        })
     }
 
     /// Send a request to `/api/v1{path}`; returns the JSON body (or `Null` for 204).
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}/api/v1{path}", self.base);
         let mut req = self.http.request(method.clone(), &url);
         if let Some(token) = &self.token {
@@ -44,18 +58,27 @@ impl Client {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req.send().await.with_context(|| format!("{method} {url}: cannot reach the master"))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}: cannot reach the master"))?;
         let status = resp.status();
         if status == StatusCode::NO_CONTENT {
             return Ok(Value::Null);
         }
-        let text = resp.text().await.with_context(|| format!("{method} {url}: reading the response"))?;
+        let text = resp
+            .text()
+            .await
+            .with_context(|| format!("{method} {url}: reading the response"))?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
             return Ok(value);
         }
         let err = &value["error"];
-        let message = err["message"].as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
+        let message = err["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| value.to_string());
         match err["field"].as_str() {
             Some(field) => bail!("{message} (field `{field}`, HTTP {status})"),
             None => bail!("{message} (HTTP {status})"),
@@ -77,5 +100,8 @@ pub fn segment(s: &str) -> String {
 }
 
 pub fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
 }

@@ -10,10 +10,21 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// caldera — run experiments over the Rust ecosystem: build and test crates with two toolchains
 /// and report what regressed.
 #[derive(Debug, Parser)]
-#[command(name = "caldera", version, propagate_version = true, max_term_width = 110)]
+#[command(
+    name = "caldera",
+    version,
+    propagate_version = true,
+    max_term_width = 110
+)]
 struct Cli {
     /// Log output format.
-    #[arg(long, global = true, value_enum, default_value = "pretty", env = "CALDERA_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "pretty",
+        env = "CALDERA_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax, e.g. `info,caldera_master=debug`).
     #[arg(long, global = true, default_value = "info", env = "CALDERA_LOG")]
@@ -46,7 +57,9 @@ enum Command {
 fn init_tracing(format: LogFormat, filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),

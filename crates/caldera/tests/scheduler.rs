@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use caldera_core::outcome::{BuildFailReason, Outcome};
 use caldera_db::testing::TestDb;
-use caldera_proto::v1::{self, master_message, worker_message, worker_service_client::WorkerServiceClient};
+use caldera_proto::v1::{
+    self, master_message, worker_message, worker_service_client::WorkerServiceClient,
+};
 use caldera_worker::fake::{FakeBehaviour, FakeExecutor};
 use common::*;
 use reqwest::Method;
@@ -21,12 +23,20 @@ async fn four_workers_run_2000_jobs_exactly_once() {
     let spool = tempfile::tempdir().unwrap();
     let exec = FakeExecutor::new().with_crate(
         "fx00007",
-        FakeBehaviour::outcomes(Outcome::TestPass, Outcome::BuildFail(BuildFailReason::CompilerError { codes: vec!["E0308".into()] })),
+        FakeBehaviour::outcomes(
+            Outcome::TestPass,
+            Outcome::BuildFail(BuildFailReason::CompilerError {
+                codes: vec!["E0308".into()],
+            }),
+        ),
     );
     let workers: Vec<_> = (0..4)
         .map(|i| {
             let name = format!("w{i}");
-            InProcessWorker::spawn(worker_config(&master.grpc, &t.worker, &name, 2, &spool.path().join(&name)), exec.clone())
+            InProcessWorker::spawn(
+                worker_config(&master.grpc, &t.worker, &name, 2, &spool.path().join(&name)),
+                exec.clone(),
+            )
         })
         .collect();
     start_experiment(&master.http, &t.operator, "big", &crate_names(2000)).await;
@@ -35,7 +45,11 @@ async fn four_workers_run_2000_jobs_exactly_once() {
 
     let stats = exec.stats();
     assert_eq!(stats.started, 2000, "no job ran twice");
-    assert!(stats.max_running <= 8, "never more than 4 × 2 slots at once: {}", stats.max_running);
+    assert!(
+        stats.max_running <= 8,
+        "never more than 4 × 2 slots at once: {}",
+        stats.max_running
+    );
     let regressed: String = sqlx::query_scalar(
         "SELECT r.outcome->'reason'->>'kind' FROM results r JOIN crates c ON c.id = r.crate_id WHERE c.name = 'fx00007' AND r.toolchain = 'end'",
     )
@@ -43,13 +57,32 @@ async fn four_workers_run_2000_jobs_exactly_once() {
     .await
     .unwrap();
     assert_eq!(regressed, "compiler-error");
-    let per_worker: Vec<i64> = sqlx::query_scalar("SELECT count(*) FROM results GROUP BY worker_id").fetch_all(&db.pool).await.unwrap();
-    assert_eq!(per_worker.len(), 4, "all four workers took part: {per_worker:?}");
+    let per_worker: Vec<i64> =
+        sqlx::query_scalar("SELECT count(*) FROM results GROUP BY worker_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        per_worker.len(),
+        4,
+        "all four workers took part: {per_worker:?}"
+    );
 
-    let metrics = reqwest::get(format!("{}/metrics", master.http)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("caldera_jobs_completed_total 2000"), "{metrics}");
+    let metrics = reqwest::get(format!("{}/metrics", master.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("caldera_jobs_completed_total 2000"),
+        "{metrics}"
+    );
     assert!(metrics.contains("caldera_workers_connected 4"), "{metrics}");
-    assert!(metrics.contains("caldera_claim_latency_seconds_count"), "{metrics}");
+    assert!(
+        metrics.contains("caldera_claim_latency_seconds_count"),
+        "{metrics}"
+    );
     for w in workers {
         w.stop().await;
     }
@@ -68,9 +101,12 @@ async fn child_worker_process() {
     ) else {
         return;
     };
-    let exec = FakeExecutor::new().with_default(FakeBehaviour::default().with_delay(Duration::from_secs(600)));
+    let exec = FakeExecutor::new()
+        .with_default(FakeBehaviour::default().with_delay(Duration::from_secs(600)));
     let config = worker_config(&master, &token, "victim", 4, std::path::Path::new(&spool));
-    caldera_worker::run(config, std::sync::Arc::new(exec), std::future::pending()).await.unwrap();
+    caldera_worker::run(config, std::sync::Arc::new(exec), std::future::pending())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +118,12 @@ async fn killed_worker_process_jobs_run_elsewhere() {
     start_experiment(&master.http, &t.operator, "kill", &crate_names(12)).await;
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["child_worker_process", "--exact", "--ignored", "--nocapture"])
+        .args([
+            "child_worker_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("CALDERA_E2E_CHILD_MASTER", &master.grpc)
         .env("CALDERA_E2E_CHILD_TOKEN", &t.worker)
         .env("CALDERA_E2E_CHILD_SPOOL", spool.path().join("victim"))
@@ -97,18 +138,49 @@ async fn killed_worker_process_jobs_run_elsewhere() {
         Duration::from_secs(60),
     )
     .await;
-    let victim_jobs: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE state = 'running' ORDER BY id").fetch_all(&db.pool).await.unwrap();
+    let victim_jobs: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE state = 'running' ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
     let exec = FakeExecutor::new();
-    let survivor = InProcessWorker::spawn(worker_config(&master.grpc, &t.worker, "survivor", 4, &spool.path().join("survivor")), exec.clone());
+    let survivor = InProcessWorker::spawn(
+        worker_config(
+            &master.grpc,
+            &t.worker,
+            "survivor",
+            4,
+            &spool.path().join("survivor"),
+        ),
+        exec.clone(),
+    );
     wait_status(&db.pool, "kill", "completed", Duration::from_secs(60)).await;
     assert_exactly_one_result_each(&db.pool, "kill", 12).await;
-    assert_eq!(exec.runs(), 12, "the survivor ran everything once, the victim's jobs after their leases expired");
-    let attempts: Vec<i32> = sqlx::query_scalar("SELECT attempt FROM jobs WHERE id = ANY($1) ORDER BY id").bind(&victim_jobs).fetch_all(&db.pool).await.unwrap();
-    assert_eq!(attempts, vec![2; 4], "the victim's jobs were re-run as a second attempt");
-    let owners: Vec<String> = sqlx::query_scalar("SELECT DISTINCT w.name FROM results r JOIN workers w ON w.id = r.worker_id").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(
+        exec.runs(),
+        12,
+        "the survivor ran everything once, the victim's jobs after their leases expired"
+    );
+    let attempts: Vec<i32> =
+        sqlx::query_scalar("SELECT attempt FROM jobs WHERE id = ANY($1) ORDER BY id")
+            .bind(&victim_jobs)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        attempts,
+        vec![2; 4],
+        "the victim's jobs were re-run as a second attempt"
+    );
+    let owners: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT w.name FROM results r JOIN workers w ON w.id = r.worker_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(owners, vec!["survivor"]);
     survivor.stop().await;
     master.stop().await;
@@ -121,8 +193,21 @@ async fn master_process_restart_loses_and_doubles_nothing() {
     let (http, grpc) = (free_addr(), free_addr());
     let spawn_master = || {
         Command::new(env!("CARGO_BIN_EXE_caldera"))
-            .args(["master", "--listen", &http.to_string(), "--grpc-listen", &grpc.to_string()])
-            .args(["--lease-secs", "3", "--heartbeat-ms", "300", "--reap-interval-ms", "200"])
+            .args([
+                "master",
+                "--listen",
+                &http.to_string(),
+                "--grpc-listen",
+                &grpc.to_string(),
+            ])
+            .args([
+                "--lease-secs",
+                "3",
+                "--heartbeat-ms",
+                "300",
+                "--reap-interval-ms",
+                "200",
+            ])
             .env("CALDERA_DATABASE_URL", &db.url)
             .env("CALDERA_LOG", "warn")
             .stdout(Stdio::null())
@@ -131,7 +216,10 @@ async fn master_process_restart_loses_and_doubles_nothing() {
     };
     let wait_up = || async {
         for _ in 0..200 {
-            if reqwest::get(format!("http://{http}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+            if reqwest::get(format!("http://{http}/healthz"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -141,22 +229,42 @@ async fn master_process_restart_loses_and_doubles_nothing() {
     let mut master = spawn_master();
     wait_up().await;
     let spool = tempfile::tempdir().unwrap();
-    let exec = FakeExecutor::new().with_default(FakeBehaviour::default().with_delay(Duration::from_millis(100)));
+    let exec = FakeExecutor::new()
+        .with_default(FakeBehaviour::default().with_delay(Duration::from_millis(100)));
     let grpc_url = format!("http://{grpc}");
     let workers: Vec<_> = (0..2)
         .map(|i| {
             let name = format!("w{i}");
-            InProcessWorker::spawn(worker_config(&grpc_url, &t.worker, &name, 2, &spool.path().join(&name)), exec.clone())
+            InProcessWorker::spawn(
+                worker_config(&grpc_url, &t.worker, &name, 2, &spool.path().join(&name)),
+                exec.clone(),
+            )
         })
         .collect();
-    start_experiment(&format!("http://{http}"), &t.operator, "restart", &crate_names(60)).await;
-    wait_count(&db.pool, "SELECT count(*) FROM jobs WHERE state = 'done'", 15, Duration::from_secs(60)).await;
+    start_experiment(
+        &format!("http://{http}"),
+        &t.operator,
+        "restart",
+        &crate_names(60),
+    )
+    .await;
+    wait_count(
+        &db.pool,
+        "SELECT count(*) FROM jobs WHERE state = 'done'",
+        15,
+        Duration::from_secs(60),
+    )
+    .await;
 
     master.kill().unwrap(); // SIGKILL: no goodbye to anyone
     master.wait().unwrap();
-    let done_at_kill: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'done'").fetch_one(&db.pool).await.unwrap();
+    let done_at_kill: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'done'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     // workers keep running their jobs; results finished meanwhile are spooled
-    exec.wait_for(|s| s.finished as i64 >= done_at_kill + 2).await;
+    exec.wait_for(|s| s.finished as i64 >= done_at_kill + 2)
+        .await;
     let mut master = spawn_master();
     wait_up().await;
 
@@ -166,30 +274,62 @@ async fn master_process_restart_loses_and_doubles_nothing() {
         w.stop().await;
     }
     for name in ["w0", "w1"] {
-        let left: Vec<_> = std::fs::read_dir(spool.path().join(name)).unwrap().collect();
-        assert!(left.is_empty(), "{name}'s spool is empty: every result was acknowledged");
+        let left: Vec<_> = std::fs::read_dir(spool.path().join(name))
+            .unwrap()
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{name}'s spool is empty: every result was acknowledged"
+        );
     }
     master.kill().unwrap();
     master.wait().unwrap();
 }
 
-async fn raw_session(grpc: &str, token: &str) -> (tokio::sync::mpsc::Sender<v1::WorkerMessage>, tonic::Streaming<v1::MasterMessage>) {
+async fn raw_session(
+    grpc: &str,
+    token: &str,
+) -> (
+    tokio::sync::mpsc::Sender<v1::WorkerMessage>,
+    tonic::Streaming<v1::MasterMessage>,
+) {
     let mut client = WorkerServiceClient::connect(grpc.to_owned()).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let hello = v1::Hello { name: "raw".into(), version: "test".into(), capabilities: vec![], slots: 1, running: vec![] };
-    tx.send(v1::WorkerMessage { kind: Some(worker_message::Kind::Hello(hello)) }).await.unwrap();
+    let hello = v1::Hello {
+        name: "raw".into(),
+        version: "test".into(),
+        capabilities: vec![],
+        slots: 1,
+        running: vec![],
+    };
+    tx.send(v1::WorkerMessage {
+        kind: Some(worker_message::Kind::Hello(hello)),
+    })
+    .await
+    .unwrap();
     let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     let inbound = client.session(req).await.unwrap().into_inner();
     (tx, inbound)
 }
 
 async fn next(inbound: &mut tonic::Streaming<v1::MasterMessage>) -> master_message::Kind {
-    tokio::time::timeout(Duration::from_secs(10), inbound.message()).await.expect("a message in time").unwrap().unwrap().kind.unwrap()
+    tokio::time::timeout(Duration::from_secs(10), inbound.message())
+        .await
+        .expect("a message in time")
+        .unwrap()
+        .unwrap()
+        .kind
+        .unwrap()
 }
 
 fn result(job_id: u64, token: &str, end: Outcome) -> v1::WorkerMessage {
-    let side = |o: &Outcome| v1::SideResult { outcome: Some(o.into()), duration_ms: 5, ..Default::default() };
+    let side = |o: &Outcome| v1::SideResult {
+        outcome: Some(o.into()),
+        duration_ms: 5,
+        ..Default::default()
+    };
     v1::WorkerMessage {
         kind: Some(worker_message::Kind::Result(v1::JobResult {
             job_id,
@@ -207,46 +347,92 @@ async fn stale_and_duplicate_results_are_rejected() {
     let master = InProcessMaster::start(db.pool.clone(), fast_config(), None).await;
     start_experiment(&master.http, &t.operator, "fence", &crate_names(1)).await;
     let (tx, mut inbound) = raw_session(&master.grpc, &t.worker).await;
-    assert!(matches!(next(&mut inbound).await, master_message::Kind::Welcome(_)));
-    let master_message::Kind::Assign(assign) = next(&mut inbound).await else { panic!("expected an assignment") };
+    assert!(matches!(
+        next(&mut inbound).await,
+        master_message::Kind::Welcome(_)
+    ));
+    let master_message::Kind::Assign(assign) = next(&mut inbound).await else {
+        panic!("expected an assignment")
+    };
     assert_eq!(assign.spec.as_ref().unwrap().crate_id, "reg:fx00000@1.0.0");
 
     let snapshot = || async {
-        sqlx::query_scalar::<_, serde_json::Value>("SELECT coalesce(json_agg(r.outcome ORDER BY r.id), '[]') FROM results r")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, serde_json::Value>(
+            "SELECT coalesce(json_agg(r.outcome ORDER BY r.id), '[]') FROM results r",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
     };
     // a made-up lease token: rejected, nothing written, the job still runs
     let stale = uuid::Uuid::new_v4().to_string();
-    tx.send(result(assign.job_id, &stale, Outcome::TestPass)).await.unwrap();
-    let master_message::Kind::Ack(ack) = next(&mut inbound).await else { panic!("expected an ack") };
+    tx.send(result(assign.job_id, &stale, Outcome::TestPass))
+        .await
+        .unwrap();
+    let master_message::Kind::Ack(ack) = next(&mut inbound).await else {
+        panic!("expected an ack")
+    };
     assert!(!ack.accepted && ack.lease_token == stale, "{ack:?}");
     assert_eq!(snapshot().await, serde_json::json!([]));
-    assert_eq!(job_states(&db.pool, "fence").await, vec![("running".to_owned(), 1)]);
+    assert_eq!(
+        job_states(&db.pool, "fence").await,
+        vec![("running".to_owned(), 1)]
+    );
 
     // a malformed one: rejected, naming the field
-    tx.send(result(assign.job_id, "not-a-token", Outcome::TestPass)).await.unwrap();
-    let master_message::Kind::Ack(ack) = next(&mut inbound).await else { panic!("expected an ack") };
-    assert!(!ack.accepted && ack.reason.contains("lease_token"), "{ack:?}");
+    tx.send(result(assign.job_id, "not-a-token", Outcome::TestPass))
+        .await
+        .unwrap();
+    let master_message::Kind::Ack(ack) = next(&mut inbound).await else {
+        panic!("expected an ack")
+    };
+    assert!(
+        !ack.accepted && ack.reason.contains("lease_token"),
+        "{ack:?}"
+    );
 
     // the current lease: accepted
-    let fail = Outcome::TestFail { failed_tests: vec!["t::x".into()] };
-    tx.send(result(assign.job_id, &assign.lease_token, fail)).await.unwrap();
-    let master_message::Kind::Ack(ack) = next(&mut inbound).await else { panic!("expected an ack") };
+    let fail = Outcome::TestFail {
+        failed_tests: vec!["t::x".into()],
+    };
+    tx.send(result(assign.job_id, &assign.lease_token, fail))
+        .await
+        .unwrap();
+    let master_message::Kind::Ack(ack) = next(&mut inbound).await else {
+        panic!("expected an ack")
+    };
     assert!(ack.accepted, "{ack:?}");
     let recorded = snapshot().await;
     assert_eq!(recorded.as_array().unwrap().len(), 2);
 
     // the same result again, and a different one under the same token: rejected, nothing overwritten
-    tx.send(result(assign.job_id, &assign.lease_token, Outcome::TestPass)).await.unwrap();
-    let master_message::Kind::Ack(ack) = next(&mut inbound).await else { panic!("expected an ack") };
+    tx.send(result(
+        assign.job_id,
+        &assign.lease_token,
+        Outcome::TestPass,
+    ))
+    .await
+    .unwrap();
+    let master_message::Kind::Ack(ack) = next(&mut inbound).await else {
+        panic!("expected an ack")
+    };
     assert!(!ack.accepted, "{ack:?}");
     assert_eq!(snapshot().await, recorded);
     wait_status(&db.pool, "fence", "completed", Duration::from_secs(10)).await;
-    let metrics = reqwest::get(format!("{}/metrics", master.http)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"caldera_results_rejected_total{reason="stale-lease"} 2"#), "{metrics}");
-    assert!(metrics.contains(r#"caldera_results_rejected_total{reason="malformed"} 1"#), "{metrics}");
+    let metrics = reqwest::get(format!("{}/metrics", master.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"caldera_results_rejected_total{reason="stale-lease"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"caldera_results_rejected_total{reason="malformed"} 1"#),
+        "{metrics}"
+    );
     master.stop().await;
 }
 
@@ -255,17 +441,34 @@ async fn workers_need_a_worker_token() {
     let db = TestDb::new().await;
     let t = tokens(&db.pool).await;
     let master = InProcessMaster::start(db.pool.clone(), fast_config(), None).await;
-    for (token, code) in [(t.operator.as_str(), tonic::Code::PermissionDenied), ("cldr_nope", tonic::Code::Unauthenticated)] {
-        let mut client = WorkerServiceClient::connect(master.grpc.clone()).await.unwrap();
+    for (token, code) in [
+        (t.operator.as_str(), tonic::Code::PermissionDenied),
+        ("cldr_nope", tonic::Code::Unauthenticated),
+    ] {
+        let mut client = WorkerServiceClient::connect(master.grpc.clone())
+            .await
+            .unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let hello = v1::Hello { name: "x".into(), slots: 1, ..Default::default() };
-        tx.send(v1::WorkerMessage { kind: Some(worker_message::Kind::Hello(hello)) }).await.unwrap();
+        let hello = v1::Hello {
+            name: "x".into(),
+            slots: 1,
+            ..Default::default()
+        };
+        tx.send(v1::WorkerMessage {
+            kind: Some(worker_message::Kind::Hello(hello)),
+        })
+        .await
+        .unwrap();
         let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
         let err = client.session(req).await.unwrap_err();
         assert_eq!(err.code(), code, "{err:?}");
     }
-    let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM workers").fetch_one(&db.pool).await.unwrap();
+    let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM workers")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(workers, 0, "a refused worker is not registered");
     master.stop().await;
 }
@@ -277,18 +480,37 @@ async fn pause_resume_and_abort() {
     let master = InProcessMaster::start(db.pool.clone(), fast_config(), None).await;
     let spool = tempfile::tempdir().unwrap();
     let exec = FakeExecutor::new().with_default(FakeBehaviour::default().gated("hold"));
-    let worker = InProcessWorker::spawn(worker_config(&master.grpc, &t.worker, "w", 2, spool.path()), exec.clone());
+    let worker = InProcessWorker::spawn(
+        worker_config(&master.grpc, &t.worker, "w", 2, spool.path()),
+        exec.clone(),
+    );
     let (http, op) = (master.http.as_str(), t.operator.as_str());
 
     start_experiment(http, op, "pausable", &crate_names(10)).await;
     exec.wait_for(|s| s.running == 2).await;
-    assert_eq!(api(http, op, Method::POST, "/experiments/pausable/pause", None).await.0, 200);
+    assert_eq!(
+        api(http, op, Method::POST, "/experiments/pausable/pause", None)
+            .await
+            .0,
+        200
+    );
     exec.open_gate("hold"); // the two running jobs finish; nothing new is handed out while paused
-    wait_count(&db.pool, "SELECT count(*) FROM jobs WHERE state = 'done'", 2, Duration::from_secs(10)).await;
+    wait_count(
+        &db.pool,
+        "SELECT count(*) FROM jobs WHERE state = 'done'",
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await; // > one dispatch tick
     assert_eq!(exec.runs(), 2, "no job started while paused");
     assert_eq!(status(&db.pool, "pausable").await, "paused");
-    assert_eq!(api(http, op, Method::POST, "/experiments/pausable/resume", None).await.0, 200);
+    assert_eq!(
+        api(http, op, Method::POST, "/experiments/pausable/resume", None)
+            .await
+            .0,
+        200
+    );
     wait_status(&db.pool, "pausable", "completed", Duration::from_secs(20)).await;
     assert_exactly_one_result_each(&db.pool, "pausable", 10).await;
 
@@ -298,20 +520,40 @@ async fn pause_resume_and_abort() {
     let before = exec.runs();
     let crates: Vec<String> = crate_names(6);
     let body = serde_json::json!({"name": "doomed", "start": "stable", "end": "nightly", "crates": {"kind": "list", "crates": crates}});
-    assert_eq!(api(http, op, Method::POST, "/experiments", Some(body)).await.0, 201);
+    assert_eq!(
+        api(http, op, Method::POST, "/experiments", Some(body))
+            .await
+            .0,
+        201
+    );
     // make the first two crates the only ones that can start before the abort
-    assert_eq!(api(http, op, Method::POST, "/experiments/doomed/start", None).await.0, 200);
+    assert_eq!(
+        api(http, op, Method::POST, "/experiments/doomed/start", None)
+            .await
+            .0,
+        200
+    );
     exec.wait_for(|s| s.running == 2).await;
     let (code, v) = api(http, op, Method::POST, "/experiments/doomed/abort", None).await;
     assert_eq!((code, v["status"].as_str()), (200, Some("aborted")));
     exec.wait_for(|s| s.cancelled >= 2).await;
     let states = job_states(&db.pool, "doomed").await;
-    assert_eq!(states.iter().filter(|(s, _)| s != "cancelled" && s != "done").count(), 0, "{states:?}");
+    assert_eq!(
+        states
+            .iter()
+            .filter(|(s, _)| s != "cancelled" && s != "done")
+            .count(),
+        0,
+        "{states:?}"
+    );
     let results: i64 = sqlx::query_scalar("SELECT count(*) FROM results r JOIN experiments e ON e.id = r.experiment_id WHERE e.name = 'doomed'")
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    let done = states.iter().find(|(s, _)| s == "done").map_or(0, |(_, n)| *n);
+    let done = states
+        .iter()
+        .find(|(s, _)| s == "done")
+        .map_or(0, |(_, n)| *n);
     assert_eq!(results, done * 2, "only finished jobs have results");
     assert!(exec.runs() - before <= 6);
     worker.stop().await;

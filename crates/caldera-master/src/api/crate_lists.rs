@@ -2,9 +2,9 @@
 
 use std::collections::HashSet;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
 use bytes::Bytes;
 use caldera_core::crates::CrateSpec;
 use caldera_db::crate_lists::{self, CrateList, CrateListSummary};
@@ -12,9 +12,9 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::parse_body;
+use crate::AppState;
 use crate::auth::{Reader, Writer};
 use crate::error::{ApiError, ErrorBody};
-use crate::AppState;
 
 /// Most entries a crate list may hold.
 pub const MAX_LIST_LEN: usize = 100_000;
@@ -36,7 +36,9 @@ pub struct NewCrateList {
 pub(crate) fn is_slug(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
 }
 
@@ -52,7 +54,12 @@ pub struct CrateListView {
 
 impl From<CrateList> for CrateListView {
     fn from(l: CrateList) -> Self {
-        CrateListView { name: l.name, description: l.description, created_at: l.created_at, crates: l.crates }
+        CrateListView {
+            name: l.name,
+            description: l.description,
+            created_at: l.created_at,
+            crates: l.crates,
+        }
     }
 }
 
@@ -68,7 +75,12 @@ pub struct CrateListSummaryView {
 
 impl From<CrateListSummary> for CrateListSummaryView {
     fn from(s: CrateListSummary) -> Self {
-        CrateListSummaryView { name: s.name, description: s.description, created_at: s.created_at, len: s.len }
+        CrateListSummaryView {
+            name: s.name,
+            description: s.description,
+            created_at: s.created_at,
+            len: s.len,
+        }
     }
 }
 
@@ -87,18 +99,38 @@ pub async fn create(
     if !is_slug(&new.name) {
         return Err(ApiError::invalid(
             "name",
-            format!("invalid crate list name {:?}: use 1-64 lowercase letters, digits and '-', not starting with '-'", new.name),
+            format!(
+                "invalid crate list name {:?}: use 1-64 lowercase letters, digits and '-', not starting with '-'",
+                new.name
+            ),
         ));
     }
     if new.crates.is_empty() || new.crates.len() > MAX_LIST_LEN {
-        return Err(ApiError::invalid("crates", format!("a crate list holds 1 to {MAX_LIST_LEN} crates, got {}", new.crates.len())));
+        return Err(ApiError::invalid(
+            "crates",
+            format!(
+                "a crate list holds 1 to {MAX_LIST_LEN} crates, got {}",
+                new.crates.len()
+            ),
+        ));
     }
     let mut seen = HashSet::new();
-    if let Some((i, dup)) = new.crates.iter().enumerate().find(|(_, c)| !seen.insert(c.to_string())) {
-        return Err(ApiError::invalid(format!("crates[{i}]"), format!("duplicate crate {dup}")));
+    if let Some((i, dup)) = new
+        .crates
+        .iter()
+        .enumerate()
+        .find(|(_, c)| !seen.insert(c.to_string()))
+    {
+        return Err(ApiError::invalid(
+            format!("crates[{i}]"),
+            format!("duplicate crate {dup}"),
+        ));
     }
     if new.description.len() > 4096 {
-        return Err(ApiError::invalid("description", "description is longer than 4096 bytes"));
+        return Err(ApiError::invalid(
+            "description",
+            "description is longer than 4096 bytes",
+        ));
     }
     let list = crate_lists::create(&state.pool, &new.name, &new.description, &new.crates).await?;
     tracing::info!(list = %list.name, len = list.crates.len(), token = %caller.name, "crate list created");
@@ -109,8 +141,17 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/crate-lists", tag = "crate-lists",
     responses((status = 200, body = Vec<CrateListSummaryView>)),
     security(("bearer" = [])))]
-pub async fn list(State(state): State<AppState>, _caller: Reader) -> Result<Json<Vec<CrateListSummaryView>>, ApiError> {
-    Ok(Json(crate_lists::list(&state.pool).await?.into_iter().map(Into::into).collect()))
+pub async fn list(
+    State(state): State<AppState>,
+    _caller: Reader,
+) -> Result<Json<Vec<CrateListSummaryView>>, ApiError> {
+    Ok(Json(
+        crate_lists::list(&state.pool)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
 }
 
 /// One crate list with its entries.
@@ -118,7 +159,11 @@ pub async fn list(State(state): State<AppState>, _caller: Reader) -> Result<Json
     params(("name" = String, Path)),
     responses((status = 200, body = CrateListView), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get(State(state): State<AppState>, _caller: Reader, Path(name): Path<String>) -> Result<Json<CrateListView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    _caller: Reader,
+    Path(name): Path<String>,
+) -> Result<Json<CrateListView>, ApiError> {
     Ok(Json(crate_lists::get(&state.pool, &name).await?.into()))
 }
 
@@ -127,7 +172,11 @@ pub async fn get(State(state): State<AppState>, _caller: Reader, Path(name): Pat
     params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn delete(State(state): State<AppState>, Writer(caller): Writer, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     crate_lists::delete(&state.pool, &name).await?;
     tracing::info!(list = %name, token = %caller.name, "crate list deleted");
     Ok(StatusCode::NO_CONTENT)

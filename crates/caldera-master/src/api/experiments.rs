@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
 use bytes::Bytes;
 use caldera_core::experiment::{ExperimentEdit, ExperimentSpec};
 use caldera_core::lifecycle::{ExperimentAction, ExperimentStatus};
@@ -16,9 +16,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{check_json_syntax, parse_page};
+use crate::AppState;
 use crate::auth::{Reader, Writer};
 use crate::error::{ApiError, ErrorBody};
-use crate::AppState;
 
 /// An experiment: its spec plus lifecycle state.
 #[derive(Debug, Serialize, ToSchema)]
@@ -97,7 +97,10 @@ pub async fn list(
     _caller: Reader,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<ExperimentPage>, ApiError> {
-    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "status" | "limit" | "offset")) {
+    if let Some(unknown) = query
+        .keys()
+        .find(|k| !matches!(k.as_str(), "status" | "limit" | "offset"))
+    {
         return Err(ApiError::bad_request(
             unknown.clone(),
             format!("unknown query parameter {unknown:?}; expected status, limit or offset"),
@@ -114,7 +117,10 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let (limit, offset) = parse_page(query.get("limit").map(String::as_str), query.get("offset").map(String::as_str))?;
+    let (limit, offset) = parse_page(
+        query.get("limit").map(String::as_str),
+        query.get("offset").map(String::as_str),
+    )?;
     let page = experiments::list(&state.pool, status, limit, offset).await?;
     Ok(Json(ExperimentPage {
         items: page.items.into_iter().map(Into::into).collect(),
@@ -172,7 +178,12 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn action(state: &AppState, caller: &Writer, name: &str, action: ExperimentAction) -> Result<Json<ExperimentView>, ApiError> {
+async fn action(
+    state: &AppState,
+    caller: &Writer,
+    name: &str,
+    action: ExperimentAction,
+) -> Result<Json<ExperimentView>, ApiError> {
     let row = match action {
         ExperimentAction::Start => {
             // resolve before taking the row lock: this may read crate lists or a registry listing
@@ -181,10 +192,17 @@ async fn action(state: &AppState, caller: &Writer, name: &str, action: Experimen
                 // let the transition produce the precise error
                 experiments::apply_action(&state.pool, name, action).await?
             } else {
-                let crates = crate::resolve::resolve(&state.pool, state.registry.as_deref(), &current.spec).await?;
+                let crates =
+                    crate::resolve::resolve(&state.pool, state.registry.as_deref(), &current.spec)
+                        .await?;
                 let mut pending = experiments::begin_action(&state.pool, name, action).await?;
-                let n = jobs::create_for_experiment(&mut pending.tx, pending.current.id, pending.current.spec.priority, &crates)
-                    .await?;
+                let n = jobs::create_for_experiment(
+                    &mut pending.tx,
+                    pending.current.id,
+                    pending.current.spec.priority,
+                    &crates,
+                )
+                .await?;
                 let row = pending.commit().await?;
                 tracing::info!(experiment = %row.name, jobs = n, "jobs created");
                 state.scheduler.wake();
@@ -195,7 +213,9 @@ async fn action(state: &AppState, caller: &Writer, name: &str, action: Experimen
             let mut pending = experiments::begin_action(&state.pool, name, action).await?;
             let leases = jobs::cancel_experiment(&mut pending.tx, pending.current.id).await?;
             let row = pending.commit().await?;
-            state.scheduler.cancel_leases(&leases, "the experiment was aborted");
+            state
+                .scheduler
+                .cancel_leases(&leases, "the experiment was aborted");
             row
         }
         _ => {
@@ -213,7 +233,11 @@ async fn action(state: &AppState, caller: &Writer, name: &str, action: Experimen
     params(("name" = String, Path)),
     responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn start(State(state): State<AppState>, caller: Writer, Path(name): Path<String>) -> Result<Json<ExperimentView>, ApiError> {
+pub async fn start(
+    State(state): State<AppState>,
+    caller: Writer,
+    Path(name): Path<String>,
+) -> Result<Json<ExperimentView>, ApiError> {
     action(&state, &caller, &name, ExperimentAction::Start).await
 }
 
@@ -222,7 +246,11 @@ pub async fn start(State(state): State<AppState>, caller: Writer, Path(name): Pa
     params(("name" = String, Path)),
     responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn pause(State(state): State<AppState>, caller: Writer, Path(name): Path<String>) -> Result<Json<ExperimentView>, ApiError> {
+pub async fn pause(
+    State(state): State<AppState>,
+    caller: Writer,
+    Path(name): Path<String>,
+) -> Result<Json<ExperimentView>, ApiError> {
     action(&state, &caller, &name, ExperimentAction::Pause).await
 }
 
@@ -231,7 +259,11 @@ pub async fn pause(State(state): State<AppState>, caller: Writer, Path(name): Pa
     params(("name" = String, Path)),
     responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn resume(State(state): State<AppState>, caller: Writer, Path(name): Path<String>) -> Result<Json<ExperimentView>, ApiError> {
+pub async fn resume(
+    State(state): State<AppState>,
+    caller: Writer,
+    Path(name): Path<String>,
+) -> Result<Json<ExperimentView>, ApiError> {
     action(&state, &caller, &name, ExperimentAction::Resume).await
 }
 
@@ -240,6 +272,10 @@ pub async fn resume(State(state): State<AppState>, caller: Writer, Path(name): P
     params(("name" = String, Path)),
     responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn abort(State(state): State<AppState>, caller: Writer, Path(name): Path<String>) -> Result<Json<ExperimentView>, ApiError> {
+pub async fn abort(
+    State(state): State<AppState>,
+    caller: Writer,
+    Path(name): Path<String>,
+) -> Result<Json<ExperimentView>, ApiError> {
     action(&state, &caller, &name, ExperimentAction::Abort).await
 }

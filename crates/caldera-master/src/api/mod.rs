@@ -12,10 +12,16 @@ use crate::error::ApiError;
 /// Reject bodies that are not JSON at all (400) before the typed parse, which reports the
 /// offending field (422).
 pub(crate) fn check_json_syntax(body: &Bytes) -> Result<(), ApiError> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(body).map(|_| ()).map_err(|e| {
-        ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid-json", format!("request body is not valid JSON: {e}"))
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(|_| ())
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid-json",
+                format!("request body is not valid JSON: {e}"),
+            )
             .with_field("body")
-    })
+        })
 }
 
 /// Parse a JSON body into `T`, naming the field path of the first error.
@@ -30,22 +36,31 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
 }
 
 /// Parse `limit` / `offset` query values.
-pub(crate) fn parse_page(limit: Option<&str>, offset: Option<&str>) -> Result<(i64, i64), ApiError> {
+pub(crate) fn parse_page(
+    limit: Option<&str>,
+    offset: Option<&str>,
+) -> Result<(i64, i64), ApiError> {
     let limit = match limit {
         None => 50,
         Some(v) => v
             .parse::<i64>()
             .ok()
             .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| ApiError::bad_request("limit", format!("limit must be an integer from 1 to 500, got {v:?}")))?,
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "limit",
+                    format!("limit must be an integer from 1 to 500, got {v:?}"),
+                )
+            })?,
     };
     let offset = match offset {
         None => 0,
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| ApiError::bad_request("offset", format!("offset must be a non-negative integer, got {v:?}")))?,
+        Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::bad_request(
+                "offset",
+                format!("offset must be a non-negative integer, got {v:?}"),
+            )
+        })?,
     };
     Ok((limit, offset))
 }

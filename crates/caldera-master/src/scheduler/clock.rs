@@ -1,8 +1,8 @@
 //! Time, injected: leases and expiries are computed from a [`Clock`], never from the database's
 //! `now()`, so tests can control time.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 

@@ -23,9 +23,9 @@ use caldera_core::experiment::ExperimentSpec;
 use caldera_core::job::JobSpec;
 use caldera_core::lifecycle::ExperimentAction;
 use caldera_db::jobs::{self, Claimed, Completion};
-use caldera_db::{experiments, PgPool};
+use caldera_db::{PgPool, experiments};
 use caldera_proto::v1::{self, master_message};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -182,7 +182,9 @@ impl Scheduler {
         let mut sessions = self.inner.sessions.lock().expect("sessions lock");
         for s in sessions.values_mut() {
             s.draining = true;
-            let msg = master_message::Kind::Drain(v1::Drain { reason: reason.to_owned() });
+            let msg = master_message::Kind::Drain(v1::Drain {
+                reason: reason.to_owned(),
+            });
             let _ = s.tx.try_send(Ok(v1::MasterMessage { kind: Some(msg) }));
         }
     }
@@ -198,7 +200,10 @@ impl Scheduler {
         let mut sessions = self.inner.sessions.lock().expect("sessions lock");
         // a newer session of the same worker replaces the old one (dropping its sender ends it)
         sessions.insert(worker, session);
-        self.inner.metrics.workers_connected.set(sessions.len() as i64);
+        self.inner
+            .metrics
+            .workers_connected
+            .set(sessions.len() as i64);
         drop(sessions);
         self.wake();
     }
@@ -208,7 +213,10 @@ impl Scheduler {
         if sessions.get(&worker).is_some_and(|s| s.session == session) {
             sessions.remove(&worker);
         }
-        self.inner.metrics.workers_connected.set(sessions.len() as i64);
+        self.inner
+            .metrics
+            .workers_connected
+            .set(sessions.len() as i64);
     }
 
     /// Jobs `worker` no longer runs (finished, returned, cancelled, or not renewed).
@@ -242,14 +250,19 @@ impl Scheduler {
     }
 
     /// Claim for every worker with free slots until nothing more can be handed out.
-    async fn dispatch_round(&self, specs: &mut HashMap<Uuid, Arc<ExperimentSpec>>) -> Result<(), caldera_db::DbError> {
+    async fn dispatch_round(
+        &self,
+        specs: &mut HashMap<Uuid, Arc<ExperimentSpec>>,
+    ) -> Result<(), caldera_db::DbError> {
         let mut exhausted: HashSet<Uuid> = HashSet::new();
         loop {
             let candidates: Vec<(Uuid, Vec<String>, usize)> = {
                 let sessions = self.inner.sessions.lock().expect("sessions lock");
                 sessions
                     .iter()
-                    .filter(|(id, s)| !s.draining && s.in_flight.len() < s.slots && !exhausted.contains(id))
+                    .filter(|(id, s)| {
+                        !s.draining && s.in_flight.len() < s.slots && !exhausted.contains(id)
+                    })
                     .map(|(id, s)| (*id, s.capabilities.clone(), s.slots - s.in_flight.len()))
                     .collect()
             };
@@ -259,10 +272,19 @@ impl Scheduler {
             for (worker, caps, free) in candidates {
                 let limit = (free as i64).min(self.inner.config.claim_batch);
                 let started = Instant::now();
-                let claimed =
-                    jobs::claim(&self.inner.pool, worker, &caps, limit, self.now(), chrono_dur(self.inner.config.lease))
-                        .await?;
-                self.inner.metrics.claim_latency.observe(started.elapsed().as_secs_f64());
+                let claimed = jobs::claim(
+                    &self.inner.pool,
+                    worker,
+                    &caps,
+                    limit,
+                    self.now(),
+                    chrono_dur(self.inner.config.lease),
+                )
+                .await?;
+                self.inner
+                    .metrics
+                    .claim_latency
+                    .observe(started.elapsed().as_secs_f64());
                 if (claimed.len() as i64) < limit {
                     exhausted.insert(worker);
                 }
@@ -271,7 +293,10 @@ impl Scheduler {
                 }
                 let sent_at = Instant::now();
                 self.assign(worker, claimed, specs).await?;
-                self.inner.metrics.claim_to_send.observe(sent_at.elapsed().as_secs_f64());
+                self.inner
+                    .metrics
+                    .claim_to_send
+                    .observe(sent_at.elapsed().as_secs_f64());
             }
         }
     }
@@ -301,12 +326,16 @@ impl Scheduler {
                 },
             };
             match job_spec(&spec, c) {
-                Ok(job) => messages.push((c.job_id, c.lease_token, v1::Assign {
-                    job_id: c.job_id as u64,
-                    lease_token: c.lease_token.to_string(),
-                    attempt: c.attempt as u32,
-                    spec: Some((&job).into()),
-                })),
+                Ok(job) => messages.push((
+                    c.job_id,
+                    c.lease_token,
+                    v1::Assign {
+                        job_id: c.job_id as u64,
+                        lease_token: c.lease_token.to_string(),
+                        attempt: c.attempt as u32,
+                        spec: Some((&job).into()),
+                    },
+                )),
                 Err(e) => {
                     tracing::error!(experiment = %c.experiment, krate = %c.crate_id, error = %e, "cannot build the job spec");
                     unsendable.push(c);
@@ -325,12 +354,17 @@ impl Scheduler {
                 None => None,
             }
         };
-        let mut give_back: Vec<(i64, Uuid)> = unsendable.iter().map(|c| (c.job_id, c.lease_token)).collect();
+        let mut give_back: Vec<(i64, Uuid)> = unsendable
+            .iter()
+            .map(|c| (c.job_id, c.lease_token))
+            .collect();
         match tx {
             Some(tx) => {
                 for (id, token, assign) in messages {
                     tracing::debug!(job = id, worker = %worker, "assign");
-                    let msg = v1::MasterMessage { kind: Some(master_message::Kind::Assign(assign)) };
+                    let msg = v1::MasterMessage {
+                        kind: Some(master_message::Kind::Assign(assign)),
+                    };
                     if tx.send(Ok(msg)).await.is_err() {
                         give_back.push((id, token));
                     } else {
@@ -352,7 +386,13 @@ impl Scheduler {
     // ------------------------------------------------------------------ results
 
     pub(crate) async fn submit_result(&self, completion: Completion, tx: Outbound) {
-        if self.inner.results.send(PendingResult { completion, tx }).await.is_err() {
+        if self
+            .inner
+            .results
+            .send(PendingResult { completion, tx })
+            .await
+            .is_err()
+        {
             tracing::warn!("result writer stopped; result dropped (the worker keeps it spooled)");
         }
     }
@@ -393,7 +433,13 @@ impl Scheduler {
                 if ok {
                     self.inner.metrics.jobs_completed.inc();
                 } else {
-                    self.inner.metrics.results_rejected.get_or_create(&crate::metrics::ReasonLabel { reason: "stale-lease".into() }).inc();
+                    self.inner
+                        .metrics
+                        .results_rejected
+                        .get_or_create(&crate::metrics::ReasonLabel {
+                            reason: "stale-lease".into(),
+                        })
+                        .inc();
                     tracing::warn!(job = c.job_id, lease = %c.lease_token, worker = %c.worker, "rejected a result: its lease is not current");
                 }
                 by_worker.entry(c.worker).or_default().push(c.job_id);
@@ -401,9 +447,17 @@ impl Scheduler {
                     job_id: c.job_id as u64,
                     lease_token: c.lease_token.to_string(),
                     accepted: ok,
-                    reason: if ok { String::new() } else { "the lease is not current (expired, reassigned, cancelled or already reported)".into() },
+                    reason: if ok {
+                        String::new()
+                    } else {
+                        "the lease is not current (expired, reassigned, cancelled or already reported)".into()
+                    },
                 };
-                let _ = p.tx.send(Ok(v1::MasterMessage { kind: Some(master_message::Kind::Ack(ack)) })).await;
+                let _ =
+                    p.tx.send(Ok(v1::MasterMessage {
+                        kind: Some(master_message::Kind::Ack(ack)),
+                    }))
+                    .await;
             }
             for (worker, ids) in by_worker {
                 self.release(worker, ids);
@@ -425,7 +479,9 @@ impl Scheduler {
             }
         };
         for name in names {
-            match experiments::apply_action(&self.inner.pool, &name, ExperimentAction::Complete).await {
+            match experiments::apply_action(&self.inner.pool, &name, ExperimentAction::Complete)
+                .await
+            {
                 Ok(_) => tracing::info!(experiment = %name, "experiment completed"),
                 Err(e) => tracing::debug!(experiment = %name, error = %e, "not completed"),
             }
@@ -449,14 +505,30 @@ impl Scheduler {
 
     /// Re-queue (or give up on) jobs whose lease expired by the clock's now.
     pub async fn reap_now(&self) -> Result<jobs::Reaped, caldera_db::DbError> {
-        let reaped = jobs::reap(&self.inner.pool, self.now(), self.inner.config.max_attempts).await?;
+        let reaped =
+            jobs::reap(&self.inner.pool, self.now(), self.inner.config.max_attempts).await?;
         let n = (reaped.requeued.len() + reaped.errored.len()) as u64;
         if n > 0 {
             self.inner.metrics.lease_expiries.inc_by(n);
-            self.inner.metrics.jobs_requeued.inc_by(reaped.requeued.len() as u64);
-            self.inner.metrics.jobs_errored.inc_by(reaped.errored.len() as u64);
-            tracing::warn!(requeued = reaped.requeued.len(), errored = reaped.errored.len(), "leases expired");
-            let gone: HashSet<i64> = reaped.requeued.iter().chain(&reaped.errored).copied().collect();
+            self.inner
+                .metrics
+                .jobs_requeued
+                .inc_by(reaped.requeued.len() as u64);
+            self.inner
+                .metrics
+                .jobs_errored
+                .inc_by(reaped.errored.len() as u64);
+            tracing::warn!(
+                requeued = reaped.requeued.len(),
+                errored = reaped.errored.len(),
+                "leases expired"
+            );
+            let gone: HashSet<i64> = reaped
+                .requeued
+                .iter()
+                .chain(&reaped.errored)
+                .copied()
+                .collect();
             {
                 let mut sessions = self.inner.sessions.lock().expect("sessions lock");
                 for s in sessions.values_mut() {
@@ -472,7 +544,10 @@ impl Scheduler {
 
 /// The job a worker runs for a claimed row.
 pub fn job_spec(spec: &ExperimentSpec, c: &Claimed) -> Result<JobSpec, String> {
-    let krate: CrateId = c.crate_id.parse().map_err(|e| format!("crate id {:?}: {e}", c.crate_id))?;
+    let krate: CrateId = c
+        .crate_id
+        .parse()
+        .map_err(|e| format!("crate id {:?}: {e}", c.crate_id))?;
     let name = match &krate {
         CrateId::Registry { name, .. } => Some(name.as_str()),
         _ => None,

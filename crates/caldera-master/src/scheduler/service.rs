@@ -7,13 +7,15 @@ use caldera_core::outcome::Outcome;
 use caldera_db::jobs::{self, Completion, SideRecord};
 use caldera_db::tokens::{self, Role};
 use caldera_db::workers;
-use caldera_proto::v1::{self, master_message, worker_message, worker_service_server::WorkerService};
+use caldera_proto::v1::{
+    self, master_message, worker_message, worker_service_server::WorkerService,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use super::{chrono_dur, Outbound, Scheduler, Session};
+use super::{Outbound, Scheduler, Session, chrono_dur};
 
 /// Most slots one worker may announce.
 pub const MAX_SLOTS: u32 = 4096;
@@ -36,18 +38,34 @@ fn msg(kind: master_message::Kind) -> Result<v1::MasterMessage, Status> {
 }
 
 fn parse_token(field: &str, s: &str) -> Result<Uuid, Status> {
-    Uuid::parse_str(s).map_err(|_| Status::invalid_argument(format!("{field}: {s:?} is not a lease token")))
+    Uuid::parse_str(s)
+        .map_err(|_| Status::invalid_argument(format!("{field}: {s:?} is not a lease token")))
 }
 
 fn validate_hello(h: &v1::Hello) -> Result<(), Status> {
-    if h.name.is_empty() || h.name.len() > 128 || h.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(Status::invalid_argument(format!("hello.name: {:?} must be 1-128 printable characters without spaces", h.name)));
+    if h.name.is_empty()
+        || h.name.len() > 128
+        || h.name.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(Status::invalid_argument(format!(
+            "hello.name: {:?} must be 1-128 printable characters without spaces",
+            h.name
+        )));
     }
     if h.slots == 0 || h.slots > MAX_SLOTS {
-        return Err(Status::invalid_argument(format!("hello.slots: {} must be 1..={MAX_SLOTS}", h.slots)));
+        return Err(Status::invalid_argument(format!(
+            "hello.slots: {} must be 1..={MAX_SLOTS}",
+            h.slots
+        )));
     }
-    if let Some(bad) = h.capabilities.iter().find(|c| !caldera_core::experiment::is_valid_requirement(c)) {
-        return Err(Status::invalid_argument(format!("hello.capabilities: invalid capability {bad:?}")));
+    if let Some(bad) = h
+        .capabilities
+        .iter()
+        .find(|c| !caldera_core::experiment::is_valid_requirement(c))
+    {
+        return Err(Status::invalid_argument(format!(
+            "hello.capabilities: invalid capability {bad:?}"
+        )));
     }
     Ok(())
 }
@@ -64,7 +82,11 @@ fn side(field: &'static str, s: Option<v1::SideResult>) -> Result<SideRecord, St
         log_key: (!s.log_key.is_empty()).then_some(s.log_key),
         duration_ms: s.duration_ms.min(i64::MAX as u64) as i64,
         peak_memory_bytes: s.peak_memory_bytes.min(i64::MAX as u64) as i64,
-        steps: s.steps.into_iter().map(|t| (t.name, t.duration_ms.min(i64::MAX as u64) as i64)).collect(),
+        steps: s
+            .steps
+            .into_iter()
+            .map(|t| (t.name, t.duration_ms.min(i64::MAX as u64) as i64))
+            .collect(),
     })
 }
 
@@ -72,14 +94,19 @@ fn side(field: &'static str, s: Option<v1::SideResult>) -> Result<SideRecord, St
 impl WorkerService for WorkerServiceImpl {
     type SessionStream = ReceiverStream<Result<v1::MasterMessage, Status>>;
 
-    async fn session(&self, request: Request<Streaming<v1::WorkerMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<v1::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         let pool = self.scheduler.inner.pool.clone();
         let secret = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <worker token>` metadata"))?
+            .ok_or_else(|| {
+                Status::unauthenticated("missing `authorization: Bearer <worker token>` metadata")
+            })?
             .trim()
             .to_owned();
         let token = tokens::authenticate(&pool, &secret)
@@ -94,27 +121,50 @@ impl WorkerService for WorkerServiceImpl {
         }
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(v1::WorkerMessage { kind: Some(worker_message::Kind::Hello(h)) }))) => h,
-            Ok(Ok(_)) => return Err(Status::invalid_argument("the first message on the stream must be hello")),
+            Ok(Ok(Some(v1::WorkerMessage {
+                kind: Some(worker_message::Kind::Hello(h)),
+            }))) => h,
+            Ok(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first message on the stream must be hello",
+                ));
+            }
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(Status::deadline_exceeded("no hello within 30 s")),
         };
         validate_hello(&hello)?;
         let s = self.scheduler.clone();
         let now = s.now();
-        let worker = workers::connect(&pool, &hello.name, &hello.version, &hello.capabilities, hello.slots as i32, token.id, now)
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot register the worker: {e}")))?;
+        let worker = workers::connect(
+            &pool,
+            &hello.name,
+            &hello.version,
+            &hello.capabilities,
+            hello.slots as i32,
+            token.id,
+            now,
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot register the worker: {e}")))?;
 
         // Jobs the worker still runs from a previous session: keep the current ones, cancel the rest.
         let mut presented: HashMap<Uuid, i64> = HashMap::new();
         for r in &hello.running {
-            presented.insert(parse_token("hello.running.lease_token", &r.lease_token)?, r.job_id as i64);
+            presented.insert(
+                parse_token("hello.running.lease_token", &r.lease_token)?,
+                r.job_id as i64,
+            );
         }
         let tokens: Vec<Uuid> = presented.keys().copied().collect();
-        let current = jobs::renew(&pool, worker, &tokens, now, chrono_dur(s.inner.config.lease))
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot renew leases: {e}")))?;
+        let current = jobs::renew(
+            &pool,
+            worker,
+            &tokens,
+            now,
+            chrono_dur(s.inner.config.lease),
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot renew leases: {e}")))?;
 
         let capacity = 256 + hello.slots as usize * 4;
         let (tx, rx) = mpsc::channel(capacity);
@@ -137,7 +187,10 @@ impl WorkerService for WorkerServiceImpl {
             }
         }
         let session = Uuid::new_v4();
-        let in_flight = current.iter().filter_map(|t| presented.get(t).map(|id| (*id, *t))).collect();
+        let in_flight = current
+            .iter()
+            .filter_map(|t| presented.get(t).map(|id| (*id, *t)))
+            .collect();
         tracing::info!(worker = %hello.name, id = %worker, slots = hello.slots, resumed = current.len(), "worker connected");
         s.register(
             worker,
@@ -155,7 +208,9 @@ impl WorkerService for WorkerServiceImpl {
             let end = serve_stream(&s, worker, &mut inbound, &tx).await;
             match end {
                 Ok(()) => tracing::info!(worker = %name, "worker disconnected"),
-                Err(e) => tracing::warn!(worker = %name, error = %e, "worker stream ended with an error"),
+                Err(e) => {
+                    tracing::warn!(worker = %name, error = %e, "worker stream ended with an error")
+                }
             }
             s.unregister(worker, session);
             if let Err(e) = workers::disconnect(&s.inner.pool, worker).await {
@@ -177,7 +232,9 @@ async fn serve_stream(
             _ = s.inner.shutdown.cancelled() => return Ok(()),
             m = inbound.message() => m?,
         };
-        let Some(message) = message else { return Ok(()) };
+        let Some(message) = message else {
+            return Ok(());
+        };
         match message.kind {
             Some(worker_message::Kind::Heartbeat(hb)) => heartbeat(s, worker, hb, tx).await?,
             Some(worker_message::Kind::Result(r)) => {
@@ -187,8 +244,19 @@ async fn serve_stream(
                     Ok(c) => s.submit_result(c, tx.clone()).await,
                     Err(status) => {
                         tracing::warn!(job = job_id, error = %status.message(), "malformed result rejected");
-                        s.inner.metrics.results_rejected.get_or_create(&crate::metrics::ReasonLabel { reason: "malformed".into() }).inc();
-                        let ack = v1::ResultAck { job_id, lease_token, accepted: false, reason: status.message().to_owned() };
+                        s.inner
+                            .metrics
+                            .results_rejected
+                            .get_or_create(&crate::metrics::ReasonLabel {
+                                reason: "malformed".into(),
+                            })
+                            .inc();
+                        let ack = v1::ResultAck {
+                            job_id,
+                            lease_token,
+                            accepted: false,
+                            reason: status.message().to_owned(),
+                        };
                         let _ = tx.send(msg(master_message::Kind::Ack(ack))).await;
                     }
                 }
@@ -204,7 +272,9 @@ async fn serve_stream(
                 }
                 s.release(worker, [r.job_id as i64]);
             }
-            Some(worker_message::Kind::Hello(_)) => return Err(Status::invalid_argument("hello sent twice")),
+            Some(worker_message::Kind::Hello(_)) => {
+                return Err(Status::invalid_argument("hello sent twice"));
+            }
             None => return Err(Status::invalid_argument("empty message")),
         }
     }
@@ -212,7 +282,8 @@ async fn serve_stream(
 
 fn completion(worker: Uuid, r: v1::JobResult) -> Result<Completion, Status> {
     Ok(Completion {
-        job_id: i64::try_from(r.job_id).map_err(|_| Status::invalid_argument("result.job_id: out of range"))?,
+        job_id: i64::try_from(r.job_id)
+            .map_err(|_| Status::invalid_argument("result.job_id: out of range"))?,
         lease_token: parse_token("result.lease_token", &r.lease_token)?,
         worker,
         start: side("result.start", r.start)?,
@@ -220,14 +291,30 @@ fn completion(worker: Uuid, r: v1::JobResult) -> Result<Completion, Status> {
     })
 }
 
-async fn heartbeat(s: &Scheduler, worker: Uuid, hb: v1::Heartbeat, tx: &Outbound) -> Result<(), Status> {
+async fn heartbeat(
+    s: &Scheduler,
+    worker: Uuid,
+    hb: v1::Heartbeat,
+    tx: &Outbound,
+) -> Result<(), Status> {
     let mut presented: HashMap<Uuid, i64> = HashMap::new();
     for r in &hb.running {
-        presented.insert(parse_token("heartbeat.running.lease_token", &r.lease_token)?, r.job_id as i64);
+        presented.insert(
+            parse_token("heartbeat.running.lease_token", &r.lease_token)?,
+            r.job_id as i64,
+        );
     }
     let now = s.now();
     let tokens: Vec<Uuid> = presented.keys().copied().collect();
-    let current = match jobs::renew(&s.inner.pool, worker, &tokens, now, chrono_dur(s.inner.config.lease)).await {
+    let current = match jobs::renew(
+        &s.inner.pool,
+        worker,
+        &tokens,
+        now,
+        chrono_dur(s.inner.config.lease),
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => {
             // the database is away: the leases run on; the next heartbeat tries again
@@ -237,8 +324,11 @@ async fn heartbeat(s: &Scheduler, worker: Uuid, hb: v1::Heartbeat, tx: &Outbound
         }
     };
     let _ = workers::seen(&s.inner.pool, worker, now).await;
-    let stale: Vec<(i64, Uuid)> =
-        presented.iter().filter(|(t, _)| !current.contains(t)).map(|(t, id)| (*id, *t)).collect();
+    let stale: Vec<(i64, Uuid)> = presented
+        .iter()
+        .filter(|(t, _)| !current.contains(t))
+        .map(|(t, id)| (*id, *t))
+        .collect();
     if !stale.is_empty() {
         // a result for one of these may be on its way; only cancel jobs not already reported
         let reported: Vec<i64> = stale.iter().map(|(id, _)| *id).collect();

@@ -3,7 +3,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::client::{print_json, segment, Client, ServerArgs};
+use crate::client::{Client, ServerArgs, print_json, segment};
 
 #[derive(Debug, Args)]
 pub struct CrateListArgs {
@@ -51,7 +51,12 @@ pub async fn run(args: CrateListArgs) -> anyhow::Result<()> {
     let json_out = args.server.json;
     match args.command {
         CrateListCommand::Create(c) => {
-            let mut crates: Vec<String> = c.crates.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+            let mut crates: Vec<String> = c
+                .crates
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
             if let Some(file) = &c.file {
                 let text = if file == "-" {
                     std::io::read_to_string(std::io::stdin()).context("reading stdin")?
@@ -66,11 +71,17 @@ pub async fn run(args: CrateListArgs) -> anyhow::Result<()> {
                 );
             }
             let body = json!({"name": c.name, "description": c.description, "crates": crates});
-            let v = client.call(Method::POST, "/crate-lists", Some(body)).await?;
+            let v = client
+                .call(Method::POST, "/crate-lists", Some(body))
+                .await?;
             if json_out {
                 print_json(&v);
             } else {
-                println!("created crate list {} with {} crates", c.name, v["crates"].as_array().map_or(0, Vec::len));
+                println!(
+                    "created crate list {} with {} crates",
+                    c.name,
+                    v["crates"].as_array().map_or(0, Vec::len)
+                );
             }
         }
         CrateListCommand::List => {
@@ -80,22 +91,44 @@ pub async fn run(args: CrateListArgs) -> anyhow::Result<()> {
             } else {
                 println!("{:<32}  {:>8}  description", "name", "crates");
                 for l in v.as_array().into_iter().flatten() {
-                    println!("{:<32}  {:>8}  {}", l["name"].as_str().unwrap_or("?"), l["len"], l["description"].as_str().unwrap_or(""));
+                    println!(
+                        "{:<32}  {:>8}  {}",
+                        l["name"].as_str().unwrap_or("?"),
+                        l["len"],
+                        l["description"].as_str().unwrap_or("")
+                    );
                 }
             }
         }
         CrateListCommand::Show(n) => {
-            let v = client.call(Method::GET, &format!("/crate-lists/{}", segment(&n.name)), None).await?;
+            let v = client
+                .call(
+                    Method::GET,
+                    &format!("/crate-lists/{}", segment(&n.name)),
+                    None,
+                )
+                .await?;
             if json_out {
                 print_json(&v);
             } else {
                 for c in v["crates"].as_array().into_iter().flatten() {
-                    println!("{}", c.as_str().map(str::to_owned).unwrap_or_else(|| c.to_string()));
+                    println!(
+                        "{}",
+                        c.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| c.to_string())
+                    );
                 }
             }
         }
         CrateListCommand::Delete(n) => {
-            client.call(Method::DELETE, &format!("/crate-lists/{}", segment(&n.name)), None).await?;
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("/crate-lists/{}", segment(&n.name)),
+                    None,
+                )
+                .await?;
             if !json_out {
                 println!("deleted crate list {}", n.name);
             }
@@ -103,4 +136,3 @@ pub async fn run(args: CrateListArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

@@ -1,9 +1,9 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use reqwest::Method;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
-use crate::client::{print_json, segment, Client, ServerArgs};
+use crate::client::{Client, ServerArgs, print_json, segment};
 
 #[derive(Debug, Args)]
 pub struct ExperimentArgs {
@@ -63,10 +63,18 @@ pub struct SpecArgs {
     #[arg(long, env = "CALDERA_EXPERIMENT_CAP_LINTS")]
     pub cap_lints: Option<String>,
     /// Scheduling priority, -1000..=1000 (higher runs first).
-    #[arg(long, env = "CALDERA_EXPERIMENT_PRIORITY", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "CALDERA_EXPERIMENT_PRIORITY",
+        allow_negative_numbers = true
+    )]
     pub priority: Option<i32>,
     /// A capability a worker must have (repeatable), e.g. `arch:x86_64`.
-    #[arg(long = "requires", env = "CALDERA_EXPERIMENT_REQUIRES", value_delimiter = ',')]
+    #[arg(
+        long = "requires",
+        env = "CALDERA_EXPERIMENT_REQUIRES",
+        value_delimiter = ','
+    )]
     pub requirements: Vec<String>,
     /// Read the experiment (or the edit) as JSON from this file (`-` for stdin); options given
     /// on the command line override its fields.
@@ -183,7 +191,13 @@ fn print_experiment(v: &Value) {
 pub async fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.server)?;
     let json_out = args.server.json;
-    let show = |v: &Value| if json_out { print_json(v) } else { print_experiment(v) };
+    let show = |v: &Value| {
+        if json_out {
+            print_json(v)
+        } else {
+            print_experiment(v)
+        }
+    };
     match args.command {
         ExperimentCommand::Create(c) => {
             let mut body = Map::new();
@@ -191,11 +205,17 @@ pub async fn run(args: ExperimentArgs) -> anyhow::Result<()> {
                 body.insert("name".into(), name.into());
             }
             let body = c.spec.into_body(body)?;
-            let v = client.call(Method::POST, "/experiments", Some(Value::Object(body))).await?;
+            let v = client
+                .call(Method::POST, "/experiments", Some(Value::Object(body)))
+                .await?;
             if json_out {
                 print_json(&v);
             } else {
-                println!("created experiment {} (queued); start it with `caldera experiment start {}`", v["name"].as_str().unwrap_or("?"), v["name"].as_str().unwrap_or("?"));
+                println!(
+                    "created experiment {} (queued); start it with `caldera experiment start {}`",
+                    v["name"].as_str().unwrap_or("?"),
+                    v["name"].as_str().unwrap_or("?")
+                );
             }
         }
         ExperimentCommand::List(l) => {
@@ -207,35 +227,73 @@ pub async fn run(args: ExperimentArgs) -> anyhow::Result<()> {
             if json_out {
                 print_json(&v);
             } else {
-                println!("{:<32}  {:<10}  {:<15}  {:<24}  created", "name", "status", "mode", "start → end");
+                println!(
+                    "{:<32}  {:<10}  {:<15}  {:<24}  created",
+                    "name", "status", "mode", "start → end"
+                );
                 for e in v["items"].as_array().into_iter().flatten() {
-                    let tc = |k: &str| e[k]["toolchain"].as_str().map(str::to_owned).unwrap_or_else(|| e[k].to_string());
+                    let tc = |k: &str| {
+                        e[k]["toolchain"]
+                            .as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| e[k].to_string())
+                    };
                     println!(
                         "{:<32}  {:<10}  {:<15}  {:<24}  {}",
                         e["name"].as_str().unwrap_or("?"),
                         e["status"].as_str().unwrap_or("?"),
                         e["mode"].as_str().unwrap_or("?"),
                         format!("{} → {}", tc("start"), tc("end")),
-                        e["created_at"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
+                        e["created_at"]
+                            .as_str()
+                            .unwrap_or("?")
+                            .get(..16)
+                            .unwrap_or("?"),
                     );
                 }
-                println!("({} of {} shown)", v["items"].as_array().map_or(0, Vec::len), v["total"]);
+                println!(
+                    "({} of {} shown)",
+                    v["items"].as_array().map_or(0, Vec::len),
+                    v["total"]
+                );
             }
         }
-        ExperimentCommand::Show(n) => show(&client.call(Method::GET, &format!("/experiments/{}", segment(&n.name)), None).await?),
+        ExperimentCommand::Show(n) => show(
+            &client
+                .call(
+                    Method::GET,
+                    &format!("/experiments/{}", segment(&n.name)),
+                    None,
+                )
+                .await?,
+        ),
         ExperimentCommand::Edit(e) => {
             let body = e.spec.into_body(Map::new())?;
             if body.is_empty() {
                 anyhow::bail!("nothing to change: give at least one option (see --help)");
             }
-            show(&client.call(Method::PATCH, &format!("/experiments/{}", segment(&e.name)), Some(Value::Object(body))).await?);
+            show(
+                &client
+                    .call(
+                        Method::PATCH,
+                        &format!("/experiments/{}", segment(&e.name)),
+                        Some(Value::Object(body)),
+                    )
+                    .await?,
+            );
         }
         ExperimentCommand::Start(n) => action(&client, &n.name, "start", json_out).await?,
         ExperimentCommand::Pause(n) => action(&client, &n.name, "pause", json_out).await?,
         ExperimentCommand::Resume(n) => action(&client, &n.name, "resume", json_out).await?,
         ExperimentCommand::Abort(n) => action(&client, &n.name, "abort", json_out).await?,
         ExperimentCommand::Delete(n) => {
-            client.call(Method::DELETE, &format!("/experiments/{}", segment(&n.name)), None).await?;
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("/experiments/{}", segment(&n.name)),
+                    None,
+                )
+                .await?;
             if !json_out {
                 println!("deleted experiment {}", n.name);
             }
@@ -245,11 +303,20 @@ pub async fn run(args: ExperimentArgs) -> anyhow::Result<()> {
 }
 
 async fn action(client: &Client, name: &str, verb: &str, json_out: bool) -> anyhow::Result<()> {
-    let v = client.call(Method::POST, &format!("/experiments/{}/{verb}", segment(name)), None).await?;
+    let v = client
+        .call(
+            Method::POST,
+            &format!("/experiments/{}/{verb}", segment(name)),
+            None,
+        )
+        .await?;
     if json_out {
         print_json(&v);
     } else {
-        println!("experiment {name} is now {}", v["status"].as_str().unwrap_or("?"));
+        println!(
+            "experiment {name} is now {}",
+            v["status"].as_str().unwrap_or("?")
+        );
     }
     Ok(())
 }

@@ -46,11 +46,21 @@ pub struct MasterArgs {
 pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
     let pool = args.db.connect().await?;
     if !args.no_migrate {
-        caldera_db::migrate(&pool).await.context("applying migrations")?;
+        caldera_db::migrate(&pool)
+            .await
+            .context("applying migrations")?;
     }
     let registry = match (args.registry_dump.clone(), args.registry_index.clone()) {
-        (Some(dir), _) => Some(tokio::task::spawn_blocking(move || caldera_master::resolve::load_db_dump(&dir)).await?.map_err(anyhow::Error::msg)?),
-        (_, Some(dir)) => Some(tokio::task::spawn_blocking(move || caldera_master::resolve::load_index(&dir)).await?.map_err(anyhow::Error::msg)?),
+        (Some(dir), _) => Some(
+            tokio::task::spawn_blocking(move || caldera_master::resolve::load_db_dump(&dir))
+                .await?
+                .map_err(anyhow::Error::msg)?,
+        ),
+        (_, Some(dir)) => Some(
+            tokio::task::spawn_blocking(move || caldera_master::resolve::load_index(&dir))
+                .await?
+                .map_err(anyhow::Error::msg)?,
+        ),
         _ => None,
     };
     if let Some(r) = &registry {
@@ -76,7 +86,11 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
         Arc::new(caldera_master::metrics::Metrics::default()),
         shutdown.clone(),
     );
-    let state = caldera_master::AppState { pool, scheduler, registry: registry.map(Arc::new) };
+    let state = caldera_master::AppState {
+        pool,
+        scheduler,
+        registry: registry.map(Arc::new),
+    };
     let (http, grpc) = caldera_master::bind(args.listen, args.grpc_listen)
         .await
         .with_context(|| format!("binding {} and {}", args.listen, args.grpc_listen))?;
@@ -85,7 +99,9 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         signal.cancel();
     });
-    caldera_master::serve(state, http, grpc, shutdown).await.context("serving")
+    caldera_master::serve(state, http, grpc, shutdown)
+        .await
+        .context("serving")
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -16,11 +16,15 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let pool = args.db.connect().await?;
     match args.down_to {
         None => {
-            caldera_db::migrate(&pool).await.context("applying migrations")?;
+            caldera_db::migrate(&pool)
+                .await
+                .context("applying migrations")?;
             println!("database is up to date");
         }
         Some(v) => {
-            caldera_db::migrate_down(&pool, v).await.context("reverting migrations")?;
+            caldera_db::migrate_down(&pool, v)
+                .await
+                .context("reverting migrations")?;
             println!("reverted migrations above version {v}");
         }
     }

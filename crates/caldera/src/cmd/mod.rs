@@ -24,7 +24,9 @@ impl DbArgs {
         self.database_url
             .clone()
             .or_else(|| std::env::var("DATABASE_URL").ok())
-            .context("no database: pass --database-url or set CALDERA_DATABASE_URL (or DATABASE_URL)")
+            .context(
+                "no database: pass --database-url or set CALDERA_DATABASE_URL (or DATABASE_URL)",
+            )
     }
 
     pub async fn connect(&self) -> anyhow::Result<caldera_db::PgPool> {

@@ -51,7 +51,9 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Create(args) => {
             let pool = args.db.connect().await?;
             let role: Role = args.role.parse().map_err(anyhow::Error::msg)?;
-            let (row, secret) = tokens::create(&pool, &args.name, role).await.context("creating the token")?;
+            let (row, secret) = tokens::create(&pool, &args.name, role)
+                .await
+                .context("creating the token")?;
             if args.quiet {
                 println!("{secret}");
             } else {
@@ -65,10 +67,24 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<36}  {:<8}  {:<20}  {:<8}  created", "id", "role", "name", "state");
+                println!(
+                    "{:<36}  {:<8}  {:<20}  {:<8}  created",
+                    "id", "role", "name", "state"
+                );
                 for r in rows {
-                    let state = if r.revoked_at.is_some() { "revoked" } else { "active" };
-                    println!("{:<36}  {:<8}  {:<20}  {:<8}  {}", r.id, r.role, r.name, state, r.created_at.format("%Y-%m-%d %H:%M"));
+                    let state = if r.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<36}  {:<8}  {:<20}  {:<8}  {}",
+                        r.id,
+                        r.role,
+                        r.name,
+                        state,
+                        r.created_at.format("%Y-%m-%d %H:%M")
+                    );
                 }
             }
         }

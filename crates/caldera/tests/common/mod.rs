@@ -6,17 +6,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use caldera_db::tokens::{self, Role};
 use caldera_db::PgPool;
+use caldera_db::tokens::{self, Role};
 use caldera_master::scheduler::{Scheduler, SchedulerConfig, SystemClock};
 use caldera_worker::fake::FakeExecutor;
 use caldera_worker::{Backoff, WorkerConfig};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// Scheduler settings for tests: short leases, fast heartbeats and reaping.
@@ -38,7 +41,10 @@ pub struct Tokens {
 pub async fn tokens(pool: &PgPool) -> Tokens {
     Tokens {
         operator: tokens::create(pool, "op", Role::Operator).await.unwrap().1,
-        worker: tokens::create(pool, "worker", Role::Worker).await.unwrap().1,
+        worker: tokens::create(pool, "worker", Role::Worker)
+            .await
+            .unwrap()
+            .1,
     }
 }
 
@@ -52,7 +58,11 @@ pub struct InProcessMaster {
 }
 
 impl InProcessMaster {
-    pub async fn start(pool: PgPool, config: SchedulerConfig, grpc: Option<SocketAddr>) -> InProcessMaster {
+    pub async fn start(
+        pool: PgPool,
+        config: SchedulerConfig,
+        grpc: Option<SocketAddr>,
+    ) -> InProcessMaster {
         let shutdown = CancellationToken::new();
         let scheduler = Scheduler::start(
             pool.clone(),
@@ -61,14 +71,32 @@ impl InProcessMaster {
             Arc::new(caldera_master::metrics::Metrics::default()),
             shutdown.clone(),
         );
-        let state = caldera_master::AppState { pool, scheduler: scheduler.clone(), registry: None };
-        let (http_l, grpc_l) = caldera_master::bind("127.0.0.1:0".parse().unwrap(), grpc.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
-            .await
-            .unwrap();
+        let state = caldera_master::AppState {
+            pool,
+            scheduler: scheduler.clone(),
+            registry: None,
+        };
+        let (http_l, grpc_l) = caldera_master::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            grpc.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
+        )
+        .await
+        .unwrap();
         let http = format!("http://{}", http_l.local_addr().unwrap());
         let grpc = format!("http://{}", grpc_l.local_addr().unwrap());
-        let task = tokio::spawn(caldera_master::serve(state, http_l, grpc_l, shutdown.clone()));
-        InProcessMaster { http, grpc, scheduler, shutdown, task }
+        let task = tokio::spawn(caldera_master::serve(
+            state,
+            http_l,
+            grpc_l,
+            shutdown.clone(),
+        ));
+        InProcessMaster {
+            http,
+            grpc,
+            scheduler,
+            shutdown,
+            task,
+        }
     }
 
     pub async fn stop(self) {
@@ -77,10 +105,20 @@ impl InProcessMaster {
     }
 }
 
-pub fn worker_config(master: &str, token: &str, name: &str, slots: u32, spool: &std::path::Path) -> WorkerConfig {
+pub fn worker_config(
+    master: &str,
+    token: &str,
+    name: &str,
+    slots: u32,
+    spool: &std::path::Path,
+) -> WorkerConfig {
     let mut c = WorkerConfig::new(master, token, name, spool);
     c.slots = slots;
-    c.reconnect = Backoff { initial: Duration::from_millis(50), max: Duration::from_millis(500), jitter: 0.5 };
+    c.reconnect = Backoff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(500),
+        jitter: 0.5,
+    };
     c.drain_timeout = Duration::from_secs(10);
     c.drain_ack_timeout = Duration::from_secs(10);
     c
@@ -95,23 +133,40 @@ pub struct InProcessWorker {
 impl InProcessWorker {
     pub fn spawn(config: WorkerConfig, executor: FakeExecutor) -> InProcessWorker {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(caldera_worker::run(config, Arc::new(executor), async move {
-            let _ = rx.await;
-        }));
-        InProcessWorker { drain: Some(tx), task }
+        let task = tokio::spawn(caldera_worker::run(
+            config,
+            Arc::new(executor),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        InProcessWorker {
+            drain: Some(tx),
+            task,
+        }
     }
 
     pub async fn stop(mut self) {
         if let Some(d) = self.drain.take() {
             let _ = d.send(());
         }
-        let r = tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("worker drains in time");
+        let r = tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("worker drains in time");
         r.expect("worker task").expect("worker ends cleanly");
     }
 }
 
-pub async fn api(http: &str, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new().request(method, format!("{http}/api/v1{path}")).bearer_auth(token);
+pub async fn api(
+    http: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{http}/api/v1{path}"))
+        .bearer_auth(token);
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -128,26 +183,51 @@ pub fn crate_names(n: usize) -> Vec<String> {
 /// Create and start an experiment over `crates` (stable vs nightly, build-and-test).
 pub async fn start_experiment(http: &str, token: &str, name: &str, crates: &[String]) {
     let body = json!({"name": name, "start": "stable", "end": "nightly", "crates": {"kind": "list", "crates": crates}});
-    let (status, v) = api(http, token, reqwest::Method::POST, "/experiments", Some(body)).await;
+    let (status, v) = api(
+        http,
+        token,
+        reqwest::Method::POST,
+        "/experiments",
+        Some(body),
+    )
+    .await;
     assert_eq!(status, 201, "{v}");
-    let (status, v) = api(http, token, reqwest::Method::POST, &format!("/experiments/{name}/start"), None).await;
+    let (status, v) = api(
+        http,
+        token,
+        reqwest::Method::POST,
+        &format!("/experiments/{name}/start"),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
 }
 
 pub async fn status(pool: &PgPool, name: &str) -> String {
-    sqlx::query_scalar("SELECT status FROM experiments WHERE name = $1").bind(name).fetch_one(pool).await.unwrap()
+    sqlx::query_scalar("SELECT status FROM experiments WHERE name = $1")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// Wait until the experiment reaches `want` (polling Postgres), or panic after `limit`.
 pub async fn wait_status(pool: &PgPool, name: &str, want: &str, limit: Duration) {
     let t0 = std::time::Instant::now();
     loop {
-        if let Ok(s) = sqlx::query_scalar::<_, String>("SELECT status FROM experiments WHERE name = $1").bind(name).fetch_one(pool).await {
-            if s == want {
-                return;
-            }
+        let status =
+            sqlx::query_scalar::<_, String>("SELECT status FROM experiments WHERE name = $1")
+                .bind(name)
+                .fetch_one(pool)
+                .await;
+        if status.is_ok_and(|s| s == want) {
+            return;
         }
-        assert!(t0.elapsed() < limit, "experiment {name} did not become {want} within {limit:?}: {:?}", job_states(pool, name).await);
+        assert!(
+            t0.elapsed() < limit,
+            "experiment {name} did not become {want} within {limit:?}: {:?}",
+            job_states(pool, name).await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -156,11 +236,17 @@ pub async fn wait_status(pool: &PgPool, name: &str, want: &str, limit: Duration)
 pub async fn wait_count(pool: &PgPool, query: &str, n: i64, limit: Duration) {
     let t0 = std::time::Instant::now();
     loop {
-        let c: i64 = sqlx::query_scalar(query).fetch_one(pool).await.unwrap_or(-1);
+        let c: i64 = sqlx::query_scalar(query)
+            .fetch_one(pool)
+            .await
+            .unwrap_or(-1);
         if c >= n {
             return;
         }
-        assert!(t0.elapsed() < limit, "`{query}` stayed at {c} < {n} for {limit:?}");
+        assert!(
+            t0.elapsed() < limit,
+            "`{query}` stayed at {c} < {n} for {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -188,7 +274,10 @@ pub async fn assert_exactly_one_result_each(pool: &PgPool, name: &str, jobs: i64
     .fetch_all(pool)
     .await
     .unwrap();
-    assert!(per_job.is_empty(), "jobs without exactly two results (start, end): {per_job:?}");
+    assert!(
+        per_job.is_empty(),
+        "jobs without exactly two results (start, end): {per_job:?}"
+    );
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM results r JOIN experiments e ON e.id = r.experiment_id WHERE e.name = $1")
         .bind(name)
         .fetch_one(pool)
