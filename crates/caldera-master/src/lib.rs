@@ -26,11 +26,17 @@ pub struct AppState {
     pub scheduler: scheduler::Scheduler,
     /// A listing of the whole registry, for unversioned names, `top:N`, `random:N` and `all`.
     pub registry: Option<std::sync::Arc<caldera_core::registry::RegistryListing>>,
+    /// Object storage holding logs, lockfiles and report bundles (workers write, the master reads).
+    pub store: std::sync::Arc<dyn caldera_storage::ObjectStore>,
 }
 
 impl AppState {
     /// State with a running scheduler using the system clock and default settings.
-    pub fn new(pool: PgPool, shutdown: tokio_util::sync::CancellationToken) -> AppState {
+    pub fn new(
+        pool: PgPool,
+        store: std::sync::Arc<dyn caldera_storage::ObjectStore>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> AppState {
         let scheduler = scheduler::Scheduler::start(
             pool.clone(),
             scheduler::SchedulerConfig::default(),
@@ -42,6 +48,7 @@ impl AppState {
             pool,
             scheduler,
             registry: None,
+            store,
         }
     }
 }

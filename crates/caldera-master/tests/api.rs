@@ -6,6 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 struct Master {
+    _store_dir: tempfile::TempDir,
     base: String,
     db: TestDb,
     http: reqwest::Client,
@@ -20,8 +21,13 @@ impl Master {
         let db = TestDb::new().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            caldera_storage::LocalStore::open(store_dir.path(), 64 << 20).unwrap(),
+        );
         let app = caldera_master::router(caldera_master::AppState::new(
             db.pool.clone(),
+            store,
             Default::default(),
         ));
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -36,6 +42,7 @@ impl Master {
         }
         let [admin, operator, viewer, worker] = secrets.try_into().unwrap();
         Master {
+            _store_dir: store_dir,
             base,
             db,
             http: reqwest::Client::new(),

@@ -350,7 +350,12 @@ impl fmt::Debug for S3Credentials {
 pub struct StorageArgs {
     /// Where objects (logs, lockfiles, reports) are stored: `local:/path/to/dir` or
     /// `s3://bucket[/prefix][?endpoint=http://host:9000&region=us-east-1&path_style=true]`.
-    #[arg(long = "storage", env = "CALDERA_STORAGE", value_name = "URL")]
+    #[arg(
+        long = "storage",
+        env = "CALDERA_STORAGE",
+        value_name = "URL",
+        default_value = "local:/var/lib/caldera/objects"
+    )]
     pub storage: StorageLocation,
 
     /// S3 access key id (without it, the standard AWS credential chain is used).

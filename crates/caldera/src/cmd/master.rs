@@ -41,6 +41,8 @@ pub struct MasterArgs {
     pub registry_index: Option<PathBuf>,
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub storage: caldera_storage::StorageArgs,
 }
 
 pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
@@ -86,10 +88,14 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
         Arc::new(caldera_master::metrics::Metrics::default()),
         shutdown.clone(),
     );
+    let store =
+        caldera_storage::open(&args.storage.to_config()).context("opening object storage")?;
+    tracing::info!(store = store.describe(), "object storage");
     let state = caldera_master::AppState {
         pool,
         scheduler,
         registry: registry.map(Arc::new),
+        store,
     };
     let (http, grpc) = caldera_master::bind(args.listen, args.grpc_listen)
         .await

@@ -71,10 +71,16 @@ impl InProcessMaster {
             Arc::new(caldera_master::metrics::Metrics::default()),
             shutdown.clone(),
         );
+        let store_dir = std::env::temp_dir().join(format!(
+            "caldera-e2e-store-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let store = Arc::new(caldera_storage::LocalStore::open(&store_dir, 64 << 20).unwrap());
         let state = caldera_master::AppState {
             pool,
             scheduler: scheduler.clone(),
             registry: None,
+            store,
         };
         let (http_l, grpc_l) = caldera_master::bind(
             "127.0.0.1:0".parse().unwrap(),
