@@ -76,6 +76,8 @@ CREATE TABLE jobs (
     lease_token      uuid,
     lease_owner      uuid REFERENCES workers (id) ON DELETE SET NULL,
     lease_expires_at timestamptz,
+    -- when the current (or last) lease was handed out
+    claimed_at       timestamptz,
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),

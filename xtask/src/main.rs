@@ -28,8 +28,17 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Only provision prerequisites (PostgreSQL server binaries).
+    /// Only provision prerequisites: PostgreSQL server binaries, a running Docker engine, the
+    /// sandbox image, Chromium + ChromeDriver (browser tests).
     Provision,
+    /// Run a benchmark and print its `<name>: <value> <unit>` lines: scheduler, report, sandbox.
+    Bench {
+        /// Which benchmark.
+        name: String,
+        /// Extra arguments for the benchmark program.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
     /// `cargo fmt --check` and `cargo clippy --workspace --all-targets -- -D warnings`.
     Lint,
     /// Run the demo experiment on embedded defaults.
@@ -116,8 +125,37 @@ fn provision_postgres() -> Result<()> {
     Ok(())
 }
 
+fn script(name: &str, args: &[&str]) -> Result<()> {
+    let path = root().join("scripts").join(name);
+    run(Command::new("bash").arg(path).args(args))
+}
+
 fn provision() -> Result<()> {
-    provision_postgres()
+    provision_postgres()?;
+    // the sandbox: a Docker engine and the builder image (built offline by debootstrap + docker import)
+    script("ensure-docker.sh", &[])?;
+    script("build-sandbox-image.sh", &[])?;
+    // browser tests of the dashboard
+    if root().join("scripts/ensure-chromium.sh").exists() {
+        script("ensure-chromium.sh", &[])?;
+    }
+    Ok(())
+}
+
+/// Benchmarks: a release build of the program, then the program itself.
+fn bench(name: &str, args: &[String]) -> Result<()> {
+    let (package, example) = match name {
+        "scheduler" => ("caldera", "bench_scheduler"),
+        "report" => ("caldera-master", "bench_report"),
+        "sandbox" => ("caldera-worker", "bench_sandbox"),
+        other => bail!("unknown benchmark {other:?}; expected scheduler, report or sandbox"),
+    };
+    if name != "scheduler" {
+        provision()?;
+    } else {
+        provision_postgres()?;
+    }
+    run(cargo().args(["run", "--release", "-p", package, "--example", example, "--"]).args(args))
 }
 
 fn lint() -> Result<()> {
@@ -136,6 +174,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Provision => provision(),
+        Cmd::Bench { name, args } => bench(&name, &args),
         Cmd::Lint => lint(),
         Cmd::Test {
             no_lint,

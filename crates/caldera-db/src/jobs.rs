@@ -120,7 +120,7 @@ pub async fn claim(
              FOR UPDATE OF j SKIP LOCKED
          )
          UPDATE jobs j SET state = 'running', lease_token = gen_random_uuid(), lease_owner = $1,
-                lease_expires_at = $4, attempt = j.attempt + 1, updated_at = $5
+                lease_expires_at = $4, attempt = j.attempt + 1, updated_at = $5, claimed_at = $5
          FROM picked, experiments e, crates c
          WHERE j.id = picked.id AND e.id = j.experiment_id AND c.id = j.crate_id
          RETURNING j.id, j.lease_token, j.attempt, e.id, e.name, c.crate_id, e.spec",
