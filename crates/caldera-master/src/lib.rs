@@ -118,7 +118,7 @@ async fn fallback() -> error::ApiError {
 
 /// The HTTP application.
 pub fn router(state: AppState) -> Router {
-    use api::{crate_lists, experiments};
+    use api::{crate_lists, experiments, logs};
     use axum::routing::post;
     let v1 = Router::new()
         .route("/openapi.json", get(openapi_json))
@@ -136,6 +136,10 @@ pub fn router(state: AppState) -> Router {
         .route("/experiments/{name}/pause", post(experiments::pause))
         .route("/experiments/{name}/resume", post(experiments::resume))
         .route("/experiments/{name}/abort", post(experiments::abort))
+        .route(
+            "/experiments/{name}/results/{crate}/{toolchain}/log",
+            get(logs::get_log),
+        )
         .route(
             "/crate-lists",
             get(crate_lists::list).post(crate_lists::create),

@@ -163,19 +163,56 @@ pub async fn edit(
     Ok(Json(row.into()))
 }
 
-/// Delete an experiment that is not running or paused, with its jobs and results.
+/// Delete an experiment that is not running or paused, with its jobs, results and objects in storage
+/// (everything under `experiments/{name}/`).
+///
+/// Rows first, then objects: once the rows are gone no result refers to the objects, so a storage
+/// failure leaves unreferenced objects (a leak), never a result pointing at a missing log. That
+/// failure is a 503 saying so; sending DELETE again finishes the cleanup (an experiment without rows
+/// but with objects left is answered 204 once they are deleted, 404 only when there is nothing left).
 #[utoipa::path(delete, path = "/api/v1/experiments/{name}", tag = "experiments",
     params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, description = "the rows are deleted but storage could not delete the objects; retry", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
     Writer(caller): Writer,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    experiments::delete(&state.pool, &name).await?;
-    tracing::info!(experiment = %name, token = %caller.name, "experiment deleted");
-    Ok(StatusCode::NO_CONTENT)
+    let deleted_rows = match experiments::delete(&state.pool, &name).await {
+        Ok(_) => true,
+        // Rows already gone: a retry after a storage failure, or an unknown name.
+        Err(caldera_db::DbError::NotFound { .. }) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if deleted_rows {
+        tracing::info!(experiment = %name, token = %caller.name, "experiment deleted");
+    }
+    match super::logs::delete_experiment_objects(&state, &name).await {
+        Ok(0) if !deleted_rows => Err(ApiError::not_found(format!(
+            "experiment {name:?} not found"
+        ))),
+        Ok(n) => {
+            tracing::info!(experiment = %name, objects = n, "experiment's objects deleted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(e) => {
+            tracing::error!(experiment = %name, error = %e, "deleting the experiment's objects failed; they stay until DELETE is sent again");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                super::logs::STORAGE_UNAVAILABLE,
+                format!(
+                    "experiment {name:?} is {} the database, but deleting its objects from storage failed: {e}; send DELETE again to finish",
+                    if deleted_rows {
+                        "deleted from"
+                    } else {
+                        "no longer in"
+                    }
+                ),
+            ))
+        }
+    }
 }
 
 async fn action(

@@ -2,6 +2,7 @@
 
 pub mod crate_lists;
 pub mod experiments;
+pub mod logs;
 pub mod openapi;
 
 use bytes::Bytes;

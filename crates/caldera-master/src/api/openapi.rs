@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{crate_lists, experiments};
+use super::{crate_lists, experiments, logs};
 use crate::error::{ErrorBody, ErrorDetail};
 
 struct BearerAuth;
@@ -25,6 +25,7 @@ impl Modify for BearerAuth {
         crate::health,
         experiments::create, experiments::list, experiments::get, experiments::edit, experiments::delete,
         experiments::start, experiments::pause, experiments::resume, experiments::abort,
+        logs::get_log,
         crate_lists::create, crate_lists::list, crate_lists::get, crate_lists::delete,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
