@@ -5,7 +5,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
+pub mod export;
 pub mod metrics;
 pub mod resolve;
 pub mod scheduler;
@@ -116,8 +118,14 @@ async fn fallback() -> error::ApiError {
     error::ApiError::not_found("no such route; see /api/v1/openapi.json")
 }
 
-/// The HTTP application.
+/// The HTTP application, with the dashboard open to anyone (see [`router_with`]).
 pub fn router(state: AppState) -> Router {
+    router_with(state, dashboard::DashboardConfig::default())
+}
+
+/// The HTTP application: the JSON API under `/api/v1`, `/healthz`, `/metrics`, and the dashboard
+/// (HTML pages at `/`, `/experiments/…`, `/workers`, `/queue`).
+pub fn router_with(state: AppState, dashboard: dashboard::DashboardConfig) -> Router {
     use api::{crate_lists, experiments, logs};
     use axum::routing::post;
     let v1 = Router::new()
@@ -137,6 +145,11 @@ pub fn router(state: AppState) -> Router {
         .route("/experiments/{name}/resume", post(experiments::resume))
         .route("/experiments/{name}/abort", post(experiments::abort))
         .route(
+            "/experiments/{name}/report",
+            get(api::report::list).post(api::report::regenerate),
+        )
+        .route("/experiments/{name}/report/{file}", get(api::report::file))
+        .route(
             "/experiments/{name}/results/{crate}/{toolchain}/log",
             get(logs::get_log),
         )
@@ -152,6 +165,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health))
         .route("/metrics", get(metrics_text))
         .nest("/api/v1", v1)
+        .merge(dashboard::routes(dashboard::Dashboard::new(dashboard)))
         .fallback(fallback)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -164,6 +178,25 @@ pub async fn serve(
     grpc: tokio::net::TcpListener,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(
+        state,
+        dashboard::DashboardConfig::default(),
+        http,
+        grpc,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with dashboard settings. Completed experiments get their report exported.
+pub async fn serve_with(
+    state: AppState,
+    dashboard: dashboard::DashboardConfig,
+    http: tokio::net::TcpListener,
+    grpc: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    export::install_completion_hook(state.pool.clone(), state.store.clone(), &state.scheduler);
     tracing::info!(addr = %http.local_addr()?, "master HTTP API listening");
     tracing::info!(addr = %grpc.local_addr()?, "worker service (gRPC) listening");
     let service = state.scheduler.service();
@@ -180,7 +213,7 @@ pub async fn serve(
             .await
     });
     let http_shutdown = shutdown.clone();
-    axum::serve(http, router(state))
+    axum::serve(http, router_with(state, dashboard))
         .with_graceful_shutdown(http_shutdown.cancelled_owned())
         .await?;
     shutdown.cancel();

@@ -4,6 +4,7 @@ pub mod crate_lists;
 pub mod experiments;
 pub mod logs;
 pub mod openapi;
+pub mod report;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{crate_lists, experiments, logs};
+use super::{crate_lists, experiments, logs, report};
 use crate::error::{ErrorBody, ErrorDetail};
 
 struct BearerAuth;
@@ -27,6 +27,7 @@ impl Modify for BearerAuth {
         experiments::start, experiments::pause, experiments::resume, experiments::abort,
         logs::get_log,
         crate_lists::create, crate_lists::list, crate_lists::get, crate_lists::delete,
+        report::regenerate, report::list, report::file,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),
@@ -34,6 +35,7 @@ impl Modify for BearerAuth {
         (name = "experiments", description = "define and control experiments"),
         (name = "crate-lists", description = "named crate selections"),
         (name = "health", description = "liveness"),
+        (name = "reports", description = "exported report files: summary.md, retry.txt, results.json, index.html, logs.tar.zst"),
     )
 )]
 pub struct ApiDoc;

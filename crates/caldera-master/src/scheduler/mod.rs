@@ -96,7 +96,13 @@ pub(crate) struct Inner {
     wake: Notify,
     results: mpsc::Sender<PendingResult>,
     shutdown: CancellationToken,
+    /// Called with the name of each experiment the scheduler completes (see
+    /// [`Scheduler::on_experiment_completed`]).
+    on_completed: Mutex<Option<CompletionHook>>,
 }
+
+/// What to do when an experiment completes; must not block (spawn the work).
+pub type CompletionHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Handle to the scheduler; cheap to clone.
 #[derive(Clone)]
@@ -127,6 +133,7 @@ impl Scheduler {
             wake: Notify::new(),
             results,
             shutdown,
+            on_completed: Mutex::new(None),
         });
         let s = Scheduler { inner };
         tokio::spawn(s.clone().dispatcher());
@@ -147,6 +154,12 @@ impl Scheduler {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// Call `hook` with the name of every experiment this scheduler completes (replacing any
+    /// previous hook). It runs on the result writer: it must spawn its work, not do it.
+    pub fn on_experiment_completed(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        *self.inner.on_completed.lock().expect("hook lock") = Some(Arc::new(hook));
     }
 
     /// Something changed that may let the dispatcher hand out jobs.
@@ -482,7 +495,13 @@ impl Scheduler {
             match experiments::apply_action(&self.inner.pool, &name, ExperimentAction::Complete)
                 .await
             {
-                Ok(_) => tracing::info!(experiment = %name, "experiment completed"),
+                Ok(_) => {
+                    tracing::info!(experiment = %name, "experiment completed");
+                    let hook = self.inner.on_completed.lock().expect("hook lock").clone();
+                    if let Some(hook) = hook {
+                        hook(&name);
+                    }
+                }
                 Err(e) => tracing::debug!(experiment = %name, error = %e, "not completed"),
             }
         }

@@ -39,6 +39,11 @@ pub struct MasterArgs {
     /// A checkout of the registry index, instead of --registry-dump.
     #[arg(long, env = "CALDERA_REGISTRY_INDEX")]
     pub registry_index: Option<PathBuf>,
+    /// Who may read the dashboard (HTML pages at /, /experiments/…, /workers, /queue; they only
+    /// read): `open` (anyone who reaches --listen) or `token` (an API token of a reading role —
+    /// viewer, operator or admin — as a bearer header or entered once at /login).
+    #[arg(long, env = "CALDERA_DASHBOARD_AUTH", default_value = "open")]
+    pub dashboard_auth: caldera_master::dashboard::DashboardAuth,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
@@ -105,7 +110,11 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         signal.cancel();
     });
-    caldera_master::serve(state, http, grpc, shutdown)
+    let dashboard = caldera_master::dashboard::DashboardConfig {
+        auth: args.dashboard_auth,
+        ..Default::default()
+    };
+    caldera_master::serve_with(state, dashboard, http, grpc, shutdown)
         .await
         .context("serving")
 }

@@ -1,0 +1,400 @@
+//! Results as the report, the exports and the dashboard read them.
+//!
+//! Results are written by [`crate::jobs::complete`] and [`crate::jobs::reap`], both sides of a
+//! crate in one statement, and are never updated afterwards (only deleted with their experiment).
+//! So the number of result rows of an experiment ([`count`]) changes exactly when its results do,
+//! which makes it a sound cache key for anything computed from them.
+//!
+//! * [`report_input`] streams every crate of an experiment as a [`CrateResult`], one row per crate
+//!   (both sides joined in Postgres), selecting only the columns the report needs: outcomes that are
+//!   fully described by their kind (`test-pass`, `test-skipped`, `skipped`) are not even sent.
+//! * [`crate_detail`] gives both sides of one crate with steps, durations, peak memory, log keys
+//!   and the worker that ran them.
+//! * [`outcome_counts`] counts results per side and outcome kind without reading outcomes.
+//! * [`progress`] gives job counts and the finished jobs within a recent window, the inputs of
+//!   progress bars, throughput and ETAs; [`finished_per_bucket`] gives finished jobs over time.
+//! * [`queue`] lists the experiments that hold or may hold queued work, by priority.
+
+use std::collections::HashMap;
+
+use caldera_core::crates::CrateId;
+use caldera_core::outcome::Outcome;
+use caldera_core::report::CrateResult;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde::Serialize;
+use sqlx::PgPool;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::DbError;
+
+/// Number of result rows of an experiment (two per finished crate). Results are append-only, so
+/// this changes whenever the experiment's results change.
+pub async fn count(pool: &PgPool, experiment_id: Uuid) -> Result<i64, DbError> {
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM results WHERE experiment_id = $1")
+        .bind(experiment_id)
+        .fetch_one(pool)
+        .await?;
+    Ok(n)
+}
+
+/// The outcome of a kind that needs no other field, or `None`.
+fn outcome_of_kind(kind: &str) -> Option<Outcome> {
+    match kind {
+        "test-pass" => Some(Outcome::TestPass),
+        "test-skipped" => Some(Outcome::TestSkipped),
+        "skipped" => Some(Outcome::Skipped),
+        _ => None,
+    }
+}
+
+fn side_outcome(kind: &str, json: Option<Json<Outcome>>) -> Result<Outcome, DbError> {
+    match json {
+        Some(Json(o)) => Ok(o),
+        None => outcome_of_kind(kind).ok_or_else(|| DbError::Corrupt {
+            table: "results",
+            message: format!("outcome of kind {kind:?} has no JSON"),
+        }),
+    }
+}
+
+/// Every crate of the experiment that has results on both sides, as the report reads it, ordered
+/// by the crate's row id (the order crates were first seen). `on_progress` is called with the
+/// number of crates read so far every 65,536 crates.
+///
+/// The rows are streamed from Postgres and converted one by one, so memory holds the results and
+/// not the rows. A crate with a result on one side only (which the writers never produce) is left
+/// out.
+pub async fn report_input(
+    pool: &PgPool,
+    experiment_id: Uuid,
+    mut on_progress: impl FnMut(usize),
+) -> Result<Vec<CrateResult>, DbError> {
+    type Row = (
+        String,
+        String,
+        Option<Json<Outcome>>,
+        Option<String>,
+        String,
+        Option<Json<Outcome>>,
+        Option<String>,
+    );
+    let expected = count(pool, experiment_id).await? / 2;
+    let mut out = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+    let mut rows = sqlx::query_as::<_, Row>(
+        "SELECT c.crate_id,
+                s.outcome_kind,
+                CASE WHEN s.outcome_kind IN ('test-pass', 'test-skipped', 'skipped') THEN NULL ELSE s.outcome END,
+                s.log_key,
+                e.outcome_kind,
+                CASE WHEN e.outcome_kind IN ('test-pass', 'test-skipped', 'skipped') THEN NULL ELSE e.outcome END,
+                e.log_key
+         FROM results s
+         JOIN results e ON e.experiment_id = s.experiment_id AND e.crate_id = s.crate_id AND e.toolchain = 'end'
+         JOIN crates c ON c.id = s.crate_id
+         WHERE s.experiment_id = $1 AND s.toolchain = 'start'
+         ORDER BY s.crate_id",
+    )
+    .bind(experiment_id)
+    .fetch(pool);
+    while let Some((id, s_kind, s_json, start_log, e_kind, e_json, end_log)) =
+        rows.try_next().await?
+    {
+        let krate: CrateId = id.parse().map_err(|e| DbError::Corrupt {
+            table: "crates",
+            message: format!("crate id {id:?}: {e}"),
+        })?;
+        out.push(CrateResult {
+            krate,
+            start: side_outcome(&s_kind, s_json)?,
+            end: side_outcome(&e_kind, e_json)?,
+            start_log,
+            end_log,
+        });
+        if out.len() % 65_536 == 0 {
+            on_progress(out.len());
+        }
+    }
+    Ok(out)
+}
+
+/// One step of a run (`build`, `test`, …) and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub duration_ms: i64,
+}
+
+/// One side of a crate's results, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SideDetail {
+    pub outcome: Outcome,
+    pub log_key: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub peak_memory_bytes: Option<i64>,
+    pub steps: Vec<Step>,
+    /// Name of the worker that ran it, when known.
+    pub worker: Option<String>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Both sides of one crate of an experiment, and its job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CrateDetail {
+    pub crate_id: String,
+    pub start: Option<SideDetail>,
+    pub end: Option<SideDetail>,
+    /// `queued`, `running`, `done`, `error` or `cancelled`.
+    pub job_state: Option<String>,
+    pub attempt: Option<i32>,
+}
+
+/// Both sides of `crate_id` (its id string as stored, e.g. `reg:foo@1.0.0#…`) in the experiment;
+/// `None` when the experiment has no such crate (neither a job nor a result).
+pub async fn crate_detail(
+    pool: &PgPool,
+    experiment_id: Uuid,
+    crate_id: &str,
+) -> Result<Option<CrateDetail>, DbError> {
+    type Row = (
+        String,
+        Json<Outcome>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        Json<Vec<Step>>,
+        Option<String>,
+        DateTime<Utc>,
+    );
+    let job: Option<(String, i32)> = sqlx::query_as(
+        "SELECT j.state, j.attempt FROM jobs j JOIN crates c ON c.id = j.crate_id
+         WHERE j.experiment_id = $1 AND c.crate_id = $2",
+    )
+    .bind(experiment_id)
+    .bind(crate_id)
+    .fetch_optional(pool)
+    .await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT r.toolchain, r.outcome, r.log_key, r.duration_ms, r.peak_memory_bytes, r.steps, w.name, r.created_at
+         FROM results r JOIN crates c ON c.id = r.crate_id
+         LEFT JOIN workers w ON w.id = r.worker_id
+         WHERE r.experiment_id = $1 AND c.crate_id = $2",
+    )
+    .bind(experiment_id)
+    .bind(crate_id)
+    .fetch_all(pool)
+    .await?;
+    if job.is_none() && rows.is_empty() {
+        return Ok(None);
+    }
+    let mut detail = CrateDetail {
+        crate_id: crate_id.to_owned(),
+        start: None,
+        end: None,
+        job_state: job.as_ref().map(|(s, _)| s.clone()),
+        attempt: job.map(|(_, a)| a),
+    };
+    for (side, Json(outcome), log_key, duration_ms, peak, Json(steps), worker, recorded_at) in rows
+    {
+        let d = SideDetail {
+            outcome,
+            log_key,
+            duration_ms,
+            peak_memory_bytes: peak,
+            steps,
+            worker,
+            recorded_at,
+        };
+        match side.as_str() {
+            "start" => detail.start = Some(d),
+            _ => detail.end = Some(d),
+        }
+    }
+    Ok(Some(detail))
+}
+
+/// Result rows per side and outcome kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OutcomeCounts {
+    /// (outcome kind, rows) of the start side, most first.
+    pub start: Vec<(String, i64)>,
+    /// (outcome kind, rows) of the end side, most first.
+    pub end: Vec<(String, i64)>,
+}
+
+/// Results per side and outcome kind (an index-only count; outcomes are not read).
+pub async fn outcome_counts(pool: &PgPool, experiment_id: Uuid) -> Result<OutcomeCounts, DbError> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT toolchain, outcome_kind, count(*) FROM results WHERE experiment_id = $1
+         GROUP BY toolchain, outcome_kind ORDER BY 3 DESC, 2",
+    )
+    .bind(experiment_id)
+    .fetch_all(pool)
+    .await?;
+    let mut out = OutcomeCounts::default();
+    for (side, kind, n) in rows {
+        match side.as_str() {
+            "start" => out.start.push((kind, n)),
+            _ => out.end.push((kind, n)),
+        }
+    }
+    Ok(out)
+}
+
+/// Job counts of one experiment, with what finished recently.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ExperimentProgress {
+    pub queued: i64,
+    pub running: i64,
+    pub done: i64,
+    pub error: i64,
+    pub cancelled: i64,
+    /// Jobs that finished (`done` or `error`) at or after the window start.
+    pub finished_in_window: i64,
+    /// When the first and the last finished job finished.
+    pub first_finished_at: Option<DateTime<Utc>>,
+    pub last_finished_at: Option<DateTime<Utc>>,
+}
+
+impl ExperimentProgress {
+    /// All jobs.
+    pub fn total(&self) -> i64 {
+        self.queued + self.running + self.done + self.error + self.cancelled
+    }
+
+    /// Jobs that will not run again.
+    pub fn finished(&self) -> i64 {
+        self.done + self.error + self.cancelled
+    }
+}
+
+/// Progress of each of `experiments` that has jobs; finished jobs are counted in the window from
+/// `window_start` on (time is a parameter, never the database's clock).
+pub async fn progress(
+    pool: &PgPool,
+    experiments: &[Uuid],
+    window_start: DateTime<Utc>,
+) -> Result<HashMap<Uuid, ExperimentProgress>, DbError> {
+    type Row = (
+        Uuid,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+    );
+    if experiments.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT experiment_id,
+                count(*) FILTER (WHERE state = 'queued'),
+                count(*) FILTER (WHERE state = 'running'),
+                count(*) FILTER (WHERE state = 'done'),
+                count(*) FILTER (WHERE state = 'error'),
+                count(*) FILTER (WHERE state = 'cancelled'),
+                count(*) FILTER (WHERE state IN ('done', 'error') AND updated_at >= $2),
+                min(updated_at) FILTER (WHERE state IN ('done', 'error')),
+                max(updated_at) FILTER (WHERE state IN ('done', 'error'))
+         FROM jobs WHERE experiment_id = ANY($1) GROUP BY experiment_id",
+    )
+    .bind(experiments)
+    .bind(window_start)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, queued, running, done, error, cancelled, recent, first, last)| {
+                (
+                    id,
+                    ExperimentProgress {
+                        queued,
+                        running,
+                        done,
+                        error,
+                        cancelled,
+                        finished_in_window: recent,
+                        first_finished_at: first,
+                        last_finished_at: last,
+                    },
+                )
+            },
+        )
+        .collect())
+}
+
+/// Finished jobs (`done` or `error`) of the experiment per time bucket of `bucket_secs` seconds,
+/// from `since` to `until`: one count per bucket, oldest first, zeros included.
+pub async fn finished_per_bucket(
+    pool: &PgPool,
+    experiment_id: Uuid,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    bucket_secs: i64,
+) -> Result<Vec<i64>, DbError> {
+    let bucket_secs = bucket_secs.max(1);
+    let buckets = ((until - since).num_seconds().max(0) / bucket_secs + 1) as usize;
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT floor(extract(epoch FROM (updated_at - $2)) / $4)::bigint AS b, count(*)
+         FROM jobs WHERE experiment_id = $1 AND state IN ('done', 'error')
+           AND updated_at >= $2 AND updated_at <= $3
+         GROUP BY b",
+    )
+    .bind(experiment_id)
+    .bind(since)
+    .bind(until)
+    .bind(bucket_secs as f64)
+    .fetch_all(pool)
+    .await?;
+    let mut out = vec![0; buckets];
+    for (b, n) in rows {
+        if let Some(slot) = usize::try_from(b).ok().and_then(|b| out.get_mut(b)) {
+            *slot += n;
+        }
+    }
+    Ok(out)
+}
+
+/// An experiment as the queue shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueEntry {
+    pub name: String,
+    pub status: String,
+    pub priority: i32,
+    pub queued: i64,
+    pub running: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Queued, running and paused experiments in the order the dispatcher serves them: highest
+/// priority first, then oldest; with their queued and running job counts.
+pub async fn queue(pool: &PgPool) -> Result<Vec<QueueEntry>, DbError> {
+    let rows: Vec<(String, String, i32, i64, i64, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT e.name, e.status, e.priority,
+                (SELECT count(*) FROM jobs j WHERE j.experiment_id = e.id AND j.state = 'queued'),
+                (SELECT count(*) FROM jobs j WHERE j.experiment_id = e.id AND j.state = 'running'),
+                e.created_at
+         FROM experiments e WHERE e.status IN ('queued', 'running', 'paused')
+         ORDER BY e.priority DESC, e.created_at, e.id",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(name, status, priority, queued, running, created_at)| QueueEntry {
+                name,
+                status,
+                priority,
+                queued,
+                running,
+                created_at,
+            },
+        )
+        .collect())
+}

@@ -1,0 +1,289 @@
+//! The dashboard driven in headless Chromium (Debian's `chromium` + `chromedriver`, over
+//! WebDriver with `fantoccini`): a real master (HTTP and gRPC, scheduler running) serving a
+//! fixture experiment with regressions; the test opens the home page, the experiment, filters by
+//! category (the server-side form, then the script's as-you-type filter), opens a crate page and
+//! sees both logs with the first new error marked. Screenshots of each step are saved under
+//! `$CARGO_TARGET_DIR/screenshots/` (the target directory of the test binary).
+//!
+//! Needs `scripts/ensure-chromium.sh` to have run; without Chromium it fails and says so, unless
+//! `CALDERA_SKIP_BROWSER=1`. `CALDERA_CHROMIUM` and `CALDERA_CHROMEDRIVER` override the paths.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use caldera_db::testing::TestDb;
+use caldera_master::dashboard::fixture;
+use fantoccini::{ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
+
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            // <target>/<profile>/deps/browser-<hash>
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.ancestors().nth(3).map(PathBuf::from))
+        })
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let dir = target.join("screenshots");
+    std::fs::create_dir_all(&dir).expect("create the screenshot directory");
+    dir
+}
+
+async fn shot(client: &fantoccini::Client, name: &str) {
+    let png = client.screenshot().await.expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let path = screenshot_dir().join(name);
+    std::fs::write(&path, png).expect("write the screenshot");
+    eprintln!("screenshot: {}", path.display());
+}
+
+async fn wait_text(client: &fantoccini::Client, css: &str, want: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(e) = client.find(Locator::Css(css)).await
+            && let Ok(text) = e.text().await
+            && text.contains(want)
+        {
+            return text;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "`{css}` never showed {want:?}; page: {}",
+            client.source().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn dashboard_in_headless_chromium() {
+    if std::env::var("CALDERA_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+        eprintln!("CALDERA_SKIP_BROWSER=1: the browser test is skipped");
+        return;
+    }
+    let chromium = std::env::var("CALDERA_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let driver =
+        std::env::var("CALDERA_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+    for bin in [&chromium, &driver] {
+        assert!(
+            std::path::Path::new(bin).exists(),
+            "{bin} not found: the dashboard browser test needs Debian's chromium and chromedriver; \
+             run scripts/ensure-chromium.sh (or set CALDERA_SKIP_BROWSER=1 to skip this test)"
+        );
+    }
+
+    // A real master with the fixture experiment.
+    let db = TestDb::new().await;
+    let store_dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn caldera_storage::ObjectStore> =
+        Arc::new(caldera_storage::LocalStore::open(store_dir.path(), 64 << 20).unwrap());
+    fixture::create(&db.pool, &store, "beta-fx").await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let state = caldera_master::AppState::new(db.pool.clone(), store, shutdown.clone());
+    let (http, grpc) = caldera_master::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", http.local_addr().unwrap());
+    let master = tokio::spawn(caldera_master::serve(state, http, grpc, shutdown.clone()));
+
+    // chromedriver on a free port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut chromedriver = tokio::process::Command::new(&driver)
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromedriver");
+    let webdriver = format!("http://127.0.0.1:{port}");
+    let t0 = Instant::now();
+    while reqwest::get(format!("{webdriver}/status")).await.is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "chromedriver did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1400,1000",
+                format!("--user-data-dir={}", profile.path().display()),
+            ],
+        }),
+    );
+    let client = ClientBuilder::new(HttpConnector::new())
+        .capabilities(caps)
+        .connect(&webdriver)
+        .await
+        .expect("a WebDriver session in Chromium");
+
+    // Home: the experiment with its status and progress.
+    client.goto(&format!("{base}/")).await.unwrap();
+    let row = wait_text(&client, "#experiments tbody tr", "beta-fx").await;
+    assert!(row.contains("completed") && row.contains("9 / 9"), "{row}");
+    assert_eq!(client.title().await.unwrap(), "Experiments — caldera");
+    shot(&client, "01-home.png").await;
+
+    // The experiment, reached by its link.
+    client
+        .find(Locator::LinkText("beta-fx"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let headline = wait_text(&client, "p.headline", "regressions").await;
+    assert_eq!(headline, "5 regressions, 3 of them through root-a 1.0.0.");
+    let roots = client
+        .find(Locator::Css("ol.roots"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(roots.starts_with("root-a 1.0.0"), "{roots}");
+    shot(&client, "02-experiment.png").await;
+
+    // Filter by category with the form (works without JavaScript).
+    client
+        .find(Locator::Css("select[name=category]"))
+        .await
+        .unwrap()
+        .select_by_value("regressed")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("form.filters button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&client, "h2#results", "5 matching crates").await;
+    assert!(
+        client
+            .current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .contains("category=regressed")
+    );
+    let rows = client
+        .find_all(Locator::Css("#crates tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 5);
+    // The script's as-you-type filter narrows the rows shown.
+    let quick = client
+        .find(Locator::Css("input[data-filter-rows=crates]"))
+        .await
+        .unwrap();
+    assert!(
+        quick.is_displayed().await.unwrap(),
+        "the script shows its filter box"
+    );
+    quick.send_keys("dep-").await.unwrap();
+    let t0 = Instant::now();
+    loop {
+        let mut shown = 0;
+        for r in client
+            .find_all(Locator::Css("#crates tbody tr"))
+            .await
+            .unwrap()
+        {
+            if r.is_displayed().await.unwrap() {
+                shown += 1;
+            }
+        }
+        if shown == 2 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{shown} rows shown after typing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shot(&client, "03-filtered.png").await;
+
+    // A crate: both runs and both logs, the new error marked.
+    client
+        .find(Locator::LinkText("dep-b 2.0.0"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&client, "h1", "dep-b 2.0.0").await;
+    client
+        .find(Locator::LinkText("root-a 1.0.0"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&client, "h1", "root-a 1.0.0").await;
+    let runs = client
+        .find(Locator::Css("#runs"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        runs.contains("test-pass") && runs.contains("build-fail:compiler-error(E0308)"),
+        "{runs}"
+    );
+    assert!(runs.contains("peak memory"), "{runs}");
+    let start_log = client
+        .find(Locator::Css("#log-start pre.log"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let end_log = client
+        .find(Locator::Css("#log-end pre.log"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(start_log.contains("test result: ok"), "{start_log}");
+    assert!(end_log.contains("mismatched types"), "{end_log}");
+    assert!(
+        !end_log.contains('\x1b'),
+        "colours are rendered, not printed"
+    );
+    let mark = client
+        .find(Locator::Css("mark#first-new-error"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(mark, fixture::NEW_ERROR);
+    shot(&client, "04-crate.png").await;
+
+    client.close().await.unwrap();
+    let _ = chromedriver.kill().await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), master).await;
+}
