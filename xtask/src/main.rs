@@ -155,7 +155,17 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
     } else {
         provision_postgres()?;
     }
-    run(cargo().args(["run", "--release", "-p", package, "--example", example, "--"]).args(args))
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-p",
+            package,
+            "--example",
+            example,
+            "--",
+        ])
+        .args(args))
 }
 
 fn lint() -> Result<()> {

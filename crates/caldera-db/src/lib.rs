@@ -12,8 +12,8 @@ pub mod crate_lists;
 pub mod embedded;
 pub mod experiments;
 pub mod jobs;
-pub mod results;
 pub mod logs;
+pub mod results;
 pub mod tokens;
 pub mod workers;
 

@@ -37,9 +37,11 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 mod config;
+pub mod docker;
 mod executor;
 #[cfg(feature = "testing")]
 pub mod fake;
+pub mod prepare;
 mod session;
 pub mod spool;
 mod system;

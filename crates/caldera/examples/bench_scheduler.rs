@@ -25,7 +25,10 @@ struct Instant0 {
 
 impl Executor for Instant0 {
     fn run(&self, job: Assignment, _cancel: CancellationToken) -> BoxFuture<'static, JobOutput> {
-        self.received.lock().unwrap().insert(job.job_id, SystemTime::now());
+        self.received
+            .lock()
+            .unwrap()
+            .insert(job.job_id, SystemTime::now());
         let side = SideOutput {
             outcome: Outcome::TestPass,
             steps: vec![],
@@ -33,7 +36,12 @@ impl Executor for Instant0 {
             log_key: None,
             duration: Duration::ZERO,
         };
-        Box::pin(async move { JobOutput { start: side.clone(), end: side } })
+        Box::pin(async move {
+            JobOutput {
+                start: side.clone(),
+                end: side,
+            }
+        })
     }
 }
 
@@ -54,7 +62,13 @@ async fn main() -> anyhow::Result<()> {
     let slots = nums.get(2).copied().unwrap_or(64) as u32;
 
     let dir = tempfile::tempdir()?;
-    let pg = PrivatePostgres::start(ClusterOptions { dir: dir.path().join("pg"), port: 0, ephemeral: true, unsafe_fast }).await?;
+    let pg = PrivatePostgres::start(ClusterOptions {
+        dir: dir.path().join("pg"),
+        port: 0,
+        ephemeral: true,
+        unsafe_fast,
+    })
+    .await?;
     let admin = caldera_db::connect(&pg.url("postgres"), 1).await?;
     sqlx::query("CREATE DATABASE bench").execute(&admin).await?;
     let pool = caldera_db::connect(&pg.url("bench"), 32).await?;
@@ -63,38 +77,93 @@ async fn main() -> anyhow::Result<()> {
     let worker_token = tokens::create(&pool, "w", Role::Worker).await?.1;
 
     let shutdown = CancellationToken::new();
-    let config = SchedulerConfig { claim_batch: 256, result_batch: 1024, ..Default::default() };
-    let scheduler = Scheduler::start(pool.clone(), config, Arc::new(SystemClock), Arc::new(caldera_master::metrics::Metrics::default()), shutdown.clone());
-    let store = Arc::new(caldera_storage::LocalStore::open(dir.path().join("objects"), 1 << 20)?);
-    let state = caldera_master::AppState { pool: pool.clone(), scheduler, registry: None, store };
-    let (http_l, grpc_l) = caldera_master::bind("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?).await?;
+    let config = SchedulerConfig {
+        claim_batch: 256,
+        result_batch: 1024,
+        ..Default::default()
+    };
+    let scheduler = Scheduler::start(
+        pool.clone(),
+        config,
+        Arc::new(SystemClock),
+        Arc::new(caldera_master::metrics::Metrics::default()),
+        shutdown.clone(),
+    );
+    let store = Arc::new(caldera_storage::LocalStore::open(
+        dir.path().join("objects"),
+        1 << 20,
+    )?);
+    let state = caldera_master::AppState {
+        pool: pool.clone(),
+        scheduler,
+        registry: None,
+        store,
+    };
+    let (http_l, grpc_l) =
+        caldera_master::bind("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?).await?;
     let http = format!("http://{}", http_l.local_addr()?);
     let grpc = format!("http://{}", grpc_l.local_addr()?);
-    tokio::spawn(caldera_master::serve(state, http_l, grpc_l, shutdown.clone()));
+    tokio::spawn(caldera_master::serve(
+        state,
+        http_l,
+        grpc_l,
+        shutdown.clone(),
+    ));
 
     let exec = Instant0::default();
     for i in 0..workers {
-        let mut c = WorkerConfig::new(&grpc, &worker_token, format!("bench{i}"), dir.path().join(format!("spool{i}")));
+        let mut c = WorkerConfig::new(
+            &grpc,
+            &worker_token,
+            format!("bench{i}"),
+            dir.path().join(format!("spool{i}")),
+        );
         c.slots = slots;
-        c.reconnect = Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(200), jitter: 0.5 };
-        tokio::spawn(caldera_worker::run(c, Arc::new(exec.clone()), shutdown.clone().cancelled_owned()));
+        c.reconnect = Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            jitter: 0.5,
+        };
+        tokio::spawn(caldera_worker::run(
+            c,
+            Arc::new(exec.clone()),
+            shutdown.clone().cancelled_owned(),
+        ));
     }
     // let the workers connect before the clock starts
-    while caldera_db::workers::list(&pool).await?.iter().filter(|w| w.connected).count() < workers {
+    while caldera_db::workers::list(&pool)
+        .await?
+        .iter()
+        .filter(|w| w.connected)
+        .count()
+        < workers
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let http_client = reqwest::Client::new();
     let crates: Vec<String> = (0..jobs).map(|i| format!("bench{i:07}@1.0.0")).collect();
     let body = serde_json::json!({"name": "bench", "start": "stable", "end": "nightly", "crates": {"kind": "list", "crates": crates}});
-    let r = http_client.post(format!("{http}/api/v1/experiments")).bearer_auth(&operator).json(&body).send().await?;
+    let r = http_client
+        .post(format!("{http}/api/v1/experiments"))
+        .bearer_auth(&operator)
+        .json(&body)
+        .send()
+        .await?;
     anyhow::ensure!(r.status().is_success(), "create: {}", r.text().await?);
     let t0 = Instant::now();
-    let r = http_client.post(format!("{http}/api/v1/experiments/bench/start")).bearer_auth(&operator).send().await?;
+    let r = http_client
+        .post(format!("{http}/api/v1/experiments/bench/start"))
+        .bearer_auth(&operator)
+        .send()
+        .await?;
     anyhow::ensure!(r.status().is_success(), "start: {}", r.text().await?);
     let started = t0.elapsed();
     loop {
-        let status: String = sqlx::query_scalar("SELECT status FROM experiments WHERE name = 'bench'").fetch_one(&pool).await?;
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM experiments WHERE name = 'bench'")
+                .fetch_one(&pool)
+                .await?;
         if status == "completed" {
             break;
         }
@@ -103,9 +172,18 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = t0.elapsed();
     let dispatch = elapsed - started;
 
-    let results: i64 = sqlx::query_scalar("SELECT count(*) FROM results").fetch_one(&pool).await?;
-    anyhow::ensure!(results == 2 * jobs as i64, "expected {} results, found {results}", 2 * jobs);
-    let claimed: Vec<(i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as("SELECT id, claimed_at FROM jobs").fetch_all(&pool).await?;
+    let results: i64 = sqlx::query_scalar("SELECT count(*) FROM results")
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(
+        results == 2 * jobs as i64,
+        "expected {} results, found {results}",
+        2 * jobs
+    );
+    let claimed: Vec<(i64, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT id, claimed_at FROM jobs")
+            .fetch_all(&pool)
+            .await?;
     let received = exec.received.lock().unwrap().clone();
     let mut lat: Vec<f64> = claimed
         .iter()
@@ -117,10 +195,22 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     lat.sort_by(f64::total_cmp);
 
-    println!("# {jobs} jobs, {workers} workers x {slots} slots, postgres fsync {}", if unsafe_fast { "off" } else { "on" });
-    println!("start (resolve + create jobs): {:.0} ms", started.as_secs_f64() * 1000.0);
-    println!("scheduler: {:.0} jobs/s", jobs as f64 / dispatch.as_secs_f64());
-    println!("scheduler_end_to_end: {:.0} jobs/s", jobs as f64 / elapsed.as_secs_f64());
+    println!(
+        "# {jobs} jobs, {workers} workers x {slots} slots, postgres fsync {}",
+        if unsafe_fast { "off" } else { "on" }
+    );
+    println!(
+        "start (resolve + create jobs): {:.0} ms",
+        started.as_secs_f64() * 1000.0
+    );
+    println!(
+        "scheduler: {:.0} jobs/s",
+        jobs as f64 / dispatch.as_secs_f64()
+    );
+    println!(
+        "scheduler_end_to_end: {:.0} jobs/s",
+        jobs as f64 / elapsed.as_secs_f64()
+    );
     println!("claim_to_worker_p50: {:.2} ms", percentile(&lat, 0.50));
     println!("claim_to_worker_p99: {:.2} ms", percentile(&lat, 0.99));
     shutdown.cancel();

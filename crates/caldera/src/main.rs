@@ -52,6 +52,11 @@ enum Command {
     Experiment(cmd::experiment::ExperimentArgs),
     /// Manage named crate lists through a running master.
     CrateList(cmd::crate_list::CrateListArgs),
+    /// Connect to a master and run its jobs in the Docker sandbox.
+    Worker(cmd::worker::WorkerArgs),
+    /// Run one experiment on this machine with embedded defaults: a private Postgres, local-disk
+    /// storage, the master and a worker in this process (`--demo` for the demo experiment).
+    Local(Box<cmd::local::LocalArgs>),
 }
 
 fn init_tracing(format: LogFormat, filter: &str) {
@@ -76,6 +81,8 @@ async fn main() -> std::process::ExitCode {
         Command::Token(cmd) => cmd::token::run(cmd).await,
         Command::Experiment(args) => cmd::experiment::run(args).await,
         Command::CrateList(args) => cmd::crate_list::run(args).await,
+        Command::Worker(args) => cmd::worker::run(args).await,
+        Command::Local(args) => cmd::local::run(*args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

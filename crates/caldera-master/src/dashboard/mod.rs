@@ -97,6 +97,14 @@ impl Default for DashboardConfig {
 pub struct Dashboard {
     pub config: DashboardConfig,
     pub cache: Arc<cache::ReportCache>,
+    /// Job counts per experiment with when they were read; reused for
+    /// [`cache::CacheConfig::revalidate`] (counting a big experiment's jobs takes tens of ms).
+    progress: std::sync::Mutex<
+        std::collections::HashMap<
+            uuid::Uuid,
+            (std::time::Instant, caldera_db::results::ExperimentProgress),
+        >,
+    >,
 }
 
 impl Dashboard {
@@ -104,7 +112,36 @@ impl Dashboard {
         Arc::new(Dashboard {
             cache: cache::ReportCache::new(config.cache.clone()),
             config,
+            progress: Default::default(),
         })
+    }
+
+    /// The job counts of one experiment, at most [`cache::CacheConfig::revalidate`] old.
+    pub async fn progress(
+        &self,
+        pool: &caldera_db::PgPool,
+        experiment: uuid::Uuid,
+    ) -> Result<caldera_db::results::ExperimentProgress, caldera_db::DbError> {
+        let fresh = self.config.cache.revalidate;
+        if let Some((at, p)) = self
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&experiment)
+            && at.elapsed() < fresh
+        {
+            return Ok(p.clone());
+        }
+        let window = chrono::Duration::from_std(self.config.throughput_window)
+            .unwrap_or(chrono::Duration::MAX);
+        let p = caldera_db::results::progress(pool, &[experiment], chrono::Utc::now() - window)
+            .await?
+            .remove(&experiment)
+            .unwrap_or_default();
+        let mut map = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, (at, _)| at.elapsed() < fresh);
+        map.insert(experiment, (std::time::Instant::now(), p.clone()));
+        Ok(p)
     }
 }
 

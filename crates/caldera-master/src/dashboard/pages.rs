@@ -343,13 +343,7 @@ pub async fn experiment(
 ) -> Result<Markup, PageError> {
     let filters = Filters::parse(&query)?;
     let e = experiments::get(&state.pool, &name).await?;
-    let window_start = Utc::now()
-        - chrono::Duration::from_std(dash.config.throughput_window)
-            .unwrap_or(chrono::Duration::MAX);
-    let progress = results::progress(&state.pool, &[e.id], window_start)
-        .await?
-        .remove(&e.id)
-        .unwrap_or_default();
+    let progress = dash.progress(&state.pool, e.id).await?;
     let snap = dash.cache.get(&state.pool, e.id).await?;
     let report = &snap.report;
     let name = e.name.as_str();

@@ -1,8 +1,10 @@
 pub mod crate_list;
 pub mod experiment;
+pub mod local;
 pub mod master;
 pub mod migrate;
 pub mod token;
+pub mod worker;
 
 use anyhow::Context;
 use clap::Args;

@@ -1,0 +1,523 @@
+//! The Docker executor end to end: fixture crates through preparation, the real sandbox and
+//! classification, with exact outcomes. See `docker_common` for what the tests need.
+
+mod docker_common;
+
+use std::time::{Duration, Instant};
+
+use caldera_core::experiment::Mode;
+use caldera_core::outcome::{BuildFailReason, Outcome};
+use caldera_sandbox::{Limits, Timeouts};
+use caldera_worker::docker::ExecutorStats;
+use docker_common::{
+    containers_owned_by, env, excerpt, fixture, harness, host_address_for_containers, spec,
+    test_limits,
+};
+use tokio_util::sync::CancellationToken;
+
+fn compiler_error(codes: &[&str]) -> Outcome {
+    Outcome::BuildFail(BuildFailReason::CompilerError {
+        codes: codes.iter().map(|c| (*c).to_owned()).collect(),
+    })
+}
+
+fn test_fail(tests: &[&str]) -> Outcome {
+    Outcome::TestFail {
+        failed_tests: tests.iter().map(|c| (*c).to_owned()).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixtures_get_their_exact_outcomes_on_stable_and_nightly() {
+    let h = harness("fixtures", |_| {}).await;
+    let cases: Vec<(&str, Outcome, Outcome)> = vec![
+        ("pass", Outcome::TestPass, Outcome::TestPass),
+        (
+            "compile-error",
+            compiler_error(&["E0308"]),
+            compiler_error(&["E0308"]),
+        ),
+        (
+            "test-fail",
+            test_fail(&["tests::fails_on_purpose"]),
+            test_fail(&["tests::fails_on_purpose"]),
+        ),
+        (
+            "debug-overflow",
+            test_fail(&["tests::bump_wraps_in_release"]),
+            test_fail(&["tests::bump_wraps_in_release"]),
+        ),
+        (
+            "broken-path-dep",
+            Outcome::BuildFail(BuildFailReason::DependsOn {
+                crates: vec!["broken-dep".into()],
+            }),
+            Outcome::BuildFail(BuildFailReason::DependsOn {
+                crates: vec!["broken-dep".into()],
+            }),
+        ),
+        (
+            "regress-on-nightly",
+            Outcome::TestPass,
+            compiler_error(&["E0308"]),
+        ),
+    ];
+    for (name, start, end) in cases {
+        let out = h
+            .run(spec(
+                "fx",
+                fixture(name),
+                "stable",
+                "nightly",
+                Mode::BuildAndTest,
+            ))
+            .await;
+        let start_log = h.log(out.start.log_key.as_deref()).await;
+        let end_log = h.log(out.end.log_key.as_deref()).await;
+        assert_eq!(
+            out.start.outcome,
+            start,
+            "{name} start:\n{}",
+            excerpt(&start_log)
+        );
+        assert_eq!(out.end.outcome, end, "{name} end:\n{}", excerpt(&end_log));
+        for (side, log) in [("start", &start_log), ("end", &end_log)] {
+            assert!(log.starts_with("caldera build log\n"), "{name} {side}");
+            assert!(
+                log.contains(&format!("crate:       {}", fixture(name))),
+                "{name} {side}"
+            );
+            assert!(log.contains("mode:        build-and-test"), "{name} {side}");
+            assert!(log.contains("==== step 1/3: build: cargo build --locked --offline --message-format=json-diagnostic-rendered-ansi"), "{name} {side}");
+        }
+        assert!(start_log.contains("side:        start — toolchain stable"));
+        assert!(end_log.contains("side:        end — toolchain nightly"));
+    }
+
+    // the steps and their timings of a passing job, and where its logs are
+    let out = h
+        .run(spec(
+            "fx",
+            fixture("pass"),
+            "stable",
+            "nightly",
+            Mode::BuildAndTest,
+        ))
+        .await;
+    let names: Vec<&str> = out.start.steps.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "prepare:source",
+            "prepare:lockfile",
+            "prepare:fetch",
+            "build",
+            "test-no-run",
+            "test"
+        ]
+    );
+    let names: Vec<&str> = out.end.steps.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["build", "test-no-run", "test"]);
+    assert!(out.start.peak_memory_bytes > 1 << 20, "{:?}", out.start);
+    assert!(out.end.duration >= out.end.steps.iter().map(|(_, d)| *d).sum::<Duration>());
+    assert_eq!(
+        out.start.log_key.as_deref(),
+        Some(
+            caldera_storage::keys::log("fx", "stable", &fixture("pass").to_string())
+                .unwrap()
+                .as_str()
+        )
+    );
+    assert_eq!(
+        out.end.log_key.as_deref(),
+        Some(
+            caldera_storage::keys::log("fx", "nightly", &fixture("pass").to_string())
+                .unwrap()
+                .as_str()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_fail_only_under_deny_warnings_and_cap_lints_lowers_them() {
+    let h = harness("warnings", |_| {}).await;
+    let out = h
+        .run(spec(
+            "warn",
+            fixture("warnings"),
+            "stable",
+            "stable+rustflags=-Dwarnings",
+            Mode::BuildAndTest,
+        ))
+        .await;
+    let end_log = h.log(out.end.log_key.as_deref()).await;
+    assert_eq!(out.start.outcome, Outcome::TestPass);
+    assert_eq!(
+        out.end.outcome,
+        compiler_error(&["unused_variables"]),
+        "{}",
+        excerpt(&end_log)
+    );
+    // the flags reach cargo, and the lint cap comes after them
+    assert!(end_log.contains("unused variable"), "{}", excerpt(&end_log));
+
+    // with the experiment's lint cap at `warn`, -Dwarnings cannot fail the build
+    let mut capped = spec(
+        "warn-capped",
+        fixture("warnings"),
+        "stable",
+        "stable+rustflags=-Dwarnings",
+        Mode::CheckOnly,
+    );
+    capped.cap_lints = caldera_core::experiment::CapLints::Warn;
+    let out = h.run(capped).await;
+    assert_eq!(
+        (out.start.outcome, out.end.outcome),
+        (Outcome::TestPass, Outcome::TestPass)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_are_contained_and_classified() {
+    // a listener on this machine that nothing in the sandbox may reach
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = format!(
+        "{}:{}",
+        host_address_for_containers(),
+        listener.local_addr().unwrap().port()
+    );
+    let h = harness("canaries", |c| {
+        c.limits = Limits {
+            memory_bytes: 768 << 20,
+            ..test_limits()
+        };
+        c.timeouts = Timeouts {
+            total: Duration::from_secs(240),
+            no_output: Duration::from_secs(20),
+        };
+        c.log_cap = 256 << 10;
+        c.sandbox_env = env(&[
+            ("CALDERA_SANDBOX_CANARY", "1"),
+            ("CALDERA_CANARY_ADDR", &addr),
+            ("FLOOD_BYTES", &(64u64 << 20).to_string()),
+        ]);
+    })
+    .await;
+    let run = |name: &'static str| {
+        h.run(spec(
+            "canaries",
+            fixture(name),
+            "stable",
+            "nightly",
+            Mode::BuildAndTest,
+        ))
+    };
+
+    for (name, want) in [
+        ("canary-net-build", BuildFailReason::NetworkAccess),
+        ("canary-net-test", BuildFailReason::NetworkAccess),
+        ("canary-mem-bomb", BuildFailReason::Oom),
+        ("canary-silent-loop", BuildFailReason::NoOutputTimeout),
+    ] {
+        let t0 = Instant::now();
+        let out = run(name).await;
+        for side in [&out.start, &out.end] {
+            let log = h.log(side.log_key.as_deref()).await;
+            assert_eq!(
+                side.outcome,
+                Outcome::BuildFail(want.clone()),
+                "{name}:\n{}",
+                excerpt(&log)
+            );
+        }
+        if name == "canary-silent-loop" {
+            // two sides, each ended by the 20 s no-output timeout, not the 240 s total one
+            assert!(
+                t0.elapsed() < Duration::from_secs(200),
+                "{:?}",
+                t0.elapsed()
+            );
+        }
+        if name == "canary-mem-bomb" {
+            assert!(
+                out.start.peak_memory_bytes > 400 << 20,
+                "peak {}",
+                out.start.peak_memory_bytes
+            );
+        }
+    }
+
+    // the flood passes, and its log is capped: head and tail kept, the cut marked
+    let out = run("canary-flood").await;
+    assert_eq!(
+        (&out.start.outcome, &out.end.outcome),
+        (&Outcome::TestPass, &Outcome::TestPass)
+    );
+    let log = h.log(out.start.log_key.as_deref()).await;
+    assert!(log.len() < 2 << 20, "log of {} bytes", log.len());
+    assert!(log.contains("FLOOD START"), "{}", excerpt(&log));
+    assert!(
+        log.contains(&format!("FLOOD DONE after {} bytes", 64u64 << 20)),
+        "{}",
+        excerpt(&log)
+    );
+    assert!(log.contains("output truncated"), "{}", excerpt(&log));
+
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("something reached the host listener from the sandbox: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_dirs_are_reused_decontaminated_and_purged_per_experiment() {
+    let h = harness("reuse", |c| c.slots = 1).await;
+    let stable: caldera_core::toolchain::Toolchain = "stable".parse().unwrap();
+    let target = h.executor.target_dir(0, &stable);
+    let has_artifact = |prefix: &str| {
+        std::fs::read_dir(target.join("debug/deps"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            })
+            .unwrap_or(false)
+    };
+
+    let out = h
+        .run(spec(
+            "e1",
+            fixture("contaminate-a"),
+            "stable",
+            "nightly",
+            Mode::BuildAndTest,
+        ))
+        .await;
+    assert_eq!(
+        (&out.start.outcome, &out.end.outcome),
+        (&Outcome::TestPass, &Outcome::TestPass)
+    );
+    assert!(has_artifact("libfixture_contaminate_a"));
+
+    // same experiment: the target dir is reused, so contaminate-b's test finds two builds of
+    // shared-dep (E0464) — the executor purges and re-runs each side before reporting
+    let out = h
+        .run(spec(
+            "e1",
+            fixture("contaminate-b"),
+            "stable",
+            "nightly",
+            Mode::BuildAndTest,
+        ))
+        .await;
+    let log = h.log(out.start.log_key.as_deref()).await;
+    assert_eq!(
+        (&out.start.outcome, &out.end.outcome),
+        (&Outcome::TestPass, &Outcome::TestPass),
+        "{}",
+        excerpt(&log)
+    );
+    assert!(log.contains("error[E0464]"), "{}", excerpt(&log));
+    assert!(
+        log.contains("re-running this side in a clean one"),
+        "{}",
+        excerpt(&log)
+    );
+    let names: Vec<&str> = out.end.steps.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "build",
+            "test-no-run",
+            "test",
+            "build (clean re-run)",
+            "test-no-run (clean re-run)",
+            "test (clean re-run)"
+        ]
+    );
+    assert_eq!(
+        h.executor.stats(),
+        ExecutorStats {
+            jobs: 2,
+            contaminated_reruns: 2,
+            purges_experiment_change: 0,
+            purges_high_water: 0,
+            purges_no_reuse: 0,
+        }
+    );
+    assert!(
+        !has_artifact("libfixture_contaminate_a"),
+        "the purge emptied it"
+    );
+    assert!(has_artifact("libfixture_contaminate_b"));
+
+    // another experiment: the slot's target dirs are purged first
+    let out = h
+        .run(spec(
+            "e2",
+            fixture("pass"),
+            "stable",
+            "nightly",
+            Mode::CheckOnly,
+        ))
+        .await;
+    assert_eq!(
+        (&out.start.outcome, &out.end.outcome),
+        (&Outcome::TestPass, &Outcome::TestPass)
+    );
+    assert!(!has_artifact("libfixture_contaminate_b"));
+    assert_eq!(h.executor.stats().purges_experiment_change, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_past_the_high_water_mark_purges_the_slot() {
+    let h = harness("high-water", |c| c.disk_high_water = 0.0).await;
+    let stable: caldera_core::toolchain::Toolchain = "stable".parse().unwrap();
+    let target = h.executor.target_dir(0, &stable);
+    let sp = || {
+        spec(
+            "hw",
+            fixture("pass"),
+            "stable",
+            "stable+rustflags=-Cdebuginfo=0",
+            Mode::CheckOnly,
+        )
+    };
+    let out = h.run(sp()).await;
+    assert_eq!(out.start.outcome, Outcome::TestPass);
+    let marker = target.join("caldera-test-marker");
+    std::fs::write(&marker, "x").unwrap();
+    let out = h.run(sp()).await;
+    assert_eq!(out.start.outcome, Outcome::TestPass);
+    assert!(
+        !marker.exists(),
+        "the slot was purged before the second job"
+    );
+    assert_eq!(h.executor.stats().purges_high_water, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_the_container_at_once() {
+    let h = harness("cancel", |c| {
+        c.timeouts = Timeouts {
+            total: Duration::from_secs(600),
+            no_output: Duration::from_secs(600),
+        };
+    })
+    .await;
+    let cancel = CancellationToken::new();
+    let job = spec(
+        "cancel",
+        fixture("canary-silent-loop"),
+        "stable",
+        "nightly",
+        Mode::BuildAndTest,
+    );
+    let run = tokio::spawn({
+        let cancel = cancel.clone();
+        let h_exec = h.executor.clone();
+        async move {
+            use caldera_worker::Executor;
+            h_exec
+                .run(
+                    caldera_worker::Assignment {
+                        job_id: 1,
+                        lease_token: "t".into(),
+                        attempt: 1,
+                        spec: job,
+                    },
+                    cancel,
+                )
+                .await
+        }
+    });
+    // wait until the spinning test runs in a container (its test step started)
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "the container never appeared"
+        );
+        if !containers_owned_by(&h.owner).is_empty() && t0.elapsed() > Duration::from_secs(1) {
+            let spinning = std::process::Command::new("sh")
+                .arg("-c")
+                .arg("ps -eo args | grep -c '[d]eps/fixture_canary_silent_loop-'")
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&spinning.stdout).trim() != "0" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cancelled_at = Instant::now();
+    cancel.cancel();
+    let out = run.await.unwrap();
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        cancelled_at.elapsed()
+    );
+    assert_eq!(
+        out.start.outcome,
+        Outcome::Error {
+            reason: "cancelled".into()
+        }
+    );
+    assert!(
+        containers_owned_by(&h.owner).is_empty(),
+        "{:?}",
+        containers_owned_by(&h.owner)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infrastructure_problems_are_errors_not_build_failures() {
+    let h = harness("infra", |_| {}).await;
+    // a toolchain this machine does not have: that side is an error, the other side runs
+    let out = h
+        .run(spec(
+            "infra",
+            fixture("pass"),
+            "stable",
+            "1.2.3",
+            Mode::CheckOnly,
+        ))
+        .await;
+    assert_eq!(out.start.outcome, Outcome::TestPass);
+    match &out.end.outcome {
+        Outcome::Error { reason } => assert!(reason.contains("1.2.3"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // miri on toolchains without it
+    let out = h
+        .run(spec(
+            "infra",
+            fixture("pass"),
+            "stable",
+            "nightly",
+            Mode::Miri,
+        ))
+        .await;
+    for side in [&out.start, &out.end] {
+        match &side.outcome {
+            Outcome::Error { reason } => assert!(reason.contains("has no miri"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // a toolchain with patches, which this executor cannot apply
+    let out = h
+        .run(spec(
+            "infra",
+            fixture("pass"),
+            "stable",
+            "stable+patch=foo=https://host.invalid/foo.git#abc",
+            Mode::CheckOnly,
+        ))
+        .await;
+    assert!(
+        matches!(&out.end.outcome, Outcome::Error { reason } if reason.contains("[patch]")),
+        "{:?}",
+        out.end.outcome
+    );
+}

@@ -1,0 +1,325 @@
+//! `caldera worker`: connect to a master and run its jobs in the Docker sandbox.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use caldera_sandbox::{Limits, Sandbox, SandboxConfig, Timeouts};
+use caldera_storage::{ObjectStore, Spool, SpoolConfig};
+use caldera_worker::docker::{DockerExecutor, DockerExecutorConfig};
+use caldera_worker::{Backoff, WorkerConfig};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The master's worker service (gRPC) endpoint.
+    #[arg(long, env = "CALDERA_MASTER", default_value = "http://127.0.0.1:9090")]
+    pub master: String,
+    /// This worker's token, as issued by the master's operator.
+    #[arg(long, env = "CALDERA_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// A stable name for this worker [default: the host name].
+    #[arg(long, env = "CALDERA_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Holds the result and upload spools, target dirs (per slot and toolchain), job sources,
+    /// downloaded crates and the shared cargo home (mounted read-only into the sandbox: keep no
+    /// credentials in it).
+    #[arg(
+        long,
+        env = "CALDERA_WORK_DIR",
+        default_value = "/var/lib/caldera/worker"
+    )]
+    pub work_dir: PathBuf,
+    /// On SIGTERM/SIGINT: how long running jobs may go on before they are cancelled and handed back.
+    #[arg(long, env = "CALDERA_DRAIN_TIMEOUT_SECS", default_value_t = 600)]
+    pub drain_timeout_secs: u64,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+    #[command(flatten)]
+    pub storage: caldera_storage::StorageArgs,
+}
+
+/// How jobs run: the Docker sandbox, its limits and the toolchains. Shared by `caldera worker` and
+/// `caldera local`.
+#[derive(Debug, Args)]
+pub struct ExecutorArgs {
+    /// Jobs run at once [default: half the CPU cores, at least 1].
+    #[arg(long, env = "CALDERA_SLOTS")]
+    pub slots: Option<u32>,
+    /// The sandbox image (build it with `scripts/build-sandbox-image.sh`).
+    #[arg(long, env = "CALDERA_IMAGE", default_value = caldera_sandbox::DEFAULT_IMAGE)]
+    pub image: String,
+    /// The Docker engine (`unix:///var/run/docker.sock`, `tcp://host:2375`) [default: DOCKER_HOST,
+    /// else the local socket].
+    #[arg(long, env = "CALDERA_DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// The rustup home whose toolchains are advertised and mounted [default: $RUSTUP_HOME, else
+    /// ~/.rustup].
+    #[arg(long, env = "CALDERA_RUSTUP_HOME")]
+    pub rustup_home: Option<PathBuf>,
+    /// Memory per sandbox (also its memory+swap), e.g. `4GiB`, `512MiB`; a job's extra memory is
+    /// added.
+    #[arg(long, env = "CALDERA_MEMORY", default_value = "4GiB", value_parser = parse_size)]
+    pub memory: u64,
+    /// CPUs per sandbox (may be fractional).
+    #[arg(long, env = "CALDERA_CPUS", default_value_t = 2.0)]
+    pub cpus: f64,
+    /// Most processes and threads per sandbox.
+    #[arg(long, env = "CALDERA_PIDS", default_value_t = 512)]
+    pub pids: u32,
+    /// Size of each sandbox's /tmp (counts against its memory).
+    #[arg(long, env = "CALDERA_TMP_SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub tmp_size: u64,
+    /// Total time limit of one step, in seconds; a job's extra timeout is added.
+    #[arg(long, env = "CALDERA_TIMEOUT_SECS", default_value_t = 900)]
+    pub timeout_secs: u64,
+    /// A step that prints nothing for this many seconds is killed.
+    #[arg(long, env = "CALDERA_NO_OUTPUT_TIMEOUT_SECS", default_value_t = 300)]
+    pub no_output_timeout_secs: u64,
+    /// Most output kept per step (head and tail), e.g. `5MiB`.
+    #[arg(long, env = "CALDERA_LOG_CAP", default_value = "5MiB", value_parser = parse_size)]
+    pub log_cap: u64,
+    /// Purge a slot's target dirs when the disk holding them is fuller than this fraction.
+    #[arg(long, env = "CALDERA_DISK_HIGH_WATER", default_value_t = 0.8)]
+    pub disk_high_water: f64,
+    /// Start every job from empty target dirs instead of reusing a slot's target dirs across
+    /// the crates of an experiment (slower; for workers short of disk).
+    #[arg(long, env = "CALDERA_NO_TARGET_REUSE")]
+    pub no_target_reuse: bool,
+    /// Fixed `KEY=VALUE` variables for every sandboxed step (comma-separated in the variable).
+    /// Nothing of the worker's own environment reaches the sandbox otherwise.
+    #[arg(long, env = "CALDERA_SANDBOX_ENV", value_delimiter = ',', value_parser = parse_key_value)]
+    pub sandbox_env: Vec<(String, String)>,
+    /// Host commands of crate preparation (git clone, cargo fetch, …) are killed after this many
+    /// seconds.
+    #[arg(long, env = "CALDERA_PREPARE_TIMEOUT_SECS", default_value_t = 600)]
+    pub prepare_timeout_secs: u64,
+    /// Filled by [`ExecutorArgs::build`].
+    #[arg(skip)]
+    capabilities: OnceLock<Vec<String>>,
+}
+
+impl ExecutorArgs {
+    pub fn slots(&self) -> u32 {
+        self.slots.unwrap_or_else(default_slots).max(1)
+    }
+
+    /// What the built executor offers (`docker`, `arch:…`, `toolchain:…`, `miri:…`). Known once
+    /// [`build`](Self::build) ran; before that only `docker` and the architecture.
+    pub fn capabilities(&self) -> Vec<String> {
+        self.capabilities.get().cloned().unwrap_or_else(|| {
+            vec![
+                "docker".to_owned(),
+                format!("arch:{}", std::env::consts::ARCH),
+            ]
+        })
+    }
+
+    /// Checks the engine and the image, lists the toolchains and builds the executor over
+    /// `work_dir` (target dirs, sources, cargo home, upload spool), storing logs and lockfiles
+    /// in `store`.
+    pub async fn build(
+        &self,
+        work_dir: &Path,
+        store: Arc<dyn ObjectStore>,
+    ) -> anyhow::Result<Arc<DockerExecutor>> {
+        std::fs::create_dir_all(work_dir)
+            .with_context(|| format!("creating the work dir {}", work_dir.display()))?;
+        let work_dir = work_dir.canonicalize()?;
+        let rustup_home = self
+            .rustup_home
+            .clone()
+            .or_else(caldera_sandbox::default_rustup_home)
+            .context("no rustup home: pass --rustup-home or set RUSTUP_HOME or HOME")?;
+        let capabilities = caldera_worker::docker::capabilities(&rustup_home)
+            .await
+            .with_context(|| format!("listing the toolchains in {}", rustup_home.display()))?;
+        anyhow::ensure!(
+            capabilities.iter().any(|c| c.starts_with("toolchain:")),
+            "no toolchain is installed in {}; install one with rustup",
+            rustup_home.display()
+        );
+
+        // containers are labelled with an owner, and leftovers of the same owner are removed at
+        // start: one owner per work dir, so two workers on one engine never sweep each other
+        let owner = format!(
+            "{}-{}",
+            host_name(),
+            &hex_digest(work_dir.to_string_lossy().as_bytes())[..8]
+        );
+        let sandbox = Sandbox::connect(SandboxConfig {
+            docker_host: self.docker_host.clone(),
+            image: self.image.clone(),
+            owner,
+            sweep_on_connect: true,
+            ..SandboxConfig::default()
+        })
+        .await
+        .context("the Docker sandbox is not usable")?;
+        let engine = sandbox.engine().clone();
+        let spool = Arc::new(
+            Spool::open(store, SpoolConfig::new(work_dir.join("upload-spool")))
+                .await
+                .context("opening the upload spool")?,
+        );
+
+        let mut config = DockerExecutorConfig::new(&work_dir, &rustup_home);
+        config.slots = self.slots();
+        config.limits = Limits {
+            memory_bytes: self.memory,
+            cpus: self.cpus,
+            pids: self.pids,
+            tmp_bytes: self.tmp_size,
+        };
+        config.timeouts = Timeouts {
+            total: Duration::from_secs(self.timeout_secs.max(1)),
+            no_output: Duration::from_secs(self.no_output_timeout_secs.max(1)),
+        };
+        config.log_cap = usize::try_from(self.log_cap).unwrap_or(usize::MAX);
+        config.disk_high_water = self.disk_high_water;
+        config.reuse_target_dirs = !self.no_target_reuse;
+        config.sandbox_env = self.sandbox_env.iter().cloned().collect::<BTreeMap<_, _>>();
+        config.prepare.command_timeout = Duration::from_secs(self.prepare_timeout_secs.max(1));
+        let executor =
+            DockerExecutor::new(config, sandbox, spool).context("setting up the executor")?;
+        tracing::info!(
+            image = self.image,
+            engine = engine.server_version,
+            api = engine.api_version,
+            slots = self.slots(),
+            capabilities = capabilities.join(" "),
+            "Docker executor ready"
+        );
+        let _ = self.capabilities.set(capabilities);
+        Ok(Arc::new(executor))
+    }
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    // FNV-1a: a stable short tag, not a security boundary
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// `4GiB`, `512MiB`, `64KiB`, `1G`, `100M` or plain bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 4GiB, 512MiB or 1048576"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use KiB, MiB, GiB)")),
+    };
+    let bytes = n * mult as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    let valid = k
+        .chars()
+        .next()
+        .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+        && k.chars().all(|c| c == '_' || c.is_ascii_alphanumeric());
+    if !valid {
+        return Err(format!("{k:?} is not a variable name"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "caldera-worker".to_owned())
+}
+
+fn default_slots() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u32::try_from(cores / 2).unwrap_or(u32::MAX).max(1)
+}
+
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let name = args.name.clone().unwrap_or_else(host_name);
+    let store = caldera_storage::open(&args.storage.to_config()).context("opening storage")?;
+    let executor = args.executor.build(&args.work_dir, store).await?;
+
+    let mut worker = WorkerConfig::new(
+        args.master.clone(),
+        args.token.clone(),
+        name.clone(),
+        args.work_dir.join("result-spool"),
+    );
+    worker.slots = args.executor.slots();
+    worker.capabilities = args.executor.capabilities();
+    worker.reconnect = Backoff::default();
+    worker.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
+    worker.validate()?;
+    tracing::info!(worker = name, master = args.master, "worker starting");
+
+    let result =
+        caldera_worker::run(worker, executor.clone(), super::master::shutdown_signal()).await;
+    // every log was made durable before its result was sent; this only waits for stragglers
+    if tokio::time::timeout(Duration::from_secs(30), executor.spool().wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            pending = executor.spool().pending().len(),
+            "uploads still pending at exit; they resume on the next start"
+        );
+    }
+    result?;
+    tracing::info!("worker drained and stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("5M"), Ok(5 << 20));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("4XB").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn sandbox_env_entries_parse() {
+        assert_eq!(
+            parse_key_value("A_1=x=y"),
+            Ok(("A_1".to_owned(), "x=y".to_owned()))
+        );
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("1A=x").is_err());
+        assert!(parse_key_value("A-B=x").is_err());
+    }
+}
