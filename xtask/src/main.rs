@@ -41,8 +41,12 @@ enum Cmd {
     },
     /// `cargo fmt --check` and `cargo clippy --workspace --all-targets -- -D warnings`.
     Lint,
-    /// Run the demo experiment on embedded defaults.
-    Demo,
+    /// Run the demo experiment on embedded defaults (`caldera local --demo`).
+    Demo {
+        /// Extra arguments for `caldera local` (e.g. `--demo-crates 2`, `--serve`).
+        #[arg(trailing_var_arg = true)]
+        demo_args: Vec<String>,
+    },
 }
 
 fn root() -> PathBuf {
@@ -198,14 +202,15 @@ fn main() -> Result<()> {
             test.args(["test", "--workspace"]).args(&cargo_args);
             run(&mut test)
         }
-        Cmd::Demo => {
-            say(
-                "the demo experiment (`caldera local --demo`) is not built yet: it needs the worker, sandbox and storage issues",
-            );
-            say(
-                "for now, see README.md for running the master and defining experiments over the API",
-            );
-            Ok(())
+        Cmd::Demo { demo_args } => {
+            provision()?;
+            // `caldera local --demo`: a private Postgres, local storage, the master and a worker in one
+            // process; a dozen small registry crates plus fixtures showing a regression, a fix and a
+            // spurious failure, stable vs nightly
+            let mut c = cargo();
+            c.args(["run", "-p", "caldera", "--", "local", "--demo"])
+                .args(&demo_args);
+            run(&mut c)
         }
     }
 }

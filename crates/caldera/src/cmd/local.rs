@@ -108,12 +108,11 @@ async fn local_tokens(pool: &PgPool, state: &Path) -> anyhow::Result<(String, St
     let path = state.join("tokens.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        if let (Some(a), Some(w)) = (v["admin"].as_str(), v["worker"].as_str()) {
-            if tokens::authenticate(pool, a).await?.is_some()
-                && tokens::authenticate(pool, w).await?.is_some()
-            {
-                return Ok((a.to_owned(), w.to_owned()));
-            }
+        if let (Some(a), Some(w)) = (v["admin"].as_str(), v["worker"].as_str())
+            && tokens::authenticate(pool, a).await?.is_some()
+            && tokens::authenticate(pool, w).await?.is_some()
+        {
+            return Ok((a.to_owned(), w.to_owned()));
         }
     }
     let admin = tokens::create(pool, "caldera-local", Role::Admin).await?.1;
