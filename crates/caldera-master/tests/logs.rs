@@ -345,18 +345,26 @@ async fn serves_logs(backend: Backend) {
     );
 }
 
+/// Some of these tests stop and restart S3 servers; a stopped server frees its port, and a server
+/// started by a test running in parallel could take it and answer in its place. So they run one at
+/// a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_logs_from_a_local_directory() {
+    let _serial = SERIAL.lock().await;
     serves_logs(Backend::Local).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_logs_from_s3() {
+    let _serial = SERIAL.lock().await;
     serves_logs(Backend::S3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_name_what_is_wrong_or_missing() {
+    let _serial = SERIAL.lock().await;
     let m = Master::start(Backend::Local).await;
     m.experiment("errs", &["serde@1.0.0", "rand@0.8.5", "libc@0.2.0"])
         .await;
@@ -492,6 +500,7 @@ async fn bad_requests_name_what_is_wrong_or_missing() {
 /// such crates the id is ambiguous and the error says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_ids_match_with_or_without_checksum() {
+    let _serial = SERIAL.lock().await;
     let m = Master::start(Backend::Local).await;
     let body =
         json!({"name": "sums", "start": "stable", "end": "nightly", "crates": "serde@1.0.0"});
@@ -578,6 +587,7 @@ async fn registry_ids_match_with_or_without_checksum() {
 /// streamed, not read whole before the response starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_outages_are_503_and_cut_downloads_visibly() {
+    let _serial = SERIAL.lock().await;
     let mut m = Master::start(Backend::S3).await;
     m.experiment("outage", &["serde@1.0.0"]).await;
     const LEN: usize = 16 << 20;
@@ -712,11 +722,13 @@ async fn deleting_an_experiment_deletes_its_objects(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_experiment_deletes_its_objects_in_a_local_directory() {
+    let _serial = SERIAL.lock().await;
     deleting_an_experiment_deletes_its_objects(Backend::Local).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_experiment_deletes_its_objects_in_s3() {
+    let _serial = SERIAL.lock().await;
     deleting_an_experiment_deletes_its_objects(Backend::S3).await;
 }
 
@@ -724,6 +736,7 @@ async fn deleting_an_experiment_deletes_its_objects_in_s3() {
 /// response is a 503 saying the objects remain, and DELETE again finishes the cleanup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_interrupted_by_a_storage_outage_is_finished_by_the_next() {
+    let _serial = SERIAL.lock().await;
     let mut m = Master::start(Backend::S3).await;
     m.experiment("half", &["serde@1.0.0"]).await;
     m.run_jobs(|_, _| Some(b"log\n".to_vec()), |_| true).await;

@@ -33,8 +33,13 @@ fn pending_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files_under(&dir.join("pending"))
 }
 
+/// These tests stop and restart S3 servers; a stopped server frees its port, and a server started
+/// by a test running in parallel could take it and answer in its place. So they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueued_objects_become_durable() {
+    let _serial = SERIAL.lock().await;
     let store_dir = tempfile::tempdir().unwrap();
     let spool_dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> =
@@ -108,6 +113,7 @@ async fn enqueued_objects_become_durable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_cap_is_refused_at_enqueue_and_leaves_nothing() {
+    let _serial = SERIAL.lock().await;
     let store_dir = tempfile::tempdir().unwrap();
     let spool_dir = tempfile::tempdir().unwrap();
     let mut config = caldera_storage::StorageConfig::local(store_dir.path());
@@ -140,6 +146,7 @@ async fn over_cap_is_refused_at_enqueue_and_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_process_per_spool_directory() {
+    let _serial = SERIAL.lock().await;
     let store_dir = tempfile::tempdir().unwrap();
     let spool_dir = tempfile::tempdir().unwrap();
     let store =
@@ -162,6 +169,7 @@ async fn one_process_per_spool_directory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_refusal_is_reported_not_retried() {
+    let _serial = SERIAL.lock().await;
     let server = S3Server::start().await.unwrap();
     let spool_dir = tempfile::tempdir().unwrap();
     let mut config = server.config();
@@ -268,6 +276,7 @@ async fn survives_an_s3_outage_during_upload() {
 /// Entries pending when the process stops are uploaded by the next process to open the spool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_entries_survive_a_restart() {
+    let _serial = SERIAL.lock().await;
     let mut server = S3Server::start().await.unwrap();
     server.stop().await;
     let spool_dir = tempfile::tempdir().unwrap();
