@@ -3,7 +3,11 @@
 use std::process::Command;
 
 fn help(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_caldera")).args(args).arg("--help").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_caldera"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{args:?} --help failed");
     String::from_utf8(out.stdout).unwrap()
 }
@@ -13,7 +17,10 @@ fn options(text: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for line in text.lines() {
         let t = line.trim_start();
-        if let Some(rest) = t.strip_prefix("--").or_else(|| t.split_once(", --").map(|(_, r)| r)) {
+        if let Some(rest) = t
+            .strip_prefix("--")
+            .or_else(|| t.split_once(", --").map(|(_, r)| r))
+        {
             let name = rest.split([' ', '<']).next().unwrap_or("").to_owned();
             out.push((name, String::new()));
         } else if t.starts_with("-h, --help") || t.starts_with("-V, --version") {
@@ -46,7 +53,10 @@ fn every_option_names_its_environment_variable() {
         assert!(opts.len() >= 2, "{cmd:?}: found no options in\n{text}");
         for (name, desc) in opts {
             let desc = desc.split_whitespace().collect::<Vec<_>>().join(" ");
-            assert!(desc.contains("[env: CALDERA_"), "{cmd:?} --{name} does not name its env var: {desc}");
+            assert!(
+                desc.contains("[env: CALDERA_"),
+                "{cmd:?} --{name} does not name its env var: {desc}"
+            );
         }
     }
 }
