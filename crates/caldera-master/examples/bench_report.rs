@@ -377,6 +377,14 @@ async fn main() {
         .await
         .unwrap();
     eprintln!("vacuum analyze: {:.1} s", t.elapsed().as_secs_f64());
+    if let Some(secs) = std::env::var("CALDERA_BENCH_PAUSE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        // For looking at the loaded database (EXPLAIN, psql) before measuring.
+        eprintln!("database: {}; pausing {secs} s", db.url);
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
     let me = std::env::current_exe().unwrap();
     for mode in ["measure-export", "measure-page"] {
         let status = std::process::Command::new(&me)

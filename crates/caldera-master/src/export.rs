@@ -100,6 +100,8 @@ pub struct ExportedFile {
     pub stored_bytes: u64,
     /// Stored with `Content-Encoding: zstd`.
     pub compressed: bool,
+    /// Time spent producing and storing it (files are written concurrently).
+    pub seconds: f64,
 }
 
 /// What an export wrote.
@@ -134,7 +136,7 @@ fn lock_for(name: &str) -> Arc<tokio::sync::Mutex<()>> {
 
 /// Loads the experiment's results and builds its report (on a blocking thread).
 pub async fn load_report(pool: &PgPool, experiment: &ExperimentRow) -> Result<Report, ExportError> {
-    let input = caldera_db::results::report_input(pool, experiment.id, |_| {}).await?;
+    let input = caldera_db::results::report_input(pool, experiment.id, true).await?;
     tokio::task::spawn_blocking(move || Report::build(input))
         .await
         .map_err(|e| ExportError::Task(e.to_string()))?
@@ -151,7 +153,7 @@ pub async fn export(
     let _guard = lock.lock().await;
     let experiment = experiments::get(pool, name).await?;
     let t = Instant::now();
-    let input = caldera_db::results::report_input(pool, experiment.id, |_| {}).await?;
+    let input = caldera_db::results::report_input(pool, experiment.id, true).await?;
     let load_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let report = tokio::task::spawn_blocking(move || Report::build(input))
@@ -175,110 +177,121 @@ pub async fn export(
     Ok(summary)
 }
 
-/// Writes every report file of `report` (the report of `experiment`).
+/// Writes every report file of `report` (the report of `experiment`). The files are produced
+/// concurrently: `summary.md` and `retry.txt`; `results.json`; `index.html` then `logs.tar.zst`.
 pub async fn write_files(
     store: Arc<dyn ObjectStore>,
     experiment: &ExperimentRow,
     report: Arc<Report>,
 ) -> Result<ExportSummary, ExportError> {
     let name = experiment.name.clone();
-    let key = |file: &str| keys::report(&name, file);
-    let mut files = Vec::new();
-    let mut record = |file: &str, k: &ObjectKey, stored: u64| {
-        files.push(ExportedFile {
-            name: file.to_owned(),
-            key: k.to_string(),
-            stored_bytes: stored,
-            compressed: COMPRESSED.contains(&file),
-        })
-    };
-
     let start = experiment.spec.start.to_string();
     let end = experiment.spec.end.to_string();
-    let md = summary_markdown(&report, &SummaryOptions::new(&name, &start, &end));
-    let k = key("summary.md")?;
-    let n = store
-        .put_bytes(
-            &k,
-            Bytes::from(md),
-            PutOptions::content_type(content_type("summary.md")),
-        )
-        .await?;
-    record("summary.md", &k, n);
-
-    let k = key("retry.txt")?;
-    let r = report.clone();
-    let n = put_streamed(&*store, &k, "retry.txt", false, move |w| {
-        if let Some(caldera_core::CrateSelection::List(specs)) = r.retry_selection() {
-            for s in specs {
-                writeln!(w, "{s}")?;
-            }
-        }
-        Ok(())
-    })
-    .await?;
-    record("retry.txt", &k, n);
-
-    let k = key("results.json")?;
-    let r = report.clone();
-    let n = put_streamed(&*store, &k, "results.json", true, move |w| {
-        serde_json::to_writer(w, &*r).map_err(io::Error::other)
-    })
-    .await?;
-    record("results.json", &k, n);
-
-    let notable = notable(&report);
-    let k = key("index.html")?;
-    let ctx = BundleContext {
-        experiment: name.clone(),
-        start: start.clone(),
-        end: end.clone(),
-        mode: experiment.spec.mode.as_str().to_owned(),
-        status: experiment.status.as_str().to_owned(),
-        generated_at: Utc::now(),
+    let file = |file: &'static str, k: &ObjectKey, stored: u64, t: Instant| ExportedFile {
+        name: file.to_owned(),
+        key: k.to_string(),
+        stored_bytes: stored,
+        compressed: COMPRESSED.contains(&file),
+        seconds: t.elapsed().as_secs_f64(),
     };
-    let r = report.clone();
-    let listed = notable.clone();
-    let n = put_streamed(&*store, &k, "index.html", true, move |w| {
-        write_bundle(w, &r, &ctx, &listed)
-    })
-    .await?;
-    record("index.html", &k, n);
 
-    let k = key("logs.tar.zst")?;
-    let mut entries = Vec::new();
-    let mut missing = Vec::new();
-    let all: Vec<CrateReport<'_>> = report.crates().collect();
-    for &i in &notable {
-        let c = all[i];
-        let dir = keys::encode_component(&c.krate().to_string())?;
-        for (side, log) in [
-            ("start", &c.result().start_log),
-            ("end", &c.result().end_log),
-        ] {
-            let path = format!("logs/{dir}/{side}.log");
-            match log {
-                Some(key) => entries.push((path, key.clone())),
-                None => missing.push(format!("{path}: no log was recorded")),
+    let small = async {
+        let t = Instant::now();
+        let md = summary_markdown(&report, &SummaryOptions::new(&name, &start, &end));
+        let k = keys::report(&name, "summary.md")?;
+        let n = store
+            .put_bytes(
+                &k,
+                Bytes::from(md),
+                PutOptions::content_type(content_type("summary.md")),
+            )
+            .await?;
+        let summary = file("summary.md", &k, n, t);
+        let t = Instant::now();
+        let k = keys::report(&name, "retry.txt")?;
+        let r = report.clone();
+        let n = put_streamed(&*store, &k, "retry.txt", false, move |w| {
+            if let Some(caldera_core::CrateSelection::List(specs)) = r.retry_selection() {
+                for s in specs {
+                    writeln!(w, "{s}")?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok::<_, ExportError>(vec![summary, file("retry.txt", &k, n, t)])
+    };
+
+    let json = async {
+        let t = Instant::now();
+        let k = keys::report(&name, "results.json")?;
+        let r = report.clone();
+        let n = put_streamed(&*store, &k, "results.json", true, move |w| {
+            serde_json::to_writer(io::BufWriter::with_capacity(CHUNK, w), &*r)
+                .map_err(io::Error::other)
+        })
+        .await?;
+        Ok::<_, ExportError>(vec![file("results.json", &k, n, t)])
+    };
+
+    let logs_counts = Arc::new(Mutex::new((0usize, 0usize)));
+    let html_and_logs = async {
+        let t = Instant::now();
+        let notable = notable(&report);
+        let k = keys::report(&name, "index.html")?;
+        let ctx = BundleContext {
+            experiment: name.clone(),
+            start: start.clone(),
+            end: end.clone(),
+            mode: experiment.spec.mode.as_str().to_owned(),
+            status: experiment.status.as_str().to_owned(),
+            generated_at: Utc::now(),
+        };
+        let r = report.clone();
+        let listed = notable.clone();
+        let n = put_streamed(&*store, &k, "index.html", true, move |w| {
+            write_bundle(w, &r, &ctx, &listed)
+        })
+        .await?;
+        let html = file("index.html", &k, n, t);
+
+        let t = Instant::now();
+        let k = keys::report(&name, "logs.tar.zst")?;
+        let mut entries = Vec::new();
+        let mut missing = Vec::new();
+        {
+            let all: Vec<CrateReport<'_>> = report.crates().collect();
+            for &i in &notable {
+                let c = all[i];
+                let dir = keys::encode_component(&c.krate().to_string())?;
+                for (side, log) in [
+                    ("start", &c.result().start_log),
+                    ("end", &c.result().end_log),
+                ] {
+                    let path = format!("logs/{dir}/{side}.log");
+                    match log {
+                        Some(key) => entries.push((path, key.clone())),
+                        None => missing.push(format!("{path}: no log was recorded")),
+                    }
+                }
             }
         }
-    }
-    drop(all);
-    let wanted = entries.len();
-    let handle = tokio::runtime::Handle::current();
-    let log_store = store.clone();
-    let counts = Arc::new(Mutex::new((0usize, 0usize)));
-    let out_counts = counts.clone();
-    let n = put_streamed(&*store, &k, "logs.tar.zst", false, move |w| {
-        let (logs, missing) = write_logs_tar(w, handle, log_store, entries, missing)?;
-        *out_counts.lock().unwrap_or_else(|p| p.into_inner()) = (logs, missing);
-        Ok(())
-    })
-    .await?;
-    record("logs.tar.zst", &k, n);
-    let (logs, missing_logs) = *counts.lock().unwrap_or_else(|p| p.into_inner());
-    debug_assert!(logs <= wanted);
+        let handle = tokio::runtime::Handle::current();
+        let log_store = store.clone();
+        let counts = logs_counts.clone();
+        let n = put_streamed(&*store, &k, "logs.tar.zst", false, move |w| {
+            let written = write_logs_tar(w, handle, log_store, entries, missing)?;
+            *counts.lock().unwrap_or_else(|p| p.into_inner()) = written;
+            Ok(())
+        })
+        .await?;
+        Ok::<_, ExportError>(vec![html, file("logs.tar.zst", &k, n, t)])
+    };
 
+    let (a, b, c) = tokio::try_join!(small, json, html_and_logs)?;
+    let mut files: Vec<ExportedFile> = a.into_iter().chain(b).chain(c).collect();
+    files.sort_by_key(|f| FILES.iter().position(|n| *n == f.name));
+    let (logs, missing_logs) = *logs_counts.lock().unwrap_or_else(|p| p.into_inner());
     Ok(ExportSummary {
         experiment: name,
         crates: report.len(),
@@ -718,7 +731,7 @@ fn write_logs_tar(
 ) -> io::Result<(usize, usize)> {
     let mtime = Utc::now().timestamp().max(0) as u64;
     let encoder = zstd::Encoder::new(w, 3)?;
-    let mut tar = tar::Builder::new(encoder);
+    let mut tar = tar::Builder::new(io::BufWriter::with_capacity(CHUNK, encoder));
     let mut written = 0;
     for (path, key) in entries {
         let key = match ObjectKey::new(key.as_str()) {
@@ -789,7 +802,10 @@ fn write_logs_tar(
         header.set_entry_type(tar::EntryType::Regular);
         tar.append_data(&mut header, "logs/MISSING.txt", text.as_bytes())?;
     }
-    tar.into_inner()?.finish()?;
+    tar.into_inner()?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .finish()?;
     Ok((written, n_missing))
 }
 

@@ -673,11 +673,18 @@ async fn the_report_cache_follows_new_results() {
     // Unchanged results: the same snapshot.
     let again = cache.get(&m.db.pool, id).await.unwrap();
     assert!(Arc::ptr_eq(&first, &again));
-    // A new crate with results on both sides.
+    // A new crate (with its job) and results on both sides.
     sqlx::query("INSERT INTO crates (crate_id, kind, name, version) VALUES ('reg:late-z@1.0.0', 'registry', 'late-z', '1.0.0')")
         .execute(&m.db.pool)
         .await
         .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (experiment_id, crate_id, state) SELECT $1, id, 'done' FROM crates WHERE crate_id = 'reg:late-z@1.0.0'",
+    )
+    .bind(id)
+    .execute(&m.db.pool)
+    .await
+    .unwrap();
     sqlx::query(
         "INSERT INTO results (experiment_id, crate_id, toolchain, outcome, outcome_kind)
          SELECT $1, c.id, t, '{\"kind\":\"test-pass\"}', 'test-pass' FROM crates c, unnest(ARRAY['start', 'end']) AS t

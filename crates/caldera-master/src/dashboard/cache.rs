@@ -84,7 +84,7 @@ pub fn dependents(report: &Report) -> HashMap<CrateId, Vec<CrateId>> {
 pub async fn build(pool: &PgPool, experiment_id: Uuid) -> Result<Snapshot, DbError> {
     let started = Instant::now();
     let before = caldera_db::results::count(pool, experiment_id).await?;
-    let input = caldera_db::results::report_input(pool, experiment_id, |_| {}).await?;
+    let input = caldera_db::results::report_input(pool, experiment_id, false).await?;
     let (report, dependents) = tokio::task::spawn_blocking(move || {
         let report = Report::build(input).map_err(|e| DbError::Corrupt {
             table: "results",
