@@ -711,3 +711,89 @@ async fn the_report_cache_follows_new_results() {
     // The crate budget evicts other experiments' snapshots, never the one just built.
     assert_eq!(cache.crates(), 10);
 }
+
+#[tokio::test]
+async fn results_queries_answer_for_the_fixture() {
+    use caldera_db::results;
+    let m = Master::start(DashboardConfig::default()).await;
+    let id = caldera_db::experiments::get(&m.db.pool, &m.name)
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(results::count(&m.db.pool, id).await.unwrap(), 18);
+
+    let counts = results::outcome_counts(&m.db.pool, id).await.unwrap();
+    let kind = |side: &[(String, i64)], k: &str| {
+        side.iter()
+            .find(|(kind, _)| kind == k)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(kind(&counts.start, "test-pass"), 7);
+    assert_eq!(kind(&counts.start, "error"), 1);
+    assert_eq!(kind(&counts.end, "build-fail"), 5);
+    assert_eq!(kind(&counts.end, "test-fail"), 1);
+
+    let now = chrono::Utc::now();
+    let progress = results::progress(&m.db.pool, &[id], now - chrono::Duration::minutes(10))
+        .await
+        .unwrap();
+    let p = &progress[&id];
+    assert_eq!((p.done, p.queued, p.running, p.total()), (9, 0, 0, 9));
+    assert_eq!(p.finished_in_window, 9);
+    let old = results::progress(&m.db.pool, &[id], now + chrono::Duration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(old[&id].finished_in_window, 0);
+
+    let buckets = results::finished_per_bucket(
+        &m.db.pool,
+        id,
+        now - chrono::Duration::minutes(10),
+        now + chrono::Duration::seconds(30),
+        60,
+    )
+    .await
+    .unwrap();
+    assert_eq!(buckets.len(), 11);
+    assert_eq!(buckets.iter().sum::<i64>(), 9);
+    assert_eq!(buckets[..9].iter().sum::<i64>(), 0, "{buckets:?}");
+
+    let detail = results::crate_detail(&m.db.pool, id, fixture::ROOT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.job_state.as_deref(), Some("done"));
+    let (start, end) = (detail.start.unwrap(), detail.end.unwrap());
+    assert_eq!(start.steps.len(), 2);
+    assert_eq!(end.steps.len(), 1);
+    assert!(start.peak_memory_bytes.unwrap() > 300 << 20);
+    assert!(
+        end.log_key
+            .unwrap()
+            .starts_with("experiments/beta-fx/nightly/")
+    );
+    assert!(
+        results::crate_detail(&m.db.pool, id, "reg:nope@1.0.0")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let input = results::report_input(&m.db.pool, id, false).await.unwrap();
+    assert_eq!(input.len(), 9);
+    assert!(
+        input
+            .iter()
+            .all(|c| c.start_log.is_none() && c.end_log.is_none())
+    );
+    let input = results::report_input(&m.db.pool, id, true).await.unwrap();
+    let ids: Vec<String> = input.iter().map(|c| c.krate.to_string()).collect();
+    assert_eq!(ids, fixture::crates(), "in the order crates were added");
+    assert!(
+        input
+            .iter()
+            .all(|c| c.start_log.is_some() && c.end_log.is_some())
+    );
+
+    assert!(results::queue(&m.db.pool).await.unwrap().is_empty());
+}
