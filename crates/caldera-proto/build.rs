@@ -2,7 +2,9 @@
 //! protoc is needed on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // read at run time: a build script compiled for another checkout may be reused from a shared
+    // target dir, and a path baked in at compile time would then point there
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let proto = root.join("caldera/v1/worker.proto");
     println!("cargo:rerun-if-changed={}", proto.display());
     let mut config = prost_build::Config::new();

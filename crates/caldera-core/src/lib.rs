@@ -23,6 +23,7 @@ pub mod crates;
 pub mod experiment;
 pub mod job;
 pub mod lifecycle;
+pub mod logtext;
 pub mod outcome;
 pub mod registry;
 pub mod report;

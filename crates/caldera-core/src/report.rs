@@ -1485,7 +1485,8 @@ fn code(s: &str) -> String {
 /// The first error line of `end_log` whose normalised text is not an error line of `start_log`:
 /// its 0-based index in `end_log.lines()` and its text (ANSI escapes removed, trimmed).
 ///
-/// Error lines are rustc/cargo errors (`error: …`, `error[E0308]: …`), C compiler errors
+/// Logs are compared as [`crate::logtext::for_reading`] shows them; line stamps (`[   1.234] `) are
+/// ignored. Error lines are rustc/cargo errors (`error: …`, `error[E0308]: …`), C compiler errors
 /// (`…: error: …`, `fatal error`), internal compiler errors, panics (`thread '…' panicked`),
 /// `Error: …` and failed tests (`test foo ... FAILED`). Before comparing, a line loses its ANSI
 /// escapes and anything before a carriage return (terminal overwrites), is trimmed, and:
@@ -1504,20 +1505,25 @@ pub fn first_new_error(start_log: &str, end_log: &str) -> Option<(usize, String)
     let mut norm = String::new();
     let mut seen: HashSet<String> = HashSet::new();
     for line in start_log.lines() {
-        strip_ansi(line, &mut clean);
+        strip_ansi(unstamped(line), &mut clean);
         normalize_line(&clean, &mut norm);
         if is_error_line(&norm) && !seen.contains(norm.as_str()) {
             seen.insert(norm.clone());
         }
     }
     for (index, line) in end_log.lines().enumerate() {
-        strip_ansi(line, &mut clean);
+        strip_ansi(unstamped(line), &mut clean);
         normalize_line(&clean, &mut norm);
         if is_error_line(&norm) && !seen.contains(norm.as_str()) {
             return Some((index, clean.trim().to_owned()));
         }
     }
     None
+}
+
+/// `line` without the sandbox's `[   1.234] ` stamp.
+fn unstamped(line: &str) -> &str {
+    &line[crate::logtext::stamp_len(line).unwrap_or(0)..]
 }
 
 fn is_error_line(l: &str) -> bool {
@@ -2854,6 +2860,15 @@ warning: something new that is not an error
             ),
             ("warning: unused\nnote: x\nerrors: not an error line", None),
             ("", None),
+            // Line stamps of the sandbox are not part of the line.
+            (
+                "[   0.100] error[E0308]: mismatched types\n[  12.500] error[E0599]: new",
+                Some((1, "error[E0599]: new")),
+            ),
+            (
+                "[   3.000] \x1b[31merror[E0308]\x1b[0m: mismatched types",
+                None,
+            ),
         ];
         for (end, expected) in cases {
             let got = first_new_error(start, end);

@@ -480,6 +480,41 @@ pub async fn finished_experiments(
     Ok(rows.into_iter().map(|(n,)| n).collect())
 }
 
+/// Job counts per state of one experiment (all zero when it has no jobs).
+pub async fn progress_of(pool: &PgPool, experiment_id: Uuid) -> Result<Progress, DbError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM jobs WHERE experiment_id = $1 GROUP BY state")
+            .bind(experiment_id)
+            .fetch_all(pool)
+            .await?;
+    let mut p = Progress::default();
+    for (state, n) in rows {
+        match state.as_str() {
+            "queued" => p.queued = n,
+            "running" => p.running = n,
+            "done" => p.done = n,
+            "error" => p.error = n,
+            _ => p.cancelled = n,
+        }
+    }
+    Ok(p)
+}
+
+/// Every running job goes back to the queue, as if its worker had handed it back (no attempt is
+/// used up). Only for a master that knows no worker is running anything — `caldera local` when it
+/// starts, whose single in-process worker died with the previous run. Returns how many went back.
+pub async fn hand_back_all(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, DbError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'queued', lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                attempt = greatest(attempt - 1, 0), updated_at = $1
+         WHERE state = 'running'",
+    )
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Job counts per state for one experiment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Progress {

@@ -292,3 +292,75 @@ async fn crate_lists_round_trip_and_guard_their_users() {
         Err(DbError::NotFound { .. })
     ));
 }
+
+#[tokio::test]
+async fn progress_counts_and_hand_back_all_requeues_running_jobs() {
+    use caldera_db::jobs;
+    let db = TestDb::new().await;
+    let row = experiments::create(&db.pool, &spec("p")).await.unwrap();
+    assert_eq!(
+        jobs::progress_of(&db.pool, row.id).await.unwrap(),
+        jobs::Progress::default(),
+        "no jobs yet"
+    );
+    experiments::apply_action(&db.pool, "p", ExperimentAction::Start)
+        .await
+        .unwrap();
+    let crates: Vec<caldera_core::crates::CrateId> = ["a@1.0.0", "b@1.0.0", "c@1.0.0"]
+        .iter()
+        .map(|c| format!("reg:{c}").parse().unwrap())
+        .collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    assert_eq!(
+        jobs::create_for_experiment(&mut tx, row.id, 0, &crates)
+            .await
+            .unwrap(),
+        3
+    );
+    tx.commit().await.unwrap();
+    let now = chrono::Utc::now();
+    let (token, _) = tokens::create(&db.pool, "w", Role::Worker).await.unwrap();
+    let worker = caldera_db::workers::connect(&db.pool, "w1", "0", &[], 2, token.id, now)
+        .await
+        .unwrap();
+    let claimed = jobs::claim(
+        &db.pool,
+        worker,
+        &[],
+        2,
+        now,
+        chrono::Duration::seconds(600),
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|c| c.attempt == 1));
+    let p = jobs::progress_of(&db.pool, row.id).await.unwrap();
+    assert_eq!((p.queued, p.running, p.total()), (1, 2, 3));
+
+    assert_eq!(jobs::hand_back_all(&db.pool, now).await.unwrap(), 2);
+    let p = jobs::progress_of(&db.pool, row.id).await.unwrap();
+    assert_eq!((p.queued, p.running), (3, 0));
+    // the old leases are void, and no attempt was used up
+    for c in &claimed {
+        assert!(
+            !jobs::hand_back(&db.pool, c.job_id, c.lease_token, now)
+                .await
+                .unwrap()
+        );
+    }
+    let again = jobs::claim(
+        &db.pool,
+        worker,
+        &[],
+        3,
+        now,
+        chrono::Duration::seconds(600),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.len(), 3);
+    assert!(again.iter().all(|c| c.attempt == 1), "{again:?}");
+    assert_eq!(jobs::hand_back_all(&db.pool, now).await.unwrap(), 3);
+    assert_eq!(jobs::hand_back_all(&db.pool, now).await.unwrap(), 0);
+}

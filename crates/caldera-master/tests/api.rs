@@ -512,6 +512,12 @@ async fn lifecycle_actions_and_delete() {
 
     let (status, body) = step("pause").await;
     assert_error(status, &body, StatusCode::CONFLICT, "status", "queued");
+    let (_, body) = m.call(Method::GET, path, Some(&m.viewer), None).await;
+    assert_eq!(
+        body["progress"],
+        json!({"queued": 0, "running": 0, "done": 0, "error": 0, "cancelled": 0, "total": 0}),
+        "no jobs before the start: {body}"
+    );
     for (verb, want) in [
         ("start", "running"),
         ("pause", "paused"),
@@ -524,6 +530,12 @@ async fn lifecycle_actions_and_delete() {
             "{verb}: {body}"
         );
     }
+    let (_, body) = m.call(Method::GET, path, Some(&m.viewer), None).await;
+    assert_eq!(
+        body["progress"],
+        json!({"queued": 2, "running": 0, "done": 0, "error": 0, "cancelled": 0, "total": 2}),
+        "one queued job per crate: {body}"
+    );
     let before = m.snapshot().await;
     let (status, body) = m.call(Method::DELETE, path, Some(&m.operator), None).await;
     assert_error(status, &body, StatusCode::CONFLICT, "status", "abort");

@@ -26,9 +26,10 @@ struct Cli {
         env = "CALDERA_LOG_FORMAT"
     )]
     log_format: LogFormat,
-    /// Log filter (tracing EnvFilter syntax, e.g. `info,caldera_master=debug`).
-    #[arg(long, global = true, default_value = "info", env = "CALDERA_LOG")]
-    log: String,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info,caldera_master=debug`) [default: info;
+    /// warn for `caldera local`, whose progress and summary are printed apart from the log].
+    #[arg(long, global = true, env = "CALDERA_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,7 +75,11 @@ fn init_tracing(format: LogFormat, filter: &str) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format, &cli.log);
+    let default_filter = match cli.command {
+        Command::Local(_) => "warn",
+        _ => "info",
+    };
+    init_tracing(cli.log_format, cli.log.as_deref().unwrap_or(default_filter));
     let result = match cli.command {
         Command::Master(args) => cmd::master::run(args).await,
         Command::Migrate(args) => cmd::migrate::run(args).await,

@@ -31,6 +31,33 @@ pub struct ExperimentView {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Job counts by state (only when one experiment is asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<JobCounts>,
+}
+
+/// How many of an experiment's jobs are in each state (one job per crate).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobCounts {
+    pub queued: i64,
+    pub running: i64,
+    pub done: i64,
+    pub error: i64,
+    pub cancelled: i64,
+    pub total: i64,
+}
+
+impl From<caldera_db::jobs::Progress> for JobCounts {
+    fn from(p: caldera_db::jobs::Progress) -> Self {
+        JobCounts {
+            total: p.total(),
+            queued: p.queued,
+            running: p.running,
+            done: p.done,
+            error: p.error,
+            cancelled: p.cancelled,
+        }
+    }
 }
 
 impl From<ExperimentRow> for ExperimentView {
@@ -43,6 +70,7 @@ impl From<ExperimentRow> for ExperimentView {
             updated_at: r.updated_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            progress: None,
         }
     }
 }
@@ -140,7 +168,11 @@ pub async fn get(
     _caller: Reader,
     Path(name): Path<String>,
 ) -> Result<Json<ExperimentView>, ApiError> {
-    Ok(Json(experiments::get(&state.pool, &name).await?.into()))
+    let row = experiments::get(&state.pool, &name).await?;
+    let progress = caldera_db::jobs::progress_of(&state.pool, row.id).await?;
+    let mut view = ExperimentView::from(row);
+    view.progress = Some(progress.into());
+    Ok(Json(view))
 }
 
 /// Edit a queued experiment: any field but `name`; the result is validated as a whole.

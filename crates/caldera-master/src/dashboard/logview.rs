@@ -1,6 +1,8 @@
-//! Logs on the crate page: read from object storage up to a cap, ANSI colours turned into HTML
+//! Logs on the crate page: read from object storage up to a cap, cargo's JSON messages shown as
+//! their rendered diagnostics, ANSI colours turned into HTML
 //! (`ansi-to-html`, which escapes the text first), the first error only in the end log marked.
 
+use caldera_core::logtext::for_reading;
 use caldera_storage::{ObjectKey, ObjectStore};
 use futures::StreamExt;
 use maud::{Markup, PreEscaped, html};
@@ -18,7 +20,8 @@ pub struct LogText {
     pub missing: Option<String>,
 }
 
-/// Reads at most `cap` bytes of the log at `key` (decompressed).
+/// Reads at most `cap` bytes of the log at `key` (decompressed), as a person reads it: cargo's JSON
+/// messages become their rendered diagnostics ([`for_reading`]).
 pub async fn read(store: &dyn ObjectStore, key: Option<&str>, cap: usize) -> LogText {
     let Some(key) = key else {
         return LogText {
@@ -67,7 +70,7 @@ pub async fn read(store: &dyn ObjectStore, key: Option<&str>, cap: usize) -> Log
             Err(e) => {
                 tracing::warn!(key = %key, error = %e, "log read failed midway");
                 return LogText {
-                    text: String::from_utf8_lossy(&buf).into_owned(),
+                    text: for_reading(&String::from_utf8_lossy(&buf)),
                     truncated: true,
                     missing: None,
                 };
@@ -75,7 +78,7 @@ pub async fn read(store: &dyn ObjectStore, key: Option<&str>, cap: usize) -> Log
         }
     }
     LogText {
-        text: String::from_utf8_lossy(&buf).into_owned(),
+        text: for_reading(&String::from_utf8_lossy(&buf)),
         truncated,
         missing: None,
     }

@@ -23,14 +23,14 @@ use super::worker::ExecutorArgs;
 /// The demo: small real registry crates that pass on both toolchains, plus fixture crates that show a
 /// regression, a fix and a spurious failure.
 pub const DEMO_REGISTRY_CRATES: &[&str] = &[
-    "cfg-if@1.0.0",
+    "cfg-if@1.0.1",
     "fnv@1.0.7",
     "itoa@1.0.11",
     "scopeguard@1.2.0",
     "static_assertions@1.1.0",
-    "lazy_static@1.5.0",
+    "semver@1.0.23",
     "adler@1.0.2",
-    "autocfg@1.3.0",
+    "heck@0.5.0",
     "memoffset@0.9.1",
     "hex@0.4.3",
     "matches@0.1.10",
@@ -61,9 +61,11 @@ pub struct LocalArgs {
     /// Baseline toolchain (compact form, e.g. `stable` or `stable+rustflags=-Dwarnings`).
     #[arg(long, env = "CALDERA_START", default_value = "stable")]
     pub start: String,
-    /// Candidate toolchain.
-    #[arg(long, env = "CALDERA_END", default_value = "nightly")]
-    pub end: String,
+    /// Candidate toolchain [default: nightly; with --demo on a machine without a nightly toolchain,
+    /// `stable+rustflags=--cfg=caldera_nightly`, which the demo's fixtures react to as they do to
+    /// nightly].
+    #[arg(long, env = "CALDERA_END")]
+    pub end: Option<String>,
     /// build-and-test, build-only, check-only, clippy, rustdoc or miri.
     #[arg(long, env = "CALDERA_MODE", default_value = "build-and-test")]
     pub mode: String,
@@ -173,6 +175,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         .build(&state.join("worker"), store.clone())
         .await?;
 
+    let end = end_toolchain(&args, &args.executor.capabilities())?;
+
     let (pg, pool) = start_postgres(&state).await?;
     say(format_args!(
         "postgres: private cluster in {} (port {})",
@@ -180,7 +184,15 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         pg.port()
     ));
     let (admin, worker_token) = local_tokens(&pool, &state).await?;
+    // The only worker of this state directory is ours: whatever the previous run was running died
+    // with it, so it goes back to the queue now rather than after its lease expires.
     caldera_db::workers::disconnect_all(&pool).await?;
+    let orphans = caldera_db::jobs::hand_back_all(&pool, chrono::Utc::now()).await?;
+    if orphans > 0 {
+        say(format_args!(
+            "{orphans} job(s) the previous run left running are queued again"
+        ));
+    }
 
     let shutdown = CancellationToken::new();
     let scheduler = caldera_master::scheduler::Scheduler::start(
@@ -230,7 +242,15 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         let _ = drain_rx.await;
     }));
 
-    let outcome = drive(&args, &pool, &base, &admin).await;
+    // Ctrl-C or SIGTERM stops the run cleanly; the next run with this state directory resumes.
+    let outcome = tokio::select! {
+        r = drive(&args, &end, &pool, &base, &admin) => r,
+        () = super::master::shutdown_signal() => Err(anyhow::anyhow!(
+            "interrupted before the experiment finished; its results so far are kept in {} — \
+             run the same command again to resume it",
+            state.display()
+        )),
+    };
     let finished = match outcome {
         Ok(name) => {
             let r = report(&pool, &name, &base, &store_dir).await;
@@ -254,7 +274,32 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     finished
 }
 
-fn experiment_body(args: &LocalArgs, name: &str) -> anyhow::Result<serde_json::Value> {
+/// The end toolchain when `--end` is not given: nightly, or for the demo on a machine without
+/// nightly, stable with a cfg flag that the demo's fixtures treat like nightly.
+fn end_toolchain(args: &LocalArgs, capabilities: &[String]) -> anyhow::Result<String> {
+    if let Some(end) = &args.end {
+        return Ok(end.clone());
+    }
+    let has_nightly = capabilities.iter().any(|c| c == "toolchain:nightly");
+    if has_nightly {
+        return Ok("nightly".into());
+    }
+    if args.demo {
+        say(
+            "no nightly toolchain here; the demo compares stable with stable+rustflags=--cfg=caldera_nightly",
+        );
+        return Ok(DEMO_END_WITHOUT_NIGHTLY.into());
+    }
+    bail!(
+        "the default end toolchain is nightly, which this machine's rustup home does not have: install it \
+         (`rustup toolchain install nightly --profile minimal`) or pass --end"
+    )
+}
+
+/// The demo's end toolchain on a machine without nightly.
+pub const DEMO_END_WITHOUT_NIGHTLY: &str = "stable+rustflags=--cfg=caldera_nightly";
+
+fn experiment_body(args: &LocalArgs, end: &str, name: &str) -> anyhow::Result<serde_json::Value> {
     let crates = if args.demo {
         let fixtures = args
             .fixtures_dir
@@ -281,13 +326,17 @@ fn experiment_body(args: &LocalArgs, name: &str) -> anyhow::Result<serde_json::V
     } else {
         json!(args.crates.clone().unwrap_or_default())
     };
-    Ok(
-        json!({"name": name, "start": args.start, "end": args.end, "mode": args.mode, "crates": crates}),
-    )
+    Ok(json!({"name": name, "start": args.start, "end": end, "mode": args.mode, "crates": crates}))
 }
 
 /// Create (or resume) the experiment and wait for it, showing progress. Returns its name.
-async fn drive(args: &LocalArgs, pool: &PgPool, base: &str, token: &str) -> anyhow::Result<String> {
+async fn drive(
+    args: &LocalArgs,
+    end: &str,
+    pool: &PgPool,
+    base: &str,
+    token: &str,
+) -> anyhow::Result<String> {
     let name = args.name.clone().unwrap_or_else(|| {
         if args.demo {
             "demo".into()
@@ -320,9 +369,12 @@ async fn drive(args: &LocalArgs, pool: &PgPool, base: &str, token: &str) -> anyh
     };
     match experiments::get(pool, &name).await {
         Ok(row) => {
+            let p = caldera_db::jobs::progress_of(pool, row.id).await?;
             say(format_args!(
-                "experiment {name} exists ({}); resuming it with its data",
-                row.status
+                "experiment {name} exists ({}, {}/{} jobs finished); resuming it with its data",
+                row.status,
+                p.done + p.error + p.cancelled,
+                p.total()
             ));
             match row.status.as_str() {
                 "queued" => drop(
@@ -348,7 +400,7 @@ async fn drive(args: &LocalArgs, pool: &PgPool, base: &str, token: &str) -> anyh
             call(
                 reqwest::Method::POST,
                 "/experiments".into(),
-                Some(experiment_body(args, &name)?),
+                Some(experiment_body(args, end, &name)?),
             )
             .await?;
             call(
@@ -358,8 +410,8 @@ async fn drive(args: &LocalArgs, pool: &PgPool, base: &str, token: &str) -> anyh
             )
             .await?;
             say(format_args!(
-                "experiment {name} started: {} vs {}, {}",
-                args.start, args.end, args.mode
+                "experiment {name} started: {} vs {end}, {}",
+                args.start, args.mode
             ));
         }
         Err(e) => return Err(e.into()),
@@ -379,10 +431,7 @@ async fn drive(args: &LocalArgs, pool: &PgPool, base: &str, token: &str) -> anyh
     let mut last_line = Instant::now() - Duration::from_secs(60);
     loop {
         let row = experiments::get(pool, &name).await?;
-        let p = caldera_db::jobs::progress(pool)
-            .await?
-            .remove(&name)
-            .unwrap_or_default();
+        let p = caldera_db::jobs::progress_of(pool, row.id).await?;
         let finished = (p.done + p.error + p.cancelled) as u64;
         let msg = format!("{} running, {} queued", p.running, p.queued);
         match &bar {
@@ -469,4 +518,81 @@ async fn report(pool: &PgPool, name: &str, base: &str, store_dir: &Path) -> anyh
     );
     println!("dashboard: {base}/experiments/{name}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        local: LocalArgs,
+    }
+
+    fn args(argv: &[&str]) -> LocalArgs {
+        Cli::try_parse_from(std::iter::once("local").chain(argv.iter().copied()))
+            .expect("valid arguments")
+            .local
+    }
+
+    #[test]
+    fn the_end_toolchain_falls_back_to_flags_only_for_the_demo() {
+        let with = ["docker".to_owned(), "toolchain:nightly".to_owned()];
+        let without = ["docker".to_owned(), "toolchain:stable".to_owned()];
+        let cases: &[(&[&str], &[String], Result<&str, &str>)] = &[
+            (&["--demo"], &with, Ok("nightly")),
+            (&["--demo"], &without, Ok(DEMO_END_WITHOUT_NIGHTLY)),
+            (&["--crates", "fnv@1.0.7"], &with, Ok("nightly")),
+            (
+                &["--crates", "fnv@1.0.7"],
+                &without,
+                Err(
+                    "the default end toolchain is nightly, which this machine's rustup home does not have",
+                ),
+            ),
+            (&["--demo", "--end", "beta"], &without, Ok("beta")),
+            (
+                &["--crates", "x@1.0.0", "--end", "stable"],
+                &without,
+                Ok("stable"),
+            ),
+        ];
+        for (argv, caps, want) in cases {
+            let got = end_toolchain(&args(argv), caps);
+            match (want, got) {
+                (Ok(w), Ok(g)) => assert_eq!(&g, w, "{argv:?}"),
+                (Err(w), Err(g)) => assert!(g.to_string().starts_with(w), "{argv:?}: {g}"),
+                (w, g) => panic!("{argv:?}: wanted {w:?}, got {g:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_demo_lists_its_crates_and_fixtures() {
+        let a = args(&["--demo", "--demo-crates", "2"]);
+        let body = experiment_body(&a, "nightly", "demo").unwrap();
+        let crates = body["crates"]["crates"].as_array().unwrap();
+        assert_eq!(crates.len(), 2 + DEMO_FIXTURES.len());
+        assert_eq!(crates[0], "cfg-if@1.0.1");
+        assert!(
+            crates[2]
+                .as_str()
+                .unwrap()
+                .ends_with("/fixtures/crates/regress-on-nightly")
+        );
+        assert_eq!(body["end"], "nightly");
+        // more than there are: all of them
+        let a = args(&["--demo", "--demo-crates", "99"]);
+        let body = experiment_body(&a, "nightly", "demo").unwrap();
+        assert_eq!(
+            body["crates"]["crates"].as_array().unwrap().len(),
+            DEMO_REGISTRY_CRATES.len() + DEMO_FIXTURES.len()
+        );
+        // a missing fixtures dir is named in the error
+        let a = args(&["--demo", "--fixtures-dir", "/nonexistent/fixtures"]);
+        let e = experiment_body(&a, "nightly", "demo").unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/fixtures"), "{e}");
+    }
 }

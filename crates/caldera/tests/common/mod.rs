@@ -63,6 +63,21 @@ impl InProcessMaster {
         config: SchedulerConfig,
         grpc: Option<SocketAddr>,
     ) -> InProcessMaster {
+        let store_dir = std::env::temp_dir().join(format!(
+            "caldera-e2e-store-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let store = Arc::new(caldera_storage::LocalStore::open(&store_dir, 64 << 20).unwrap());
+        Self::start_with_store(pool, config, grpc, store).await
+    }
+
+    /// A master whose object store is `store` (shared with the workers of the test).
+    pub async fn start_with_store(
+        pool: PgPool,
+        config: SchedulerConfig,
+        grpc: Option<SocketAddr>,
+        store: Arc<dyn caldera_storage::ObjectStore>,
+    ) -> InProcessMaster {
         let shutdown = CancellationToken::new();
         let scheduler = Scheduler::start(
             pool.clone(),
@@ -71,11 +86,6 @@ impl InProcessMaster {
             Arc::new(caldera_master::metrics::Metrics::default()),
             shutdown.clone(),
         );
-        let store_dir = std::env::temp_dir().join(format!(
-            "caldera-e2e-store-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let store = Arc::new(caldera_storage::LocalStore::open(&store_dir, 64 << 20).unwrap());
         let state = caldera_master::AppState {
             pool,
             scheduler: scheduler.clone(),
@@ -138,14 +148,17 @@ pub struct InProcessWorker {
 
 impl InProcessWorker {
     pub fn spawn(config: WorkerConfig, executor: FakeExecutor) -> InProcessWorker {
+        Self::spawn_with(config, Arc::new(executor))
+    }
+
+    pub fn spawn_with(
+        config: WorkerConfig,
+        executor: Arc<dyn caldera_worker::Executor>,
+    ) -> InProcessWorker {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(caldera_worker::run(
-            config,
-            Arc::new(executor),
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let task = tokio::spawn(caldera_worker::run(config, executor, async move {
+            let _ = rx.await;
+        }));
         InProcessWorker {
             drain: Some(tx),
             task,

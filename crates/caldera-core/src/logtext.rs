@@ -1,0 +1,154 @@
+//! Build logs as people read them.
+//!
+//! A job's log is the record: each output line stamped `[   1.234] ` with the seconds since its step
+//! began, and cargo's machine-readable messages (`--message-format=json-diagnostic-rendered-ansi`)
+//! kept as JSON because classification reads them. [`for_reading`] turns such a log into what a
+//! person expects from cargo on a terminal: every `compiler-message` becomes its rendered diagnostic
+//! (with its colours), the bookkeeping messages (`compiler-artifact`, `build-script-executed`,
+//! `build-finished`, `timing-info`) are left out, and every other line is kept as it is.
+
+use serde::Deserialize;
+
+/// The length of a line stamp `[   1.234] ` when the line has one (digits, spaces and one dot
+/// between brackets, then a space).
+pub fn stamp_len(line: &str) -> Option<usize> {
+    let rest = line.strip_prefix('[')?;
+    let close = rest.find("] ")?;
+    let inner = &rest[..close];
+    let digits = inner.trim_start_matches(' ');
+    let ok = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && digits.bytes().filter(|&b| b == b'.').count() <= 1
+        && digits.as_bytes()[0].is_ascii_digit();
+    ok.then_some(close + 3)
+}
+
+#[derive(Deserialize)]
+struct CargoMessage<'a> {
+    #[serde(borrow)]
+    reason: &'a str,
+    #[serde(default)]
+    message: Option<Diagnostic>,
+}
+
+#[derive(Deserialize)]
+struct Diagnostic {
+    #[serde(default)]
+    rendered: Option<String>,
+}
+
+/// What one log line becomes for a reader.
+enum Line<'a> {
+    Keep,
+    Drop,
+    Rendered(&'a str, String),
+}
+
+fn classify(line: &str) -> Line<'_> {
+    let stamp = stamp_len(line).unwrap_or(0);
+    let body = &line[stamp..];
+    if !body.starts_with("{\"reason\":") {
+        return Line::Keep;
+    }
+    let Ok(msg) = serde_json::from_str::<CargoMessage>(body) else {
+        return Line::Keep;
+    };
+    match msg.reason {
+        "compiler-message" => match msg.message.and_then(|m| m.rendered) {
+            Some(r) => Line::Rendered(&line[..stamp], r),
+            None => Line::Drop,
+        },
+        "compiler-artifact" | "build-script-executed" | "build-finished" | "timing-info" => {
+            Line::Drop
+        }
+        _ => Line::Keep,
+    }
+}
+
+/// The log as a person reads it (see the module documentation). Lines end in `\n`; a rendered
+/// diagnostic keeps its line's stamp on its first line and is indented under it on the others.
+pub fn for_reading(log: &str) -> String {
+    let mut out = String::with_capacity(log.len() / 2);
+    for line in log.lines() {
+        match classify(line) {
+            Line::Keep => {
+                out.push_str(line);
+                out.push('\n');
+            }
+            Line::Drop => {}
+            Line::Rendered(stamp, text) => {
+                let pad = " ".repeat(stamp.len());
+                for (i, l) in text.trim_end_matches('\n').split('\n').enumerate() {
+                    out.push_str(if i == 0 { stamp } else { &pad });
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_recognised_and_nothing_else() {
+        let cases: &[(&str, Option<usize>)] = &[
+            ("[   0.133] Compiling", Some(11)),
+            ("[1234.500] x", Some(11)),
+            ("[0] x", Some(4)),
+            ("[   0.133]x", None),
+            ("[ ] x", None),
+            ("[a.b] x", None),
+            ("[1.2.3] x", None),
+            ("[.5] x", None),
+            ("no stamp", None),
+            ("[E0308] x", None),
+            ("", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(stamp_len(line), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn cargo_messages_become_what_cargo_prints_on_a_terminal() {
+        let log = concat!(
+            "caldera build log\n",
+            "==== step 1/3: build ====\n",
+            "[   0.133] \x1b[1m\x1b[92m   Compiling\x1b[0m x v0.1.0\n",
+            "[   0.507] {\"reason\":\"compiler-artifact\",\"package_id\":\"x\"}\n",
+            "[   0.534] {\"reason\":\"build-script-executed\",\"package_id\":\"x\"}\n",
+            "[   0.600] {\"reason\":\"compiler-message\",\"package_id\":\"x\",\"message\":{\"rendered\":\"\\u001b[91merror[E0308]\\u001b[0m: mismatched types\\n --> src/lib.rs:3:5\\n\\n\",\"level\":\"error\"}}\n",
+            "[   0.601] {\"reason\":\"compiler-message\",\"message\":{\"rendered\":null}}\n",
+            "[   0.606] error: could not compile `x` (lib) due to 1 previous error\n",
+            "[   0.606] {\"reason\":\"build-finished\",\"success\":false}\n",
+            "[   0.607] {\"reason\":\"something-new\",\"x\":1}\n",
+            "[   0.608] {\"reason\": broken json\n",
+            "==== build: exit status 101 after 0.62 s ====\n",
+        );
+        let want = concat!(
+            "caldera build log\n",
+            "==== step 1/3: build ====\n",
+            "[   0.133] \x1b[1m\x1b[92m   Compiling\x1b[0m x v0.1.0\n",
+            "[   0.600] \x1b[91merror[E0308]\x1b[0m: mismatched types\n",
+            "            --> src/lib.rs:3:5\n",
+            "[   0.606] error: could not compile `x` (lib) due to 1 previous error\n",
+            "[   0.607] {\"reason\":\"something-new\",\"x\":1}\n",
+            "[   0.608] {\"reason\": broken json\n",
+            "==== build: exit status 101 after 0.62 s ====\n",
+        );
+        assert_eq!(for_reading(log), want);
+    }
+
+    #[test]
+    fn a_log_without_cargo_messages_is_unchanged() {
+        let log = "a\n[   1.000] b\n\nc\n";
+        assert_eq!(for_reading(log), log);
+        assert_eq!(for_reading(""), "");
+        // a last line without a newline gains one
+        assert_eq!(for_reading("x"), "x\n");
+    }
+}
