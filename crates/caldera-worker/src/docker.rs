@@ -185,6 +185,16 @@ pub struct PlannedStep {
 }
 
 /// What a side produced, before its log is stored.
+/// A side ready for its container.
+struct SideSetup {
+    /// the log so far (miri's setup)
+    body: Vec<u8>,
+    mounts: JobMounts,
+    limits: Limits,
+    commands: Vec<(StepKind, StepCommand)>,
+    target: PathBuf,
+}
+
 struct SideRun {
     outcome: Outcome,
     classification: Option<Classification>,
@@ -579,23 +589,22 @@ impl Inner {
             header_notes.push(format!("target dir housekeeping failed: {e}"));
         }
 
-        let mut outputs = Vec::new();
+        // Both sides are set up first and both containers created at once, so the end side's
+        // container starts (~0.3 s here) while the start side's steps run; each container is removed
+        // in the background once its steps are done, and the start side's log is made durable while
+        // the end side runs. The job waits for none of that.
+        let mut plans = Vec::new();
         for (i, side) in Side::BOTH.into_iter().enumerate() {
-            let tc_spec = match side {
-                Side::Start => &spec.start,
-                Side::End => &spec.end,
-            };
-            let side_t0 = Instant::now();
-            let mut run = match (&sides[i], &prepared) {
-                (Err(reason), _) => SideRun::error(reason.clone(), Vec::new(), Duration::ZERO),
-                (_, Err(PrepareError::Crate(reason))) => SideRun {
+            let plan = match (&sides[i], &prepared) {
+                (Err(reason), _) => Err(SideRun::error(reason.clone(), Vec::new(), Duration::ZERO)),
+                (_, Err(PrepareError::Crate(reason))) => Err(SideRun {
                     outcome: Outcome::PrepareFail {
                         reason: reason.clone(),
                     },
                     ..SideRun::error(String::new(), Vec::new(), Duration::ZERO)
-                },
+                }),
                 (_, Err(PrepareError::Infra(reason))) => {
-                    SideRun::error(reason.clone(), Vec::new(), Duration::ZERO)
+                    Err(SideRun::error(reason.clone(), Vec::new(), Duration::ZERO))
                 }
                 (Ok(tc), Ok(prepared)) => {
                     let target = self
@@ -603,12 +612,80 @@ impl Inner {
                         .targets_dir()
                         .join(format!("slot-{}", slot.index))
                         .join(toolchain_dir_key(&tc.spec.id()));
-                    match self.run_side(spec, tc, prepared, &target, &cancel).await {
-                        Some(run) => run,
-                        None => return None,
+                    tokio::select! {
+                        r = self.setup_side(spec, tc, prepared, &target) => r,
+                        () = cancel.cancelled() => return None,
                     }
                 }
             };
+            tracing::trace!(%side, ok = plan.is_ok(), "side set up");
+            plans.push(plan);
+        }
+        let mut creations: Vec<Option<tokio::task::JoinHandle<Result<Container, String>>>> = plans
+            .iter()
+            .map(|plan| {
+                plan.as_ref().ok().map(|setup| {
+                    let sandbox = self.sandbox.clone();
+                    let (mounts, limits) = (setup.mounts.clone(), setup.limits.clone());
+                    tokio::spawn(async move {
+                        sandbox
+                            .create(mounts, limits)
+                            .await
+                            .map_err(|e| sandbox_reason(&e))
+                    })
+                })
+            })
+            .collect();
+
+        let mut outputs: Vec<SideOutput> = Vec::new();
+        let mut pending: Option<(ObjectKey, SideRun)> = None;
+        for (i, (side, plan)) in Side::BOTH.into_iter().zip(plans).enumerate() {
+            let tc_spec = match side {
+                Side::Start => &spec.start,
+                Side::End => &spec.end,
+            };
+            let side_t0 = Instant::now();
+            let creation = creations[i].take();
+            let work = async {
+                match (plan, &prepared) {
+                    (Err(run), _) => Some(run),
+                    (Ok(setup), Ok(prepared)) => {
+                        let container = match creation {
+                            Some(handle) => handle
+                                .await
+                                .unwrap_or_else(|e| Err(format!("creating the container: {e}"))),
+                            None => Err("no container was created".to_owned()),
+                        };
+                        self.run_in(setup, container, spec, prepared, &cancel).await
+                    }
+                    (Ok(_), Err(_)) => unreachable!("a side is set up only for a prepared crate"),
+                }
+            };
+            // the previous side's log reaches storage while this side runs
+            let (run, previous) = match pending.take() {
+                Some((key, prev)) => {
+                    let (run, stored) = tokio::join!(work, self.finish_store(key, &cancel));
+                    (run, Some((prev, stored)))
+                }
+                None => (work.await, None),
+            };
+            let (run, previous) = match previous {
+                Some((prev, Some(stored))) => (run, Some(side_output(prev, stored))),
+                Some((_, None)) => (None, None), // cancelled
+                None => (run, None),
+            };
+            let Some(mut run) = run else {
+                // cancelled: the containers not used yet go too
+                for handle in creations.iter_mut().filter_map(Option::take) {
+                    if let Ok(Ok(c)) = handle.await
+                        && let Err(e) = c.remove().await
+                    {
+                        tracing::warn!(error = %e, "could not remove a sandbox container");
+                    }
+                }
+                return None;
+            };
+            outputs.extend(previous);
             run.duration = side_t0.elapsed();
             if i == 0 {
                 // preparation happened once, on the start side's clock
@@ -631,36 +708,19 @@ impl Inner {
                 &run,
                 &header_notes,
             );
-            let key = keys::log(&spec.experiment, &tc_spec.id(), &crate_key);
-            let (outcome, log_key) = match key {
-                Ok(key) => match self.store_log(key, log, &cancel).await {
-                    Some(Ok(key)) => (run.outcome, Some(key.to_string())),
-                    Some(Err(e)) if matches!(run.outcome, Outcome::Error { .. }) => {
-                        tracing::warn!(error = %e, "could not store the log of a failed side");
-                        (run.outcome, None)
+            match keys::log(&spec.experiment, &tc_spec.id(), &crate_key) {
+                Ok(key) => match self.spool.enqueue_log(key.clone(), log).await {
+                    Ok(_) => pending = Some((key, run)),
+                    Err(e) => {
+                        outputs.push(side_output(run, Err(e.to_string())));
+                        pending = None;
                     }
-                    Some(Err(e)) => (
-                        Outcome::Error {
-                            reason: format!("the log could not be stored: {e}"),
-                        },
-                        None,
-                    ),
-                    None => return None,
                 },
-                Err(e) => (
-                    Outcome::Error {
-                        reason: format!("no log key: {e}"),
-                    },
-                    None,
-                ),
-            };
-            outputs.push(SideOutput {
-                outcome,
-                steps: run.steps,
-                peak_memory_bytes: run.peak_memory_bytes,
-                log_key,
-                duration: run.duration,
-            });
+                Err(e) => outputs.push(side_output(run, Err(format!("no log key: {e}")))),
+            }
+        }
+        if let Some((key, prev)) = pending.take() {
+            outputs.push(side_output(prev, self.finish_store(key, &cancel).await?));
         }
         drop(prepared);
         drop(slot);
@@ -800,19 +860,19 @@ impl Inner {
         Ok(format!("{}/{rel}", paths::CARGO_HOME))
     }
 
-    /// Runs one side; `None` when cancelled (the container is removed).
-    async fn run_side(
+    /// Everything a side needs before its container: the target dir, the environment, the steps,
+    /// the mounts and limits. `Err` is the side's run when it cannot even start.
+    async fn setup_side(
         &self,
         spec: &JobSpec,
         tc: &SideToolchain,
         prepared: &PreparedCrate,
         target: &Path,
-        cancel: &CancellationToken,
-    ) -> Option<SideRun> {
+    ) -> Result<SideSetup, SideRun> {
         let t0 = Instant::now();
         let mut body = Vec::new();
         if let Err(e) = tokio::fs::create_dir_all(target).await {
-            return Some(SideRun::error(
+            return Err(SideRun::error(
                 format!("creating the target dir {}: {e}", target.display()),
                 body,
                 t0.elapsed(),
@@ -839,7 +899,7 @@ impl Inner {
                     env.insert("MIRI_SYSROOT".into(), sysroot);
                 }
                 Err(reason) => {
-                    return Some(SideRun::error(
+                    return Err(SideRun::error(
                         format!("miri setup: {reason}"),
                         body,
                         t0.elapsed(),
@@ -876,21 +936,59 @@ impl Inner {
             })
             .collect();
 
-        let mut container = tokio::select! {
-            c = self.sandbox.create(mounts, limits) => match c {
-                Ok(c) => c,
-                Err(e) => return Some(SideRun::error(sandbox_reason(&e), body, t0.elapsed())),
-            },
-            () = cancel.cancelled() => return None,
+        Ok(SideSetup {
+            body,
+            mounts,
+            limits,
+            commands,
+            target: target.to_owned(),
+        })
+    }
+
+    /// Runs a set-up side in its container; `None` when cancelled (the container is removed). The
+    /// container is removed in the background once the steps are done (nothing of the job runs in it
+    /// any more: every step's leftovers were killed).
+    async fn run_in(
+        &self,
+        setup: SideSetup,
+        container: Result<Container, String>,
+        spec: &JobSpec,
+        prepared: &PreparedCrate,
+        cancel: &CancellationToken,
+    ) -> Option<SideRun> {
+        let t0 = Instant::now();
+        let SideSetup {
+            body,
+            commands,
+            target,
+            ..
+        } = setup;
+        let mut body = body;
+        let mut container = match container {
+            Ok(c) => c,
+            Err(reason) => return Some(SideRun::error(reason, body, t0.elapsed())),
         };
         let result = {
-            let work = self.run_steps(&mut container, spec, prepared, target, &commands, &mut body);
+            let work = self.run_steps(
+                &mut container,
+                spec,
+                prepared,
+                &target,
+                &commands,
+                &mut body,
+            );
             tokio::select! {
                 r = work => Some(r),
                 () = cancel.cancelled() => None,
             }
         };
-        if let Err(e) = container.remove().await {
+        if result.is_some() {
+            tokio::spawn(async move {
+                if let Err(e) = container.remove().await {
+                    tracing::warn!(error = %e, "could not remove a sandbox container");
+                }
+            });
+        } else if let Err(e) = container.remove().await {
             tracing::warn!(error = %e, "could not remove a sandbox container");
         }
         let mut run = match result? {
@@ -1119,18 +1217,13 @@ impl Inner {
         log
     }
 
-    /// Spools a log and waits until it is durable; `None` when cancelled.
-    async fn store_log(
+    /// Waits until a spooled log is durable; `None` when cancelled.
+    async fn finish_store(
         &self,
         key: ObjectKey,
-        log: Vec<u8>,
         cancel: &CancellationToken,
     ) -> Option<Result<ObjectKey, String>> {
         let work = async {
-            self.spool
-                .enqueue_log(key.clone(), log)
-                .await
-                .map_err(|e| e.to_string())?;
             match tokio::time::timeout(
                 self.config.log_upload_timeout,
                 self.spool.wait_durable(&key),
@@ -1149,6 +1242,31 @@ impl Inner {
             r = work => Some(r),
             () = cancel.cancelled() => None,
         }
+    }
+}
+
+/// A side's output once its log is stored (or could not be): a side whose log is lost is an
+/// `error`, unless it already was one.
+fn side_output(run: SideRun, stored: Result<ObjectKey, String>) -> SideOutput {
+    let (outcome, log_key) = match stored {
+        Ok(key) => (run.outcome, Some(key.to_string())),
+        Err(e) if matches!(run.outcome, Outcome::Error { .. }) => {
+            tracing::warn!(error = %e, "could not store the log of a failed side");
+            (run.outcome, None)
+        }
+        Err(e) => (
+            Outcome::Error {
+                reason: format!("the log could not be stored: {e}"),
+            },
+            None,
+        ),
+    };
+    SideOutput {
+        outcome,
+        steps: run.steps,
+        peak_memory_bytes: run.peak_memory_bytes,
+        log_key,
+        duration: run.duration,
     }
 }
 
