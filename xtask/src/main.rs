@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask test | provision | demo | lint`.
+//! Developer tasks: `cargo xtask test | provision | demo | lint | validate-deploy`.
 //!
 //! `cargo xtask test` is the one command that proves main works on a fresh Debian/Ubuntu machine:
 //! it provisions what the machine lacks (saying what it does), then runs the checks and the whole
@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Provision prerequisites, check formatting and lints, and run the whole test suite.
+    /// Provision prerequisites, check formatting and lints, run the whole test suite, then
+    /// validate the deployment files (scripts/validate-deploy.sh).
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]
@@ -41,6 +42,8 @@ enum Cmd {
     },
     /// `cargo fmt --check` and `cargo clippy --workspace --all-targets -- -D warnings`.
     Lint,
+    /// Validate the deployment files (docker/Dockerfile, deploy/): scripts/validate-deploy.sh.
+    ValidateDeploy,
     /// Run the demo experiment on embedded defaults (`caldera local --demo`).
     Demo {
         /// Extra arguments for `caldera local` (e.g. `--demo-crates 2`, `--serve`).
@@ -190,6 +193,7 @@ fn main() -> Result<()> {
         Cmd::Provision => provision(),
         Cmd::Bench { name, args } => bench(&name, &args),
         Cmd::Lint => lint(),
+        Cmd::ValidateDeploy => script("validate-deploy.sh", &[]),
         Cmd::Test {
             no_lint,
             cargo_args,
@@ -200,7 +204,17 @@ fn main() -> Result<()> {
             }
             let mut test = cargo();
             test.args(["test", "--workspace"]).args(&cargo_args);
-            run(&mut test)
+            run(&mut test)?;
+            // validate-deploy reads the CLI's options from the binary the tests just built, instead
+            // of building the non-test configuration of it
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| root().join("target"), PathBuf::from);
+            let mut validate = Command::new("bash");
+            validate.arg(root().join("scripts/validate-deploy.sh"));
+            if target.join("debug/caldera").is_file() {
+                validate.env("CALDERA_BIN", target.join("debug/caldera"));
+            }
+            run(&mut validate)
         }
         Cmd::Demo { demo_args } => {
             provision()?;
