@@ -79,6 +79,20 @@ async fn check_crate_list(
 }
 
 /// Store a new, validated experiment in status `queued`.
+/// The specs of the experiments with these ids (those that exist). A spec cannot change once an
+/// experiment has started, so callers may keep them for running experiments.
+pub async fn specs(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, ExperimentSpec)>, DbError> {
+    let rows: Vec<(Uuid, Json<ExperimentSpec>)> =
+        sqlx::query_as("SELECT id, spec FROM experiments WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, Json(spec))| (id, spec))
+        .collect())
+}
+
 pub async fn create(pool: &PgPool, spec: &ExperimentSpec) -> Result<ExperimentRow, DbError> {
     let mut tx = pool.begin().await?;
     check_crate_list(&mut tx, spec).await?;

@@ -86,12 +86,12 @@ pub struct Claimed {
     pub experiment_id: Uuid,
     pub experiment: String,
     pub crate_id: String,
-    /// the experiment's spec (toolchains, mode, overrides) as stored
-    pub spec: serde_json::Value,
 }
 
 /// Claim up to `limit` queued jobs of running experiments whose requirements are all among
 /// `capabilities`, highest priority first, then oldest; lease them to `worker` until `now + lease`.
+/// The experiments' specs are not part of the claim (a spec can hold a million crate names): the
+/// dispatcher fetches each once with [`crate::experiments::specs`].
 pub async fn claim(
     pool: &PgPool,
     worker: Uuid,
@@ -100,15 +100,7 @@ pub async fn claim(
     now: DateTime<Utc>,
     lease: chrono::Duration,
 ) -> Result<Vec<Claimed>, DbError> {
-    type Row = (
-        i64,
-        Uuid,
-        i32,
-        Uuid,
-        String,
-        String,
-        Json<serde_json::Value>,
-    );
+    type Row = (i64, Uuid, i32, Uuid, String, String);
     let rows: Vec<Row> = sqlx::query_as(
         "WITH picked AS (
              SELECT j.id FROM jobs j
@@ -123,7 +115,7 @@ pub async fn claim(
                 lease_expires_at = $4, attempt = j.attempt + 1, updated_at = $5, claimed_at = $5
          FROM picked, experiments e, crates c
          WHERE j.id = picked.id AND e.id = j.experiment_id AND c.id = j.crate_id
-         RETURNING j.id, j.lease_token, j.attempt, e.id, e.name, c.crate_id, e.spec",
+         RETURNING j.id, j.lease_token, j.attempt, e.id, e.name, c.crate_id",
     )
     .bind(worker)
     .bind(Json(capabilities))
@@ -135,16 +127,13 @@ pub async fn claim(
     let mut claimed: Vec<Claimed> = rows
         .into_iter()
         .map(
-            |(job_id, lease_token, attempt, experiment_id, experiment, crate_id, Json(spec))| {
-                Claimed {
-                    job_id,
-                    lease_token,
-                    attempt,
-                    experiment_id,
-                    experiment,
-                    crate_id,
-                    spec,
-                }
+            |(job_id, lease_token, attempt, experiment_id, experiment, crate_id)| Claimed {
+                job_id,
+                lease_token,
+                attempt,
+                experiment_id,
+                experiment,
+                crate_id,
             },
         )
         .collect();

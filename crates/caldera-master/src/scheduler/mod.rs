@@ -322,21 +322,27 @@ impl Scheduler {
     ) -> Result<(), caldera_db::DbError> {
         let mut messages = Vec::with_capacity(claimed.len());
         let mut unsendable = Vec::new();
+        // each experiment's spec is read once (specs do not change after the start)
+        let mut unknown: Vec<Uuid> = claimed
+            .iter()
+            .map(|c| c.experiment_id)
+            .filter(|id| !specs.contains_key(id))
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            if specs.len() > 256 {
+                specs.clear();
+            }
+            for (id, spec) in caldera_db::experiments::specs(&self.inner.pool, &unknown).await? {
+                specs.insert(id, Arc::new(spec));
+            }
+        }
         for c in &claimed {
-            let spec = match specs.get(&c.experiment_id) {
-                Some(s) => s.clone(),
-                None => match serde_json::from_value::<ExperimentSpec>(c.spec.clone()) {
-                    Ok(s) => {
-                        let s = Arc::new(s);
-                        specs.insert(c.experiment_id, s.clone());
-                        s
-                    }
-                    Err(e) => {
-                        tracing::error!(experiment = %c.experiment, error = %e, "stored spec does not parse");
-                        unsendable.push(c);
-                        continue;
-                    }
-                },
+            let Some(spec) = specs.get(&c.experiment_id).cloned() else {
+                tracing::error!(experiment = %c.experiment, "the experiment of a claimed job is gone");
+                unsendable.push(c);
+                continue;
             };
             match job_spec(&spec, c) {
                 Ok(job) => messages.push((
