@@ -32,7 +32,8 @@ enum Cmd {
     /// Only provision prerequisites: PostgreSQL server binaries, a running Docker engine, the
     /// sandbox image, Chromium + ChromeDriver (browser tests).
     Provision,
-    /// Run a benchmark and print its `<name>: <value> <unit>` lines: scheduler, report, sandbox.
+    /// Run a benchmark and print its `<name>: <value> <unit>` lines: scheduler, report, sandbox
+    /// (a step in the sandbox vs a container per step) or executor (`-- overhead` | `-- reuse`).
     Bench {
         /// Which benchmark.
         name: String,
@@ -154,8 +155,11 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
     let (package, example) = match name {
         "scheduler" => ("caldera", "bench_scheduler"),
         "report" => ("caldera-master", "bench_report"),
-        "sandbox" => ("caldera-worker", "bench_sandbox"),
-        other => bail!("unknown benchmark {other:?}; expected scheduler, report or sandbox"),
+        "sandbox" => ("caldera-sandbox", "sandbox_overhead"),
+        "executor" => ("caldera-worker", "bench_executor"),
+        other => {
+            bail!("unknown benchmark {other:?}; expected scheduler, report, sandbox or executor")
+        }
     };
     if name != "scheduler" {
         provision()?;
