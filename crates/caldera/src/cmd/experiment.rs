@@ -186,6 +186,19 @@ fn print_experiment(v: &Value) {
     println!("created:      {}", s("created_at"));
     println!("started:      {}", s("started_at"));
     println!("finished:     {}", s("finished_at"));
+    let p = &v["progress"];
+    if let Some(total) = p["total"].as_i64() {
+        let n = |k: &str| p[k].as_i64().unwrap_or(0);
+        println!(
+            "jobs:         {} of {total} finished ({} done, {} error, {} cancelled), {} running, {} queued",
+            n("done") + n("error") + n("cancelled"),
+            n("done"),
+            n("error"),
+            n("cancelled"),
+            n("running"),
+            n("queued")
+        );
+    }
 }
 
 pub async fn run(args: ExperimentArgs) -> anyhow::Result<()> {
