@@ -184,7 +184,6 @@ pub struct PlannedStep {
     pub argv: Vec<String>,
 }
 
-/// What a side produced, before its log is stored.
 /// A side ready for its container.
 struct SideSetup {
     /// the log so far (miri's setup)
@@ -195,6 +194,7 @@ struct SideSetup {
     target: PathBuf,
 }
 
+/// What a side produced, before its log is stored.
 struct SideRun {
     outcome: Outcome,
     classification: Option<Classification>,
