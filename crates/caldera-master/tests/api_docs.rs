@@ -34,13 +34,13 @@ clients of these endpoints (add `--json` to see the raw responses).
 
 * Base URL: the master's `--listen` address (`CALDERA_LISTEN`, default `127.0.0.1:8080`); every path
   below is absolute, e.g. `http://127.0.0.1:8080/api/v1/experiments`.
-* Request and response bodies are JSON. Unknown fields are rejected (422 naming the field), and
-  unknown query parameters too (400).
+* Request and response bodies are JSON. Unknown fields are rejected (422 naming the field), and so
+  are unknown query parameters of `GET /api/v1/experiments` (400).
 * Toolchains and crate selections are accepted in their compact string form (`"nightly+rustflags=-Zfoo"`,
   `"top:100"`) or as objects, and are always returned as objects (`{"toolchain": "nightly",
   "rustflags": "-Zfoo"}`, `{"kind": "top", "n": 100}`).
-* Lists are paged with `limit` (1–500, default 50) and `offset` (default 0); the answer carries
-  `total`.
+* `GET /api/v1/experiments` is paged with `limit` (1–500, default 50) and `offset` (default 0); the
+  answer carries `total`.
 * Timestamps are RFC 3339 in UTC (`2026-05-19T08:30:00.123456Z`).
 
 ## Authentication
@@ -75,14 +75,14 @@ Every error is one JSON object:
 
 `field` names what is to blame, when something is: a JSON path into the body (`start`,
 `crates.crates[3]`, `overrides.serde.extra_timeout_secs`), a query or path parameter (`limit`, `crate`),
-`body`, `status` (the experiment's current status, for lifecycle conflicts) or `authorization`; it is
-`null` otherwise. A rejected request changes nothing.
+`body`, `path`, `status` (the experiment's current status, for lifecycle conflicts) or `authorization`;
+it is `null` otherwise. A rejected request changes nothing.
 
 | status | `code` | when |
 |---|---|---|
 | 400 | `invalid-json` | the body is not JSON at all (`field`: `body`) |
 | 400 | `invalid-field` | a bad query or path parameter (`limit=0`, an unknown parameter, a crate id that does not parse) |
-| 400 | `invalid-path` | a path segment that cannot be decoded |
+| 400 | `invalid-path` | a path segment that cannot be decoded (`field`: `path`) |
 | 401 | `unauthorized` | no token, a malformed header, an unknown or revoked token |
 | 403 | `forbidden` | the token's role may not do this |
 | 404 | `not-found` | no such experiment, crate list, report file or log — or no such route |
