@@ -195,41 +195,73 @@ pub struct CompletionOutcome {
     pub accepted: Vec<i64>,
     /// job ids whose lease token was not current (late, duplicate, cancelled): nothing written
     pub rejected: Vec<i64>,
+    /// job ids whose result was an infrastructure `error` on a side, with attempts left: queued
+    /// again (no result written; the reason kept in `jobs.last_error`)
+    pub requeued: Vec<i64>,
     /// experiments that had a job finish in this batch
     pub experiments: Vec<Uuid>,
 }
 
 /// Record a batch of results in one transaction. A result is accepted only if its lease token is
 /// the job's current lease (fencing); it then finishes the job and writes one row per side. A
-/// rejected result writes nothing.
+/// rejected result writes nothing. A result with an `error` side (the infrastructure failed: the
+/// engine, the image, the host's disk, storage) is not the crate's fault: while the job has had
+/// fewer than `max_attempts` leases it goes back to the queue instead, and only the last attempt's
+/// errors are recorded.
 pub async fn complete(
     pool: &PgPool,
     batch: &[Completion],
     now: DateTime<Utc>,
+    max_attempts: i32,
 ) -> Result<CompletionOutcome, DbError> {
     if batch.is_empty() {
         return Ok(CompletionOutcome::default());
     }
     let job_ids: Vec<i64> = batch.iter().map(|c| c.job_id).collect();
     let tokens: Vec<Uuid> = batch.iter().map(|c| c.lease_token).collect();
+    let errors: Vec<Option<String>> = batch
+        .iter()
+        .map(|c| {
+            [&c.start, &c.end]
+                .into_iter()
+                .find_map(|r| match &r.outcome {
+                    Outcome::Error { reason } => Some(reason.clone()),
+                    _ => None,
+                })
+        })
+        .collect();
     let mut tx = pool.begin().await?;
-    let done: Vec<(i64, Uuid, i64)> = sqlx::query_as(
-        "UPDATE jobs j SET state = 'done', lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
-         FROM unnest($1::bigint[], $2::uuid[]) AS t(job_id, token)
+    let done: Vec<(i64, Uuid, i64, String)> = sqlx::query_as(
+        "UPDATE jobs j SET
+                state = CASE WHEN t.error IS NOT NULL AND j.attempt < $4 THEN 'queued' ELSE 'done' END,
+                last_error = CASE WHEN t.error IS NOT NULL THEN t.error ELSE j.last_error END,
+                lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
+         FROM unnest($1::bigint[], $2::uuid[], $5::text[]) AS t(job_id, token, error)
          WHERE j.id = t.job_id AND j.lease_token = t.token AND j.state = 'running'
-         RETURNING j.id, j.experiment_id, j.crate_id",
+         RETURNING j.id, j.experiment_id, j.crate_id, j.state",
     )
     .bind(&job_ids)
     .bind(&tokens)
     .bind(now)
+    .bind(max_attempts)
+    .bind(&errors)
     .fetch_all(&mut *tx)
     .await?;
-    let accepted: BTreeMap<i64, (Uuid, i64)> =
-        done.into_iter().map(|(id, e, c)| (id, (e, c))).collect();
+    let mut accepted: BTreeMap<i64, (Uuid, i64)> = BTreeMap::new();
+    let mut out = CompletionOutcome::default();
+    for (id, e, c, state) in done {
+        if state == "queued" {
+            out.requeued.push(id);
+        } else {
+            accepted.insert(id, (e, c));
+        }
+    }
 
     let mut cols = ResultColumns::default();
-    let mut out = CompletionOutcome::default();
     for c in batch {
+        if out.requeued.contains(&c.job_id) {
+            continue;
+        }
         match accepted.get(&c.job_id) {
             Some(&(experiment, krate)) if !out.accepted.contains(&c.job_id) => {
                 out.accepted.push(c.job_id);

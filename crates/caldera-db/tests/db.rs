@@ -364,3 +364,122 @@ async fn progress_counts_and_hand_back_all_requeues_running_jobs() {
     assert_eq!(jobs::hand_back_all(&db.pool, now).await.unwrap(), 3);
     assert_eq!(jobs::hand_back_all(&db.pool, now).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn infrastructure_errors_are_retried_until_the_attempt_cap() {
+    use caldera_core::outcome::Outcome;
+    use caldera_db::jobs::{self, Completion, SideRecord};
+    let db = TestDb::new().await;
+    let row = experiments::create(&db.pool, &spec("infra")).await.unwrap();
+    experiments::apply_action(&db.pool, "infra", ExperimentAction::Start)
+        .await
+        .unwrap();
+    let crates: Vec<caldera_core::crates::CrateId> = ["reg:a@1.0.0", "reg:b@1.0.0"]
+        .iter()
+        .map(|c| c.parse().unwrap())
+        .collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    jobs::create_for_experiment(&mut tx, row.id, 0, &crates)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let now = chrono::Utc::now();
+    let (token, _) = tokens::create(&db.pool, "w", Role::Worker).await.unwrap();
+    let worker = caldera_db::workers::connect(&db.pool, "w1", "0", &[], 2, token.id, now)
+        .await
+        .unwrap();
+    let side = |outcome: Outcome| SideRecord {
+        outcome,
+        log_key: None,
+        duration_ms: 1,
+        peak_memory_bytes: 0,
+        steps: Vec::new(),
+    };
+    let engine_down = || Outcome::Error {
+        reason: "the Docker engine is not reachable".into(),
+    };
+    let results = |pool: caldera_db::PgPool| async move {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT c.crate_id, r.outcome_kind FROM results r JOIN crates c ON c.id = r.crate_id ORDER BY 1, r.toolchain",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    const MAX: i32 = 2;
+    for attempt in 1..=MAX {
+        let claimed = jobs::claim(
+            &db.pool,
+            worker,
+            &[],
+            2,
+            now,
+            chrono::Duration::seconds(600),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            claimed.len(),
+            if attempt == 1 { 2 } else { 1 },
+            "{claimed:?}"
+        );
+        let batch: Vec<Completion> = claimed
+            .iter()
+            .map(|c| Completion {
+                job_id: c.job_id,
+                lease_token: c.lease_token,
+                worker,
+                // a: the engine was down on the end side; b: a real result
+                start: side(Outcome::TestPass),
+                end: side(if c.crate_id == "reg:a@1.0.0" {
+                    engine_down()
+                } else {
+                    Outcome::TestPass
+                }),
+            })
+            .collect();
+        let out = jobs::complete(&db.pool, &batch, now, MAX).await.unwrap();
+        let a = claimed
+            .iter()
+            .find(|c| c.crate_id == "reg:a@1.0.0")
+            .unwrap();
+        assert_eq!(a.attempt, attempt);
+        if attempt < MAX {
+            assert_eq!(out.requeued, vec![a.job_id], "{out:?}");
+            assert_eq!(out.accepted.len(), 1, "b is recorded: {out:?}");
+            let last_error: Option<String> =
+                sqlx::query_scalar("SELECT last_error FROM jobs WHERE id = $1")
+                    .bind(a.job_id)
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(
+                last_error.as_deref(),
+                Some("the Docker engine is not reachable")
+            );
+            assert_eq!(
+                results(db.pool.clone()).await,
+                vec![
+                    ("reg:b@1.0.0".to_owned(), "test-pass".to_owned()),
+                    ("reg:b@1.0.0".to_owned(), "test-pass".to_owned())
+                ],
+                "nothing recorded for a yet"
+            );
+        } else {
+            // the last attempt: the error is the result
+            assert!(out.requeued.is_empty(), "{out:?}");
+            assert_eq!(out.accepted, vec![a.job_id]);
+        }
+    }
+    assert_eq!(
+        results(db.pool.clone()).await,
+        vec![
+            ("reg:a@1.0.0".to_owned(), "error".to_owned()),
+            ("reg:a@1.0.0".to_owned(), "test-pass".to_owned()),
+            ("reg:b@1.0.0".to_owned(), "test-pass".to_owned()),
+            ("reg:b@1.0.0".to_owned(), "test-pass".to_owned())
+        ]
+    );
+    let p = jobs::progress_of(&db.pool, row.id).await.unwrap();
+    assert_eq!((p.done, p.queued, p.running), (2, 0, 0));
+}

@@ -24,8 +24,9 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable machine-readable code: `invalid-json`, `invalid-field`, `unauthorized`, `forbidden`,
-    /// `not-found`, `conflict`, `internal`.
+    /// Stable machine-readable code: `invalid-json`, `invalid-field`, `invalid-path`,
+    /// `unauthorized`, `forbidden`, `not-found`, `conflict`, `unavailable`, `storage-unavailable`,
+    /// `internal`.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,

@@ -210,7 +210,7 @@ impl Master {
                 end,
             });
         }
-        let out = jobs::complete(&self.db.pool, &batch, now).await.unwrap();
+        let out = jobs::complete(&self.db.pool, &batch, now, 1).await.unwrap();
         assert_eq!(out.accepted.len(), batch.len());
     }
 

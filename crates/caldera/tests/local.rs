@@ -291,3 +291,25 @@ fn per_crate(stdout: &str) -> Vec<&str> {
         .take_while(|l| !l.trim().is_empty())
         .collect()
 }
+
+#[test]
+fn a_selection_that_cannot_start_is_not_left_behind() {
+    let state = tempfile::tempdir().unwrap();
+    for run_no in 1..=2 {
+        let (ok, stdout, stderr) = run(
+            caldera(state.path(), &["--crates", "top:3", "--name", "t3"]),
+            Duration::from_secs(300),
+        );
+        assert!(!ok, "run {run_no}: {stdout}");
+        assert!(
+            stderr.contains(
+                "error: starting experiment t3: `top` needs a listing of the whole registry"
+            ),
+            "run {run_no}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("exists"),
+            "run {run_no}: the failed experiment was not kept: {stderr}"
+        );
+    }
+}

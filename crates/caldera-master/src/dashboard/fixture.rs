@@ -241,7 +241,7 @@ pub async fn create(pool: &PgPool, store: &Arc<dyn ObjectStore>, name: &str) -> 
             end,
         });
     }
-    let out = jobs::complete(pool, &completions, chrono::Utc::now())
+    let out = jobs::complete(pool, &completions, chrono::Utc::now(), 1)
         .await
         .expect("record results");
     assert_eq!(

@@ -432,7 +432,14 @@ impl Scheduler {
             }
             let completions: Vec<Completion> = batch.iter().map(|p| p.completion.clone()).collect();
             let out = loop {
-                match jobs::complete(&self.inner.pool, &completions, self.now()).await {
+                match jobs::complete(
+                    &self.inner.pool,
+                    &completions,
+                    self.now(),
+                    self.inner.config.max_attempts,
+                )
+                .await
+                {
                     Ok(out) => break out,
                     Err(e) => {
                         self.inner.metrics.db_errors.inc();
@@ -445,12 +452,22 @@ impl Scheduler {
                 }
             };
             let accepted: HashSet<i64> = out.accepted.iter().copied().collect();
+            let requeued: HashSet<i64> = out.requeued.iter().copied().collect();
+            if !requeued.is_empty() {
+                self.inner
+                    .metrics
+                    .jobs_requeued
+                    .inc_by(requeued.len() as u64);
+                tracing::info!(jobs = ?out.requeued, "infrastructure errors: jobs queued again for another attempt");
+            }
             let mut by_worker: HashMap<Uuid, Vec<i64>> = HashMap::new();
             for p in &batch {
                 let c = &p.completion;
-                let ok = accepted.contains(&c.job_id);
-                if ok {
+                let ok = accepted.contains(&c.job_id) || requeued.contains(&c.job_id);
+                if accepted.contains(&c.job_id) {
                     self.inner.metrics.jobs_completed.inc();
+                } else if ok {
+                    // received, and queued again: the worker may forget it
                 } else {
                     self.inner
                         .metrics

@@ -54,8 +54,8 @@ pub struct LocalArgs {
     /// With --demo: only this many registry crates (a quick smoke test).
     #[arg(long, env = "CALDERA_DEMO_CRATES")]
     pub demo_crates: Option<usize>,
-    /// Crates, as in the API: `top:N`, `list:NAME`, or a comma-separated list of `name@version`,
-    /// `git:URL#rev`, `path:/dir`.
+    /// Crates: a comma-separated list of `name@version`, `git:URL#rev`, `path:/dir` (selections that
+    /// need a registry listing — `top:N`, `all`, names without a version — need a full master).
     #[arg(long, env = "CALDERA_CRATES", required_unless_present = "demo")]
     pub crates: Option<String>,
     /// Baseline toolchain (compact form, e.g. `stable` or `stable+rustflags=-Dwarnings`).
@@ -403,12 +403,22 @@ async fn drive(
                 Some(experiment_body(args, end, &name)?),
             )
             .await?;
-            call(
+            if let Err(e) = call(
                 reqwest::Method::POST,
                 format!("/experiments/{name}/start"),
                 None,
             )
-            .await?;
+            .await
+            {
+                // not left behind half-made: the next run would only fail the same way
+                let _ = call(
+                    reqwest::Method::DELETE,
+                    format!("/experiments/{name}"),
+                    None,
+                )
+                .await;
+                return Err(e.context(format!("starting experiment {name}")));
+            }
             say(format_args!(
                 "experiment {name} started: {} vs {end}, {}",
                 args.start, args.mode

@@ -26,7 +26,8 @@ pub struct MasterArgs {
     /// Workers send heartbeats this often (milliseconds); keep it well under the lease.
     #[arg(long, env = "CALDERA_HEARTBEAT_MS", default_value_t = 15_000)]
     pub heartbeat_ms: u64,
-    /// A job whose lease expired this many times ends as `error`.
+    /// Leases a job gets before it ends as `error`: a lease that expired, or one whose result had an
+    /// infrastructure `error` (which is retried), uses one up.
     #[arg(long, env = "CALDERA_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: i32,
     /// How often the reaper looks for expired leases (milliseconds).
