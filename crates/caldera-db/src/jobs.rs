@@ -77,6 +77,52 @@ pub async fn create_for_experiment(
     Ok(done.rows_affected())
 }
 
+/// Jobs that are not to run: crates the experiment's overrides mark `skip` or `broken` get their
+/// outcome for both sides at once (no worker, no log) and their job is `done`. Runs on the start's
+/// transaction, after [`create_for_experiment`]. Returns how many jobs were settled.
+pub async fn settle_without_running(
+    tx: &mut Transaction<'static, Postgres>,
+    experiment_id: Uuid,
+    settled: &[(CrateId, Outcome)],
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    if settled.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<String> = settled.iter().map(|(c, _)| c.to_string()).collect();
+    let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+        "UPDATE jobs j SET state = 'done', updated_at = $3
+         FROM crates c
+         WHERE j.experiment_id = $1 AND c.id = j.crate_id AND c.crate_id = ANY($2) AND j.state = 'queued'
+         RETURNING j.id, c.crate_id, j.crate_id",
+    )
+    .bind(experiment_id)
+    .bind(&ids)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    let outcomes: BTreeMap<String, &Outcome> =
+        settled.iter().map(|(c, o)| (c.to_string(), o)).collect();
+    let mut cols = ResultColumns::default();
+    for (job, crate_id, krate) in &rows {
+        let Some(outcome) = outcomes.get(crate_id) else {
+            continue;
+        };
+        let rec = SideRecord {
+            outcome: (*outcome).clone(),
+            log_key: None,
+            duration_ms: 0,
+            peak_memory_bytes: 0,
+            steps: Vec::new(),
+        };
+        for side in Side::BOTH {
+            cols.push(experiment_id, *krate, side, Some(*job), &rec, None);
+        }
+    }
+    cols.insert(tx, now).await?;
+    Ok(rows.len() as u64)
+}
+
 /// A job handed to a worker.
 #[derive(Debug, Clone)]
 pub struct Claimed {

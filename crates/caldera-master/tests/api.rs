@@ -735,3 +735,89 @@ async fn healthz_and_openapi_document() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not-found");
 }
+
+#[tokio::test]
+async fn skipped_and_broken_crates_are_settled_at_the_start_without_running() {
+    let m = Master::start().await;
+    let spec = r#"{"name":"ov","start":"stable","end":"nightly","crates":"fnv@1.0.7,itoa@1.0.11,hex@0.4.3",
+        "overrides":{"fnv":{"skip":true},"itoa":{"broken":"needs a GPU"}}}"#;
+    let (status, body) = m
+        .call(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(&m.operator),
+            Some(spec),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = m
+        .call(
+            Method::POST,
+            "/api/v1/experiments/ov/start",
+            Some(&m.operator),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = m
+        .call(Method::GET, "/api/v1/experiments/ov", Some(&m.viewer), None)
+        .await;
+    assert_eq!(body["status"], "running", "hex still has to run: {body}");
+    assert_eq!(
+        body["progress"],
+        json!({"queued": 1, "running": 0, "done": 2, "error": 0, "cancelled": 0, "total": 3}),
+        "{body}"
+    );
+    let rows: Vec<(String, String, String, Value)> = sqlx::query_as(
+        "SELECT c.crate_id, r.toolchain, r.outcome_kind, r.outcome FROM results r JOIN crates c ON c.id = r.crate_id ORDER BY 1, 2",
+    )
+    .fetch_all(&m.db.pool)
+    .await
+    .unwrap();
+    let got: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|(c, t, k, _)| (c.clone(), t.clone(), k.clone()))
+        .collect();
+    let want = [
+        ("reg:fnv@1.0.7", "end", "skipped"),
+        ("reg:fnv@1.0.7", "start", "skipped"),
+        ("reg:itoa@1.0.11", "end", "broken"),
+        ("reg:itoa@1.0.11", "start", "broken"),
+    ]
+    .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+    assert_eq!(got, want);
+    assert!(
+        rows[2].3.to_string().contains("needs a GPU"),
+        "{:?}",
+        rows[2]
+    );
+
+    // every crate settled: the experiment completes at once
+    let spec = r#"{"name":"ov-all","start":"stable","end":"nightly","crates":"fnv@1.0.7",
+        "overrides":{"fnv":{"skip":true}}}"#;
+    m.call(
+        Method::POST,
+        "/api/v1/experiments",
+        Some(&m.operator),
+        Some(spec),
+    )
+    .await;
+    let (status, body) = m
+        .call(
+            Method::POST,
+            "/api/v1/experiments/ov-all/start",
+            Some(&m.operator),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = m
+        .call(
+            Method::GET,
+            "/api/v1/experiments/ov-all",
+            Some(&m.viewer),
+            None,
+        )
+        .await;
+    assert_eq!(body["status"], "completed", "{body}");
+}

@@ -272,8 +272,36 @@ async fn action(
                     &crates,
                 )
                 .await?;
+                // crates the overrides say not to run get their outcome now
+                let settled: Vec<(
+                    caldera_core::crates::CrateId,
+                    caldera_core::outcome::Outcome,
+                )> = crates
+                    .iter()
+                    .filter_map(|c| {
+                        let o = pending.current.spec.override_for(c.registry_name()?)?;
+                        let outcome = match (&o.broken, o.skip) {
+                            (Some(reason), _) => caldera_core::outcome::Outcome::Broken {
+                                reason: reason.clone(),
+                            },
+                            (None, true) => caldera_core::outcome::Outcome::Skipped,
+                            (None, false) => return None,
+                        };
+                        Some((c.clone(), outcome))
+                    })
+                    .collect();
+                let skipped = jobs::settle_without_running(
+                    &mut pending.tx,
+                    pending.current.id,
+                    &settled,
+                    chrono::Utc::now(),
+                )
+                .await?;
                 let row = pending.commit().await?;
-                tracing::info!(experiment = %row.name, jobs = n, "jobs created");
+                tracing::info!(experiment = %row.name, jobs = n, skipped, "jobs created");
+                if skipped > 0 {
+                    state.scheduler.check_finished(row.id).await;
+                }
                 state.scheduler.wake();
                 row
             }

@@ -503,6 +503,12 @@ impl Scheduler {
     }
 
     /// Move experiments with no unfinished job to `completed`.
+    /// Completes the experiment if all its jobs are terminal (after a start that settled every
+    /// job without running it).
+    pub async fn check_finished(&self, experiment: Uuid) {
+        self.complete_finished(&[experiment]).await;
+    }
+
     async fn complete_finished(&self, experiments: &[Uuid]) {
         if experiments.is_empty() {
             return;
