@@ -32,7 +32,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::crates::validate_crate_name;
 use crate::selection::CrateSelection;
 use crate::serde_util::{MapOnly, first_control_char, string_enum};
-use crate::toolchain::Toolchain;
+use crate::toolchain::{Toolchain, ToolchainSource};
 
 /// Lowest accepted priority.
 pub const MIN_PRIORITY: i32 = -1000;
@@ -323,6 +323,29 @@ fn check_distinct(field: &str, start: &Toolchain, end: &Toolchain) -> Result<(),
     }
 }
 
+/// Miri ships only with nightly toolchains: a miri experiment whose rustup toolchain is another
+/// channel could never run, so it is refused when it is defined (a `path:` toolchain may have
+/// Miri; workers advertise `miri:<name>` for the toolchains that do).
+fn check_miri(mode: Mode, start: &Toolchain, end: &Toolchain) -> Result<(), ValidationError> {
+    if mode != Mode::Miri {
+        return Ok(());
+    }
+    for (field, tc) in [("start", start), ("end", end)] {
+        if let ToolchainSource::Rustup(name) = &tc.source
+            && !name.starts_with("nightly")
+        {
+            return Err(ValidationError::new(
+                field,
+                format!(
+                    "miri runs only on nightly toolchains, and {name:?} is not one \
+                     (use nightly or nightly-YYYY-MM-DD, or another mode)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_crates(crates: &CrateSelection) -> Result<(), ValidationError> {
     crates
         .validate()
@@ -498,6 +521,7 @@ impl ExperimentSpec {
         check_toolchain("start", &self.start)?;
         check_toolchain("end", &self.end)?;
         check_distinct("end", &self.start, &self.end)?;
+        check_miri(self.mode, &self.start, &self.end)?;
         check_crates(&self.crates)?;
         check_priority(self.priority)?;
         check_requirements(&self.requirements)?;
@@ -702,6 +726,32 @@ mod tests {
     }
 
     #[test]
+    fn miri_takes_nightly_and_path_toolchains() {
+        for (start, end) in [
+            ("nightly", "nightly-2026-05-19"),
+            (
+                "nightly-2026-05-19-x86_64-unknown-linux-gnu",
+                "nightly+rustflags=-Zrandomize-layout",
+            ),
+            ("path:/opt/rust/custom", "nightly"),
+        ] {
+            let spec = ExperimentSpec::from_json(&with(
+                json!({"mode": "miri", "start": start, "end": end}),
+            ));
+            assert!(spec.is_ok(), "{start} / {end}: {spec:?}");
+        }
+        // an edit that makes a miri experiment impossible is refused, naming the toolchain
+        let spec = ExperimentSpec::from_json(&with(
+            json!({"mode": "miri", "start": "nightly", "end": "nightly-2026-05-19"}),
+        ))
+        .unwrap();
+        let edit = ExperimentEdit::from_json(br#"{"end": "stable"}"#).unwrap();
+        let e = spec.apply(&edit).unwrap_err();
+        assert_eq!(e.field, "end");
+        assert!(e.message.contains(r#""stable" is not one"#), "{e:?}");
+    }
+
+    #[test]
     fn minimal_spec_gets_defaults() {
         let spec = ExperimentSpec::from_json(&with(json!({}))).unwrap();
         assert_eq!(
@@ -866,6 +916,16 @@ mod tests {
                 json!({"end": "stable"}),
                 "end",
                 r#"the start and end toolchains must differ (both are "stable")"#,
+            ),
+            (
+                json!({"mode": "miri"}),
+                "start",
+                r#"miri runs only on nightly toolchains, and "stable" is not one (use nightly or nightly-YYYY-MM-DD, or another mode)"#,
+            ),
+            (
+                json!({"mode": "miri", "start": "nightly-2026-05-19"}),
+                "end",
+                r#"miri runs only on nightly toolchains, and "beta" is not one (use nightly or nightly-YYYY-MM-DD, or another mode)"#,
             ),
             (
                 json!({"end": {"toolchain": "stable"}}),
