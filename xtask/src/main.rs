@@ -4,7 +4,7 @@
 //! it provisions what the machine lacks (saying what it does), then runs the checks and the whole
 //! test suite against real services.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -38,7 +38,7 @@ enum Cmd {
         /// Which benchmark.
         name: String,
         /// Extra arguments for the benchmark program.
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// `cargo fmt --check` and `cargo clippy --workspace --all-targets -- -D warnings`.
@@ -48,13 +48,18 @@ enum Cmd {
     /// Run the demo experiment on embedded defaults (`caldera local --demo`).
     Demo {
         /// Extra arguments for `caldera local` (e.g. `--demo-crates 2`, `--serve`).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         demo_args: Vec<String>,
     },
 }
 
+/// The workspace this xtask was run for. `cargo run` sets `CARGO_MANIFEST_DIR` at run time; the
+/// compile-time value is only a fallback, because a binary built from another checkout may be reused
+/// from a shared `CARGO_TARGET_DIR` and would point there.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("xtask lives in the workspace")
         .to_owned()

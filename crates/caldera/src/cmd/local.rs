@@ -102,7 +102,12 @@ fn default_state_dir() -> PathBuf {
 }
 
 fn default_fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/crates")
+    // at run time first (`cargo run` sets it): a binary reused from a shared target dir may have been
+    // built from another checkout, which the compile-time value would name
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../../tests/fixtures/crates")
 }
 
 /// Tokens of this state directory, created once and kept (mode 0600).
