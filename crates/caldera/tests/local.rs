@@ -102,16 +102,24 @@ fn the_demo_runs_with_a_small_crate_set() {
         stdout.contains("| spurious-regressed | 1 | oom 1 |"),
         "{stdout}"
     );
-    // the report's files, and the dashboard URL
-    let report_line = stdout
+    // the report's files, readable as they are, and the dashboard URL
+    let report_dir = stdout
         .lines()
         .find_map(|l| l.strip_prefix("report: "))
+        .and_then(|l| l.split(" (").next())
+        .map(Path::new)
         .expect("the report's location is printed");
-    let summary = std::fs::read_dir(report_line).map(|d| d.count());
-    assert!(
-        summary.is_ok_and(|n| n >= 5),
-        "{report_line} holds the exports"
-    );
+    let read = |f: &str| {
+        std::fs::read_to_string(report_dir.join(f))
+            .unwrap_or_else(|e| panic!("{}: {e}", report_dir.join(f).display()))
+    };
+    let summary = read("summary.md");
+    assert!(summary.starts_with("# demo"), "{summary}");
+    assert!(summary.contains("regress-on-nightly"), "{summary}");
+    let results: serde_json::Value = serde_json::from_str(&read("results.json")).unwrap();
+    assert!(results.to_string().contains("spurious-oom-on-nightly"));
+    assert!(read("index.html").contains("<html"));
+    assert!(read("retry.txt").contains("regress-on-nightly"));
     assert!(stdout.contains("dashboard: http://127.0.0.1:"), "{stdout}");
     // not a terminal: plain progress lines, no tracing noise at the default level
     assert!(

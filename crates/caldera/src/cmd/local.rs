@@ -258,7 +258,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     };
     let finished = match outcome {
         Ok(name) => {
-            let r = report(&pool, &name, &base, &store_dir).await;
+            let r = report(&pool, &name, &base, &*store, &state).await;
             if args.serve && r.is_ok() {
                 say(format_args!(
                     "serving the dashboard at {base}/ — Ctrl-C to stop"
@@ -481,7 +481,13 @@ async fn drive(
 }
 
 /// Print the summary, the report location and the dashboard URL.
-async fn report(pool: &PgPool, name: &str, base: &str, store_dir: &Path) -> anyhow::Result<()> {
+async fn report(
+    pool: &PgPool,
+    name: &str,
+    base: &str,
+    store: &dyn caldera_storage::ObjectStore,
+    state: &Path,
+) -> anyhow::Result<()> {
     let row = experiments::get(pool, name).await?;
     let rows: Vec<(String, String, sqlx::types::Json<Outcome>, Option<String>)> = sqlx::query_as(
         "SELECT c.crate_id, r.toolchain, r.outcome, r.log_key FROM results r JOIN crates c ON c.id = r.crate_id
@@ -523,15 +529,59 @@ async fn report(pool: &PgPool, name: &str, base: &str, store_dir: &Path) -> anyh
         println!("  {:<60} {}", c.krate().to_string(), c.comparison());
     }
     println!();
-    println!(
-        "report: {}",
-        store_dir
-            .join("objects/experiments")
-            .join(name)
-            .join("report")
-            .display()
-    );
+    let dir = state.join("reports").join(name);
+    match save_report(store, name, &dir).await {
+        Ok(()) => println!(
+            "report: {} (summary.md, retry.txt, results.json, index.html; the logs: {base}/api/v1/experiments/{name}/report/logs.tar.zst)",
+            dir.display()
+        ),
+        Err(e) => say(format_args!(
+            "could not save the report files to {}: {e:#}",
+            dir.display()
+        )),
+    }
     println!("dashboard: {base}/experiments/{name}");
+    Ok(())
+}
+
+/// Copies the experiment's exported report files (but the log archive) out of object storage into
+/// `dir` as plain files, once the export that follows completion has written them.
+async fn save_report(
+    store: &dyn caldera_storage::ObjectStore,
+    name: &str,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    use tokio::io::AsyncWriteExt;
+    const COPIED: [&str; 4] = ["summary.md", "retry.txt", "results.json", "index.html"];
+    // the export runs when the experiment completes; index.html is written after the others
+    let last = caldera_storage::keys::report(name, "index.html")?;
+    let t0 = Instant::now();
+    loop {
+        match store.get(&last).await {
+            Ok(_) => break,
+            Err(e) if e.is_not_found() && t0.elapsed() < Duration::from_secs(60) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e).context("the report has not been exported"),
+        }
+    }
+    tokio::fs::create_dir_all(dir).await?;
+    for file in COPIED {
+        let object = store
+            .get(&caldera_storage::keys::report(name, file)?)
+            .await?;
+        let mut body = if object.meta.content_encoding.as_deref() == Some("zstd") {
+            caldera_master::export::decompress(object.body)
+        } else {
+            object.body.map_err(std::io::Error::other).boxed()
+        };
+        let mut out = tokio::fs::File::create(dir.join(file)).await?;
+        while let Some(chunk) = body.next().await {
+            out.write_all(&chunk?).await?;
+        }
+        out.flush().await?;
+    }
     Ok(())
 }
 
