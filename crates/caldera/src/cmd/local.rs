@@ -554,23 +554,21 @@ async fn save_report(
     use futures::{StreamExt, TryStreamExt};
     use tokio::io::AsyncWriteExt;
     const COPIED: [&str; 4] = ["summary.md", "retry.txt", "results.json", "index.html"];
-    // the export runs when the experiment completes; index.html is written after the others
-    let last = caldera_storage::keys::report(name, "index.html")?;
-    let t0 = Instant::now();
-    loop {
-        match store.get(&last).await {
-            Ok(_) => break,
-            Err(e) if e.is_not_found() && t0.elapsed() < Duration::from_secs(60) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e).context("the report has not been exported"),
-        }
-    }
+    // the export runs when the experiment completes and writes its files concurrently: wait for
+    // each of them
+    let deadline = Instant::now() + Duration::from_secs(60);
     tokio::fs::create_dir_all(dir).await?;
     for file in COPIED {
-        let object = store
-            .get(&caldera_storage::keys::report(name, file)?)
-            .await?;
+        let key = caldera_storage::keys::report(name, file)?;
+        let object = loop {
+            match store.get(&key).await {
+                Ok(o) => break o,
+                Err(e) if e.is_not_found() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("{file} of the report")),
+            }
+        };
         let mut body = if object.meta.content_encoding.as_deref() == Some("zstd") {
             caldera_master::export::decompress(object.body)
         } else {
