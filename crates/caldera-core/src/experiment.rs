@@ -528,6 +528,22 @@ impl ExperimentSpec {
         check_overrides(&self.overrides)
     }
 
+    /// The worker capabilities this experiment implies: `toolchain:<name>` for each side whose
+    /// toolchain is a rustup name (a `path:` toolchain implies nothing). Workers advertise
+    /// `toolchain:<name>` for every toolchain they can resolve by that name.
+    pub fn implied_requirements(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for tc in [&self.start, &self.end] {
+            if let ToolchainSource::Rustup(name) = &tc.source {
+                let req = format!("toolchain:{name}");
+                if is_valid_requirement(&req) && !out.contains(&req) {
+                    out.push(req);
+                }
+            }
+        }
+        out
+    }
+
     /// The override for a crate name, if any.
     pub fn override_for(&self, crate_name: &str) -> Option<&CrateOverride> {
         self.overrides.get(crate_name)
@@ -749,6 +765,36 @@ mod tests {
         let e = spec.apply(&edit).unwrap_err();
         assert_eq!(e.field, "end");
         assert!(e.message.contains(r#""stable" is not one"#), "{e:?}");
+    }
+
+    #[test]
+    fn implied_requirements_name_the_rustup_toolchains() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "stable",
+                "nightly",
+                &["toolchain:stable", "toolchain:nightly"],
+            ),
+            (
+                "stable",
+                "stable+rustflags=-Dwarnings",
+                &["toolchain:stable"],
+            ),
+            (
+                "1.95.0",
+                "nightly-2026-05-19-x86_64-unknown-linux-gnu",
+                &[
+                    "toolchain:1.95.0",
+                    "toolchain:nightly-2026-05-19-x86_64-unknown-linux-gnu",
+                ],
+            ),
+            ("path:/opt/rust/custom", "beta", &["toolchain:beta"]),
+        ];
+        for (start, end, want) in cases {
+            let spec =
+                ExperimentSpec::from_json(&with(json!({"start": start, "end": end}))).unwrap();
+            assert_eq!(spec.implied_requirements(), *want, "{start} / {end}");
+        }
     }
 
     #[test]

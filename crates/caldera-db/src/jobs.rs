@@ -77,6 +77,22 @@ pub async fn create_for_experiment(
     Ok(done.rows_affected())
 }
 
+/// Records the requirements an experiment implies (see
+/// [`caldera_core::experiment::ExperimentSpec::implied_requirements`]); runs on the start's
+/// transaction.
+pub async fn set_implied_requirements(
+    tx: &mut Transaction<'static, Postgres>,
+    experiment_id: Uuid,
+    requirements: &[String],
+) -> Result<(), DbError> {
+    sqlx::query("UPDATE experiments SET implied_requirements = $2 WHERE id = $1")
+        .bind(experiment_id)
+        .bind(Json(requirements))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Jobs that are not to run: crates the experiment's overrides mark `skip` or `broken` get their
 /// outcome for both sides at once (no worker, no log) and their job is `done`. Runs on the start's
 /// transaction, after [`create_for_experiment`]. Returns how many jobs were settled.
@@ -136,6 +152,9 @@ pub struct Claimed {
 
 /// Claim up to `limit` queued jobs of running experiments whose requirements are all among
 /// `capabilities`, highest priority first, then oldest; lease them to `worker` until `now + lease`.
+/// A worker that lists toolchains (`toolchain:…` capabilities) gets only jobs whose experiment's
+/// implied requirements (its rustup toolchains, set at the start) it meets; one that lists none
+/// (an executor that provides toolchains its own way) is not filtered by toolchain.
 /// The experiments' specs are not part of the claim (a spec can hold a million crate names): the
 /// dispatcher fetches each once with [`crate::experiments::specs`].
 pub async fn claim(
@@ -147,12 +166,14 @@ pub async fn claim(
     lease: chrono::Duration,
 ) -> Result<Vec<Claimed>, DbError> {
     type Row = (i64, Uuid, i32, Uuid, String, String);
+    let lists_toolchains = capabilities.iter().any(|c| c.starts_with("toolchain:"));
     let rows: Vec<Row> = sqlx::query_as(
         "WITH picked AS (
              SELECT j.id FROM jobs j
              JOIN experiments e ON e.id = j.experiment_id
              WHERE j.state = 'queued' AND e.status = 'running'
                AND coalesce(e.spec->'requirements', '[]'::jsonb) <@ $2::jsonb
+               AND (NOT $6 OR e.implied_requirements <@ $2::jsonb)
              ORDER BY j.priority DESC, j.id
              LIMIT $3
              FOR UPDATE OF j SKIP LOCKED
@@ -168,6 +189,7 @@ pub async fn claim(
     .bind(limit)
     .bind(now + lease)
     .bind(now)
+    .bind(lists_toolchains)
     .fetch_all(pool)
     .await?;
     let mut claimed: Vec<Claimed> = rows

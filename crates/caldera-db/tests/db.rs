@@ -483,3 +483,61 @@ async fn infrastructure_errors_are_retried_until_the_attempt_cap() {
     let p = jobs::progress_of(&db.pool, row.id).await.unwrap();
     assert_eq!((p.done, p.queued, p.running), (2, 0, 0));
 }
+
+#[tokio::test]
+async fn workers_listing_toolchains_get_only_jobs_they_can_build() {
+    use caldera_db::jobs;
+    let db = TestDb::new().await;
+    // stable vs nightly (see `spec`)
+    let row = experiments::create(&db.pool, &spec("tc")).await.unwrap();
+    let mut pending = experiments::begin_action(&db.pool, "tc", ExperimentAction::Start)
+        .await
+        .unwrap();
+    let crates: Vec<caldera_core::crates::CrateId> = (0..4)
+        .map(|i| format!("reg:c{i}@1.0.0").parse().unwrap())
+        .collect();
+    jobs::create_for_experiment(&mut pending.tx, row.id, 0, &crates)
+        .await
+        .unwrap();
+    jobs::set_implied_requirements(
+        &mut pending.tx,
+        row.id,
+        &pending.current.spec.implied_requirements(),
+    )
+    .await
+    .unwrap();
+    pending.commit().await.unwrap();
+    let now = chrono::Utc::now();
+    let (token, _) = tokens::create(&db.pool, "w", Role::Worker).await.unwrap();
+    let mut claim = async |name: &str, caps: &[&str]| {
+        let caps: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
+        let worker = caldera_db::workers::connect(&db.pool, name, "0", &caps, 1, token.id, now)
+            .await
+            .unwrap();
+        jobs::claim(
+            &db.pool,
+            worker,
+            &caps,
+            1,
+            now,
+            chrono::Duration::seconds(60),
+        )
+        .await
+        .unwrap()
+        .len()
+    };
+    // has stable only: nothing
+    assert_eq!(
+        claim("stable-only", &["docker", "toolchain:stable"]).await,
+        0
+    );
+    assert_eq!(claim("nightly-only", &["toolchain:nightly"]).await, 0);
+    // has both
+    assert_eq!(
+        claim("both", &["docker", "toolchain:stable", "toolchain:nightly"]).await,
+        1
+    );
+    // lists no toolchain at all (an executor that provides them its own way): not filtered
+    assert_eq!(claim("no-list", &["docker"]).await, 1);
+    assert_eq!(claim("nothing", &[]).await, 1);
+}

@@ -272,6 +272,12 @@ async fn action(
                     &crates,
                 )
                 .await?;
+                jobs::set_implied_requirements(
+                    &mut pending.tx,
+                    pending.current.id,
+                    &pending.current.spec.implied_requirements(),
+                )
+                .await?;
                 // crates the overrides say not to run get their outcome now
                 let settled: Vec<(
                     caldera_core::crates::CrateId,
