@@ -509,7 +509,7 @@ async fn workers_listing_toolchains_get_only_jobs_they_can_build() {
     pending.commit().await.unwrap();
     let now = chrono::Utc::now();
     let (token, _) = tokens::create(&db.pool, "w", Role::Worker).await.unwrap();
-    let mut claim = async |name: &str, caps: &[&str]| {
+    let claim = async |name: &str, caps: &[&str]| {
         let caps: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
         let worker = caldera_db::workers::connect(&db.pool, name, "0", &caps, 1, token.id, now)
             .await
