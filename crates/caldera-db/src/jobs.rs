@@ -578,13 +578,7 @@ pub async fn progress_of(pool: &PgPool, experiment_id: Uuid) -> Result<Progress,
             .await?;
     let mut p = Progress::default();
     for (state, n) in rows {
-        match state.as_str() {
-            "queued" => p.queued = n,
-            "running" => p.running = n,
-            "done" => p.done = n,
-            "error" => p.error = n,
-            _ => p.cancelled = n,
-        }
+        p.set(&state, n);
     }
     Ok(p)
 }
@@ -615,6 +609,17 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Records `n` jobs in `state` (a `jobs.state` value).
+    fn set(&mut self, state: &str, n: i64) {
+        match state {
+            "queued" => self.queued = n,
+            "running" => self.running = n,
+            "done" => self.done = n,
+            "error" => self.error = n,
+            _ => self.cancelled = n,
+        }
+    }
+
     pub fn total(&self) -> i64 {
         self.queued + self.running + self.done + self.error + self.cancelled
     }
@@ -630,14 +635,7 @@ pub async fn progress(pool: &PgPool) -> Result<BTreeMap<String, Progress>, DbErr
     .await?;
     let mut out: BTreeMap<String, Progress> = BTreeMap::new();
     for (name, state, n) in rows {
-        let p = out.entry(name).or_default();
-        match state.as_str() {
-            "queued" => p.queued = n,
-            "running" => p.running = n,
-            "done" => p.done = n,
-            "error" => p.error = n,
-            _ => p.cancelled = n,
-        }
+        out.entry(name).or_default().set(&state, n);
     }
     Ok(out)
 }

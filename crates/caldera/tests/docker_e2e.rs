@@ -17,7 +17,6 @@ use caldera_sandbox::{Limits, Sandbox, SandboxConfig, Timeouts, default_rustup_h
 use caldera_storage::{Spool, SpoolConfig, StorageConfig};
 use caldera_worker::docker::{DockerExecutor, DockerExecutorConfig};
 use common::*;
-use serde_json::json;
 
 fn fixture(name: &str) -> String {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -110,26 +109,8 @@ async fn fixtures_through_api_scheduler_worker_and_docker() {
     .into_iter()
     .collect();
     let crates: Vec<String> = expected.keys().map(|c| fixture(c)).collect();
-    let body = json!({"name": "e2e", "start": "stable", "end": "nightly", "mode": "build-and-test",
-        "crates": {"kind": "list", "crates": crates}});
-    let (status, v) = api(
-        &master.http,
-        &t.operator,
-        reqwest::Method::POST,
-        "/experiments",
-        Some(body),
-    )
-    .await;
-    assert_eq!(status, 201, "{v}");
-    let (status, v) = api(
-        &master.http,
-        &t.operator,
-        reqwest::Method::POST,
-        "/experiments/e2e/start",
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    // stable vs nightly, build-and-test
+    start_experiment(&master.http, &t.operator, "e2e", &crates).await;
 
     wait_status(&db.pool, "e2e", "completed", Duration::from_secs(900)).await;
     assert_exactly_one_result_each(&db.pool, "e2e", expected.len() as i64).await;
