@@ -18,7 +18,8 @@
 //!    [`caldera_core::classify::classify_job`]; when that reports a contaminated target dir (E0464),
 //!    the dir is purged and the side runs once more from clean before anything is reported. A
 //!    separate container per side means nothing one toolchain leaves in `/tmp` or `$HOME` can
-//!    change what the other sees.
+//!    change what the other sees. Both containers are created at once (the end side's starts while
+//!    the start side runs) and each is removed in the background once its steps are done.
 //! 4. Each side's log — a header naming the crate, toolchain, mode, steps with their durations and
 //!    the outcome, then the preparation's output and every step's output — is written to the
 //!    upload spool under `keys::log(experiment, toolchain, crate)` and awaited until durable before
