@@ -227,11 +227,39 @@ impl Container {
     /// Runs one step and reports what happened. An `Err` is always an infrastructure failure (see
     /// [`SandboxError`]); the step's own failure, timeout or OOM is an `Ok` [`StepResult`].
     pub async fn exec(&mut self, step: &StepCommand) -> Result<StepResult> {
-        step.validate()?;
+        let mut results = self.exec_steps(std::slice::from_ref(step)).await?;
+        Ok(results.pop().expect("the first step always has a result"))
+    }
+
+    /// Runs `steps` in order, stopping after the first that does not succeed, in **one** `docker
+    /// exec` (each exec costs tens of milliseconds of engine work): a small shell driver runs each
+    /// step, kills whatever it left running (every process of the sandbox user but PID 1), and
+    /// writes an end marker with the step's exit status into the output stream. The marker carries
+    /// a random nonce the driver reads from its stdin, which no step can read, so a step cannot
+    /// print one by accident; it is cut out of the captured output. Timeouts, OOM kills, the pids
+    /// limit and peak memory are attributed per step at the markers. The steps must share their
+    /// environment, working directory and toolchain. An `Err` is always an infrastructure failure;
+    /// one result per step that ran.
+    pub async fn exec_steps(&mut self, steps: &[StepCommand]) -> Result<Vec<StepResult>> {
+        let Some(first) = steps.first() else {
+            return Err(SandboxError::Invalid("no steps to run".into()));
+        };
+        for step in steps {
+            step.validate()?;
+            if (&step.env, &step.workdir, &step.toolchain)
+                != (&first.env, &first.workdir, &first.toolchain)
+            {
+                return Err(SandboxError::Invalid(
+                    "steps run in one exec must share their environment, working directory and \
+                     toolchain"
+                        .into(),
+                ));
+            }
+        }
         if self.removed {
             return Err(self.gone("was removed"));
         }
-        let toolchain = match &step.toolchain {
+        let toolchain = match &first.toolchain {
             None => self.toolchains[0].clone(),
             Some(name) if self.toolchains.contains(name) => name.clone(),
             Some(name) => {
@@ -243,57 +271,48 @@ impl Container {
         };
         self.ensure_running().await?;
 
-        // `env -i` drops everything the engine and image would add; `sh` merges stderr into stdout at
-        // the source so the log keeps the exact order of both.
+        // `env -i` drops everything the engine and image would add.
         let mut cmd: Vec<String> = vec!["/usr/bin/env".into(), "-i".into()];
-        cmd.extend(self.step_env(step, &toolchain));
+        cmd.extend(self.step_env(first, &toolchain));
         cmd.extend([
             "/bin/sh".into(),
             "-c".into(),
-            "exec \"$@\" 2>&1".into(),
-            "caldera-step".into(),
+            driver_script(steps),
+            "caldera-steps".into(),
         ]);
-        cmd.extend(step.argv.iter().cloned());
+        let nonce = format!("{:032x}", rand::random::<u128>());
 
         let cgroup = self.cgroup.clone();
-        let oom_before = match &cgroup {
-            Some(cg) => cg.oom_kills().await,
-            None => None,
-        };
-        let pids_events_before = match &cgroup {
-            Some(cg) => cg.pids_max_events().await,
-            None => None,
-        };
-        let peak = match &cgroup {
-            Some(cg) => cg.start_peak().await,
-            None => PeakMeter::None,
-        };
-        let oom_watch = if oom_before.is_none() {
+        let oom_watch = if cgroup.is_none() {
             Some(self.watch_oom_events())
         } else {
             None
         };
-
         let exec = self
             .docker
             .create_exec(
                 &self.id,
                 ExecConfig {
-                    attach_stdin: Some(false),
+                    attach_stdin: Some(true),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     tty: Some(false),
                     cmd: Some(cmd),
                     env: Some(vec![]),
                     user: Some(self.user()),
-                    working_dir: Some(step.workdir.clone().unwrap_or_else(|| paths::SOURCE.into())),
+                    working_dir: Some(
+                        first
+                            .workdir
+                            .clone()
+                            .unwrap_or_else(|| paths::SOURCE.into()),
+                    ),
                     privileged: Some(false),
                     ..Default::default()
                 },
             )
             .await
             .map_err(SandboxError::docker("create exec"))?;
-        let start = Instant::now();
+        let mut meter = StepMeter::start(cgroup.as_ref(), first.log_cap).await;
         let started = self
             .docker
             .start_exec(
@@ -306,35 +325,82 @@ impl Container {
             )
             .await
             .map_err(SandboxError::docker("start exec"))?;
-        let StartExecResults::Attached { mut output, input } = started else {
+        let StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started
+        else {
             return Err(self.gone("exec started detached although attached was asked for"));
         };
+        {
+            use tokio::io::AsyncWriteExt;
+            let sent = async {
+                input.write_all(format!("{nonce}\n").as_bytes()).await?;
+                input.flush().await
+            };
+            if let Err(e) = sent.await {
+                self.kill().await;
+                return Err(self.gone(format!("could not hand the step driver its nonce: {e}")));
+            }
+        }
         drop(input);
 
-        let mut capture = LogCapture::new(step.log_cap);
-        let total_deadline = start + step.timeouts.total;
-        let mut last_output = start;
+        let mut scanner = MarkerScanner::new(&nonce);
+        let mut results: Vec<StepResult> = Vec::new();
+        let mut events = Vec::new();
+        let mut last_output = Instant::now();
         let mut stream_open = true;
         let mut timed_out = None;
         let mut exit_code = None;
+        // A step ends at its marker; after a failed one the driver runs nothing more.
+        let mut done = false;
         loop {
+            let step = &steps[results.len().min(steps.len() - 1)];
             let now = Instant::now();
+            let total_deadline = meter.start + step.timeouts.total;
             let no_output_deadline = last_output + step.timeouts.no_output;
-            if now >= total_deadline {
-                timed_out = Some(TimeoutKind::Total);
-                break;
+            if !done {
+                if now >= total_deadline {
+                    timed_out = Some(TimeoutKind::Total);
+                    break;
+                }
+                if now >= no_output_deadline {
+                    timed_out = Some(TimeoutKind::NoOutput);
+                    break;
+                }
             }
-            if now >= no_output_deadline {
-                timed_out = Some(TimeoutKind::NoOutput);
-                break;
-            }
-            let deadline = total_deadline.min(no_output_deadline);
+            let deadline = if done {
+                now + step.timeouts.no_output
+            } else {
+                total_deadline.min(no_output_deadline)
+            };
             if stream_open {
                 tokio::select! {
                     item = output.next() => match item {
                         Some(Ok(chunk)) => {
-                            capture.push(&chunk.into_bytes(), start.elapsed());
                             last_output = Instant::now();
+                            scanner.feed(&chunk.into_bytes(), &mut events);
+                            for event in events.drain(..) {
+                                match event {
+                                    Event::Output(bytes) if !done => meter.capture.push(&bytes, meter.start.elapsed()),
+                                    Event::Output(_) => {}
+                                    Event::End { step: i, status } if !done && i == results.len() => {
+                                        // this step's counters before the next step's meter resets them
+                                        let counters = meter.counters().await;
+                                        let next_cap = steps.get(i + 1).map_or(first.log_cap, |s| s.log_cap);
+                                        let ended = std::mem::replace(
+                                            &mut meter,
+                                            StepMeter::start(cgroup.as_ref(), next_cap).await,
+                                        );
+                                        let result = ended.into_result(counters, Some(status), None);
+                                        done = !result.success() || i + 1 == steps.len();
+                                        results.push(result);
+                                        last_output = Instant::now();
+                                    }
+                                    // a marker out of order is not the driver's: the step printed it
+                                    Event::End { .. } => {}
+                                }
+                            }
                         }
                         Some(Err(e)) => {
                             self.kill().await;
@@ -345,7 +411,7 @@ impl Container {
                     _ = tokio::time::sleep_until(deadline) => {}
                 }
             } else {
-                // The output closed; the process may still run (it can close its stdout and go on).
+                // The output closed; the driver may still run (it can be made to close its stdout).
                 let inspect = self
                     .docker
                     .inspect_exec(&exec.id)
@@ -359,40 +425,42 @@ impl Container {
             }
         }
 
-        let duration = start.elapsed();
-        // Read the cgroup before anything is killed: a killed container's cgroup is gone.
-        let mut oom_killed = false;
-        let mut pids_limit_hit = false;
-        if let Some(cg) = &cgroup {
-            if let (Some(before), Some(after)) = (oom_before, cg.oom_kills().await) {
-                oom_killed = after > before;
-            }
-            if let (Some(before), Some(after)) = (pids_events_before, cg.pids_max_events().await) {
-                pids_limit_hit = after > before;
-            }
-        }
-        let mut peak_memory_bytes = peak.read().await;
-        if peak_memory_bytes.is_none() {
-            peak_memory_bytes = self.stats_max_usage().await;
-        }
-
         if let Some(kind) = timed_out {
             tracing::debug!(
                 container = self.name,
                 ?kind,
                 "step timed out; killing the container"
             );
+            // counters first: a killed container's cgroup is gone
+            let counters = meter.counters().await;
+            let duration = meter.start.elapsed();
             self.kill().await;
             let drain_until = Instant::now() + DRAIN_AFTER_KILL;
+            let mut tail = Vec::new();
             while stream_open {
                 tokio::select! {
                     item = output.next() => match item {
-                        Some(Ok(chunk)) => capture.push(&chunk.into_bytes(), start.elapsed()),
+                        Some(Ok(chunk)) => scanner.feed(&chunk.into_bytes(), &mut tail),
                         _ => stream_open = false,
                     },
                     _ = tokio::time::sleep_until(drain_until) => stream_open = false,
                 }
             }
+            for event in tail {
+                if let Event::Output(bytes) = event {
+                    meter.capture.push(&bytes, meter.start.elapsed());
+                }
+            }
+            meter.capture.push(&scanner.finish(), meter.start.elapsed());
+            let mut result = meter.into_result(counters, None, Some(kind));
+            result.duration = duration;
+            results.push(result);
+        } else if !done {
+            // The driver ended without the step's marker: it was killed (by the step, or with the
+            // container). Its exit status stands for the step's.
+            meter.capture.push(&scanner.finish(), meter.start.elapsed());
+            let code = exit_code.filter(|&c| c != 0);
+            results.push(meter.finish(code, None).await);
         }
         drop(output);
 
@@ -400,13 +468,17 @@ impl Container {
             self.clean_up_after_step().await;
         }
 
+        let last = results.last_mut().expect("at least one step ran");
         if let Some(watch) = oom_watch {
-            if exit_code != Some(0) {
+            if !last.success() {
                 // Give the engine's event a moment to arrive after the process died.
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             watch.abort();
-            oom_killed |= watch.await.unwrap_or(false);
+            last.oom_killed |= watch.await.unwrap_or(false);
+        }
+        if last.peak_memory_bytes.is_none() {
+            last.peak_memory_bytes = self.stats_max_usage().await;
         }
         if self.needs_start {
             // PID 1 itself may have been the OOM victim.
@@ -416,26 +488,18 @@ impl Container {
                 .await
                 && let Some(state) = inspect.state
             {
-                oom_killed |= state.oom_killed == Some(true) && timed_out.is_none();
+                last.oom_killed |= state.oom_killed == Some(true) && timed_out.is_none();
             }
         }
-
-        Ok(StepResult {
-            exit_code: if timed_out.is_some() { None } else { exit_code },
-            timed_out,
-            oom_killed,
-            pids_limit_hit,
-            peak_memory_bytes,
-            duration,
-            output: capture.finish(),
-        })
+        Ok(results)
     }
 
     /// Kills whatever the step left running (everything of the sandbox user but PID 1). If that
     /// cannot be done or verified, the container is killed and restarted before the next step.
     async fn clean_up_after_step(&mut self) {
+        // (PID 1's sleep may be being re-forked: the driver's clean-up kills it too)
         if let (Some(cg), Some(idle)) = (&self.cgroup, self.idle_tasks)
-            && cg.pids_current().await == Some(idle)
+            && cg.pids_current().await.is_some_and(|n| n <= idle)
         {
             return; // nothing left behind
         }
@@ -638,5 +702,316 @@ impl Drop for Container {
         if let Err(e) = spawned {
             tracing::warn!(container = self.name, error = %e, "could not remove dropped container");
         }
+    }
+}
+
+/// What a step is measured with while it runs: its start, output capture, and the cgroup's
+/// counters and high-water mark as they were at its start.
+struct StepMeter {
+    start: Instant,
+    capture: LogCapture,
+    cgroup: Option<ContainerCgroup>,
+    oom_before: Option<u64>,
+    pids_events_before: Option<u64>,
+    peak: PeakMeter,
+}
+
+impl StepMeter {
+    async fn start(cgroup: Option<&ContainerCgroup>, log_cap: usize) -> StepMeter {
+        let (oom_before, pids_events_before, peak) = match cgroup {
+            Some(cg) => (
+                cg.oom_kills().await,
+                cg.pids_max_events().await,
+                cg.start_peak().await,
+            ),
+            None => (None, None, PeakMeter::None),
+        };
+        StepMeter {
+            start: Instant::now(),
+            capture: LogCapture::new(log_cap),
+            cgroup: cgroup.cloned(),
+            oom_before,
+            pids_events_before,
+            peak,
+        }
+    }
+
+    /// The step's result, read before anything is killed (a killed container's cgroup is gone).
+    async fn finish(
+        mut self,
+        exit_code: Option<i64>,
+        timed_out: Option<TimeoutKind>,
+    ) -> StepResult {
+        let counters = self.counters().await;
+        self.into_result(counters, exit_code, timed_out)
+    }
+
+    /// OOM kill, pids limit hit and peak memory since the step started.
+    async fn counters(&mut self) -> (bool, bool, Option<u64>) {
+        let mut oom_killed = false;
+        let mut pids_limit_hit = false;
+        if let Some(cg) = &self.cgroup {
+            if let (Some(before), Some(after)) = (self.oom_before, cg.oom_kills().await) {
+                oom_killed = after > before;
+            }
+            if let (Some(before), Some(after)) =
+                (self.pids_events_before, cg.pids_max_events().await)
+            {
+                pids_limit_hit = after > before;
+            }
+        }
+        let peak = std::mem::replace(&mut self.peak, PeakMeter::None);
+        (oom_killed, pids_limit_hit, peak.read().await)
+    }
+
+    fn into_result(
+        self,
+        (oom_killed, pids_limit_hit, peak_memory_bytes): (bool, bool, Option<u64>),
+        exit_code: Option<i64>,
+        timed_out: Option<TimeoutKind>,
+    ) -> StepResult {
+        StepResult {
+            exit_code: if timed_out.is_some() { None } else { exit_code },
+            timed_out,
+            oom_killed,
+            pids_limit_hit,
+            peak_memory_bytes,
+            duration: self.start.elapsed(),
+            output: self.capture.finish(),
+        }
+    }
+}
+
+/// Starts the marker lines of the step driver; the nonce and `<step> <status>\n` follow.
+const MARKER_PREFIX: &str = "\n\u{1e}caldera-step-end ";
+/// Longest `<step> <status>` after the nonce.
+const MARKER_TAIL_MAX: usize = 48;
+
+/// Quotes `s` for `sh` (single quotes; a single quote becomes `'\''`).
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The step driver (see [`Container::exec_steps`]): reads the nonce from stdin, gives the steps
+/// `/dev/null` instead, runs each step with stderr merged into stdout, kills what it left behind,
+/// prints the end marker, and stops after a failed step.
+fn driver_script(steps: &[StepCommand]) -> String {
+    let mut script = String::from("IFS= read -r caldera_nonce || exit 125\nexec </dev/null\n");
+    let prefix = MARKER_PREFIX
+        .replace('\n', "\\n")
+        .replace('\u{1e}', "\\036");
+    for (i, step) in steps.iter().enumerate() {
+        let argv: Vec<String> = step.argv.iter().map(|a| sh_quote(a)).collect();
+        script.push_str(&format!(
+            "{} 2>&1\ncaldera_status=$?\nkill -KILL -1 2>/dev/null\n\
+             printf '{prefix}%s {i} %d\\n' \"$caldera_nonce\" \"$caldera_status\"\n\
+             [ \"$caldera_status\" -eq 0 ] || exit 0\n",
+            argv.join(" ")
+        ));
+    }
+    script
+}
+
+/// What the step driver's output stream holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    /// Output of the current step, exactly as written.
+    Output(Vec<u8>),
+    /// The driver's end marker of step `step`, with its exit status.
+    End { step: usize, status: i64 },
+}
+
+/// Splits the driver's stream into step output and end markers; markers may arrive split across
+/// chunks. Anything that looks like a marker but has another nonce or a malformed tail is output.
+struct MarkerScanner {
+    prefix: Vec<u8>,
+    finder: memchr::memmem::Finder<'static>,
+    pending: Vec<u8>,
+}
+
+impl MarkerScanner {
+    fn new(nonce: &str) -> MarkerScanner {
+        let prefix = format!("{MARKER_PREFIX}{nonce} ").into_bytes();
+        MarkerScanner {
+            finder: memchr::memmem::Finder::new(&prefix).into_owned(),
+            prefix,
+            pending: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8], events: &mut Vec<Event>) {
+        self.pending.extend_from_slice(chunk);
+        let mut from = 0;
+        loop {
+            let buf = &self.pending[from..];
+            let Some(at) = self.finder.find(buf) else {
+                // keep what could be the start of a marker
+                let keep = (1..self.prefix.len().min(buf.len() + 1))
+                    .rev()
+                    .find(|&n| buf.ends_with(&self.prefix[..n]))
+                    .unwrap_or(0);
+                push_output(events, &buf[..buf.len() - keep]);
+                from += buf.len() - keep;
+                break;
+            };
+            let tail = &buf[at + self.prefix.len()..];
+            match tail.iter().position(|&b| b == b'\n') {
+                Some(nl) if nl <= MARKER_TAIL_MAX => {
+                    push_output(events, &buf[..at]);
+                    match parse_marker_tail(&tail[..nl]) {
+                        Some((step, status)) => {
+                            events.push(Event::End { step, status });
+                            from += at + self.prefix.len() + nl + 1;
+                        }
+                        None => {
+                            // not a marker after all: its first byte is output, go on after it
+                            push_output(events, &buf[at..at + 1]);
+                            from += at + 1;
+                        }
+                    }
+                }
+                None if tail.len() <= MARKER_TAIL_MAX => {
+                    // the rest of the marker is still on its way
+                    push_output(events, &buf[..at]);
+                    from += at;
+                    break;
+                }
+                _ => {
+                    push_output(events, &buf[..=at]);
+                    from += at + 1;
+                }
+            }
+        }
+        self.pending.drain(..from);
+    }
+
+    /// What is left (a partial marker that never completed is output too).
+    fn finish(self) -> Vec<u8> {
+        self.pending
+    }
+}
+
+fn push_output(events: &mut Vec<Event>, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    if let Some(Event::Output(last)) = events.last_mut() {
+        last.extend_from_slice(bytes);
+    } else {
+        events.push(Event::Output(bytes.to_vec()));
+    }
+}
+
+fn parse_marker_tail(tail: &[u8]) -> Option<(usize, i64)> {
+    let text = std::str::from_utf8(tail).ok()?;
+    let (step, status) = text.split_once(' ')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(step) || !digits(status) {
+        return None;
+    }
+    Some((step.parse().ok()?, status.parse().ok()?))
+}
+
+#[cfg(test)]
+mod driver_tests {
+    use super::*;
+
+    const NONCE: &str = "0123456789abcdef0123456789abcdef";
+
+    fn marker(step: usize, status: i64) -> String {
+        format!("{MARKER_PREFIX}{NONCE} {step} {status}\n")
+    }
+
+    fn scan_in_chunks(stream: &[u8], chunk: usize) -> Vec<Event> {
+        let mut scanner = MarkerScanner::new(NONCE);
+        let mut events = Vec::new();
+        for part in stream.chunks(chunk.max(1)) {
+            scanner.feed(part, &mut events);
+        }
+        let rest = scanner.finish();
+        push_output(&mut events, &rest);
+        // merge adjacent outputs, which chunking may split
+        let mut merged: Vec<Event> = Vec::new();
+        for e in events {
+            match (merged.last_mut(), e) {
+                (Some(Event::Output(a)), Event::Output(b)) => a.extend_from_slice(&b),
+                (_, e) => merged.push(e),
+            }
+        }
+        merged
+    }
+
+    #[test]
+    fn markers_split_the_stream_whatever_the_chunking() {
+        let stream = format!(
+            "compiling\nno newline at the end{}running 1 test\n{}{}",
+            marker(0, 0),
+            marker(1, 101),
+            "after the last\n"
+        );
+        let want = vec![
+            Event::Output(b"compiling\nno newline at the end".to_vec()),
+            Event::End { step: 0, status: 0 },
+            Event::Output(b"running 1 test\n".to_vec()),
+            Event::End {
+                step: 1,
+                status: 101,
+            },
+            Event::Output(b"after the last\n".to_vec()),
+        ];
+        for chunk in [1, 2, 3, 7, 16, 64, 4096] {
+            assert_eq!(
+                scan_in_chunks(stream.as_bytes(), chunk),
+                want,
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn look_alikes_stay_output() {
+        for fake in [
+            // another nonce
+            format!("{MARKER_PREFIX}ffffffffffffffffffffffffffffffff 0 0\n"),
+            // malformed tails
+            format!("{MARKER_PREFIX}{NONCE} zero 0\n"),
+            format!("{MARKER_PREFIX}{NONCE} 0 -1\n"),
+            format!("{MARKER_PREFIX}{NONCE} 0 0 extra\n"),
+            format!("{MARKER_PREFIX}{NONCE} {}\n", "9".repeat(60)),
+            // cut off at the end of the stream
+            format!("{MARKER_PREFIX}{NONCE} 0"),
+        ] {
+            let stream = format!("a{fake}b");
+            for chunk in [1, 5, 4096] {
+                assert_eq!(
+                    scan_in_chunks(stream.as_bytes(), chunk),
+                    vec![Event::Output(stream.as_bytes().to_vec())],
+                    "{fake:?} in chunks of {chunk}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_driver_quotes_every_argument() {
+        let steps = [
+            StepCommand::new(["cargo", "build", "--features", "a b", "it's"]),
+            StepCommand::new(["cargo", "test", "$HOME", "`x`"]),
+        ];
+        let script = driver_script(&steps);
+        assert!(
+            script.contains(r"'cargo' 'build' '--features' 'a b' 'it'\''s' 2>&1"),
+            "{script}"
+        );
+        assert!(
+            script.contains(r"'cargo' 'test' '$HOME' '`x`' 2>&1"),
+            "{script}"
+        );
+        assert!(script.starts_with("IFS= read -r caldera_nonce || exit 125\nexec </dev/null\n"));
+        assert_eq!(script.matches("kill -KILL -1").count(), 2);
+        assert!(
+            script.contains(r"printf '\n\036caldera-step-end %s 1 %d\n'"),
+            "{script}"
+        );
     }
 }

@@ -686,6 +686,78 @@ async fn processes_left_behind_by_a_step_are_killed_before_the_next() {
 }
 
 #[tokio::test]
+async fn steps_in_one_exec_are_split_stopped_and_cleaned_between() {
+    let (_sandbox, _dirs, mut container) = stable_job("driver", "pass", test_limits()).await;
+    let sh = |script: &str| StepCommand::new(["sh", "-c", script]);
+    let results = container
+        .exec_steps(&[
+            // output without a final newline; a daemon left behind; a forged marker with a guessed
+            // nonce; and the driver's stdin, where the real nonce came from, is empty for steps
+            sh("printf 'one'; setsid sleep 1234 >/dev/null 2>&1 & \
+                printf '\\n\\036caldera-step-end 00000000000000000000000000000000 0 0\\n'; \
+                cat; printf 'stdin was empty'"),
+            sh("ps -eo args; echo two >&2; exit 3"),
+            sh("echo never"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 2, "the third step does not run: {results:?}");
+    let (one, two) = (&results[0], &results[1]);
+    assert_eq!(one.exit_code, Some(0));
+    let text = one.output.text();
+    assert!(text.contains("] one"), "{text}");
+    assert!(
+        text.contains("caldera-step-end 00000000000000000000000000000000 0 0"),
+        "a forged marker is plain output: {text}"
+    );
+    assert!(text.contains("stdin was empty"), "{text}");
+    assert_eq!(two.exit_code, Some(3));
+    assert!(!two.success());
+    let text = two.output.text();
+    assert!(
+        !text.lines().any(|l| l.ends_with("] sleep 1234")),
+        "the first step's daemon was killed before the second: {text}"
+    );
+    assert!(text.lines().any(|l| l.ends_with("] sleep 3600")), "{text}");
+    assert!(text.contains("two"), "stderr is merged: {text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.ends_with("] one") || l.ends_with("stdin was empty")),
+        "each step has its own output: {text}"
+    );
+
+    // a timeout in a later step ends that step only, and the container runs the next exec
+    let results = container
+        .exec_steps(&[
+            sh("echo quick"),
+            sh("echo slow; sleep 600").timeouts(Duration::from_secs(60), Duration::from_secs(2)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 2);
+    assert!(results[0].success());
+    assert_eq!(
+        results[1].timed_out,
+        Some(caldera_sandbox::TimeoutKind::NoOutput)
+    );
+    assert!(results[1].output.contains("slow"));
+    let after = run(&mut container, &StepCommand::new(["true"])).await;
+    assert!(after.success(), "{after:?}");
+
+    // steps that differ in environment cannot share an exec
+    let err = container
+        .exec_steps(&[sh("true"), sh("true").env("A", "1")])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("must share their environment"),
+        "{err}"
+    );
+    container.remove().await.unwrap();
+}
+
+#[tokio::test]
 async fn bad_mounts_and_leftover_containers() {
     let sandbox = sandbox("mounts").await;
     let dirs = job_dirs("pass");

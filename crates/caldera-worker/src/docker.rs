@@ -13,13 +13,19 @@
 //!    both sides (or `error` when the infrastructure failed).
 //! 3. Each side gets a fresh container (network none, source, cargo home and the side's toolchain
 //!    read-only, the slot's target dir for that toolchain writable, the configured limits plus the
-//!    job's extra memory) and runs the mode's steps ([`plan_steps`]) `--locked --offline`, stopping
+//!    job's extra memory). It is usually a *spare*: as a side takes its container, another one with
+//!    the same mounts and limits is created for the slot's next job, so jobs do not wait for
+//!    containers to start. That works because the source is mounted from the slot's source dir
+//!    (`<sources>/slot-<n>`), into which the prepared crate is moved (renamed) before the steps; a
+//!    spare that does not fit (another toolchain, extra memory) is removed and one is created for
+//!    the job, while the crate is prepared. The side runs the mode's steps ([`plan_steps`])
+//!    `--locked --offline`, stopping
 //!    at the first failed step. The steps are classified with
 //!    [`caldera_core::classify::classify_job`]; when that reports a contaminated target dir (E0464),
 //!    the dir is purged and the side runs once more from clean before anything is reported. A
 //!    separate container per side means nothing one toolchain leaves in `/tmp` or `$HOME` can
-//!    change what the other sees. Both containers are created at once (the end side's starts while
-//!    the start side runs) and each is removed in the background once its steps are done.
+//!    change what the other sees, and no job sees another's: a container serves one side of one
+//!    job and is removed in the background once its steps are done.
 //! 4. Each side's log — a header naming the crate, toolchain, mode, steps with their durations and
 //!    the outcome, then the preparation's output and every step's output — is written to the
 //!    upload spool under `keys::log(experiment, toolchain, crate)` and awaited until durable before
@@ -82,6 +88,9 @@ pub struct DockerExecutorConfig {
     pub sandbox_env: BTreeMap<String, String>,
     /// How long to wait for a log to reach object storage before the side is reported as `error`.
     pub log_upload_timeout: Duration,
+    /// Keep a fresh container ready for each slot's next job, per side (the default), so that a
+    /// job does not wait for a container to start. Every job still runs in containers of its own.
+    pub spare_containers: bool,
     pub prepare: PrepareConfig,
 }
 
@@ -102,11 +111,19 @@ impl DockerExecutorConfig {
             reuse_target_dirs: true,
             sandbox_env: BTreeMap::new(),
             log_upload_timeout: Duration::from_secs(600),
+            spare_containers: true,
         }
     }
 
     fn targets_dir(&self) -> PathBuf {
         self.work_dir.join("targets")
+    }
+
+    /// The source directory of a slot: a job's prepared source is moved in for its steps. It is
+    /// the same directory for every job of the slot, so containers can be created before the job
+    /// (and its crate) is known.
+    fn slot_source_dir(&self, slot: u32) -> PathBuf {
+        self.prepare.sources_dir.join(format!("slot-{slot}"))
     }
 }
 
@@ -135,6 +152,11 @@ pub struct ExecutorStats {
     pub purges_high_water: u64,
     /// Slot purges because target dir reuse is off.
     pub purges_no_reuse: u64,
+    /// Sides that ran in a spare container created ahead of the job.
+    pub spare_hits: u64,
+    /// Sides whose container was created for the job (no spare, or one with other mounts or
+    /// limits).
+    pub spare_misses: u64,
 }
 
 /// The real executor (see the module docs). Cheap to clone.
@@ -164,6 +186,18 @@ struct Inner {
     /// Serialises Miri sysroot builds.
     miri_setup: tokio::sync::Mutex<()>,
     stats: Mutex<ExecutorStats>,
+    /// Spare containers, created ahead for each slot's next job: one per side.
+    spares: Mutex<HashMap<(u32, Side), Spare>>,
+}
+
+/// A container being created (or made) for a job not yet known.
+type Creation = tokio::task::JoinHandle<Result<Container, String>>;
+
+/// A spare container: what it mounts and its limits, so a job takes it only when they match.
+struct Spare {
+    mounts: JobMounts,
+    limits: Limits,
+    creation: Creation,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -189,8 +223,6 @@ pub struct PlannedStep {
 struct SideSetup {
     /// the log so far (miri's setup)
     body: Vec<u8>,
-    mounts: JobMounts,
-    limits: Limits,
     commands: Vec<(StepKind, StepCommand)>,
     target: PathBuf,
 }
@@ -328,25 +360,77 @@ fn termination(r: &StepResult) -> Option<Termination> {
 }
 
 /// Removes everything inside `dir` (keeping `dir`, which may be a live bind mount).
-async fn purge_dir_contents(dir: PathBuf) -> std::io::Result<()> {
+/// Removes the container of `creation` once it exists.
+fn discard(creation: Creation) {
+    tokio::spawn(async move {
+        if let Ok(Ok(container)) = creation.await
+            && let Err(e) = container.remove().await
+        {
+            tracing::warn!(error = %e, "could not remove a sandbox container");
+        }
+    });
+}
+
+/// Creates `dir` (mode 0755, so the sandbox user can read what is moved in) if needed.
+async fn make_dir_for_sandbox(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::create_dir_all(dir).await?;
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).await
+}
+
+/// Empties `to` (what an earlier job left) and moves everything in `from` into it by renaming
+/// (both are in the preparer's sources dir), so the cost does not grow with the crate's size.
+/// `to` itself stays: containers bind-mount it.
+async fn move_tree_contents(from: PathBuf, to: PathBuf) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                std::fs::remove_dir_all(entry.path())?;
+        for entry in std::fs::read_dir(&to)? {
+            let path = entry?.path();
+            if path.is_dir() && !path.is_symlink() {
+                std::fs::remove_dir_all(&path)?;
             } else {
-                std::fs::remove_file(entry.path())?;
+                std::fs::remove_file(&path)?;
             }
+        }
+        for entry in std::fs::read_dir(&from)? {
+            let entry = entry?;
+            std::fs::rename(entry.path(), to.join(entry.file_name()))?;
         }
         Ok(())
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+async fn purge_dir_contents(dir: PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || empty_dir(&dir, false))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// Empties a slot's target dirs (the subdirectories of `slot_dir`, one per toolchain) but keeps
+/// them: spare containers already bind-mount them.
+async fn purge_slot_target_dirs(slot_dir: PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || empty_dir(&slot_dir, true))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// Removes what is in `dir`; with `keep_subdirs`, its subdirectories are emptied instead.
+fn empty_dir(dir: &Path, keep_subdirs: bool) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        match (entry.file_type()?.is_dir(), keep_subdirs) {
+            (true, true) => empty_dir(&entry.path(), false)?,
+            (true, false) => std::fs::remove_dir_all(entry.path())?,
+            (false, _) => std::fs::remove_file(entry.path())?,
+        }
+    }
+    Ok(())
 }
 
 /// The steps' `TMPDIR`, inside the target dir (see [`fresh_tmp_dir`]).
@@ -464,6 +548,7 @@ impl DockerExecutor {
                 host_toolchains: tokio::sync::Mutex::new(HashMap::new()),
                 miri_setup: tokio::sync::Mutex::new(()),
                 stats: Mutex::new(ExecutorStats::default()),
+                spares: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -479,6 +564,24 @@ impl DockerExecutor {
 
     pub fn stats(&self) -> ExecutorStats {
         lock(&self.inner.stats).clone()
+    }
+
+    /// Removes the spare containers kept for the slots' next jobs. Call it when the worker stops;
+    /// whatever is missed is swept by the next start with the same owner.
+    pub async fn shutdown(&self) {
+        let spares: Vec<Spare> = lock(&self.inner.spares).drain().map(|(_, s)| s).collect();
+        for spare in spares {
+            if let Ok(Ok(container)) = spare.creation.await
+                && let Err(e) = container.remove().await
+            {
+                tracing::warn!(error = %e, "could not remove a spare sandbox container");
+            }
+        }
+    }
+
+    /// How many spare containers are kept (or being created) for the slots' next jobs.
+    pub fn spare_count(&self) -> usize {
+        lock(&self.inner.spares).len()
     }
 
     /// The target dir slot `slot` uses for `toolchain` (exists once a job ran there).
@@ -574,6 +677,31 @@ impl Inner {
             Err(reason) => Err(PrepareError::Infra(reason.clone())),
         };
 
+        // Containers first: the slot's spare, made ahead of the job, when it fits; otherwise one
+        // is created now and starts while the crate is prepared. The source is mounted from the
+        // slot's source dir, into which the prepared crate is moved below.
+        let slot_src = self.config.slot_source_dir(slot.index);
+        let slot_src_ready = make_dir_for_sandbox(&slot_src).await;
+        let mut creations: Vec<Option<(JobMounts, Limits, Creation)>> = Vec::new();
+        for (i, side) in Side::BOTH.into_iter().enumerate() {
+            let mut creation = None;
+            if let (Ok(tc), Ok(())) = (&sides[i], &slot_src_ready) {
+                let target = self.side_target(slot.index, tc);
+                if tokio::fs::create_dir_all(&target).await.is_ok() {
+                    let mounts = JobMounts {
+                        source: slot_src.clone(),
+                        target,
+                        cargo_home: self.config.prepare.cargo_home.clone(),
+                        toolchains: vec![ToolchainMount::new(&tc.mount_name, &tc.dir)],
+                    };
+                    let limits = self.side_limits(spec);
+                    let handle = self.container_for(slot.index, side, &mounts, &limits);
+                    creation = Some((mounts, limits, handle));
+                }
+            }
+            creations.push(creation);
+        }
+
         // preparation, once for both sides
         let mut header_notes = Vec::new();
         let (report, prepared) = match start_host {
@@ -581,19 +709,37 @@ impl Inner {
                 // dropping the preparation kills its subprocesses and removes its directory
                 tokio::select! {
                     r = self.preparer.prepare(&spec.experiment, &spec.krate, &host) => r,
-                    () = cancel.cancelled() => return None,
+                    () = cancel.cancelled() => {
+                        self.discard_all(&mut creations);
+                        return None;
+                    }
                 }
             }
             Err(e) => (PrepareReport::default(), Err(e)),
+        };
+        let prepared = match (prepared, slot_src_ready) {
+            (Ok(p), Ok(())) => match move_tree_contents(p.source(), slot_src.clone()).await {
+                Ok(()) => Ok(p),
+                Err(e) => Err(PrepareError::Infra(format!(
+                    "moving the prepared source into {}: {e}",
+                    slot_src.display()
+                ))),
+            },
+            (Ok(_), Err(e)) => Err(PrepareError::Infra(format!(
+                "the slot's source dir {}: {e}",
+                slot_src.display()
+            ))),
+            (Err(e), _) => Err(e),
         };
         if let Err(e) = self.prepare_slot(slot.index, &spec.experiment).await {
             header_notes.push(format!("target dir housekeeping failed: {e}"));
         }
 
-        // Both sides are set up first and both containers created at once, so the end side's
-        // container starts (~0.3 s here) while the start side's steps run; each container is removed
-        // in the background once its steps are done, and the start side's log is made durable while
-        // the end side runs. The job waits for none of that.
+        // Both sides are set up first. The end side's container (when not a spare already) starts
+        // while the start side's steps run; each container is removed in the background once its
+        // steps are done, a spare for the slot's next job is created as each side takes its own,
+        // and the start side's log is made durable while the end side runs. The job waits for
+        // none of that.
         let mut plans = Vec::new();
         for (i, side) in Side::BOTH.into_iter().enumerate() {
             let plan = match (&sides[i], &prepared) {
@@ -607,36 +753,34 @@ impl Inner {
                 (_, Err(PrepareError::Infra(reason))) => {
                     Err(SideRun::error(reason.clone(), Vec::new(), Duration::ZERO))
                 }
-                (Ok(tc), Ok(prepared)) => {
-                    let target = self
-                        .config
-                        .targets_dir()
-                        .join(format!("slot-{}", slot.index))
-                        .join(toolchain_dir_key(&tc.spec.id()));
+                (Ok(tc), Ok(_)) => {
+                    let target = self.side_target(slot.index, tc);
                     tokio::select! {
-                        r = self.setup_side(spec, tc, prepared, &target) => r,
-                        () = cancel.cancelled() => return None,
+                        r = self.setup_side(spec, tc, &target) => r,
+                        () = cancel.cancelled() => {
+                            self.discard_all(&mut creations);
+                            return None;
+                        }
                     }
                 }
             };
             tracing::trace!(%side, ok = plan.is_ok(), "side set up");
+            if plan.is_err()
+                && let Some((mounts, limits, creation)) = creations[i].take()
+            {
+                // not needed by this job: the next one can have it
+                self.keep_spare(
+                    slot.index,
+                    side,
+                    Spare {
+                        mounts,
+                        limits,
+                        creation,
+                    },
+                );
+            }
             plans.push(plan);
         }
-        let mut creations: Vec<Option<tokio::task::JoinHandle<Result<Container, String>>>> = plans
-            .iter()
-            .map(|plan| {
-                plan.as_ref().ok().map(|setup| {
-                    let sandbox = self.sandbox.clone();
-                    let (mounts, limits) = (setup.mounts.clone(), setup.limits.clone());
-                    tokio::spawn(async move {
-                        sandbox
-                            .create(mounts, limits)
-                            .await
-                            .map_err(|e| sandbox_reason(&e))
-                    })
-                })
-            })
-            .collect();
 
         let mut outputs: Vec<SideOutput> = Vec::new();
         let mut pending: Option<(ObjectKey, SideRun)> = None;
@@ -652,9 +796,15 @@ impl Inner {
                     (Err(run), _) => Some(run),
                     (Ok(setup), Ok(prepared)) => {
                         let container = match creation {
-                            Some(handle) => handle
-                                .await
-                                .unwrap_or_else(|e| Err(format!("creating the container: {e}"))),
+                            Some((mounts, limits, handle)) => {
+                                let container = handle.await.unwrap_or_else(|e| {
+                                    Err(format!("creating the container: {e}"))
+                                });
+                                if container.is_ok() {
+                                    self.replenish(slot.index, side, mounts, limits);
+                                }
+                                container
+                            }
                             None => Err("no container was created".to_owned()),
                         };
                         self.run_in(setup, container, spec, prepared, &cancel).await
@@ -677,7 +827,7 @@ impl Inner {
             };
             let Some(mut run) = run else {
                 // cancelled: the containers not used yet go too
-                for handle in creations.iter_mut().filter_map(Option::take) {
+                for (_, _, handle) in creations.iter_mut().filter_map(Option::take) {
                     if let Ok(Ok(c)) = handle.await
                         && let Err(e) = c.remove().await
                     {
@@ -731,6 +881,88 @@ impl Inner {
         Some(JobOutput { start, end })
     }
 
+    /// The target dir of `slot` for a side's toolchain.
+    fn side_target(&self, slot: u32, tc: &SideToolchain) -> PathBuf {
+        self.config
+            .targets_dir()
+            .join(format!("slot-{slot}"))
+            .join(toolchain_dir_key(&tc.spec.id()))
+    }
+
+    /// The configured limits plus the job's extra memory.
+    fn side_limits(&self, spec: &JobSpec) -> Limits {
+        Limits {
+            memory_bytes: self.config.limits.memory_bytes
+                + (u64::from(spec.extra_memory_mib) << 20),
+            ..self.config.limits.clone()
+        }
+    }
+
+    fn spawn_create(&self, mounts: JobMounts, limits: Limits) -> Creation {
+        let sandbox = self.sandbox.clone();
+        tokio::spawn(async move {
+            sandbox
+                .create(mounts, limits)
+                .await
+                .map_err(|e| sandbox_reason(&e))
+        })
+    }
+
+    /// The container for a side of a job in `slot`: the slot's spare for that side when it has the
+    /// same mounts and limits, otherwise one created now.
+    fn container_for(
+        &self,
+        slot: u32,
+        side: Side,
+        mounts: &JobMounts,
+        limits: &Limits,
+    ) -> Creation {
+        let spare = lock(&self.spares).remove(&(slot, side));
+        if let Some(spare) = spare {
+            if spare.mounts == *mounts && spare.limits == *limits {
+                lock(&self.stats).spare_hits += 1;
+                return spare.creation;
+            }
+            discard(spare.creation);
+        }
+        lock(&self.stats).spare_misses += 1;
+        self.spawn_create(mounts.clone(), limits.clone())
+    }
+
+    /// Starts creating the slot's spare for its next job on `side`.
+    fn replenish(&self, slot: u32, side: Side, mounts: JobMounts, limits: Limits) {
+        if self.config.spare_containers {
+            let creation = self.spawn_create(mounts.clone(), limits.clone());
+            self.keep_spare(
+                slot,
+                side,
+                Spare {
+                    mounts,
+                    limits,
+                    creation,
+                },
+            );
+        }
+    }
+
+    /// Keeps `spare` for the slot's next job on `side` (replacing an older one).
+    fn keep_spare(&self, slot: u32, side: Side, spare: Spare) {
+        if !self.config.spare_containers {
+            discard(spare.creation);
+            return;
+        }
+        if let Some(old) = lock(&self.spares).insert((slot, side), spare) {
+            discard(old.creation);
+        }
+    }
+
+    /// Removes a cancelled job's containers.
+    fn discard_all(&self, creations: &mut [Option<(JobMounts, Limits, Creation)>]) {
+        for creation in creations.iter_mut().filter_map(Option::take) {
+            discard(creation.2);
+        }
+    }
+
     async fn take_slot(self: &Arc<Self>) -> SlotGuard {
         let permit = self
             .permits
@@ -757,11 +989,11 @@ impl Inner {
         let previous = tokio::fs::read_to_string(&marker).await.ok();
         if previous.as_deref().is_some_and(|p| p != experiment) {
             tracing::info!(slot, "new experiment: purging the slot's target dirs");
-            purge_dir_contents(dir.clone()).await?;
+            purge_slot_target_dirs(dir.clone()).await?;
             lock(&self.stats).purges_experiment_change += 1;
         }
         if !self.config.reuse_target_dirs {
-            purge_dir_contents(dir.clone()).await?;
+            purge_slot_target_dirs(dir.clone()).await?;
             lock(&self.stats).purges_no_reuse += 1;
         } else if let Some(used) = disk_used_fraction(self.config.targets_dir()).await
             && used > self.config.disk_high_water
@@ -771,7 +1003,7 @@ impl Inner {
                 used = format!("{:.0}%", used * 100.0),
                 "disk past the high-water mark: purging the slot's target dirs"
             );
-            purge_dir_contents(dir.clone()).await?;
+            purge_slot_target_dirs(dir.clone()).await?;
             lock(&self.stats).purges_high_water += 1;
         }
         if previous.as_deref() != Some(experiment) || !tokio::fs::try_exists(&marker).await? {
@@ -867,7 +1099,6 @@ impl Inner {
         &self,
         spec: &JobSpec,
         tc: &SideToolchain,
-        prepared: &PreparedCrate,
         target: &Path,
     ) -> Result<SideSetup, SideRun> {
         let t0 = Instant::now();
@@ -913,17 +1144,6 @@ impl Inner {
             total: self.config.timeouts.total + extra,
             no_output: self.config.timeouts.no_output + extra,
         };
-        let limits = Limits {
-            memory_bytes: self.config.limits.memory_bytes
-                + (u64::from(spec.extra_memory_mib) << 20),
-            ..self.config.limits.clone()
-        };
-        let mounts = JobMounts {
-            source: prepared.source(),
-            target: target.to_owned(),
-            cargo_home: self.config.prepare.cargo_home.clone(),
-            toolchains: vec![ToolchainMount::new(&tc.mount_name, &tc.dir)],
-        };
         let plan = plan_steps(spec.mode, spec.skip_tests, &tc.spec);
         let commands: Vec<(StepKind, StepCommand)> = plan
             .into_iter()
@@ -939,8 +1159,6 @@ impl Inner {
 
         Ok(SideSetup {
             body,
-            mounts,
-            limits,
             commands,
             target: target.to_owned(),
         })
@@ -1022,8 +1240,13 @@ impl Inner {
                 .await
                 .map_err(|e| format!("preparing the step temp dir: {e}"))?;
             let mut results: Vec<(StepKind, Termination, StepResult)> = Vec::new();
-            for (i, (kind, cmd)) in commands.iter().enumerate() {
-                let result = container.exec(cmd).await.map_err(|e| sandbox_reason(&e))?;
+            // all steps in one exec: it stops after the first that fails
+            let cmds: Vec<StepCommand> = commands.iter().map(|(_, c)| c.clone()).collect();
+            let step_results = container
+                .exec_steps(&cmds)
+                .await
+                .map_err(|e| sandbox_reason(&e))?;
+            for (i, ((kind, cmd), result)) in commands.iter().zip(step_results).enumerate() {
                 let term = termination(&result).ok_or_else(|| {
                     format!(
                         "step {} ({}) ended without an exit status: the sandbox container died",

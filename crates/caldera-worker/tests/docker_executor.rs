@@ -343,6 +343,9 @@ async fn target_dirs_are_reused_decontaminated_and_purged_per_experiment() {
             purges_experiment_change: 0,
             purges_high_water: 0,
             purges_no_reuse: 0,
+            // the first job created its containers; the second ran in the spares made meanwhile
+            spare_misses: 2,
+            spare_hits: 2,
         }
     );
     assert!(
@@ -367,6 +370,16 @@ async fn target_dirs_are_reused_decontaminated_and_purged_per_experiment() {
     );
     assert!(!has_artifact("libfixture_contaminate_b"));
     assert_eq!(h.executor.stats().purges_experiment_change, 1);
+    // same toolchains and limits: the spares fit another experiment too
+    assert_eq!(h.executor.stats().spare_hits, 4);
+    assert_eq!(h.executor.spare_count(), 2);
+    h.executor.shutdown().await;
+    assert_eq!(h.executor.spare_count(), 0);
+    assert!(
+        containers_owned_by(&h.owner).is_empty(),
+        "{:?}",
+        containers_owned_by(&h.owner)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,6 +477,20 @@ async fn cancel_kills_the_container_at_once() {
             reason: "cancelled".into()
         }
     );
+    // what is left are the idle spares kept for the slot's next job, one per side at most
+    let left = containers_owned_by(&h.owner);
+    assert!(
+        left.len() <= h.executor.spare_count() && h.executor.spare_count() <= 2,
+        "{left:?}, {} spares",
+        h.executor.spare_count()
+    );
+    let spinning = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ps -eo args | grep -c '[d]eps/fixture_canary_silent_loop-'")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&spinning.stdout).trim(), "0");
+    h.executor.shutdown().await;
     assert!(
         containers_owned_by(&h.owner).is_empty(),
         "{:?}",

@@ -86,7 +86,7 @@ async fn fixtures_through_api_scheduler_worker_and_docker() {
         wconfig.capabilities
     );
     // a fast lease would expire during real builds: keep the fast heartbeats, which renew it
-    let worker = InProcessWorker::spawn_with(wconfig, executor);
+    let worker = InProcessWorker::spawn_with(wconfig, executor.clone());
 
     // crate → (start outcome kind, end outcome kind, comparison)
     let expected: BTreeMap<&str, (&str, &str, &str)> = [
@@ -192,6 +192,12 @@ async fn fixtures_through_api_scheduler_worker_and_docker() {
     assert!(log.contains("cargo build"), "{log}");
 
     worker.stop().await;
+    assert!(
+        executor.stats().spare_hits > 0,
+        "later jobs ran in spare containers: {:?}",
+        executor.stats()
+    );
+    executor.shutdown().await;
     spool.wait_idle().await;
     master.stop().await;
 }

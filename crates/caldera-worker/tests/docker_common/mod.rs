@@ -166,6 +166,21 @@ impl Harness {
     }
 }
 
+impl Drop for Harness {
+    /// The executor keeps spare containers for its slots' next jobs; a test's runtime may be gone
+    /// before they could be removed asynchronously, so whatever this harness's owner still has is
+    /// removed here.
+    fn drop(&mut self) {
+        let ids = containers_owned_by(&self.owner);
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
 /// Head and tail of a log, for assertion messages.
 pub fn excerpt(log: &str) -> String {
     if log.len() <= 8000 {

@@ -272,6 +272,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let _ = drain_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(15), worker).await;
     let _ = tokio::time::timeout(Duration::from_secs(30), executor.spool().wait_idle()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(15), executor.shutdown()).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), master).await;
     pool.close().await;

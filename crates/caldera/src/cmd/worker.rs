@@ -291,6 +291,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             "uploads still pending at exit; they resume on the next start"
         );
     }
+    executor.shutdown().await;
     result?;
     tracing::info!("worker drained and stopped");
     Ok(())
