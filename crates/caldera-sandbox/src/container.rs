@@ -1,11 +1,13 @@
 //! One job's container and the steps run in it.
 //!
-//! A container lives for the whole job: PID 1 is a shell that sleeps and reaps orphans; each step is a
-//! `docker exec`. Between steps every process of the sandbox user except PID 1 is killed, so nothing a
-//! step left behind (daemons, fork-bomb remnants) reaches the next. When a step times out, or anything
-//! about the container is in doubt, the whole container is killed (which ends every process in it at
-//! once, however it forked) and restarted before the next step; mounts are host directories, so only
-//! the tmpfs (`/tmp`, `$HOME`) is lost.
+//! A container serves one side of one job: PID 1 is a shell that sleeps and reaps orphans; the
+//! steps run by `docker exec` — all of a side's steps in one exec ([`Container::exec_steps`]),
+//! through a small shell driver that marks where each step ends, because every exec costs the
+//! engine tens of milliseconds. After each step every process of the sandbox user except PID 1 is
+//! killed, so nothing a step left behind (daemons, fork-bomb remnants) reaches the next. When a
+//! step times out, or anything about the container is in doubt, the whole container is killed
+//! (which ends every process in it at once, however it forked) and restarted before the next
+//! exec; mounts are host directories, so only the tmpfs (`/tmp`, `$HOME`) is lost.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,8 +30,12 @@ use crate::spec::{StepCommand, StepResult, TimeoutKind, paths};
 
 /// How long to wait for output still in flight after the container was killed.
 const DRAIN_AFTER_KILL: Duration = Duration::from_secs(5);
-/// How often to ask whether the step's process exited, once its output stream has closed.
-const EXIT_POLL: Duration = Duration::from_millis(25);
+/// How often to ask whether the step driver exited, once its output stream has closed: quickly at
+/// first (the engine registers the exit a moment after the stream closes), then less often.
+const EXIT_POLL_FIRST: Duration = Duration::from_millis(2);
+const EXIT_POLL_MAX: Duration = Duration::from_millis(25);
+/// How long the step driver may take to exit after its last marker.
+const DRIVER_EXIT_GRACE: Duration = Duration::from_secs(5);
 /// Limit for the clean-up exec between steps.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -352,14 +358,30 @@ impl Container {
         let mut stream_open = true;
         let mut timed_out = None;
         let mut exit_code = None;
-        // A step ends at its marker; after a failed one the driver runs nothing more.
-        let mut done = false;
+        let mut exit_poll = EXIT_POLL_FIRST;
+        // A step ends at its marker; after a failed one, or the last, the driver exits.
+        let mut done: Option<Instant> = None;
+        // However the markers come, the exec as a whole gets no more than the steps' totals.
+        let exec_deadline =
+            Instant::now() + steps.iter().map(|s| s.timeouts.total).sum::<Duration>();
         loop {
             let step = &steps[results.len().min(steps.len() - 1)];
             let now = Instant::now();
-            let total_deadline = meter.start + step.timeouts.total;
-            let no_output_deadline = last_output + step.timeouts.no_output;
-            if !done {
+            let deadline = if let Some(done_at) = done {
+                let exit_deadline = done_at + DRIVER_EXIT_GRACE;
+                if now >= exit_deadline {
+                    // something keeps the driver's output open after its last marker
+                    tracing::debug!(
+                        container = self.name,
+                        "step driver did not exit; killing the container"
+                    );
+                    self.kill().await;
+                    break;
+                }
+                exit_deadline
+            } else {
+                let total_deadline = (meter.start + step.timeouts.total).min(exec_deadline);
+                let no_output_deadline = last_output + step.timeouts.no_output;
                 if now >= total_deadline {
                     timed_out = Some(TimeoutKind::Total);
                     break;
@@ -368,10 +390,6 @@ impl Container {
                     timed_out = Some(TimeoutKind::NoOutput);
                     break;
                 }
-            }
-            let deadline = if done {
-                now + step.timeouts.no_output
-            } else {
                 total_deadline.min(no_output_deadline)
             };
             if stream_open {
@@ -382,9 +400,9 @@ impl Container {
                             scanner.feed(&chunk.into_bytes(), &mut events);
                             for event in events.drain(..) {
                                 match event {
-                                    Event::Output(bytes) if !done => meter.capture.push(&bytes, meter.start.elapsed()),
+                                    Event::Output(bytes) if done.is_none() => meter.capture.push(&bytes, meter.start.elapsed()),
                                     Event::Output(_) => {}
-                                    Event::End { step: i, status } if !done && i == results.len() => {
+                                    Event::End { step: i, status } if done.is_none() && i == results.len() => {
                                         // this step's counters before the next step's meter resets them
                                         let counters = meter.counters().await;
                                         let next_cap = steps.get(i + 1).map_or(first.log_cap, |s| s.log_cap);
@@ -393,7 +411,9 @@ impl Container {
                                             StepMeter::start(cgroup.as_ref(), next_cap).await,
                                         );
                                         let result = ended.into_result(counters, Some(status), None);
-                                        done = !result.success() || i + 1 == steps.len();
+                                        if !result.success() || i + 1 == steps.len() {
+                                            done = Some(Instant::now());
+                                        }
                                         results.push(result);
                                         last_output = Instant::now();
                                     }
@@ -421,7 +441,8 @@ impl Container {
                     exit_code = inspect.exit_code;
                     break;
                 }
-                tokio::time::sleep_until((Instant::now() + EXIT_POLL).min(deadline)).await;
+                tokio::time::sleep_until((Instant::now() + exit_poll).min(deadline)).await;
+                exit_poll = (exit_poll * 2).min(EXIT_POLL_MAX);
             }
         }
 
@@ -455,7 +476,7 @@ impl Container {
             let mut result = meter.into_result(counters, None, Some(kind));
             result.duration = duration;
             results.push(result);
-        } else if !done {
+        } else if done.is_none() {
             // The driver ended without the step's marker: it was killed (by the step, or with the
             // container). Its exit status stands for the step's.
             meter.capture.push(&scanner.finish(), meter.start.elapsed());
@@ -464,7 +485,7 @@ impl Container {
         }
         drop(output);
 
-        if timed_out.is_none() {
+        if timed_out.is_none() && !self.needs_start {
             self.clean_up_after_step().await;
         }
 

@@ -8,10 +8,13 @@
 //! **overhead** — per-job overhead of the farm over running the same cargo commands directly on
 //! the host in the same prepared directory. For each crate: the farm time is a whole
 //! `DockerExecutor::run` of a build-and-test job (stable vs nightly: preparation with lockfile and
-//! fetch, two containers, six steps, two logs made durable), starting from empty target dirs (a
-//! new experiment each time); the direct time is the same six cargo invocations (same arguments,
-//! same `RUSTFLAGS`, same cargo home and lockfile, empty target dirs) run by this process on the
-//! host in a directory prepared once by the same preparer. Median of `BENCH_ITERATIONS` (3).
+//! fetch, two containers — spares created ahead, as in a busy worker —, six steps in two execs,
+//! two logs made durable), starting from empty target dirs (a new experiment each time); the
+//! direct time is the same six cargo invocations (same arguments, same `RUSTFLAGS`, same cargo
+//! home and lockfile, empty target dirs) run by this process on the host in a directory prepared
+//! once by the same preparer. Median of `BENCH_ITERATIONS` (3). "overhead" is farm − direct;
+//! "exec ovh" leaves the farm's preparation out (farm − prepare − direct): what the issue's
+//! "the same cargo command directly in the same prepared directory" compares.
 //!
 //! **reuse** — target-dir reuse on real registry crates (check-only, stable vs nightly, one
 //! slot): one warm-up pass (downloads, lockfiles, fetches), then a pass with fresh target dirs per
@@ -37,7 +40,7 @@ use caldera_worker::prepare::{HostToolchain, PrepareConfig, Preparer};
 use caldera_worker::{Assignment, Executor, JobOutput};
 use tokio_util::sync::CancellationToken;
 
-const DEFAULT_OVERHEAD: &str = "fixture:pass,itoa@1.0.11,cfg-if@1.0.0,fnv@1.0.7,semver@1.0.23";
+const DEFAULT_OVERHEAD: &str = "fixture:pass,itoa@1.0.11,fnv@1.0.7,semver@1.0.23";
 const DEFAULT_REUSE: &str = "cfg-if@1.0.0,fnv@1.0.7,itoa@1.0.11,scopeguard@1.2.0,\
 static_assertions@1.1.0,autocfg@1.3.0,version_check@0.9.5,matches@0.1.10,memoffset@0.9.1,\
 lazy_static@1.5.0,libc@0.2.159,getrandom@0.2.15,rand_core@0.6.4,ppv-lite86@0.2.20,\
@@ -230,20 +233,32 @@ async fn overhead(work: &Path, iterations: usize) -> Vec<String> {
     let host = HostToolchain::probe(&bench.stable.1).await.unwrap();
     let mut summary = Vec::new();
     let mut overheads = Vec::new();
+    let mut exec_overheads = Vec::new();
     println!(
         "\n== overhead: farm job vs the same cargo commands on the host (build-and-test, stable+nightly, cold target dirs)"
     );
     println!(
-        "{:<16} {:>10} {:>10} {:>10} {:>8}   {:>9} {:>9} {:>9}  outcome",
-        "crate", "farm ms", "direct ms", "overhead", "%", "prepare", "steps", "other"
+        "{:<16} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8}   {:>9} {:>9} {:>9}  outcome",
+        "crate",
+        "farm ms",
+        "direct ms",
+        "overhead",
+        "%",
+        "exec ovh",
+        "%",
+        "prepare",
+        "steps",
+        "other"
     );
     for krate in &crates {
         let name = short(krate);
         // warm-up: downloads, index, fetched dependencies, page cache
         let (_, warm) = bench.farm("ovh-warm", krate, Mode::BuildAndTest).await;
+        bench.executor.settle().await;
         let (_, prepared) = bench.preparer.prepare("ovh-direct", krate, &host).await;
         let prepared = prepared.unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut farm = Vec::new();
+        let mut farm_prepare = Vec::new();
         let mut direct = Vec::new();
         let mut last = warm;
         for i in 0..iterations {
@@ -252,6 +267,16 @@ async fn overhead(work: &Path, iterations: usize) -> Vec<String> {
                 .farm(&format!("ovh-{i}"), krate, Mode::BuildAndTest)
                 .await;
             farm.push(d);
+            // the farm's after-job container work (removals, spares) must not slow the direct run
+            bench.executor.settle().await;
+            farm_prepare.push(
+                out.start
+                    .steps
+                    .iter()
+                    .filter(|(n, _)| n.starts_with("prepare:"))
+                    .map(|(_, d)| *d)
+                    .sum::<Duration>(),
+            );
             last = out;
             direct.push(bench.direct(&prepared.source(), Mode::BuildAndTest).await);
         }
@@ -264,16 +289,21 @@ async fn overhead(work: &Path, iterations: usize) -> Vec<String> {
                 .map(|(_, d)| *d)
                 .sum()
         };
-        let prep = sum(&last.start.steps, true);
+        // the farm's preparation per run, which a direct run in a prepared directory skips
+        let prep = median(farm_prepare);
+        let exec_over = f.saturating_sub(prep).saturating_sub(d);
         let steps = sum(&last.start.steps, false) + sum(&last.end.steps, false);
         let other = f.saturating_sub(prep + steps);
         let pct = 100.0 * over.as_secs_f64() / d.as_secs_f64();
+        let exec_pct = 100.0 * exec_over.as_secs_f64() / d.as_secs_f64();
         println!(
-            "{name:<16} {:>10.0} {:>10.0} {:>10.0} {:>7.1}%   {:>9.0} {:>9.0} {:>9.0}  {} / {}",
+            "{name:<16} {:>10.0} {:>10.0} {:>10.0} {:>7.1}% {:>10.0} {:>7.1}%   {:>9.0} {:>9.0} {:>9.0}  {} / {}",
             ms(f),
             ms(d),
             ms(over),
             pct,
+            ms(exec_over),
+            exec_pct,
             ms(prep),
             ms(steps),
             ms(other),
@@ -282,8 +312,19 @@ async fn overhead(work: &Path, iterations: usize) -> Vec<String> {
         );
         summary.push(format!("executor-overhead-{name}: {:.0} ms", ms(over)));
         summary.push(format!("executor-overhead-{name}-pct: {pct:.1} %"));
+        summary.push(format!(
+            "executor-exec-overhead-{name}: {:.0} ms ({exec_pct:.1} %)",
+            ms(exec_over)
+        ));
         overheads.push((over, pct));
+        exec_overheads.push((exec_over, exec_pct));
     }
+    exec_overheads.sort_by_key(|a| a.0);
+    let (mid, mid_pct) = exec_overheads[exec_overheads.len() / 2];
+    summary.push(format!(
+        "executor-exec-overhead-median: {:.0} ms ({mid_pct:.1} %)",
+        ms(mid)
+    ));
     overheads.sort_by_key(|a| a.0);
     let (mid, mid_pct) = overheads[overheads.len() / 2];
     summary.push(format!("executor-overhead-median: {:.0} ms", ms(mid)));
@@ -342,6 +383,14 @@ async fn reuse(work: &Path) -> Vec<String> {
 
 #[tokio::main]
 async fn main() {
+    // `RUST_LOG=caldera_worker=debug` shows where a job's time goes
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let all = args.is_empty();
     let keep;

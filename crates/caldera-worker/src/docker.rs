@@ -119,6 +119,11 @@ impl DockerExecutorConfig {
         self.work_dir.join("targets")
     }
 
+    /// Where purged target dirs wait to be deleted in the background.
+    fn trash_dir(&self) -> PathBuf {
+        self.work_dir.join("trash")
+    }
+
     /// The source directory of a slot: a job's prepared source is moved in for its steps. It is
     /// the same directory for every job of the slot, so containers can be created before the job
     /// (and its crate) is known.
@@ -188,6 +193,8 @@ struct Inner {
     stats: Mutex<ExecutorStats>,
     /// Spare containers, created ahead for each slot's next job: one per side.
     spares: Mutex<HashMap<(u32, Side), Spare>>,
+    /// Container work done after a job (removals, spare creation).
+    background: tokio_util::task::TaskTracker,
 }
 
 /// A container being created (or made) for a job not yet known.
@@ -401,36 +408,52 @@ async fn move_tree_contents(from: PathBuf, to: PathBuf) -> std::io::Result<()> {
     .map_err(std::io::Error::other)?
 }
 
-async fn purge_dir_contents(dir: PathBuf) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || empty_dir(&dir, false))
-        .await
-        .map_err(std::io::Error::other)?
-}
-
-/// Empties a slot's target dirs (the subdirectories of `slot_dir`, one per toolchain) but keeps
-/// them: spare containers already bind-mount them.
-async fn purge_slot_target_dirs(slot_dir: PathBuf) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || empty_dir(&slot_dir, true))
-        .await
-        .map_err(std::io::Error::other)?
-}
-
-/// Removes what is in `dir`; with `keep_subdirs`, its subdirectories are emptied instead.
-fn empty_dir(dir: &Path, keep_subdirs: bool) -> std::io::Result<()> {
+/// Moves what is in `dir` into `trash` (renames: instant however big a target dir is) and returns
+/// the moved paths, for deletion in the background; with `keep_subdirs`, the subdirectories stay
+/// and their contents move instead. What cannot be renamed (another file system) is deleted here.
+fn move_to_trash(dir: &Path, keep_subdirs: bool, trash: &Path) -> std::io::Result<Vec<PathBuf>> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
+    let mut moved = Vec::new();
     for entry in entries {
         let entry = entry?;
-        match (entry.file_type()?.is_dir(), keep_subdirs) {
-            (true, true) => empty_dir(&entry.path(), false)?,
-            (true, false) => std::fs::remove_dir_all(entry.path())?,
-            (false, _) => std::fs::remove_file(entry.path())?,
+        let is_dir = entry.file_type()?.is_dir();
+        if is_dir && keep_subdirs {
+            moved.extend(move_to_trash(&entry.path(), false, trash)?);
+            continue;
+        }
+        let to = trash.join(format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        match std::fs::rename(entry.path(), &to) {
+            Ok(()) => moved.push(to),
+            Err(_) if is_dir => std::fs::remove_dir_all(entry.path())?,
+            Err(_) => std::fs::remove_file(entry.path())?,
         }
     }
-    Ok(())
+    Ok(moved)
+}
+
+/// Deletes what [`move_to_trash`] moved.
+fn delete_trash(paths: Vec<PathBuf>) {
+    for path in paths {
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = removed
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not delete a purged target dir");
+        }
+    }
 }
 
 /// The steps' `TMPDIR`, inside the target dir (see [`fresh_tmp_dir`]).
@@ -515,7 +538,7 @@ impl DockerExecutor {
                 "sandbox_env: {k:?} is not a variable name"
             )));
         }
-        for dir in [&config.work_dir, &config.targets_dir()] {
+        for dir in [&config.work_dir, &config.targets_dir(), &config.trash_dir()] {
             std::fs::create_dir_all(dir).map_err(|source| DockerExecutorError::Io {
                 context: format!("creating {}", dir.display()),
                 source,
@@ -536,6 +559,13 @@ impl DockerExecutor {
                     source,
                 }
             })?;
+        // what an earlier run left in the trash
+        let leftovers: Vec<PathBuf> = std::fs::read_dir(config.trash_dir())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        if !leftovers.is_empty() {
+            std::thread::spawn(move || delete_trash(leftovers));
+        }
         let slots = config.slots;
         Ok(DockerExecutor {
             inner: Arc::new(Inner {
@@ -549,6 +579,7 @@ impl DockerExecutor {
                 miri_setup: tokio::sync::Mutex::new(()),
                 stats: Mutex::new(ExecutorStats::default()),
                 spares: Mutex::new(HashMap::new()),
+                background: tokio_util::task::TaskTracker::new(),
             }),
         })
     }
@@ -577,6 +608,14 @@ impl DockerExecutor {
                 tracing::warn!(error = %e, "could not remove a spare sandbox container");
             }
         }
+    }
+
+    /// Waits until the container work started after jobs so far (removals, spares being created)
+    /// is done. For benchmarks and tests.
+    pub async fn settle(&self) {
+        self.inner.background.close();
+        self.inner.background.wait().await;
+        self.inner.background.reopen();
     }
 
     /// How many spare containers are kept (or being created) for the slots' next jobs.
@@ -702,6 +741,7 @@ impl Inner {
             creations.push(creation);
         }
 
+        tracing::debug!(at = ?t0.elapsed(), "containers requested");
         // preparation, once for both sides
         let mut header_notes = Vec::new();
         let (report, prepared) = match start_host {
@@ -731,9 +771,11 @@ impl Inner {
             ))),
             (Err(e), _) => Err(e),
         };
+        tracing::debug!(at = ?t0.elapsed(), "prepared and moved into the slot");
         if let Err(e) = self.prepare_slot(slot.index, &spec.experiment).await {
             header_notes.push(format!("target dir housekeeping failed: {e}"));
         }
+        tracing::debug!(at = ?t0.elapsed(), "slot housekeeping done");
 
         // Both sides are set up first. The end side's container (when not a spare already) starts
         // while the start side's steps run; each container is removed in the background once its
@@ -782,6 +824,11 @@ impl Inner {
             plans.push(plan);
         }
 
+        tracing::debug!(at = ?t0.elapsed(), "sides set up");
+        // containers used by this job, and the spares to make for the slot's next one: both wait
+        // until the job's steps are over, so that no container work competes with them
+        let mut used: Vec<Container> = Vec::new();
+        let mut respare: Vec<(Side, JobMounts, Limits)> = Vec::new();
         let mut outputs: Vec<SideOutput> = Vec::new();
         let mut pending: Option<(ObjectKey, SideRun)> = None;
         for (i, (side, plan)) in Side::BOTH.into_iter().zip(plans).enumerate() {
@@ -797,17 +844,20 @@ impl Inner {
                     (Ok(setup), Ok(prepared)) => {
                         let container = match creation {
                             Some((mounts, limits, handle)) => {
+                                let waited = Instant::now();
                                 let container = handle.await.unwrap_or_else(|e| {
                                     Err(format!("creating the container: {e}"))
                                 });
+                                tracing::debug!(%side, waited = ?waited.elapsed(), "container ready");
                                 if container.is_ok() {
-                                    self.replenish(slot.index, side, mounts, limits);
+                                    respare.push((side, mounts, limits));
                                 }
                                 container
                             }
                             None => Err("no container was created".to_owned()),
                         };
-                        self.run_in(setup, container, spec, prepared, &cancel).await
+                        self.run_in(setup, container, spec, prepared, &cancel, &mut used)
+                            .await
                     }
                     (Ok(_), Err(_)) => unreachable!("a side is set up only for a prepared crate"),
                 }
@@ -834,6 +884,7 @@ impl Inner {
                         tracing::warn!(error = %e, "could not remove a sandbox container");
                     }
                 }
+                self.after_job(slot.index, used, respare);
                 return None;
             };
             outputs.extend(previous);
@@ -870,6 +921,7 @@ impl Inner {
                 Err(e) => outputs.push(side_output(run, Err(format!("no log key: {e}")))),
             }
         }
+        self.after_job(slot.index, used, respare);
         if let Some((key, prev)) = pending.take() {
             outputs.push(side_output(prev, self.finish_store(key, &cancel).await?));
         }
@@ -879,6 +931,19 @@ impl Inner {
         let end = outputs.pop()?;
         let start = outputs.pop()?;
         Some(JobOutput { start, end })
+    }
+
+    /// Empties `dir` (with `keep_subdirs`, empties its subdirectories, which spare containers
+    /// mount); the contents are moved to the trash at once and deleted in the background.
+    async fn purge(&self, dir: PathBuf, keep_subdirs: bool) -> std::io::Result<()> {
+        let trash = self.config.trash_dir();
+        let moved = tokio::task::spawn_blocking(move || move_to_trash(&dir, keep_subdirs, &trash))
+            .await
+            .map_err(std::io::Error::other)??;
+        if !moved.is_empty() {
+            self.background.spawn_blocking(move || delete_trash(moved));
+        }
+        Ok(())
     }
 
     /// The target dir of `slot` for a side's toolchain.
@@ -900,7 +965,7 @@ impl Inner {
 
     fn spawn_create(&self, mounts: JobMounts, limits: Limits) -> Creation {
         let sandbox = self.sandbox.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             sandbox
                 .create(mounts, limits)
                 .await
@@ -927,6 +992,21 @@ impl Inner {
         }
         lock(&self.stats).spare_misses += 1;
         self.spawn_create(mounts.clone(), limits.clone())
+    }
+
+    /// After a job's steps: removes its containers and starts creating the slot's spares, in the
+    /// background.
+    fn after_job(&self, slot: u32, used: Vec<Container>, respare: Vec<(Side, JobMounts, Limits)>) {
+        for container in used {
+            self.background.spawn(async move {
+                if let Err(e) = container.remove().await {
+                    tracing::warn!(error = %e, "could not remove a sandbox container");
+                }
+            });
+        }
+        for (side, mounts, limits) in respare {
+            self.replenish(slot, side, mounts, limits);
+        }
     }
 
     /// Starts creating the slot's spare for its next job on `side`.
@@ -989,11 +1069,11 @@ impl Inner {
         let previous = tokio::fs::read_to_string(&marker).await.ok();
         if previous.as_deref().is_some_and(|p| p != experiment) {
             tracing::info!(slot, "new experiment: purging the slot's target dirs");
-            purge_slot_target_dirs(dir.clone()).await?;
+            self.purge(dir.clone(), true).await?;
             lock(&self.stats).purges_experiment_change += 1;
         }
         if !self.config.reuse_target_dirs {
-            purge_slot_target_dirs(dir.clone()).await?;
+            self.purge(dir.clone(), true).await?;
             lock(&self.stats).purges_no_reuse += 1;
         } else if let Some(used) = disk_used_fraction(self.config.targets_dir()).await
             && used > self.config.disk_high_water
@@ -1003,7 +1083,7 @@ impl Inner {
                 used = format!("{:.0}%", used * 100.0),
                 "disk past the high-water mark: purging the slot's target dirs"
             );
-            purge_slot_target_dirs(dir.clone()).await?;
+            self.purge(dir.clone(), true).await?;
             lock(&self.stats).purges_high_water += 1;
         }
         if previous.as_deref() != Some(experiment) || !tokio::fs::try_exists(&marker).await? {
@@ -1164,9 +1244,9 @@ impl Inner {
         })
     }
 
-    /// Runs a set-up side in its container; `None` when cancelled (the container is removed). The
-    /// container is removed in the background once the steps are done (nothing of the job runs in it
-    /// any more: every step's leftovers were killed).
+    /// Runs a set-up side in its container; `None` when cancelled (the container is removed). Once
+    /// the steps are done (nothing of the job runs in it any more: every step's leftovers were
+    /// killed) the container goes to `used`, for removal after the job.
     async fn run_in(
         &self,
         setup: SideSetup,
@@ -1174,6 +1254,7 @@ impl Inner {
         spec: &JobSpec,
         prepared: &PreparedCrate,
         cancel: &CancellationToken,
+        used: &mut Vec<Container>,
     ) -> Option<SideRun> {
         let t0 = Instant::now();
         let SideSetup {
@@ -1202,11 +1283,7 @@ impl Inner {
             }
         };
         if result.is_some() {
-            tokio::spawn(async move {
-                if let Err(e) = container.remove().await {
-                    tracing::warn!(error = %e, "could not remove a sandbox container");
-                }
-            });
+            used.push(container);
         } else if let Err(e) = container.remove().await {
             tracing::warn!(error = %e, "could not remove a sandbox container");
         }
@@ -1242,10 +1319,16 @@ impl Inner {
             let mut results: Vec<(StepKind, Termination, StepResult)> = Vec::new();
             // all steps in one exec: it stops after the first that fails
             let cmds: Vec<StepCommand> = commands.iter().map(|(_, c)| c.clone()).collect();
+            let exec_t0 = Instant::now();
             let step_results = container
                 .exec_steps(&cmds)
                 .await
                 .map_err(|e| sandbox_reason(&e))?;
+            tracing::debug!(
+                elapsed = ?exec_t0.elapsed(),
+                steps = ?step_results.iter().map(|r| r.duration).collect::<Vec<_>>(),
+                "exec done"
+            );
             for (i, ((kind, cmd), result)) in commands.iter().zip(step_results).enumerate() {
                 let term = termination(&result).ok_or_else(|| {
                     format!(
@@ -1325,7 +1408,7 @@ impl Inner {
                      is contaminated; purging it and re-running this side in a clean one ===="
                 );
                 // only the contents go: the dir itself is the container's live bind mount
-                purge_dir_contents(target.to_owned())
+                self.purge(target.to_owned(), false)
                     .await
                     .map_err(|e| format!("purging the contaminated target dir: {e}"))?;
                 lock(&self.stats).contaminated_reruns += 1;

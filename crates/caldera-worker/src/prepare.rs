@@ -1008,6 +1008,7 @@ impl Preparer {
         report.steps.push(("fetch".into(), t0.elapsed()));
 
         // 5. the crate's own packages
+        let t0 = Instant::now();
         let metadata = self
             .cargo(
                 start,
@@ -1028,6 +1029,7 @@ impl Preparer {
             .unwrap_or_else(|_| src.join("Cargo.toml"));
         let own_packages = parse_own_packages(&metadata, &root_manifest)
             .map_err(|e| PrepareError::Crate(format!("cargo metadata: {e}")))?;
+        report.steps.push(("metadata".into(), t0.elapsed()));
 
         // the fetch and metadata runs may have created files; keep everything readable
         let root = src.clone();

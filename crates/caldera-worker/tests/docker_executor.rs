@@ -111,6 +111,7 @@ async fn fixtures_get_their_exact_outcomes_on_stable_and_nightly() {
             "prepare:source",
             "prepare:lockfile",
             "prepare:fetch",
+            "prepare:metadata",
             "build",
             "test-no-run",
             "test"
