@@ -80,6 +80,35 @@ pub struct Container {
     /// The container was killed (or is in doubt) and must be (re)started before the next step.
     needs_start: bool,
     removed: bool,
+    /// A step driver started ahead ([`Container::prime`]), waiting for its script. (In a mutex
+    /// only so that `Container` is `Sync`: the streams are not.)
+    primed: Option<std::sync::Mutex<DriverExec>>,
+}
+
+type ExecOutput = std::pin::Pin<
+    Box<
+        dyn futures::Stream<
+                Item = std::result::Result<bollard::container::LogOutput, bollard::errors::Error>,
+            > + Send,
+    >,
+>;
+
+/// A started step driver exec: its id and attached streams.
+struct DriverExec {
+    id: String,
+    /// The toolchain whose environment it runs with.
+    toolchain: String,
+    output: ExecOutput,
+    input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
+impl std::fmt::Debug for DriverExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverExec")
+            .field("id", &self.id)
+            .field("toolchain", &self.toolchain)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Container {
@@ -107,6 +136,7 @@ impl Container {
             idle_tasks: None,
             needs_start: true,
             removed: false,
+            primed: None,
         }
     }
 
@@ -201,6 +231,7 @@ impl Container {
 
     async fn kill(&mut self) {
         self.needs_start = true;
+        self.primed = None;
         if let Err(e) = self
             .docker
             .kill_container(
@@ -216,18 +247,6 @@ impl Container {
             // 409: not running any more, which is what we want.
             tracing::debug!(container = self.name, error = %e, "kill container");
         }
-    }
-
-    fn step_env(&self, step: &StepCommand, toolchain: &str) -> Vec<String> {
-        let mut env: Vec<(String, String)> = base_env(toolchain);
-        for (k, v) in &step.env {
-            if let Some(slot) = env.iter_mut().find(|(name, _)| name == k) {
-                slot.1 = v.clone();
-            } else {
-                env.push((k.clone(), v.clone()));
-            }
-        }
-        env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
     }
 
     /// Runs one step and reports what happened. An `Err` is always an infrastructure failure (see
@@ -277,76 +296,51 @@ impl Container {
         };
         self.ensure_running().await?;
 
-        // `env -i` drops everything the engine and image would add.
-        let mut cmd: Vec<String> = vec!["/usr/bin/env".into(), "-i".into()];
-        cmd.extend(self.step_env(first, &toolchain));
-        cmd.extend([
-            "/bin/sh".into(),
-            "-c".into(),
-            driver_script(steps),
-            "caldera-steps".into(),
-        ]);
         let nonce = format!("{:032x}", rand::random::<u128>());
-
         let cgroup = self.cgroup.clone();
         let oom_watch = if cgroup.is_none() {
             Some(self.watch_oom_events())
         } else {
             None
         };
-        let exec = self
-            .docker
-            .create_exec(
-                &self.id,
-                ExecConfig {
-                    attach_stdin: Some(true),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    tty: Some(false),
-                    cmd: Some(cmd),
-                    env: Some(vec![]),
-                    user: Some(self.user()),
-                    working_dir: Some(
-                        first
-                            .workdir
-                            .clone()
-                            .unwrap_or_else(|| paths::SOURCE.into()),
-                    ),
-                    privileged: Some(false),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(SandboxError::docker("create exec"))?;
-        let mut meter = StepMeter::start(cgroup.as_ref(), first.log_cap).await;
-        let started = self
-            .docker
-            .start_exec(
-                &exec.id,
-                Some(StartExecOptions {
-                    detach: false,
-                    tty: false,
-                    output_capacity: Some(64 * 1024),
-                }),
-            )
-            .await
-            .map_err(SandboxError::docker("start exec"))?;
-        let StartExecResults::Attached {
+        // the driver started ahead when it fits and still waits, else one started now
+        let primed = match self
+            .primed
+            .take()
+            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        {
+            Some(p) if p.toolchain == toolchain && first.workdir.is_none() => {
+                match self.docker.inspect_exec(&p.id).await {
+                    Ok(i) if i.running == Some(true) => Some(p),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let driver = match primed {
+            Some(p) => p,
+            None => {
+                self.start_driver(&toolchain, first.workdir.as_deref())
+                    .await?
+            }
+        };
+        let DriverExec {
+            id: exec_id,
             mut output,
             mut input,
-        } = started
-        else {
-            return Err(self.gone("exec started detached although attached was asked for"));
-        };
+            ..
+        } = driver;
+        let mut meter = StepMeter::start(cgroup.as_ref(), first.log_cap).await;
         {
             use tokio::io::AsyncWriteExt;
+            let script = driver_script(steps, &nonce);
             let sent = async {
-                input.write_all(format!("{nonce}\n").as_bytes()).await?;
+                input.write_all(script.as_bytes()).await?;
                 input.flush().await
             };
             if let Err(e) = sent.await {
                 self.kill().await;
-                return Err(self.gone(format!("could not hand the step driver its nonce: {e}")));
+                return Err(self.gone(format!("could not hand the step driver its steps: {e}")));
             }
         }
         drop(input);
@@ -434,7 +428,7 @@ impl Container {
                 // The output closed; the driver may still run (it can be made to close its stdout).
                 let inspect = self
                     .docker
-                    .inspect_exec(&exec.id)
+                    .inspect_exec(&exec_id)
                     .await
                     .map_err(SandboxError::docker("inspect exec"))?;
                 if inspect.running != Some(true) {
@@ -513,6 +507,85 @@ impl Container {
             }
         }
         Ok(results)
+    }
+
+    /// Starts a step driver ahead of the next [`exec_steps`](Self::exec_steps) with the default
+    /// working directory and `toolchain` (default: the first mounted), so that the steps do not
+    /// wait for the engine to create and start an exec. It waits, doing nothing, for its script.
+    pub async fn prime(&mut self, toolchain: Option<&str>) -> Result<()> {
+        let toolchain = toolchain.map_or_else(|| self.toolchains[0].clone(), str::to_owned);
+        if !self.toolchains.contains(&toolchain) {
+            return Err(SandboxError::Invalid(format!(
+                "toolchain {toolchain:?} is not mounted in this container"
+            )));
+        }
+        self.ensure_running().await?;
+        let driver = self.start_driver(&toolchain, None).await?;
+        self.primed = Some(std::sync::Mutex::new(driver));
+        Ok(())
+    }
+
+    /// Whether a step driver started ahead waits for the next steps.
+    pub fn is_primed(&self) -> bool {
+        self.primed.is_some()
+    }
+
+    /// Creates and starts a step driver exec (see [`DRIVER`]).
+    async fn start_driver(&mut self, toolchain: &str, workdir: Option<&str>) -> Result<DriverExec> {
+        // `env -i` drops everything the engine and image would add; the steps' own variables
+        // come with the script.
+        let mut cmd: Vec<String> = vec!["/usr/bin/env".into(), "-i".into()];
+        cmd.extend(
+            base_env(toolchain)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}")),
+        );
+        cmd.extend([
+            "/bin/sh".into(),
+            "-c".into(),
+            DRIVER.into(),
+            "caldera-steps".into(),
+        ]);
+        let exec = self
+            .docker
+            .create_exec(
+                &self.id,
+                ExecConfig {
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(false),
+                    cmd: Some(cmd),
+                    env: Some(vec![]),
+                    user: Some(self.user()),
+                    working_dir: Some(workdir.unwrap_or(paths::SOURCE).to_owned()),
+                    privileged: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(SandboxError::docker("create exec"))?;
+        let started = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: false,
+                    output_capacity: Some(64 * 1024),
+                }),
+            )
+            .await
+            .map_err(SandboxError::docker("start exec"))?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(self.gone("exec started detached although attached was asked for"));
+        };
+        Ok(DriverExec {
+            id: exec.id,
+            toolchain: toolchain.to_owned(),
+            output,
+            input,
+        })
     }
 
     /// Kills whatever the step left running (everything of the sandbox user but PID 1). If that
@@ -813,11 +886,29 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The step driver (see [`Container::exec_steps`]): reads the nonce from stdin, gives the steps
-/// `/dev/null` instead, runs each step with stderr merged into stdout, kills what it left behind,
-/// prints the end marker, and stops after a failed step.
-fn driver_script(steps: &[StepCommand]) -> String {
-    let mut script = String::from("IFS= read -r caldera_nonce || exit 125\nexec </dev/null\n");
+/// The step driver every exec runs (see [`Container::exec_steps`]): it reads a nonce line, then
+/// its script up to a line `caldera-end-<nonce>`, from stdin — so neither is in its command line or
+/// environment — gives the steps `/dev/null` as stdin, and runs the script.
+const DRIVER: &str = r#"IFS= read -r caldera_nonce || exit 125
+caldera_script=
+while IFS= read -r caldera_line; do
+  [ "$caldera_line" = "caldera-end-$caldera_nonce" ] && break
+  caldera_script="$caldera_script$caldera_line
+"
+done
+exec </dev/null
+eval "$caldera_script"
+"#;
+
+/// What the driver reads: the nonce, the script and its end line. The script exports the steps'
+/// variables, then runs each step with stderr merged into stdout, kills what it left behind
+/// (every process of the sandbox user but PID 1 and the driver), prints the end marker, and stops
+/// after a failed step.
+fn driver_script(steps: &[StepCommand], nonce: &str) -> String {
+    let mut script = format!("{nonce}\n");
+    for (k, v) in &steps[0].env {
+        script.push_str(&format!("export {k}={}\n", sh_quote(v)));
+    }
     let prefix = MARKER_PREFIX
         .replace('\n', "\\n")
         .replace('\u{1e}', "\\036");
@@ -830,6 +921,7 @@ fn driver_script(steps: &[StepCommand]) -> String {
             argv.join(" ")
         ));
     }
+    script.push_str(&format!("caldera-end-{nonce}\n"));
     script
 }
 
@@ -1016,10 +1108,18 @@ mod driver_tests {
     #[test]
     fn the_driver_quotes_every_argument() {
         let steps = [
-            StepCommand::new(["cargo", "build", "--features", "a b", "it's"]),
-            StepCommand::new(["cargo", "test", "$HOME", "`x`"]),
+            StepCommand::new(["cargo", "build", "--features", "a b", "it's"])
+                .env("RUSTFLAGS", "--cap-lints 'warn'"),
+            StepCommand::new(["cargo", "test", "$HOME", "`x`"])
+                .env("RUSTFLAGS", "--cap-lints 'warn'"),
         ];
-        let script = driver_script(&steps);
+        let script = driver_script(&steps, NONCE);
+        assert!(
+            script.starts_with(&format!(
+                "{NONCE}\nexport RUSTFLAGS='--cap-lints '\\''warn'\\'''\n"
+            )),
+            "{script}"
+        );
         assert!(
             script.contains(r"'cargo' 'build' '--features' 'a b' 'it'\''s' 2>&1"),
             "{script}"
@@ -1028,11 +1128,16 @@ mod driver_tests {
             script.contains(r"'cargo' 'test' '$HOME' '`x`' 2>&1"),
             "{script}"
         );
-        assert!(script.starts_with("IFS= read -r caldera_nonce || exit 125\nexec </dev/null\n"));
         assert_eq!(script.matches("kill -KILL -1").count(), 2);
         assert!(
             script.contains(r"printf '\n\036caldera-step-end %s 1 %d\n'"),
             "{script}"
         );
+        assert!(
+            script.ends_with(&format!("\ncaldera-end-{NONCE}\n")),
+            "{script}"
+        );
+        // the end line appears once, at the end: no argument can end the script early
+        assert_eq!(script.matches(&format!("caldera-end-{NONCE}")).count(), 1);
     }
 }

@@ -183,8 +183,9 @@ impl Sandbox {
         Ok(removed)
     }
 
-    /// Creates and starts a container for one job. Steps then run in it with
-    /// [`Container::exec`]; remove it with [`Container::remove`] when the job is done.
+    /// Creates and starts a container for one job, with a step driver waiting in it
+    /// ([`Container::prime`]). Steps then run in it with [`Container::exec_steps`] (or
+    /// [`Container::exec`]); remove it with [`Container::remove`] when the job is done.
     pub async fn create(&self, mounts: JobMounts, limits: Limits) -> Result<Container> {
         limits.validate()?;
         let uid = self.config.uid;
@@ -325,7 +326,12 @@ impl Sandbox {
             toolchain_names,
             self.config.use_host_cgroups,
         );
-        if let Err(e) = container.start().await {
+        // the first steps find their driver waiting (see `Container::prime`)
+        let started = match container.start().await {
+            Ok(()) => container.prime(None).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
             let _ = container.remove_in_place().await;
             return Err(e);
         }

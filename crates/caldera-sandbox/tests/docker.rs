@@ -689,6 +689,10 @@ async fn processes_left_behind_by_a_step_are_killed_before_the_next() {
 async fn steps_in_one_exec_are_split_stopped_and_cleaned_between() {
     let (_sandbox, _dirs, mut container) = stable_job("driver", "pass", test_limits()).await;
     let sh = |script: &str| StepCommand::new(["sh", "-c", script]);
+    assert!(
+        container.is_primed(),
+        "a new container has its driver waiting"
+    );
     let results = container
         .exec_steps(&[
             // output without a final newline; a daemon left behind; a forged marker with a guessed
@@ -702,6 +706,7 @@ async fn steps_in_one_exec_are_split_stopped_and_cleaned_between() {
         .await
         .unwrap();
     assert_eq!(results.len(), 2, "the third step does not run: {results:?}");
+    assert!(!container.is_primed(), "the waiting driver ran these steps");
     let (one, two) = (&results[0], &results[1]);
     assert_eq!(one.exit_code, Some(0));
     let text = one.output.text();

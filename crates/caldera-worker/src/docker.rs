@@ -4,28 +4,30 @@
 //!
 //! # One job
 //!
-//! 1. A worker slot is taken (at most `slots` jobs at once); its target directories are purged when
-//!    the slot last served another experiment, or when the disk holding them is fuller than the
-//!    high-water mark.
+//! 1. A worker slot is taken (at most `slots` jobs at once); its target directories are emptied
+//!    when the slot last served another experiment, or when the disk holding them is fuller than
+//!    the high-water mark (their contents are renamed into `<work>/trash` and deleted in the
+//!    background).
 //! 2. Both toolchains are resolved in the host's rustup home (`toolchain:<name>` capabilities name
 //!    what is there); the crate is prepared with the start toolchain: one lockfile, stored, and
 //!    every dependency fetched into the shared cargo home. A prepare failure is `prepare-fail` on
 //!    both sides (or `error` when the infrastructure failed).
 //! 3. Each side gets a fresh container (network none, source, cargo home and the side's toolchain
 //!    read-only, the slot's target dir for that toolchain writable, the configured limits plus the
-//!    job's extra memory). It is usually a *spare*: as a side takes its container, another one with
-//!    the same mounts and limits is created for the slot's next job, so jobs do not wait for
-//!    containers to start. That works because the source is mounted from the slot's source dir
+//!    job's extra memory). It is usually a *spare*, created for the slot after its previous job
+//!    (with its step driver already waiting, see [`Container::prime`]), so jobs do not wait for a
+//!    container to start. That works because the source is mounted from the slot's source dir
 //!    (`<sources>/slot-<n>`), into which the prepared crate is moved (renamed) before the steps; a
-//!    spare that does not fit (another toolchain, extra memory) is removed and one is created for
-//!    the job, while the crate is prepared. The side runs the mode's steps ([`plan_steps`])
-//!    `--locked --offline`, stopping
-//!    at the first failed step. The steps are classified with
+//!    spare that does not fit (another toolchain, extra memory) is removed and a container is
+//!    created for the job while the crate is prepared. The side runs the mode's steps
+//!    ([`plan_steps`]) `--locked --offline` in one exec ([`Container::exec_steps`]), stopping at
+//!    the first failed step. The steps are classified with
 //!    [`caldera_core::classify::classify_job`]; when that reports a contaminated target dir (E0464),
 //!    the dir is purged and the side runs once more from clean before anything is reported. A
 //!    separate container per side means nothing one toolchain leaves in `/tmp` or `$HOME` can
 //!    change what the other sees, and no job sees another's: a container serves one side of one
-//!    job and is removed in the background once its steps are done.
+//!    job. Once the job's steps are over, its containers are removed and the slot's spares
+//!    created, in the background (so that no container work competes with the steps).
 //! 4. Each side's log — a header naming the crate, toolchain, mode, steps with their durations and
 //!    the outcome, then the preparation's output and every step's output — is written to the
 //!    upload spool under `keys::log(experiment, toolchain, crate)` and awaited until durable before
@@ -778,10 +780,8 @@ impl Inner {
         tracing::debug!(at = ?t0.elapsed(), "slot housekeeping done");
 
         // Both sides are set up first. The end side's container (when not a spare already) starts
-        // while the start side's steps run; each container is removed in the background once its
-        // steps are done, a spare for the slot's next job is created as each side takes its own,
-        // and the start side's log is made durable while the end side runs. The job waits for
-        // none of that.
+        // while the start side's steps run, and the start side's log is made durable while the end
+        // side runs.
         let mut plans = Vec::new();
         for (i, side) in Side::BOTH.into_iter().enumerate() {
             let plan = match (&sides[i], &prepared) {
