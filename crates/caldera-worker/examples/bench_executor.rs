@@ -12,9 +12,10 @@
 //! two logs made durable), starting from empty target dirs (a new experiment each time); the
 //! direct time is the same six cargo invocations (same arguments, same `RUSTFLAGS`, same cargo
 //! home and lockfile, empty target dirs) run by this process on the host in a directory prepared
-//! once by the same preparer. Median of `BENCH_ITERATIONS` (3). "overhead" is farm − direct;
-//! "exec ovh" leaves the farm's preparation out (farm − prepare − direct): what the issue's
-//! "the same cargo command directly in the same prepared directory" compares.
+//! once by the same preparer, right after each farm run (after the farm's background container
+//! work has settled). `BENCH_ITERATIONS` (3) pairs; "overhead" is the median of farm − direct
+//! over the pairs; "exec ovh" leaves the farm's preparation out (farm − prepare − direct): what
+//! the "the same cargo command directly in the same prepared directory" compares.
 //!
 //! **reuse** — target-dir reuse on real registry crates (check-only, stable vs nightly, one
 //! slot): one warm-up pass (downloads, lockfiles, fetches), then a pass with fresh target dirs per
@@ -280,8 +281,27 @@ async fn overhead(work: &Path, iterations: usize) -> Vec<String> {
             last = out;
             direct.push(bench.direct(&prepared.source(), Mode::BuildAndTest).await);
         }
-        let (f, d) = (median(farm), median(direct));
-        let over = f.saturating_sub(d);
+        // overheads are medians of the paired differences (each farm run against the direct run
+        // right after it), which the machine's load drifts affect less than a difference of medians
+        let paired = |with_prepare: bool| -> f64 {
+            let mut diffs: Vec<f64> = farm
+                .iter()
+                .zip(&farm_prepare)
+                .zip(&direct)
+                .map(|((f, p), d)| {
+                    let f = if with_prepare {
+                        ms(*f)
+                    } else {
+                        ms(*f) - ms(*p)
+                    };
+                    f - ms(*d)
+                })
+                .collect();
+            diffs.sort_by(f64::total_cmp);
+            diffs[diffs.len() / 2]
+        };
+        let (over, exec_over) = (paired(true), paired(false));
+        let (f, d) = (median(farm.clone()), median(direct.clone()));
         let sum = |steps: &[(String, Duration)], prep: bool| -> Duration {
             steps
                 .iter()
@@ -290,19 +310,18 @@ async fn overhead(work: &Path, iterations: usize) -> Vec<String> {
                 .sum()
         };
         // the farm's preparation per run, which a direct run in a prepared directory skips
-        let prep = median(farm_prepare);
-        let exec_over = f.saturating_sub(prep).saturating_sub(d);
+        let prep = median(farm_prepare.clone());
         let steps = sum(&last.start.steps, false) + sum(&last.end.steps, false);
         let other = f.saturating_sub(prep + steps);
-        let pct = 100.0 * over.as_secs_f64() / d.as_secs_f64();
-        let exec_pct = 100.0 * exec_over.as_secs_f64() / d.as_secs_f64();
+        let pct = 100.0 * over / ms(d);
+        let exec_pct = 100.0 * exec_over / ms(d);
         println!(
             "{name:<16} {:>10.0} {:>10.0} {:>10.0} {:>7.1}% {:>10.0} {:>7.1}%   {:>9.0} {:>9.0} {:>9.0}  {} / {}",
             ms(f),
             ms(d),
-            ms(over),
+            over,
             pct,
-            ms(exec_over),
+            exec_over,
             exec_pct,
             ms(prep),
             ms(steps),
@@ -310,24 +329,23 @@ async fn overhead(work: &Path, iterations: usize) -> Vec<String> {
             last.start.outcome,
             last.end.outcome
         );
-        summary.push(format!("executor-overhead-{name}: {:.0} ms", ms(over)));
+        summary.push(format!("executor-overhead-{name}: {over:.0} ms"));
         summary.push(format!("executor-overhead-{name}-pct: {pct:.1} %"));
         summary.push(format!(
-            "executor-exec-overhead-{name}: {:.0} ms ({exec_pct:.1} %)",
-            ms(exec_over)
+            "executor-exec-overhead-{name}: {exec_over:.0} ms ({exec_pct:.1} %)"
         ));
         overheads.push((over, pct));
         exec_overheads.push((exec_over, exec_pct));
     }
-    exec_overheads.sort_by_key(|a| a.0);
+    bench.executor.shutdown().await;
+    exec_overheads.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (mid, mid_pct) = exec_overheads[exec_overheads.len() / 2];
     summary.push(format!(
-        "executor-exec-overhead-median: {:.0} ms ({mid_pct:.1} %)",
-        ms(mid)
+        "executor-exec-overhead-median: {mid:.0} ms ({mid_pct:.1} %)"
     ));
-    overheads.sort_by_key(|a| a.0);
+    overheads.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (mid, mid_pct) = overheads[overheads.len() / 2];
-    summary.push(format!("executor-overhead-median: {:.0} ms", ms(mid)));
+    summary.push(format!("executor-overhead-median: {mid:.0} ms"));
     summary.push(format!("executor-overhead-median-pct: {mid_pct:.1} %"));
     summary
 }
@@ -368,6 +386,7 @@ async fn reuse(work: &Path) -> Vec<String> {
             bench.executor.stats()
         );
         totals.insert(pass, total);
+        bench.executor.shutdown().await;
     }
     let (fresh, reused) = (totals["fresh"], totals["reuse"]);
     vec![

@@ -167,10 +167,14 @@ impl Harness {
 }
 
 impl Drop for Harness {
-    /// The executor keeps spare containers for its slots' next jobs; a test's runtime may be gone
-    /// before they could be removed asynchronously, so whatever this harness's owner still has is
-    /// removed here.
+    /// The executor keeps spare containers for its slots' next jobs: they are removed here (the
+    /// tests run on multi-threaded runtimes), and whatever this harness's owner still has after
+    /// that (a test that panicked mid-job) too.
     fn drop(&mut self) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let executor = self.executor.clone();
+            tokio::task::block_in_place(|| handle.block_on(executor.shutdown()));
+        }
         let ids = containers_owned_by(&self.owner);
         if !ids.is_empty() {
             let _ = std::process::Command::new("docker")
