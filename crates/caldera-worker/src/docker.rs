@@ -387,19 +387,11 @@ async fn make_dir_for_sandbox(dir: &Path) -> std::io::Result<()> {
     tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).await
 }
 
-/// Empties `to` (what an earlier job left) and moves everything in `from` into it by renaming
-/// (both are in the preparer's sources dir), so the cost does not grow with the crate's size.
-/// `to` itself stays: containers bind-mount it.
+/// Moves everything in `from` into the (emptied) `to` by renaming (both are in the preparer's
+/// sources dir), so the cost does not grow with the crate's size. `to` itself stays: containers
+/// bind-mount it.
 async fn move_tree_contents(from: PathBuf, to: PathBuf) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || {
-        for entry in std::fs::read_dir(&to)? {
-            let path = entry?.path();
-            if path.is_dir() && !path.is_symlink() {
-                std::fs::remove_dir_all(&path)?;
-            } else {
-                std::fs::remove_file(&path)?;
-            }
-        }
         for entry in std::fs::read_dir(&from)? {
             let entry = entry?;
             std::fs::rename(entry.path(), to.join(entry.file_name()))?;
@@ -760,7 +752,13 @@ impl Inner {
             Err(e) => (PrepareReport::default(), Err(e)),
         };
         let prepared = match (prepared, slot_src_ready) {
-            (Ok(p), Ok(())) => match move_tree_contents(p.source(), slot_src.clone()).await {
+            (Ok(p), Ok(())) => match async {
+                // what the slot's previous job left goes to the trash first
+                self.purge(slot_src.clone(), false).await?;
+                move_tree_contents(p.source(), slot_src.clone()).await
+            }
+            .await
+            {
                 Ok(()) => Ok(p),
                 Err(e) => Err(PrepareError::Infra(format!(
                     "moving the prepared source into {}: {e}",
