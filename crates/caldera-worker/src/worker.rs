@@ -136,7 +136,6 @@ impl Worker {
         let spool = Spool::open(&config.spool_dir).map_err(spool_error)?;
         let pending: BTreeMap<_, _> = spool
             .scan()
-            .map_err(spool_error)?
             .into_iter()
             .map(|r| (LeaseKey::of_result(&r), r))
             .collect();
@@ -173,6 +172,7 @@ impl Worker {
         loop {
             if self.drain_finished() {
                 self.leave().await;
+                flush_spool(&self.spool).await;
                 return Ok(());
             }
             let drain_deadline = self
@@ -201,6 +201,7 @@ impl Worker {
             };
             if let Some(fatal) = fatal {
                 self.abandon_jobs().await;
+                flush_spool(&self.spool).await;
                 return Err(fatal);
             }
         }
@@ -240,7 +241,7 @@ impl Worker {
                 warn!(master = %self.config.master, "cannot reach the master: {why}");
                 self.reconnect_later();
             }
-            ConnEvent::Inbound(Some(Ok(message))) => self.on_master_message(message).await,
+            ConnEvent::Inbound(Some(Ok(message))) => self.on_master_message(message),
             ConnEvent::Inbound(Some(Err(status))) => {
                 if session::is_auth_failure(&status) {
                     return Err(session::unauthorized(&status));
@@ -288,14 +289,14 @@ impl Worker {
         }
     }
 
-    async fn on_master_message(&mut self, message: v1::MasterMessage) {
+    fn on_master_message(&mut self, message: v1::MasterMessage) {
         match message.kind {
             Some(master_message::Kind::Assign(a)) => self.assign(a),
-            Some(master_message::Kind::Cancel(c)) => self.cancel(c).await,
+            Some(master_message::Kind::Cancel(c)) => self.cancel(c),
             Some(master_message::Kind::Drain(d)) => {
                 self.start_drain(&format!("the master asked to drain: {}", d.reason))
             }
-            Some(master_message::Kind::Ack(a)) => self.acknowledged(a).await,
+            Some(master_message::Kind::Ack(a)) => self.acknowledged(a),
             Some(master_message::Kind::Welcome(_)) => warn!("ignoring a second Welcome"),
             None => warn!("ignoring an empty message from the master"),
         }
@@ -398,7 +399,7 @@ impl Worker {
         self.task_keys.insert(handle.id(), key);
     }
 
-    async fn cancel(&mut self, c: v1::Cancel) {
+    fn cancel(&mut self, c: v1::Cancel) {
         let matches = |key: &LeaseKey| {
             key.job_id == c.job_id && (c.lease_token.is_empty() || key.token == c.lease_token)
         };
@@ -419,7 +420,7 @@ impl Worker {
         for key in finished {
             info!(job_id = key.job_id, reason = %c.reason, "dropping the finished job's result as the master asked");
             self.pending.remove(&key);
-            unspool(&self.spool, &key).await;
+            self.spool.remove(key.job_id, &key.token);
             found = true;
         }
         if !found {
@@ -430,7 +431,7 @@ impl Worker {
         }
     }
 
-    async fn acknowledged(&mut self, a: v1::ResultAck) {
+    fn acknowledged(&mut self, a: v1::ResultAck) {
         let key = LeaseKey {
             job_id: a.job_id,
             token: a.lease_token,
@@ -447,7 +448,7 @@ impl Worker {
         } else {
             warn!(job_id = key.job_id, reason = %a.reason, "result rejected by the master; dropped");
         }
-        unspool(&self.spool, &key).await;
+        self.spool.remove(key.job_id, &key.token);
     }
 
     fn job_ended(&mut self, joined: Result<(tokio::task::Id, JobDone), tokio::task::JoinError>) {
@@ -545,7 +546,7 @@ impl Worker {
         let closing = async {
             while let Some(Ok(message)) = inbound.next().await {
                 match message.kind {
-                    Some(master_message::Kind::Ack(a)) => self.acknowledged(a).await,
+                    Some(master_message::Kind::Ack(a)) => self.acknowledged(a),
                     other => debug!(message = ?other, "ignored while leaving"),
                 }
             }
@@ -583,10 +584,12 @@ impl Worker {
     }
 }
 
-// A free function: holding `&Worker` across an await would need `Worker: Sync`.
-async fn unspool(spool: &Spool, key: &LeaseKey) {
-    if let Err(e) = spool.remove(key.job_id, &key.token).await {
-        error!(job_id = key.job_id, error = %e, "could not remove a spooled result; it will be sent again on restart");
+/// Before leaving: make the spool's last acknowledgements durable, so that a restart does not
+/// send those results again. (A free function: holding `&Worker` across an await would need
+/// `Worker: Sync`.)
+async fn flush_spool(spool: &Spool) {
+    if let Err(e) = spool.flush().await {
+        warn!(error = %e, "could not sync the result spool; acknowledged results may be sent again after a restart");
     }
 }
 

@@ -23,7 +23,7 @@ fn lease(job_id: u64) -> v1::LeaseRef {
 }
 
 #[tokio::test]
-async fn hello_welcome_assign_result_and_ack_deletes_the_spool_file() {
+async fn hello_welcome_assign_result_and_ack_removes_it_from_the_spool() {
     init_tracing();
     let mut master = TestMaster::start().await;
     master.set_auto_ack(false);
@@ -54,11 +54,13 @@ async fn hello_welcome_assign_result_and_ack_deletes_the_spool_file() {
     assert_eq!(outcome(&result.end), regression);
 
     // spooled before it was sent, kept until acknowledged
-    let spool = Spool::open(spool_dir.path()).unwrap();
-    assert_eq!(spool.scan().unwrap(), vec![result.clone()]);
+    let spooled = || Spool::read_dir_results(spool_dir.path()).unwrap();
+    assert_eq!(spooled(), vec![result.clone()]);
     master.ack(1, true);
-    let path = spool.path(1, &token(1)).unwrap();
-    eventually("the spool file is deleted after the ack", || !path.exists()).await;
+    eventually("the result leaves the spool after the ack", || {
+        spooled().is_empty()
+    })
+    .await;
 
     worker.drain_and_join().await.unwrap();
     assert_eq!(fake.runs(), 1);
@@ -84,9 +86,9 @@ async fn results_finished_while_the_master_is_down_are_delivered_after_it_comes_
     master.stop().await;
     // job 1 finishes while the master is away: its result waits in the spool
     fake.open_gate("quick");
-    let spool = Spool::open(spool_dir.path()).unwrap();
+    let spooled = || Spool::read_dir_results(spool_dir.path()).unwrap();
     eventually("job 1's result is spooled", || {
-        spool.scan().unwrap().iter().any(|r| r.job_id == 1)
+        spooled().iter().any(|r| r.job_id == 1)
     })
     .await;
     assert_eq!(master.results_for(1), 0);
@@ -100,8 +102,8 @@ async fn results_finished_while_the_master_is_down_are_delivered_after_it_comes_
     );
     let result = master.expect_result(1).await;
     assert_eq!(outcome(&result.end), Outcome::TestPass);
-    eventually("job 1's spool file is deleted after the ack", || {
-        spool.scan().unwrap().is_empty()
+    eventually("job 1's result leaves the spool after the ack", || {
+        spooled().is_empty()
     })
     .await;
 
@@ -109,7 +111,7 @@ async fn results_finished_while_the_master_is_down_are_delivered_after_it_comes_
     fake.open_gate("long");
     master.expect_result(2).await;
     worker.drain_and_join().await.unwrap();
-    assert!(spool.scan().unwrap().is_empty());
+    assert!(spooled().is_empty());
     assert_eq!(fake.stats().finished, 2);
 }
 
@@ -131,8 +133,11 @@ async fn a_spooled_result_from_an_earlier_run_is_delivered_at_startup() {
             ..Default::default()
         }),
     };
-    let spool = Spool::open(spool_dir.path()).unwrap();
-    spool.write_blocking(&earlier).unwrap();
+    // written by an earlier run, which has ended (the directory has one owner at a time)
+    Spool::open(spool_dir.path())
+        .unwrap()
+        .write_blocking(&earlier)
+        .unwrap();
 
     // the master is not there yet when the worker starts: it keeps trying
     master.stop().await;
@@ -143,8 +148,10 @@ async fn a_spooled_result_from_an_earlier_run_is_delivered_at_startup() {
 
     master.expect_hello().await;
     assert_eq!(master.expect_result(9).await, earlier);
-    eventually("the spool file is deleted after the ack", || {
-        spool.scan().unwrap().is_empty()
+    eventually("the result leaves the spool after the ack", || {
+        Spool::read_dir_results(spool_dir.path())
+            .unwrap()
+            .is_empty()
     })
     .await;
     worker.drain_and_join().await.unwrap();
@@ -188,9 +195,7 @@ async fn cancel_stops_the_job_and_its_result_is_not_sent() {
         "a cancelled job's result is never sent"
     );
     assert!(
-        Spool::open(spool_dir.path())
-            .unwrap()
-            .scan()
+        Spool::read_dir_results(spool_dir.path())
             .unwrap()
             .is_empty()
     );
@@ -230,9 +235,7 @@ async fn drain_waits_for_running_jobs_refuses_new_ones_and_returns() {
     assert_eq!(fake.stats().finished, 1);
     assert_eq!(fake.runs(), 1, "job 2 never ran");
     assert!(
-        Spool::open(spool_dir.path())
-            .unwrap()
-            .scan()
+        Spool::read_dir_results(spool_dir.path())
             .unwrap()
             .is_empty(),
         "the result was acknowledged before leaving"
@@ -404,9 +407,10 @@ async fn a_rejected_result_is_dropped_and_not_sent_again() {
     master.assign(1, "reg:late@1.0.0");
     master.expect_result(1).await;
     master.ack(1, false);
-    let spool = Spool::open(spool_dir.path()).unwrap();
     eventually("the rejected result leaves the spool", || {
-        spool.scan().unwrap().is_empty()
+        Spool::read_dir_results(spool_dir.path())
+            .unwrap()
+            .is_empty()
     })
     .await;
 
@@ -454,7 +458,7 @@ async fn a_drain_with_the_master_away_waits_for_acks_only_so_long_and_keeps_the_
         "gave up on the ack too early: {:?}",
         started.elapsed()
     );
-    let spooled = Spool::open(spool_dir.path()).unwrap().scan().unwrap();
+    let spooled = Spool::read_dir_results(spool_dir.path()).unwrap();
     assert_eq!(
         spooled.iter().map(|r| r.job_id).collect::<Vec<_>>(),
         [1],
