@@ -58,6 +58,9 @@ pub struct ClusterOptions {
     pub ephemeral: bool,
     /// Trade durability for speed (fsync off): only for throw-away test clusters.
     pub unsafe_fast: bool,
+    /// Load `pg_stat_statements` (for benchmarks: which statements the time goes to). The
+    /// extension itself still has to be created in a database.
+    pub statement_stats: bool,
 }
 
 /// A running private cluster. Dropping the handle does not stop the server; it stops when the
@@ -127,6 +130,9 @@ impl PrivatePostgres {
         let mut extra = String::from("-c max_connections=300 -c shared_buffers=128MB");
         if options.unsafe_fast {
             extra.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        if options.statement_stats {
+            extra.push_str(" -c shared_preload_libraries=pg_stat_statements");
         }
         let script = r#"
 "$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" -k "$PG_SOCK" -c listen_addresses=127.0.0.1 $PG_EXTRA >>"$PG_LOG" 2>&1 &

@@ -167,6 +167,14 @@ pub async fn claim(
 ) -> Result<Vec<Claimed>, DbError> {
     type Row = (i64, Uuid, i32, Uuid, String, String);
     let lists_toolchains = capabilities.iter().any(|c| c.starts_with("toolchain:"));
+    // A claim need not wait for its WAL flush: if Postgres crashes before the claim is on disk,
+    // the job is simply queued again, and the worker that got it cannot report a result for it
+    // (its lease token no longer exists — fencing). Completions, which the worker forgets once
+    // acknowledged, stay synchronous.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     let rows: Vec<Row> = sqlx::query_as(
         "WITH picked AS (
              SELECT j.id FROM jobs j
@@ -190,8 +198,9 @@ pub async fn claim(
     .bind(now + lease)
     .bind(now)
     .bind(lists_toolchains)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     let mut claimed: Vec<Claimed> = rows
         .into_iter()
         .map(

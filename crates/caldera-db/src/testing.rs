@@ -41,6 +41,7 @@ async fn cluster() -> &'static Cluster {
                         port: 0,
                         ephemeral: true,
                         unsafe_fast: true,
+                        statement_stats: false,
                     })
                     .await
                     .expect("start the private test Postgres cluster");

@@ -2,8 +2,9 @@
 //! Postgres → scheduler → gRPC → workers with a no-op executor → results in Postgres), and the time
 //! from a job's claim to the worker receiving it.
 //!
-//! Usage: bench_scheduler [JOBS] [WORKERS] [SLOTS] [--unsafe-fast]
-//! Postgres is a private cluster with durable settings (fsync on) unless --unsafe-fast.
+//! Usage: bench_scheduler [JOBS] [WORKERS] [SLOTS] [--unsafe-fast] [--statements]
+//! Postgres is a private cluster with durable settings (fsync on) unless --unsafe-fast;
+//! `--statements` loads `pg_stat_statements` and ends with the statements Postgres spent its time on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,6 +57,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let unsafe_fast = args.iter().any(|a| a == "--unsafe-fast");
+    let statement_stats = args.iter().any(|a| a == "--statements");
     let nums: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let jobs = nums.first().copied().unwrap_or(20_000);
     let workers = nums.get(1).copied().unwrap_or(4);
@@ -67,12 +69,18 @@ async fn main() -> anyhow::Result<()> {
         port: 0,
         ephemeral: true,
         unsafe_fast,
+        statement_stats,
     })
     .await?;
     let admin = caldera_db::connect(&pg.url("postgres"), 1).await?;
     sqlx::query("CREATE DATABASE bench").execute(&admin).await?;
     let pool = caldera_db::connect(&pg.url("bench"), 32).await?;
     caldera_db::migrate(&pool).await?;
+    if statement_stats {
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&pool)
+            .await?;
+    }
     let operator = tokens::create(&pool, "op", Role::Operator).await?.1;
     let worker_token = tokens::create(&pool, "w", Role::Worker).await?.1;
 
@@ -215,6 +223,19 @@ async fn main() -> anyhow::Result<()> {
     println!("claim_to_worker_p99: {:.2} ms", percentile(&lat, 0.99));
     shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
+    if statement_stats {
+        // where Postgres spent its time, by statement
+        let rows: Vec<(String, i64, f64, i64)> = sqlx::query_as(
+            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 100), calls, total_exec_time, rows
+             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12",
+        )
+        .fetch_all(&pool)
+        .await?;
+        println!("# statements by total execution time (pg_stat_statements)");
+        for (query, calls, total_ms, n) in rows {
+            println!("{total_ms:>8.0} ms {calls:>7} calls {n:>7} rows  {query}");
+        }
+    }
     pg.stop().await;
     Ok(())
 }

@@ -17,6 +17,7 @@ async fn postgres_restart_mid_experiment() {
         port: free_addr().port(),
         ephemeral: false,
         unsafe_fast: true,
+        statement_stats: false,
     };
     let pg = PrivatePostgres::start(options.clone()).await.unwrap();
     let admin = caldera_db::connect(&pg.url("postgres"), 1).await.unwrap();

@@ -137,6 +137,7 @@ async fn start_postgres(state: &Path) -> anyhow::Result<(PrivatePostgres, PgPool
         port: 0,
         ephemeral: false,
         unsafe_fast: false,
+        statement_stats: false,
     })
     .await
     .context("starting the private Postgres cluster")?;
