@@ -744,7 +744,7 @@ impl Inner {
                 tokio::select! {
                     r = self.preparer.prepare(&spec.experiment, &spec.krate, &host) => r,
                     () = cancel.cancelled() => {
-                        self.discard_all(&mut creations);
+                        self.keep_unused(slot.index, &mut creations);
                         return None;
                     }
                 }
@@ -798,7 +798,7 @@ impl Inner {
                     tokio::select! {
                         r = self.setup_side(spec, tc, &target) => r,
                         () = cancel.cancelled() => {
-                            self.discard_all(&mut creations);
+                            self.keep_unused(slot.index, &mut creations);
                             return None;
                         }
                     }
@@ -874,14 +874,8 @@ impl Inner {
                 None => (run, None),
             };
             let Some(mut run) = run else {
-                // cancelled: the containers not used yet go too
-                for (_, _, handle) in creations.iter_mut().filter_map(Option::take) {
-                    if let Ok(Ok(c)) = handle.await
-                        && let Err(e) = c.remove().await
-                    {
-                        tracing::warn!(error = %e, "could not remove a sandbox container");
-                    }
-                }
+                // cancelled: the containers not used yet are the slot's next spares
+                self.keep_unused(slot.index, &mut creations);
                 self.after_job(slot.index, used, respare);
                 return None;
             };
@@ -1034,10 +1028,20 @@ impl Inner {
         }
     }
 
-    /// Removes a cancelled job's containers.
-    fn discard_all(&self, creations: &mut [Option<(JobMounts, Limits, Creation)>]) {
-        for creation in creations.iter_mut().filter_map(Option::take) {
-            discard(creation.2);
+    /// The containers a cancelled job did not use (nothing ran in them) become the slot's spares.
+    fn keep_unused(&self, slot: u32, creations: &mut [Option<(JobMounts, Limits, Creation)>]) {
+        for (side, creation) in Side::BOTH.into_iter().zip(creations.iter_mut()) {
+            if let Some((mounts, limits, creation)) = creation.take() {
+                self.keep_spare(
+                    slot,
+                    side,
+                    Spare {
+                        mounts,
+                        limits,
+                        creation,
+                    },
+                );
+            }
         }
     }
 
