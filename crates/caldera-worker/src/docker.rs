@@ -202,6 +202,9 @@ struct Inner {
 /// A container being created (or made) for a job not yet known.
 type Creation = tokio::task::JoinHandle<Result<Container, String>>;
 
+/// A container being created, with what it mounts and its limits.
+type Made = (JobMounts, Limits, Creation);
+
 /// A spare container: what it mounts and its limits, so a job takes it only when they match.
 struct Spare {
     mounts: JobMounts,
@@ -715,7 +718,7 @@ impl Inner {
         // slot's source dir, into which the prepared crate is moved below.
         let slot_src = self.config.slot_source_dir(slot.index);
         let slot_src_ready = make_dir_for_sandbox(&slot_src).await;
-        let mut creations: Vec<Option<(JobMounts, Limits, Creation)>> = Vec::new();
+        let mut creations: Vec<Option<Made>> = Vec::new();
         for (i, side) in Side::BOTH.into_iter().enumerate() {
             let mut creation = None;
             if let (Ok(tc), Ok(())) = (&sides[i], &slot_src_ready) {
@@ -806,18 +809,10 @@ impl Inner {
             };
             tracing::trace!(%side, ok = plan.is_ok(), "side set up");
             if plan.is_err()
-                && let Some((mounts, limits, creation)) = creations[i].take()
+                && let Some(made) = creations[i].take()
             {
                 // not needed by this job: the next one can have it
-                self.keep_spare(
-                    slot.index,
-                    side,
-                    Spare {
-                        mounts,
-                        limits,
-                        creation,
-                    },
-                );
+                self.keep_spare(slot.index, side, made);
             }
             plans.push(plan);
         }
@@ -1005,42 +1000,32 @@ impl Inner {
     fn replenish(&self, slot: u32, side: Side, mounts: JobMounts, limits: Limits) {
         if self.config.spare_containers {
             let creation = self.spawn_create(mounts.clone(), limits.clone());
-            self.keep_spare(
-                slot,
-                side,
-                Spare {
-                    mounts,
-                    limits,
-                    creation,
-                },
-            );
+            self.keep_spare(slot, side, (mounts, limits, creation));
         }
     }
 
-    /// Keeps `spare` for the slot's next job on `side` (replacing an older one).
-    fn keep_spare(&self, slot: u32, side: Side, spare: Spare) {
+    /// Keeps a container (being) made with `mounts` and `limits` for the slot's next job on
+    /// `side`, replacing an older spare.
+    fn keep_spare(&self, slot: u32, side: Side, (mounts, limits, creation): Made) {
         if !self.config.spare_containers {
-            discard(spare.creation);
+            discard(creation);
             return;
         }
+        let spare = Spare {
+            mounts,
+            limits,
+            creation,
+        };
         if let Some(old) = lock(&self.spares).insert((slot, side), spare) {
             discard(old.creation);
         }
     }
 
     /// The containers a cancelled job did not use (nothing ran in them) become the slot's spares.
-    fn keep_unused(&self, slot: u32, creations: &mut [Option<(JobMounts, Limits, Creation)>]) {
-        for (side, creation) in Side::BOTH.into_iter().zip(creations.iter_mut()) {
-            if let Some((mounts, limits, creation)) = creation.take() {
-                self.keep_spare(
-                    slot,
-                    side,
-                    Spare {
-                        mounts,
-                        limits,
-                        creation,
-                    },
-                );
+    fn keep_unused(&self, slot: u32, creations: &mut [Option<Made>]) {
+        for (side, made) in Side::BOTH.into_iter().zip(creations.iter_mut()) {
+            if let Some(made) = made.take() {
+                self.keep_spare(slot, side, made);
             }
         }
     }
