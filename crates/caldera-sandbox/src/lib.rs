@@ -1,7 +1,8 @@
 //! caldera-sandbox: runs untrusted cargo steps in Docker containers.
 //!
 //! One container per job ([`Sandbox::create`]; the worker's executor makes one per toolchain side),
-//! one `docker exec` per step ([`Container::exec`]).
+//! created with a step driver exec already waiting in it; a sequence of steps runs through that
+//! driver in one `docker exec` ([`Container::exec_steps`], or [`Container::exec`] for one step).
 //! Every container has no network, a read-only root filesystem with tmpfs `/tmp` and `$HOME`, the
 //! crate source, `CARGO_HOME` and the toolchains mounted read-only, a writable host target dir,
 //! memory = memory+swap, CPU and pids limits, all capabilities dropped, `no-new-privileges`, and runs
