@@ -86,8 +86,8 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Runs jobs. The real one prepares the crate and runs cargo in the sandbox; tests use
-/// [`FakeExecutor`](crate::fake::FakeExecutor) (feature `testing`).
+/// Runs jobs. The real one ([`DockerExecutor`](crate::docker::DockerExecutor)) prepares the crate
+/// and runs cargo in the sandbox; tests use `fake::FakeExecutor` (feature `testing`).
 pub trait Executor: Send + Sync + 'static {
     /// Run both sides of one job. Must stop promptly when `cancel` fires; whatever it returns
     /// after that is dropped.
