@@ -298,11 +298,6 @@ impl Container {
 
         let nonce = format!("{:032x}", rand::random::<u128>());
         let cgroup = self.cgroup.clone();
-        let oom_watch = if cgroup.is_none() {
-            Some(self.watch_oom_events())
-        } else {
-            None
-        };
         // the driver started ahead when it fits and still waits, else one started now
         let primed = match self
             .primed
@@ -330,6 +325,12 @@ impl Container {
             mut input,
             ..
         } = driver;
+        // (aborted if this returns early)
+        let mut oom_watch = AbortOnDrop(if cgroup.is_none() {
+            Some(self.watch_oom_events())
+        } else {
+            None
+        });
         let mut meter = StepMeter::start(cgroup.as_ref(), first.log_cap).await;
         {
             use tokio::io::AsyncWriteExt;
@@ -484,7 +485,7 @@ impl Container {
         }
 
         let last = results.last_mut().expect("at least one step ran");
-        if let Some(watch) = oom_watch {
+        if let Some(watch) = oom_watch.0.take() {
             if !last.success() {
                 // Give the engine's event a moment to arrive after the process died.
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -795,6 +796,17 @@ impl Drop for Container {
             });
         if let Err(e) = spawned {
             tracing::warn!(container = self.name, error = %e, "could not remove dropped container");
+        }
+    }
+}
+
+/// Aborts the task it holds when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<bool>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
         }
     }
 }
