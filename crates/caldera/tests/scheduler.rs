@@ -131,10 +131,13 @@ async fn killed_worker_process_jobs_run_elsewhere() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    // the victim holds four jobs mid-run
+    // the victim holds four jobs mid-run: claimed for it, and renewed by one of its heartbeats
+    // since (which lists only jobs it received; a job claimed but not yet sent would be handed
+    // back when the victim dies, not left to expire)
     wait_count(
         &db.pool,
-        "SELECT count(*) FROM jobs j JOIN workers w ON w.id = j.lease_owner WHERE w.name = 'victim' AND j.state = 'running'",
+        "SELECT count(*) FROM jobs j JOIN workers w ON w.id = j.lease_owner
+         WHERE w.name = 'victim' AND j.state = 'running' AND j.updated_at > j.claimed_at",
         4,
         Duration::from_secs(60),
     )
@@ -257,15 +260,21 @@ async fn master_process_restart_loses_and_doubles_nothing() {
     )
     .await;
 
+    // Kill while jobs run on the workers (right after a batch of results the workers can be
+    // between jobs, and then nothing would finish while the master is away).
+    tokio::time::timeout(Duration::from_secs(30), exec.wait_for(|s| s.running >= 2))
+        .await
+        .expect("the workers run jobs");
     master.kill().unwrap(); // SIGKILL: no goodbye to anyone
     master.wait().unwrap();
-    let done_at_kill: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'done'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let at_kill = exec.stats();
     // workers keep running their jobs; results finished meanwhile are spooled
-    exec.wait_for(|s| s.finished as i64 >= done_at_kill + 2)
-        .await;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        exec.wait_for(|s| s.finished > at_kill.finished),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no job finished while the master was away: {at_kill:?}"));
     let mut master = spawn_master();
     wait_up().await;
 
