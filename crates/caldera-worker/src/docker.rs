@@ -90,9 +90,6 @@ pub struct DockerExecutorConfig {
     pub sandbox_env: BTreeMap<String, String>,
     /// How long to wait for a log to reach object storage before the side is reported as `error`.
     pub log_upload_timeout: Duration,
-    /// Keep a fresh container ready for each slot's next job, per side (the default), so that a
-    /// job does not wait for a container to start. Every job still runs in containers of its own.
-    pub spare_containers: bool,
     pub prepare: PrepareConfig,
 }
 
@@ -113,7 +110,6 @@ impl DockerExecutorConfig {
             reuse_target_dirs: true,
             sandbox_env: BTreeMap::new(),
             log_upload_timeout: Duration::from_secs(600),
-            spare_containers: true,
         }
     }
 
@@ -998,19 +994,13 @@ impl Inner {
 
     /// Starts creating the slot's spare for its next job on `side`.
     fn replenish(&self, slot: u32, side: Side, mounts: JobMounts, limits: Limits) {
-        if self.config.spare_containers {
-            let creation = self.spawn_create(mounts.clone(), limits.clone());
-            self.keep_spare(slot, side, (mounts, limits, creation));
-        }
+        let creation = self.spawn_create(mounts.clone(), limits.clone());
+        self.keep_spare(slot, side, (mounts, limits, creation));
     }
 
     /// Keeps a container (being) made with `mounts` and `limits` for the slot's next job on
     /// `side`, replacing an older spare.
     fn keep_spare(&self, slot: u32, side: Side, (mounts, limits, creation): Made) {
-        if !self.config.spare_containers {
-            discard(creation);
-            return;
-        }
         let spare = Spare {
             mounts,
             limits,
