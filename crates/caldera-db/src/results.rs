@@ -413,8 +413,8 @@ pub struct QueueEntry {
 pub async fn queue(pool: &PgPool) -> Result<Vec<QueueEntry>, DbError> {
     let rows: Vec<(String, String, i32, i64, i64, DateTime<Utc>)> = sqlx::query_as(
         "SELECT e.name, e.status, e.priority,
-                (SELECT count(*) FROM jobs j WHERE j.experiment_id = e.id AND j.state = 'queued'),
-                (SELECT count(*) FROM jobs j WHERE j.experiment_id = e.id AND j.state = 'running'),
+                coalesce((SELECT sum(c.queued) FROM job_counts c WHERE c.experiment_id = e.id), 0)::bigint,
+                coalesce((SELECT sum(c.running) FROM job_counts c WHERE c.experiment_id = e.id), 0)::bigint,
                 e.created_at
          FROM experiments e WHERE e.status IN ('queued', 'running', 'paused')
          ORDER BY e.priority DESC, e.created_at, e.id",

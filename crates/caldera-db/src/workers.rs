@@ -94,7 +94,8 @@ pub async fn list(pool: &PgPool) -> Result<Vec<WorkerRow>, DbError> {
     );
     let rows: Vec<Raw> = sqlx::query_as(
         "SELECT w.id, w.name, w.version, w.capabilities, w.slots, w.connected, w.first_seen_at, w.last_seen_at,
-                (SELECT count(*) FROM jobs j WHERE j.lease_owner = w.id AND j.state = 'running')
+                (SELECT count(*) FROM leases l, jobs j
+                 WHERE l.worker = w.id AND j.id = ANY(l.jobs) AND j.lease_id = l.id AND j.lease_token IS NOT NULL)
          FROM workers w ORDER BY w.connected DESC, w.name",
     )
     .fetch_all(pool)

@@ -36,7 +36,10 @@ async fn migrations_apply_revert_and_reapply() {
             "crate_lists",
             "crates",
             "experiments",
+            "job_counts",
+            "job_queues",
             "jobs",
+            "leases",
             "results",
             "workers"
         ]
@@ -312,7 +315,7 @@ async fn progress_counts_and_hand_back_all_requeues_running_jobs() {
         .collect();
     let mut tx = db.pool.begin().await.unwrap();
     assert_eq!(
-        jobs::create_for_experiment(&mut tx, row.id, 0, &crates)
+        jobs::create_for_experiment(&mut tx, row.id, &crates)
             .await
             .unwrap(),
         3
@@ -379,7 +382,7 @@ async fn infrastructure_errors_are_retried_until_the_attempt_cap() {
         .map(|c| c.parse().unwrap())
         .collect();
     let mut tx = db.pool.begin().await.unwrap();
-    jobs::create_for_experiment(&mut tx, row.id, 0, &crates)
+    jobs::create_for_experiment(&mut tx, row.id, &crates)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -496,7 +499,7 @@ async fn workers_listing_toolchains_get_only_jobs_they_can_build() {
     let crates: Vec<caldera_core::crates::CrateId> = (0..4)
         .map(|i| format!("reg:c{i}@1.0.0").parse().unwrap())
         .collect();
-    jobs::create_for_experiment(&mut pending.tx, row.id, 0, &crates)
+    jobs::create_for_experiment(&mut pending.tx, row.id, &crates)
         .await
         .unwrap();
     jobs::set_implied_requirements(
@@ -540,4 +543,127 @@ async fn workers_listing_toolchains_get_only_jobs_they_can_build() {
     // lists no toolchain at all (an executor that provides them its own way): not filtered
     assert_eq!(claim("no-list", &["docker"]).await, 1);
     assert_eq!(claim("nothing", &[]).await, 1);
+}
+
+/// The queue's mechanics at the SQL level: claims follow priority then age and continue into the
+/// next experiment; renewals keep leases alive; the reaper re-queues the jobs of expired leases
+/// below the claim cursor, where the next claim finds them; the kept counts stay exact.
+#[tokio::test]
+async fn claims_follow_priority_and_expired_leases_come_back_below_the_cursor() {
+    use caldera_db::jobs;
+    let db = TestDb::new().await;
+    let start = async |name: &str, priority: i32, n: usize, requirements: &str| {
+        let spec = ExperimentSpec::from_json(
+            format!(
+                r#"{{"name":"{name}","start":"stable","end":"nightly","priority":{priority},"requirements":{requirements},"crates":"x"}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let row = experiments::create(&db.pool, &spec).await.unwrap();
+        let mut pending = experiments::begin_action(&db.pool, name, ExperimentAction::Start)
+            .await
+            .unwrap();
+        let crates: Vec<caldera_core::crates::CrateId> = (0..n)
+            .map(|i| format!("reg:{name}{i}@1.0.0").parse().unwrap())
+            .collect();
+        jobs::create_for_experiment(&mut pending.tx, row.id, &crates)
+            .await
+            .unwrap();
+        pending.commit().await.unwrap();
+        row.id
+    };
+    let low = start("low", 0, 3, "[]").await;
+    let high = start("high", 5, 2, "[]").await;
+    let later = start("later", 0, 2, "[]").await;
+    let special = start("special", 9, 2, r#"["gpu"]"#).await;
+    let t0 = chrono::Utc::now();
+    let lease = chrono::Duration::seconds(60);
+    let (token, _) = tokens::create(&db.pool, "w", Role::Worker).await.unwrap();
+    let w1 = caldera_db::workers::connect(&db.pool, "w1", "0", &[], 8, token.id, t0)
+        .await
+        .unwrap();
+    let w2 = caldera_db::workers::connect(&db.pool, "w2", "0", &[], 8, token.id, t0)
+        .await
+        .unwrap();
+
+    // w1 (no gpu) takes high's two jobs, then low's first two: priority, then age, one claim
+    let first = jobs::claim(&db.pool, w1, &[], 4, t0, lease).await.unwrap();
+    let names: Vec<&str> = first.iter().map(|c| c.experiment.as_str()).collect();
+    assert_eq!(
+        names,
+        ["low", "low", "high", "high"],
+        "sorted by job id: {first:?}"
+    );
+    assert!(first.iter().all(|c| c.attempt == 1));
+    // w2 takes the rest of low, then later's
+    let second = jobs::claim(&db.pool, w2, &[], 8, t0, lease).await.unwrap();
+    let names: Vec<&str> = second.iter().map(|c| c.experiment.as_str()).collect();
+    assert_eq!(names, ["low", "later", "later"]);
+    // nothing left for a worker without a gpu; special waits for one
+    assert!(
+        jobs::claim(&db.pool, w2, &[], 8, t0, lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let p = jobs::progress_of(&db.pool, special).await.unwrap();
+    assert_eq!((p.queued, p.running), (2, 0));
+
+    // w1 renews its leases at t0 + 50 s; w2 does not. At t0 + 90 s only w2's jobs expire.
+    let t1 = t0 + chrono::Duration::seconds(50);
+    let held: Vec<(i64, uuid::Uuid)> = first.iter().map(|c| (c.job_id, c.lease_token)).collect();
+    let mut bogus = held.clone();
+    bogus.push((second[0].job_id, uuid::Uuid::new_v4()));
+    let current = jobs::renew(&db.pool, w1, &bogus, t1, lease).await.unwrap();
+    assert_eq!(current.len(), 4, "the made-up token is not current");
+    let t2 = t0 + chrono::Duration::seconds(90);
+    let reaped = jobs::reap(&db.pool, t2, 3).await.unwrap();
+    let mut expected: Vec<i64> = second.iter().map(|c| c.job_id).collect();
+    expected.sort();
+    let mut requeued = reaped.requeued.clone();
+    requeued.sort();
+    assert_eq!(requeued, expected);
+    assert!(reaped.errored.is_empty());
+    assert!(
+        jobs::reap(&db.pool, t2, 3)
+            .await
+            .unwrap()
+            .requeued
+            .is_empty(),
+        "a lease is reaped once"
+    );
+    let p = jobs::progress_of(&db.pool, low).await.unwrap();
+    assert_eq!((p.queued, p.running), (1, 2));
+
+    // the re-queued jobs are below low's and later's cursors, and are found again, attempt 2
+    let again = jobs::claim(&db.pool, w1, &[], 8, t2, lease).await.unwrap();
+    let got: Vec<(i64, i32)> = again.iter().map(|c| (c.job_id, c.attempt)).collect();
+    let want: Vec<(i64, i32)> = expected.iter().map(|id| (*id, 2)).collect();
+    assert_eq!(got, want);
+    // the old tokens are void
+    let stale: Vec<(i64, uuid::Uuid)> = second.iter().map(|c| (c.job_id, c.lease_token)).collect();
+    assert!(
+        jobs::renew(&db.pool, w2, &stale, t2, lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // a gpu worker gets special's jobs
+    let gpu = jobs::claim(&db.pool, w2, &["gpu".to_owned()], 8, t2, lease)
+        .await
+        .unwrap();
+    assert_eq!(gpu.len(), 2);
+    assert!(gpu.iter().all(|c| c.experiment == "special"));
+    for id in [low, high, later, special] {
+        let p = jobs::progress_of(&db.pool, id).await.unwrap();
+        assert_eq!(p.queued, 0, "{p:?}");
+    }
+    let drift = jobs::count_drift(&db.pool).await.unwrap();
+    assert!(drift.is_empty(), "{drift:?}");
+    // the workers list counts running jobs through the leases
+    let listed = caldera_db::workers::list(&db.pool).await.unwrap();
+    let running: Vec<(String, i64)> = listed.iter().map(|w| (w.name.clone(), w.running)).collect();
+    assert_eq!(running, [("w1".to_owned(), 7), ("w2".to_owned(), 2)]);
 }

@@ -207,7 +207,14 @@ pub async fn serve_with(
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .add_service(service)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                // No Nagle: an assignment or an acknowledgement is a small write that must leave
+                // at once. With Nagle it waits for the ACK of the previous one, which the worker's
+                // kernel delays by up to 40 ms (measured: claim→worker p50 40 ms → see
+                // docs/benchmarks.md). The worker sets the same on its side.
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    |conn| conn.and_then(|c| c.set_nodelay(true).map(|()| c)),
+                ),
                 grpc_shutdown.cancelled_owned(),
             )
             .await

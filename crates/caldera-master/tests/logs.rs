@@ -531,7 +531,7 @@ async fn registry_ids_match_with_or_without_checksum() {
     )
     .await
     .unwrap();
-    jobs::create_for_experiment(&mut pending.tx, pending.current.id, 0, &ids)
+    jobs::create_for_experiment(&mut pending.tx, pending.current.id, &ids)
         .await
         .unwrap();
     pending.commit().await.unwrap();

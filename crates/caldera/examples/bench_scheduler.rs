@@ -221,6 +221,33 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("claim_to_worker_p50: {:.2} ms", percentile(&lat, 0.50));
     println!("claim_to_worker_p99: {:.2} ms", percentile(&lat, 0.99));
+    // the master's own view: mean time of a claim transaction and of handing its jobs over
+    let metrics = http_client
+        .get(format!("{http}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .find_map(|(key, v)| key.ends_with(name).then(|| v.trim().parse().ok())?)
+            .unwrap_or(f64::NAN)
+    };
+    for (what, metric) in [
+        ("claim", "claim_latency_seconds"),
+        ("claim_to_send", "claim_to_send_seconds"),
+    ] {
+        let (sum, count) = (
+            value(&format!("{metric}_sum")),
+            value(&format!("{metric}_count")),
+        );
+        println!(
+            "{what}_mean: {:.2} ms over {count} claims",
+            sum / count * 1000.0
+        );
+    }
     shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
     if statement_stats {

@@ -132,12 +132,14 @@ async fn killed_worker_process_jobs_run_elsewhere() {
         .spawn()
         .unwrap();
     // the victim holds four jobs mid-run: claimed for it, and renewed by one of its heartbeats
+    // (the lease, 2 s from the claim, was extended)
     // since (which lists only jobs it received; a job claimed but not yet sent would be handed
     // back when the victim dies, not left to expire)
     wait_count(
         &db.pool,
-        "SELECT count(*) FROM jobs j JOIN workers w ON w.id = j.lease_owner
-         WHERE w.name = 'victim' AND j.state = 'running' AND j.updated_at > j.claimed_at",
+        "SELECT count(*) FROM jobs j JOIN workers w ON w.id = j.lease_owner JOIN leases l ON l.id = j.lease_id
+         WHERE w.name = 'victim' AND j.state = 'running'
+           AND l.expires_at > j.claimed_at + make_interval(secs => 2)",
         4,
         Duration::from_secs(60),
     )
@@ -366,7 +368,7 @@ async fn stale_and_duplicate_results_are_rejected() {
 
     let snapshot = || async {
         sqlx::query_scalar::<_, serde_json::Value>(
-            "SELECT coalesce(json_agg(r.outcome ORDER BY r.id), '[]') FROM results r",
+            "SELECT coalesce(json_agg(r.outcome ORDER BY r.crate_id, r.toolchain), '[]') FROM results r",
         )
         .fetch_one(&db.pool)
         .await

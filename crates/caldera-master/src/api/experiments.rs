@@ -265,13 +265,8 @@ async fn action(
                     crate::resolve::resolve(&state.pool, state.registry.as_deref(), &current.spec)
                         .await?;
                 let mut pending = experiments::begin_action(&state.pool, name, action).await?;
-                let n = jobs::create_for_experiment(
-                    &mut pending.tx,
-                    pending.current.id,
-                    pending.current.spec.priority,
-                    &crates,
-                )
-                .await?;
+                let n = jobs::create_for_experiment(&mut pending.tx, pending.current.id, &crates)
+                    .await?;
                 jobs::set_implied_requirements(
                     &mut pending.tx,
                     pending.current.id,

@@ -184,7 +184,7 @@ pub async fn create(pool: &PgPool, store: &Arc<dyn ObjectStore>, name: &str) -> 
     let mut pending = experiments::begin_action(pool, name, ExperimentAction::Start)
         .await
         .expect("start the fixture experiment");
-    jobs::create_for_experiment(&mut pending.tx, row.id, 0, &ids)
+    jobs::create_for_experiment(&mut pending.tx, row.id, &ids)
         .await
         .expect("create jobs");
     pending.commit().await.expect("commit start");

@@ -155,11 +155,11 @@ impl WorkerService for WorkerServiceImpl {
                 r.job_id as i64,
             );
         }
-        let tokens: Vec<Uuid> = presented.keys().copied().collect();
+        let running: Vec<(i64, Uuid)> = presented.iter().map(|(t, id)| (*id, *t)).collect();
         let current = jobs::renew(
             &pool,
             worker,
-            &tokens,
+            &running,
             now,
             chrono_dur(s.inner.config.lease),
         )
@@ -305,11 +305,11 @@ async fn heartbeat(
         );
     }
     let now = s.now();
-    let tokens: Vec<Uuid> = presented.keys().copied().collect();
+    let running: Vec<(i64, Uuid)> = presented.iter().map(|(t, id)| (*id, *t)).collect();
     let current = match jobs::renew(
         &s.inner.pool,
         worker,
-        &tokens,
+        &running,
         now,
         chrono_dur(s.inner.config.lease),
     )

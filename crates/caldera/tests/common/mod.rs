@@ -285,9 +285,9 @@ pub async fn assert_exactly_one_result_each(pool: &PgPool, name: &str, jobs: i64
     let states = job_states(pool, name).await;
     assert_eq!(states, vec![("done".to_owned(), jobs)], "all jobs done");
     let per_job: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT j.id, count(r.id) FROM jobs j JOIN experiments e ON e.id = j.experiment_id
+        "SELECT j.id, count(r.toolchain) FROM jobs j JOIN experiments e ON e.id = j.experiment_id
          LEFT JOIN results r ON r.experiment_id = j.experiment_id AND r.crate_id = j.crate_id
-         WHERE e.name = $1 GROUP BY j.id HAVING count(r.id) <> 2",
+         WHERE e.name = $1 GROUP BY j.id HAVING count(r.toolchain) <> 2",
     )
     .bind(name)
     .fetch_all(pool)
@@ -303,4 +303,14 @@ pub async fn assert_exactly_one_result_each(pool: &PgPool, name: &str, jobs: i64
         .await
         .unwrap();
     assert_eq!(total, jobs * 2);
+    assert_counts_exact(pool).await;
+}
+
+/// The job counts the triggers keep agree with a count of the jobs.
+pub async fn assert_counts_exact(pool: &PgPool) {
+    let drift = caldera_db::jobs::count_drift(pool).await.unwrap();
+    assert!(
+        drift.is_empty(),
+        "job counts drifted (experiment, kept, counted): {drift:?}"
+    );
 }
