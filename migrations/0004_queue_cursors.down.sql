@@ -1,3 +1,6 @@
+ALTER TABLE jobs ADD CONSTRAINT jobs_crate_id_fkey FOREIGN KEY (crate_id) REFERENCES crates (id);
+ALTER TABLE jobs ADD CONSTRAINT jobs_experiment_id_fkey FOREIGN KEY (experiment_id) REFERENCES experiments (id) ON DELETE CASCADE;
+ALTER TABLE results ADD CONSTRAINT results_experiment_id_fkey FOREIGN KEY (experiment_id) REFERENCES experiments (id) ON DELETE CASCADE;
 ALTER TABLE results DROP CONSTRAINT results_pkey;
 ALTER TABLE results ADD CONSTRAINT results_experiment_id_crate_id_toolchain_key UNIQUE (experiment_id, crate_id, toolchain);
 ALTER TABLE results ADD COLUMN id bigserial PRIMARY KEY;

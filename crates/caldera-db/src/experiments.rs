@@ -284,10 +284,18 @@ pub async fn delete(pool: &PgPool, name: &str) -> Result<ExperimentRow, DbError>
             ),
         ));
     }
-    sqlx::query("DELETE FROM experiments WHERE id = $1")
-        .bind(current.id)
-        .execute(&mut *tx)
-        .await?;
+    // results and jobs carry no foreign key (migration 0004: too costly per row), so they go
+    // first, explicitly; the experiment's queue and counts go with it by cascade
+    for statement in [
+        "DELETE FROM results WHERE experiment_id = $1",
+        "DELETE FROM experiments WHERE id = $1",
+        "DELETE FROM jobs WHERE experiment_id = $1",
+    ] {
+        sqlx::query(statement)
+            .bind(current.id)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(current)
 }

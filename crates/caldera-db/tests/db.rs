@@ -666,4 +666,49 @@ async fn claims_follow_priority_and_expired_leases_come_back_below_the_cursor() 
     let listed = caldera_db::workers::list(&db.pool).await.unwrap();
     let running: Vec<(String, i64)> = listed.iter().map(|w| (w.name.clone(), w.running)).collect();
     assert_eq!(running, [("w1".to_owned(), 7), ("w2".to_owned(), 2)]);
+
+    // one of low's jobs finishes; then low is aborted and deleted: its jobs, results, cursor and
+    // counts all go (results and jobs have no foreign key to cascade along)
+    let side = jobs::SideRecord {
+        outcome: caldera_core::outcome::Outcome::TestPass,
+        log_key: None,
+        duration_ms: 1,
+        peak_memory_bytes: 0,
+        steps: Vec::new(),
+    };
+    let c = &first[0];
+    assert_eq!(c.experiment, "low");
+    let done = jobs::complete(
+        &db.pool,
+        &[jobs::Completion {
+            job_id: c.job_id,
+            lease_token: c.lease_token,
+            worker: w1,
+            start: side.clone(),
+            end: side,
+        }],
+        t2,
+        3,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.accepted, [c.job_id]);
+    let mut pending = experiments::begin_action(&db.pool, "low", ExperimentAction::Abort)
+        .await
+        .unwrap();
+    jobs::cancel_experiment(&mut pending.tx, low).await.unwrap();
+    pending.commit().await.unwrap();
+    experiments::delete(&db.pool, "low").await.unwrap();
+    for table in ["jobs", "results", "job_queues", "job_counts"] {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} WHERE experiment_id = $1"
+        ))
+        .bind(low)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(n, 0, "{table}");
+    }
+    let drift = jobs::count_drift(&db.pool).await.unwrap();
+    assert!(drift.is_empty(), "{drift:?}");
 }
