@@ -172,15 +172,7 @@ pub struct Claimed {
 
 /// Claim up to `limit` queued jobs of running experiments whose requirements are all among
 /// `capabilities`, highest priority first, then oldest; lease them to `worker` until `now + lease`.
-/// A worker that lists toolchains (`toolchain:…` capabilities) gets only jobs whose experiment's
-/// implied requirements (its rustup toolchains, set at the start) it meets; one that lists none
-/// (an executor that provides toolchains its own way) is not filtered by toolchain.
-/// The experiments' specs are not part of the claim (a spec can hold a million crate names): the
-/// dispatcher fetches each once with [`crate::experiments::specs`].
-///
-/// One transaction: the experiments with queued work this worker may take, in order (their cursor
-/// rows locked; one another claim holds is skipped), then per experiment until `limit` is
-/// reached, the queued jobs from its cursor on, in id order, as one lease per statement.
+/// One worker's [`claim_many`].
 pub async fn claim(
     pool: &PgPool,
     worker: Uuid,
@@ -189,31 +181,106 @@ pub async fn claim(
     now: DateTime<Utc>,
     lease: chrono::Duration,
 ) -> Result<Vec<Claimed>, DbError> {
-    let mut claimed: Vec<Claimed> = Vec::new();
-    if limit <= 0 {
-        return Ok(claimed);
+    let request = ClaimRequest {
+        worker,
+        capabilities: capabilities.to_vec(),
+        limit,
+    };
+    let mut out = claim_many(pool, &[request], now, lease).await?;
+    Ok(out.pop().unwrap_or_default())
+}
+
+/// What one worker asks of a claim.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub worker: Uuid,
+    pub capabilities: Vec<String>,
+    /// most jobs to take for it
+    pub limit: i64,
+}
+
+/// A running experiment with queued work, as a claim sees it.
+struct Candidate {
+    id: Uuid,
+    name: String,
+    /// where the next scan starts (kept up to date across the workers of one claim)
+    cursor: i64,
+    last_job: i64,
+    requirements: Vec<String>,
+    implied: Vec<String>,
+}
+
+impl Candidate {
+    /// Every requirement is among the worker's capabilities; the implied ones (rustup
+    /// toolchains) only for a worker that lists its toolchains at all.
+    fn fits(&self, capabilities: &[String]) -> bool {
+        let has = |r: &String| capabilities.contains(r);
+        let lists_toolchains = capabilities.iter().any(|c| c.starts_with("toolchain:"));
+        self.requirements.iter().all(has) && (!lists_toolchains || self.implied.iter().all(has))
     }
-    let lists_toolchains = capabilities.iter().any(|c| c.starts_with("toolchain:"));
+}
+
+/// Claim for several workers in one transaction: for each request (in order), up to its `limit`
+/// queued jobs of running experiments whose requirements are all among its capabilities, highest
+/// priority first, then oldest; leased to it until `now + lease`. A worker that lists toolchains
+/// (`toolchain:…` capabilities) gets only jobs whose experiment's implied requirements (its rustup
+/// toolchains, set at the start) it meets; one that lists none (an executor that provides
+/// toolchains its own way) is not filtered by toolchain. Returns one list per request, sorted by
+/// job id.
+///
+/// The experiments' specs are not part of the claim (a spec can hold a million crate names): the
+/// dispatcher fetches each once with [`crate::experiments::specs`].
+///
+/// The transaction reads the experiments with queued work, in order, locking their cursor rows
+/// (one that another claim holds is skipped); then per worker and experiment it takes the queued
+/// jobs from the cursor on, in id order, as one lease per statement. One transaction for all
+/// workers: its fixed costs (a commit, the candidates, the round trips) are shared.
+pub async fn claim_many(
+    pool: &PgPool,
+    requests: &[ClaimRequest],
+    now: DateTime<Utc>,
+    lease: chrono::Duration,
+) -> Result<Vec<Vec<Claimed>>, DbError> {
+    let mut out: Vec<Vec<Claimed>> = vec![Vec::new(); requests.len()];
+    if requests.iter().all(|r| r.limit <= 0) {
+        return Ok(out);
+    }
+    let mut tx = pool.begin().await?;
     // A claim need not wait for its WAL flush: if Postgres crashes before the claim is on disk,
     // the job is simply queued again, and the worker that got it cannot report a result for it
     // (its lease token no longer exists — fencing). Completions, which the worker forgets once
-    // acknowledged, stay synchronous.
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
-    let candidates: Vec<(Uuid, i64, i64, String)> = sqlx::query_as(
-        "SELECT q.experiment_id, q.next_job, q.last_job, e.name
+    // acknowledged, stay synchronous. The statements below are planned once (generic plans):
+    // each reads a bounded window of ids, so no plan can make one costly, and replanning them
+    // was a visible share of the claim's time.
+    sqlx::query(
+        "SELECT set_config('synchronous_commit', 'off', true),
+                set_config('plan_cache_mode', 'force_generic_plan', true)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    type CandidateRow = (Uuid, String, i64, i64, Json<Vec<String>>, Json<Vec<String>>);
+    let rows: Vec<CandidateRow> = sqlx::query_as(
+        "SELECT q.experiment_id, e.name, q.next_job, q.last_job, q.requirements, e.implied_requirements
          FROM job_queues q JOIN experiments e ON e.id = q.experiment_id
          WHERE e.status = 'running' AND q.next_job <= q.last_job
-           AND q.requirements <@ $1::jsonb AND (NOT $2 OR e.implied_requirements <@ $1::jsonb)
          ORDER BY e.priority DESC, e.created_at, e.id
          FOR UPDATE OF q SKIP LOCKED",
     )
-    .bind(Json(capabilities))
-    .bind(lists_toolchains)
     .fetch_all(&mut *tx)
     .await?;
+    let mut candidates: Vec<Candidate> = rows
+        .into_iter()
+        .map(
+            |(id, name, cursor, last_job, Json(requirements), Json(implied))| Candidate {
+                id,
+                name,
+                cursor,
+                last_job,
+                requirements,
+                implied,
+            },
+        )
+        .collect();
     type Window = (
         i64,
         Option<Vec<i64>>,
@@ -221,75 +288,80 @@ pub async fn claim(
         Option<Vec<i32>>,
         Option<Vec<String>>,
     );
-    for (experiment_id, mut cursor, last_job, experiment) in candidates {
-        // Each statement looks at a bounded window of ids [cursor, cursor + window), so no plan
-        // can make it read more than that; the window doubles while it comes back short (ids
-        // of other experiments in between, jobs already running or done below a lowered cursor).
-        let mut window = (limit - claimed.len() as i64).max(64);
-        while cursor <= last_job {
-            let want = limit - claimed.len() as i64;
-            if want <= 0 {
-                break;
+    for (request, claimed) in requests.iter().zip(out.iter_mut()) {
+        for candidate in candidates.iter_mut() {
+            if !candidate.fits(&request.capabilities) {
+                continue;
             }
-            let (next, ids, tokens, attempts, crates): Window = sqlx::query_as(
-                "WITH picked AS (
-                     SELECT id FROM jobs
-                     WHERE experiment_id = $1 AND id >= $2 AND id < $3 AND state = 'queued'
-                     ORDER BY id LIMIT $4
-                 ), lease AS (
-                     INSERT INTO leases (worker, expires_at, jobs)
-                     SELECT $5, $6, array_agg(id) FROM picked HAVING count(*) > 0
-                     RETURNING id
-                 ), claimed AS (
-                     UPDATE jobs j SET state = 'running', lease_id = (SELECT id FROM lease),
-                            lease_token = gen_random_uuid(), lease_owner = $5, attempt = j.attempt + 1,
-                            updated_at = $7, claimed_at = $7
-                     WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) AND j.state = 'queued'
-                     RETURNING j.id, j.lease_token, j.attempt, j.crate_id
-                 ), advance AS (
-                     UPDATE job_queues SET next_job = CASE WHEN (SELECT count(*) FROM picked) = $4
-                                                           THEN (SELECT max(id) + 1 FROM picked) ELSE $3 END
-                     WHERE experiment_id = $1
-                     RETURNING next_job
-                 )
-                 SELECT (SELECT next_job FROM advance), array_agg(c.id), array_agg(c.lease_token),
-                        array_agg(c.attempt), array_agg((SELECT k.crate_id FROM crates k WHERE k.id = c.crate_id))
-                 FROM claimed c",
-            )
-            .bind(experiment_id)
-            .bind(cursor)
-            .bind(cursor.saturating_add(window))
-            .bind(want)
-            .bind(worker)
-            .bind(now + lease)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            let ids = ids.unwrap_or_default();
-            let (tokens, attempts, crates) = (
-                tokens.unwrap_or_default(),
-                attempts.unwrap_or_default(),
-                crates.unwrap_or_default(),
-            );
-            for (((job_id, lease_token), attempt), crate_id) in
-                ids.into_iter().zip(tokens).zip(attempts).zip(crates)
-            {
-                claimed.push(Claimed {
-                    job_id,
-                    lease_token,
-                    attempt,
-                    experiment_id,
-                    experiment: experiment.clone(),
-                    crate_id,
-                });
+            // Each statement looks at a bounded window of ids [cursor, cursor + window), so no
+            // plan can make it read more than that; the window doubles while it comes back short
+            // (ids of other experiments in between, jobs running or done below a lowered cursor).
+            let mut window = (request.limit - claimed.len() as i64).max(64);
+            while candidate.cursor <= candidate.last_job {
+                let want = request.limit - claimed.len() as i64;
+                if want <= 0 {
+                    break;
+                }
+                let (next, ids, tokens, attempts, crates): Window = sqlx::query_as(
+                    "WITH picked AS (
+                         SELECT id FROM jobs
+                         WHERE experiment_id = $1 AND id >= $2 AND id < $3 AND state = 'queued'
+                         ORDER BY id LIMIT $4
+                     ), lease AS (
+                         INSERT INTO leases (worker, expires_at, jobs)
+                         SELECT $5, $6, array_agg(id) FROM picked HAVING count(*) > 0
+                         RETURNING id
+                     ), claimed AS (
+                         UPDATE jobs j SET state = 'running', lease_id = (SELECT id FROM lease),
+                                lease_token = gen_random_uuid(), lease_owner = $5, attempt = j.attempt + 1,
+                                updated_at = $7, claimed_at = $7
+                         WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) AND j.state = 'queued'
+                         RETURNING j.id, j.lease_token, j.attempt, j.crate_id
+                     ), advance AS (
+                         UPDATE job_queues SET next_job = CASE WHEN (SELECT count(*) FROM picked) = $4
+                                                               THEN (SELECT max(id) + 1 FROM picked) ELSE $3 END
+                         WHERE experiment_id = $1
+                         RETURNING next_job
+                     )
+                     SELECT (SELECT next_job FROM advance), array_agg(c.id), array_agg(c.lease_token),
+                            array_agg(c.attempt), array_agg((SELECT k.crate_id FROM crates k WHERE k.id = c.crate_id))
+                     FROM claimed c",
+                )
+                .bind(candidate.id)
+                .bind(candidate.cursor)
+                .bind(candidate.cursor.saturating_add(window))
+                .bind(want)
+                .bind(request.worker)
+                .bind(now + lease)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                let ids = ids.unwrap_or_default();
+                let (tokens, attempts, crates) = (
+                    tokens.unwrap_or_default(),
+                    attempts.unwrap_or_default(),
+                    crates.unwrap_or_default(),
+                );
+                for (((job_id, lease_token), attempt), crate_id) in
+                    ids.into_iter().zip(tokens).zip(attempts).zip(crates)
+                {
+                    claimed.push(Claimed {
+                        job_id,
+                        lease_token,
+                        attempt,
+                        experiment_id: candidate.id,
+                        experiment: candidate.name.clone(),
+                        crate_id,
+                    });
+                }
+                candidate.cursor = next;
+                window = window.saturating_mul(2).min(1 << 20);
             }
-            cursor = next;
-            window = window.saturating_mul(2).min(1 << 20);
         }
+        claimed.sort_by_key(|c| c.job_id);
     }
     tx.commit().await?;
-    claimed.sort_by_key(|c| c.job_id);
-    Ok(claimed)
+    Ok(out)
 }
 
 /// Extend the leases of the jobs `running` (job id, lease token) that `worker` holds to
@@ -374,12 +446,16 @@ pub async fn complete(
     now: DateTime<Utc>,
     max_attempts: i32,
 ) -> Result<CompletionOutcome, DbError> {
+    let mut out = CompletionOutcome::default();
     if batch.is_empty() {
-        return Ok(CompletionOutcome::default());
+        return Ok(out);
     }
-    let job_ids: Vec<i64> = batch.iter().map(|c| c.job_id).collect();
-    let tokens: Vec<Uuid> = batch.iter().map(|c| c.lease_token).collect();
-    let errors: Vec<Option<String>> = batch
+    // A job reported twice in one batch counts once (the first); the others are rejected.
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<&Completion> = batch.iter().filter(|c| seen.insert(c.job_id)).collect();
+    let job_ids: Vec<i64> = firsts.iter().map(|c| c.job_id).collect();
+    let tokens: Vec<Uuid> = firsts.iter().map(|c| c.lease_token).collect();
+    let errors: Vec<Option<String>> = firsts
         .iter()
         .map(|c| {
             [&c.start, &c.end]
@@ -390,44 +466,69 @@ pub async fn complete(
                 })
         })
         .collect();
-    let mut tx = pool.begin().await?;
-    let done: Vec<(i64, Uuid, i64, String)> = sqlx::query_as(
-        "UPDATE jobs j SET
-                state = CASE WHEN t.error IS NOT NULL AND j.attempt < $4 THEN 'queued' ELSE 'done' END,
-                last_error = CASE WHEN t.error IS NOT NULL THEN t.error ELSE j.last_error END,
-                lease_token = NULL, lease_owner = NULL, lease_id = NULL, updated_at = $3
-         FROM unnest($1::bigint[], $2::uuid[], $5::text[]) AS t(job_id, token, error)
-         WHERE j.id = t.job_id AND j.lease_token = t.token
-         RETURNING j.id, j.experiment_id, j.crate_id, j.state",
+    // Both sides of every first report, keyed by job; written only for jobs that end `done`.
+    let mut sides = SideColumns::default();
+    for c in &firsts {
+        for (side, rec) in [(Side::Start, &c.start), (Side::End, &c.end)] {
+            sides.push(c.job_id, side, rec, c.worker);
+        }
+    }
+    // One statement, so one round trip and one (implicit) transaction: the fenced update of the
+    // jobs, then the results of those that are done.
+    let done: Vec<(i64, Uuid, String)> = sqlx::query_as(
+        "WITH finished AS (
+             UPDATE jobs j SET
+                    state = CASE WHEN t.error IS NOT NULL AND j.attempt < $4 THEN 'queued' ELSE 'done' END,
+                    last_error = CASE WHEN t.error IS NOT NULL THEN t.error ELSE j.last_error END,
+                    lease_token = NULL, lease_owner = NULL, lease_id = NULL, updated_at = $3
+             FROM unnest($1::bigint[], $2::uuid[], $5::text[]) AS t(job_id, token, error)
+             WHERE j.id = t.job_id AND j.lease_token = t.token
+             RETURNING j.id, j.experiment_id, j.crate_id, j.state
+         ), recorded AS (
+             INSERT INTO results (experiment_id, crate_id, toolchain, job_id, outcome, outcome_kind, log_key,
+                                  duration_ms, peak_memory_bytes, steps, worker_id, created_at)
+             SELECT f.experiment_id, f.crate_id, r.s, f.id, r.o, r.k, r.l, r.d, r.m, r.st, r.w, $3
+             FROM finished f
+             JOIN unnest($6::bigint[], $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::bigint[],
+                         $12::bigint[], $13::jsonb[], $14::uuid[]) AS r(j, s, o, k, l, d, m, st, w)
+               ON r.j = f.id
+             WHERE f.state = 'done'
+             ON CONFLICT (experiment_id, crate_id, toolchain) DO NOTHING
+         )
+         SELECT id, experiment_id, state FROM finished",
     )
     .bind(&job_ids)
     .bind(&tokens)
     .bind(now)
     .bind(max_attempts)
     .bind(&errors)
-    .fetch_all(&mut *tx)
+    .bind(&sides.job)
+    .bind(&sides.side)
+    .bind(&sides.outcome)
+    .bind(&sides.kind)
+    .bind(&sides.log_key)
+    .bind(&sides.duration)
+    .bind(&sides.memory)
+    .bind(&sides.steps)
+    .bind(&sides.worker)
+    .fetch_all(pool)
     .await?;
-    let mut accepted: BTreeMap<i64, (Uuid, i64)> = BTreeMap::new();
-    let mut out = CompletionOutcome::default();
-    for (id, e, c, state) in done {
+    let mut accepted: BTreeMap<i64, Uuid> = BTreeMap::new();
+    for (id, experiment, state) in done {
         if state == "queued" {
             out.requeued.push(id);
         } else {
-            accepted.insert(id, (e, c));
+            accepted.insert(id, experiment);
         }
     }
-
-    let mut cols = ResultColumns::default();
+    let mut counted = std::collections::HashSet::new();
     for c in batch {
         if out.requeued.contains(&c.job_id) {
             continue;
         }
         match accepted.get(&c.job_id) {
-            Some(&(experiment, krate)) if !out.accepted.contains(&c.job_id) => {
+            Some(&experiment) if counted.insert(c.job_id) => {
                 out.accepted.push(c.job_id);
-                for (side, rec) in [(Side::Start, &c.start), (Side::End, &c.end)] {
-                    cols.push(experiment, krate, side, Some(c.job_id), rec, Some(c.worker));
-                }
                 if !out.experiments.contains(&experiment) {
                     out.experiments.push(experiment);
                 }
@@ -435,9 +536,48 @@ pub async fn complete(
             _ => out.rejected.push(c.job_id),
         }
     }
-    cols.insert(&mut tx, now).await?;
-    tx.commit().await?;
     Ok(out)
+}
+
+/// The per-side columns of reported results, keyed by job (see [`complete`]).
+#[derive(Default)]
+struct SideColumns {
+    job: Vec<i64>,
+    side: Vec<&'static str>,
+    outcome: Vec<serde_json::Value>,
+    kind: Vec<&'static str>,
+    log_key: Vec<Option<String>>,
+    duration: Vec<i64>,
+    memory: Vec<i64>,
+    steps: Vec<serde_json::Value>,
+    worker: Vec<Uuid>,
+}
+
+impl SideColumns {
+    fn push(&mut self, job: i64, side: Side, rec: &SideRecord, worker: Uuid) {
+        self.job.push(job);
+        self.side.push(side.as_str());
+        self.outcome.push(outcome_json(&rec.outcome));
+        self.kind.push(outcome_kind(&rec.outcome));
+        self.log_key.push(rec.log_key.clone());
+        self.duration.push(rec.duration_ms);
+        self.memory.push(rec.peak_memory_bytes);
+        self.steps.push(steps_json(&rec.steps));
+        self.worker.push(worker);
+    }
+}
+
+fn outcome_json(o: &Outcome) -> serde_json::Value {
+    serde_json::to_value(o).unwrap_or(serde_json::Value::Null)
+}
+
+fn steps_json(steps: &[(String, i64)]) -> serde_json::Value {
+    serde_json::Value::Array(
+        steps
+            .iter()
+            .map(|(name, ms)| serde_json::json!({"name": name, "duration_ms": ms}))
+            .collect(),
+    )
 }
 
 #[derive(Default)]
@@ -469,18 +609,12 @@ impl ResultColumns {
         self.krate.push(krate);
         self.side.push(side.as_str());
         self.job.push(job);
-        self.outcome
-            .push(serde_json::to_value(&rec.outcome).unwrap_or(serde_json::Value::Null));
+        self.outcome.push(outcome_json(&rec.outcome));
         self.kind.push(outcome_kind(&rec.outcome).to_owned());
         self.log_key.push(rec.log_key.clone());
         self.duration.push(rec.duration_ms);
         self.memory.push(rec.peak_memory_bytes);
-        self.steps.push(serde_json::Value::Array(
-            rec.steps
-                .iter()
-                .map(|(name, ms)| serde_json::json!({"name": name, "duration_ms": ms}))
-                .collect(),
-        ));
+        self.steps.push(steps_json(&rec.steps));
         self.worker.push(worker);
     }
 

@@ -46,6 +46,35 @@ impl Executor for Instant0 {
     }
 }
 
+/// Busy, stolen and total CPU time of the whole machine so far, in clock ticks (`/proc/stat`), so
+/// that the bench can report CPU per job, which varies much less than throughput on a shared VM.
+/// Busy excludes the time the hypervisor gave to other guests (steal), which is reported apart.
+fn cpu_ticks() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    let total: u64 = fields.iter().take(8).sum();
+    let (idle, steal) = (field(3) + field(4), field(7));
+    (total - idle - steal, steal, total)
+}
+
+/// CPU time of this process (the master and the workers) so far, in clock ticks.
+fn own_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // the fields after the command name (which is in parentheses): utime and stime are 14 and 15
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> u64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0) };
+    field(11) + field(12)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -167,6 +196,8 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(r.status().is_success(), "start: {}", r.text().await?);
     let started = t0.elapsed();
+    let (busy0, steal0, total0) = cpu_ticks();
+    let own0 = own_ticks();
     loop {
         let status: String =
             sqlx::query_scalar("SELECT status FROM experiments WHERE name = 'bench'")
@@ -179,6 +210,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = t0.elapsed();
     let dispatch = elapsed - started;
+    let (busy1, steal1, total1) = cpu_ticks();
+    let own_us = (own_ticks() - own0) as f64 * 10_000.0;
+    // clock ticks are 1/100 s on Linux
+    let busy_us = (busy1 - busy0) as f64 * 10_000.0;
+    let share = |ticks: u64| ticks as f64 / (total1 - total0).max(1) as f64 * 100.0;
+    let (busy_share, steal_share) = (share(busy1 - busy0), share(steal1 - steal0));
 
     let results: i64 = sqlx::query_scalar("SELECT count(*) FROM results")
         .fetch_one(&pool)
@@ -218,6 +255,14 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "scheduler_end_to_end: {:.0} jobs/s",
         jobs as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "cpu_per_job: {:.0} µs (whole machine, {busy_share:.0} % busy, {steal_share:.0} % stolen by the host)",
+        busy_us / jobs as f64,
+    );
+    println!(
+        "cpu_per_job_master_and_workers: {:.0} µs (the rest is mostly Postgres)",
+        own_us / jobs as f64
     );
     println!("claim_to_worker_p50: {:.2} ms", percentile(&lat, 0.50));
     println!("claim_to_worker_p99: {:.2} ms", percentile(&lat, 0.99));
