@@ -784,6 +784,15 @@ pub async fn cancel_experiment(
         .collect())
 }
 
+/// The running and paused experiments (those that can still complete).
+pub async fn active_experiments(pool: &PgPool) -> Result<Vec<Uuid>, DbError> {
+    let rows: Vec<(Uuid,)> =
+        sqlx::query_as("SELECT id FROM experiments WHERE status IN ('running', 'paused')")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
 /// Of `experiments`, those that are running or paused and have no unfinished job left.
 pub async fn finished_experiments(
     pool: &PgPool,

@@ -569,3 +569,51 @@ async fn pause_resume_and_abort() {
     worker.stop().await;
     master.stop().await;
 }
+
+/// An experiment whose last results were recorded without this master completing it (a previous
+/// master committed the last batch and stopped before moving the experiment on) is completed by
+/// the reaper's sweep, not left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_experiments_left_running_are_completed_by_the_reaper() {
+    use caldera_db::jobs::{self, Completion, SideRecord};
+    let db = TestDb::new().await;
+    let t = tokens(&db.pool).await;
+    let master = InProcessMaster::start(db.pool.clone(), fast_config(), None).await;
+    start_experiment(&master.http, &t.operator, "orphan", &crate_names(3)).await;
+    // no worker is connected: settle the jobs directly, as another master would have
+    let now = chrono::Utc::now();
+    let (token, _) =
+        caldera_db::tokens::create(&db.pool, "direct", caldera_db::tokens::Role::Worker)
+            .await
+            .unwrap();
+    let worker = caldera_db::workers::connect(&db.pool, "direct", "0", &[], 3, token.id, now)
+        .await
+        .unwrap();
+    let claimed = jobs::claim(&db.pool, worker, &[], 3, now, chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    let side = SideRecord {
+        outcome: Outcome::TestPass,
+        log_key: None,
+        duration_ms: 1,
+        peak_memory_bytes: 0,
+        steps: Vec::new(),
+    };
+    let batch: Vec<Completion> = claimed
+        .iter()
+        .map(|c| Completion {
+            job_id: c.job_id,
+            lease_token: c.lease_token,
+            worker,
+            start: side.clone(),
+            end: side.clone(),
+        })
+        .collect();
+    let out = jobs::complete(&db.pool, &batch, now, 3).await.unwrap();
+    assert_eq!(out.accepted.len(), 3);
+    assert_eq!(status(&db.pool, "orphan").await, "running");
+    wait_status(&db.pool, "orphan", "completed", Duration::from_secs(10)).await;
+    assert_exactly_one_result_each(&db.pool, "orphan", 3).await;
+    master.stop().await;
+}

@@ -548,6 +548,12 @@ impl Scheduler {
                 self.inner.metrics.db_errors.inc();
                 tracing::warn!(error = %e, "reaper: database error");
             }
+            // Experiments are completed after the batch that finishes their last job; one whose
+            // last batch committed just before the master stopped would otherwise stay running.
+            match jobs::active_experiments(&self.inner.pool).await {
+                Ok(active) => self.complete_finished(&active).await,
+                Err(e) => tracing::warn!(error = %e, "reaper: cannot list running experiments"),
+            }
         }
     }
 
