@@ -712,3 +712,115 @@ async fn claims_follow_priority_and_expired_leases_come_back_below_the_cursor() 
     let drift = jobs::count_drift(&db.pool).await.unwrap();
     assert!(drift.is_empty(), "{drift:?}");
 }
+
+/// A claim's id windows skip what is not the experiment's or not queued: jobs of two experiments
+/// interleaved id by id (concurrent starts), and a long run of finished jobs behind a lowered
+/// cursor, are walked in doubling windows and nothing queued is missed or taken twice.
+#[tokio::test]
+async fn claim_windows_walk_over_gaps_and_finished_runs() {
+    use caldera_db::jobs;
+    let db = TestDb::new().await;
+    let mut ids = Vec::new();
+    for (name, priority) in [("first", 1), ("second", 0)] {
+        let spec = ExperimentSpec::from_json(
+            format!(r#"{{"name":"{name}","start":"stable","end":"nightly","priority":{priority},"crates":"x"}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        let row = experiments::create(&db.pool, &spec).await.unwrap();
+        experiments::apply_action(&db.pool, name, ExperimentAction::Start)
+            .await
+            .unwrap();
+        ids.push(row.id);
+    }
+    // 300 jobs each, interleaved: first gets the odd ids, second the even ones
+    sqlx::query(
+        "INSERT INTO crates (crate_id, kind, name, version)
+         SELECT 'reg:k' || i || '@1.0.0', 'registry', 'k' || i, '1.0.0' FROM generate_series(1, 600) i",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (experiment_id, crate_id, state)
+         SELECT CASE WHEN c.id % 2 = 1 THEN $1 ELSE $2 END, c.id, 'queued' FROM crates c ORDER BY c.id",
+    )
+    .bind(ids[0])
+    .bind(ids[1])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO job_queues (experiment_id, next_job, last_job)
+         SELECT experiment_id, min(id), max(id) FROM jobs GROUP BY experiment_id",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let now = chrono::Utc::now();
+    let lease = chrono::Duration::seconds(60);
+    let (token, _) = tokens::create(&db.pool, "w", Role::Worker).await.unwrap();
+    let w = caldera_db::workers::connect(&db.pool, "w", "0", &[], 1000, token.id, now)
+        .await
+        .unwrap();
+    // 250 of first's 300, across the gaps
+    let a = jobs::claim(&db.pool, w, &[], 250, now, lease)
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 250);
+    assert!(a.iter().all(|c| c.experiment == "first"));
+    // the rest: first's last 50, then second's 300 (priority), each once
+    let b = jobs::claim(&db.pool, w, &[], 1000, now, lease)
+        .await
+        .unwrap();
+    assert_eq!(b.len(), 350);
+    assert_eq!(b.iter().filter(|c| c.experiment == "first").count(), 50);
+    let mut all: Vec<i64> = a.iter().chain(&b).map(|c| c.job_id).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 600, "every job once");
+
+    // first's jobs all finish but one, far behind, which comes back: the cursor drops to it and
+    // the next claim walks over the 299 finished ones to find it
+    let back = a[0].clone();
+    let finished: Vec<jobs::Completion> = a
+        .iter()
+        .chain(b.iter().filter(|c| c.experiment == "first"))
+        .filter(|c| c.job_id != back.job_id)
+        .map(|c| jobs::Completion {
+            job_id: c.job_id,
+            lease_token: c.lease_token,
+            worker: w,
+            start: side(),
+            end: side(),
+        })
+        .collect();
+    assert_eq!(
+        jobs::complete(&db.pool, &finished, now, 3)
+            .await
+            .unwrap()
+            .accepted
+            .len(),
+        299
+    );
+    assert!(
+        jobs::hand_back(&db.pool, back.job_id, back.lease_token, now)
+            .await
+            .unwrap()
+    );
+    let again = jobs::claim(&db.pool, w, &[], 10, now, lease).await.unwrap();
+    let got: Vec<(i64, i32)> = again.iter().map(|c| (c.job_id, c.attempt)).collect();
+    assert_eq!(got, [(back.job_id, 1)], "handed back: the same attempt");
+    let drift = jobs::count_drift(&db.pool).await.unwrap();
+    assert!(drift.is_empty(), "{drift:?}");
+}
+
+fn side() -> caldera_db::jobs::SideRecord {
+    caldera_db::jobs::SideRecord {
+        outcome: caldera_core::outcome::Outcome::TestPass,
+        log_key: None,
+        duration_ms: 1,
+        peak_memory_bytes: 0,
+        steps: Vec::new(),
+    }
+}
