@@ -172,7 +172,17 @@ pub struct Claimed {
 
 /// Claim up to `limit` queued jobs of running experiments whose requirements are all among
 /// `capabilities`, highest priority first, then oldest; lease them to `worker` until `now + lease`.
-/// One worker's [`claim_many`].
+/// A worker that lists toolchains (`toolchain:…` capabilities) gets only jobs whose experiment's
+/// implied requirements (its rustup toolchains, set at the start) it meets; one that lists none
+/// (an executor that provides toolchains its own way) is not filtered by toolchain. Sorted by job
+/// id.
+///
+/// The experiments' specs are not part of the claim (a spec can hold a million crate names): the
+/// dispatcher fetches each once with [`crate::experiments::specs`].
+///
+/// One transaction: the experiments with queued work this worker may take, in order (their cursor
+/// rows locked; one that another claim holds is skipped), then from each, until `limit` is reached,
+/// the queued jobs from its cursor on, in id order, as one lease per statement.
 pub async fn claim(
     pool: &PgPool,
     worker: Uuid,
@@ -181,70 +191,11 @@ pub async fn claim(
     now: DateTime<Utc>,
     lease: chrono::Duration,
 ) -> Result<Vec<Claimed>, DbError> {
-    let request = ClaimRequest {
-        worker,
-        capabilities: capabilities.to_vec(),
-        limit,
-    };
-    let mut out = claim_many(pool, &[request], now, lease).await?;
-    Ok(out.pop().unwrap_or_default())
-}
-
-/// What one worker asks of a claim.
-#[derive(Debug, Clone)]
-pub struct ClaimRequest {
-    pub worker: Uuid,
-    pub capabilities: Vec<String>,
-    /// most jobs to take for it
-    pub limit: i64,
-}
-
-/// A running experiment with queued work, as a claim sees it.
-struct Candidate {
-    id: Uuid,
-    name: String,
-    /// where the next scan starts (kept up to date across the workers of one claim)
-    cursor: i64,
-    last_job: i64,
-    requirements: Vec<String>,
-    implied: Vec<String>,
-}
-
-impl Candidate {
-    /// Every requirement is among the worker's capabilities; the implied ones (rustup
-    /// toolchains) only for a worker that lists its toolchains at all.
-    fn fits(&self, capabilities: &[String]) -> bool {
-        let has = |r: &String| capabilities.contains(r);
-        let lists_toolchains = capabilities.iter().any(|c| c.starts_with("toolchain:"));
-        self.requirements.iter().all(has) && (!lists_toolchains || self.implied.iter().all(has))
+    let mut claimed: Vec<Claimed> = Vec::new();
+    if limit <= 0 {
+        return Ok(claimed);
     }
-}
-
-/// Claim for several workers in one transaction: for each request (in order), up to its `limit`
-/// queued jobs of running experiments whose requirements are all among its capabilities, highest
-/// priority first, then oldest; leased to it until `now + lease`. A worker that lists toolchains
-/// (`toolchain:…` capabilities) gets only jobs whose experiment's implied requirements (its rustup
-/// toolchains, set at the start) it meets; one that lists none (an executor that provides
-/// toolchains its own way) is not filtered by toolchain. Returns one list per request, sorted by
-/// job id.
-///
-/// The experiments' specs are not part of the claim (a spec can hold a million crate names): the
-/// dispatcher fetches each once with [`crate::experiments::specs`].
-///
-/// The transaction reads the experiments with queued work, in order, locking their cursor rows
-/// (one that another claim holds is skipped); then per worker and experiment it takes the queued
-/// jobs from the cursor on, in id order, as one lease per statement. One transaction for all
-/// workers: its fixed costs (a commit, the candidates, the round trips) are shared.
-pub async fn claim_many(
-    pool: &PgPool,
-    requests: &[ClaimRequest],
-    now: DateTime<Utc>,
-    lease: chrono::Duration,
-) -> Result<Vec<Vec<Claimed>>, DbError> {
-    let mut out: Vec<Vec<Claimed>> = vec![Vec::new(); requests.len()];
-    if requests.iter().all(|r| r.limit <= 0) {
-        return Ok(out);
-    }
+    let lists_toolchains = capabilities.iter().any(|c| c.starts_with("toolchain:"));
     let mut tx = pool.begin().await?;
     // A claim need not wait for its WAL flush: if Postgres crashes before the claim is on disk,
     // the job is simply queued again, and the worker that got it cannot report a result for it
@@ -258,29 +209,18 @@ pub async fn claim_many(
     )
     .execute(&mut *tx)
     .await?;
-    type CandidateRow = (Uuid, String, i64, i64, Json<Vec<String>>, Json<Vec<String>>);
-    let rows: Vec<CandidateRow> = sqlx::query_as(
-        "SELECT q.experiment_id, e.name, q.next_job, q.last_job, q.requirements, e.implied_requirements
+    let candidates: Vec<(Uuid, String, i64, i64)> = sqlx::query_as(
+        "SELECT q.experiment_id, e.name, q.next_job, q.last_job
          FROM job_queues q JOIN experiments e ON e.id = q.experiment_id
          WHERE e.status = 'running' AND q.next_job <= q.last_job
+           AND q.requirements <@ $1::jsonb AND (NOT $2 OR e.implied_requirements <@ $1::jsonb)
          ORDER BY e.priority DESC, e.created_at, e.id
          FOR UPDATE OF q SKIP LOCKED",
     )
+    .bind(Json(capabilities))
+    .bind(lists_toolchains)
     .fetch_all(&mut *tx)
     .await?;
-    let mut candidates: Vec<Candidate> = rows
-        .into_iter()
-        .map(
-            |(id, name, cursor, last_job, Json(requirements), Json(implied))| Candidate {
-                id,
-                name,
-                cursor,
-                last_job,
-                requirements,
-                implied,
-            },
-        )
-        .collect();
     type Window = (
         i64,
         Option<Vec<i64>>,
@@ -288,80 +228,75 @@ pub async fn claim_many(
         Option<Vec<i32>>,
         Option<Vec<String>>,
     );
-    for (request, claimed) in requests.iter().zip(out.iter_mut()) {
-        for candidate in candidates.iter_mut() {
-            if !candidate.fits(&request.capabilities) {
-                continue;
+    for (experiment_id, experiment, mut cursor, last_job) in candidates {
+        // Each statement looks at a bounded window of ids [cursor, cursor + window), so no plan
+        // can make it read more than that; the window doubles while it comes back short (ids of
+        // other experiments in between, jobs running or done below a lowered cursor).
+        let mut window = (limit - claimed.len() as i64).max(64);
+        while cursor <= last_job {
+            let want = limit - claimed.len() as i64;
+            if want <= 0 {
+                break;
             }
-            // Each statement looks at a bounded window of ids [cursor, cursor + window), so no
-            // plan can make it read more than that; the window doubles while it comes back short
-            // (ids of other experiments in between, jobs running or done below a lowered cursor).
-            let mut window = (request.limit - claimed.len() as i64).max(64);
-            while candidate.cursor <= candidate.last_job {
-                let want = request.limit - claimed.len() as i64;
-                if want <= 0 {
-                    break;
-                }
-                let (next, ids, tokens, attempts, crates): Window = sqlx::query_as(
-                    "WITH picked AS (
-                         SELECT id FROM jobs
-                         WHERE experiment_id = $1 AND id >= $2 AND id < $3 AND state = 'queued'
-                         ORDER BY id LIMIT $4
-                     ), lease AS (
-                         INSERT INTO leases (worker, expires_at, jobs)
-                         SELECT $5, $6, array_agg(id) FROM picked HAVING count(*) > 0
-                         RETURNING id
-                     ), claimed AS (
-                         UPDATE jobs j SET state = 'running', lease_id = (SELECT id FROM lease),
-                                lease_token = gen_random_uuid(), lease_owner = $5, attempt = j.attempt + 1,
-                                updated_at = $7, claimed_at = $7
-                         WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) AND j.state = 'queued'
-                         RETURNING j.id, j.lease_token, j.attempt, j.crate_id
-                     ), advance AS (
-                         UPDATE job_queues SET next_job = CASE WHEN (SELECT count(*) FROM picked) = $4
-                                                               THEN (SELECT max(id) + 1 FROM picked) ELSE $3 END
-                         WHERE experiment_id = $1
-                         RETURNING next_job
-                     )
-                     SELECT (SELECT next_job FROM advance), array_agg(c.id), array_agg(c.lease_token),
-                            array_agg(c.attempt), array_agg((SELECT k.crate_id FROM crates k WHERE k.id = c.crate_id))
-                     FROM claimed c",
-                )
-                .bind(candidate.id)
-                .bind(candidate.cursor)
-                .bind(candidate.cursor.saturating_add(window))
-                .bind(want)
-                .bind(request.worker)
-                .bind(now + lease)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-                let ids = ids.unwrap_or_default();
-                let (tokens, attempts, crates) = (
-                    tokens.unwrap_or_default(),
-                    attempts.unwrap_or_default(),
-                    crates.unwrap_or_default(),
-                );
-                for (((job_id, lease_token), attempt), crate_id) in
-                    ids.into_iter().zip(tokens).zip(attempts).zip(crates)
-                {
-                    claimed.push(Claimed {
-                        job_id,
-                        lease_token,
-                        attempt,
-                        experiment_id: candidate.id,
-                        experiment: candidate.name.clone(),
-                        crate_id,
-                    });
-                }
-                candidate.cursor = next;
-                window = window.saturating_mul(2).min(1 << 20);
+            let (next, ids, tokens, attempts, crates): Window = sqlx::query_as(
+                "WITH picked AS (
+                     SELECT id FROM jobs
+                     WHERE experiment_id = $1 AND id >= $2 AND id < $3 AND state = 'queued'
+                     ORDER BY id LIMIT $4
+                 ), lease AS (
+                     INSERT INTO leases (worker, expires_at, jobs)
+                     SELECT $5, $6, array_agg(id) FROM picked HAVING count(*) > 0
+                     RETURNING id
+                 ), claimed AS (
+                     UPDATE jobs j SET state = 'running', lease_id = (SELECT id FROM lease),
+                            lease_token = gen_random_uuid(), lease_owner = $5, attempt = j.attempt + 1,
+                            updated_at = $7, claimed_at = $7
+                     WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) AND j.state = 'queued'
+                     RETURNING j.id, j.lease_token, j.attempt, j.crate_id
+                 ), advance AS (
+                     UPDATE job_queues SET next_job = CASE WHEN (SELECT count(*) FROM picked) = $4
+                                                           THEN (SELECT max(id) + 1 FROM picked) ELSE $3 END
+                     WHERE experiment_id = $1
+                     RETURNING next_job
+                 )
+                 SELECT (SELECT next_job FROM advance), array_agg(c.id), array_agg(c.lease_token),
+                        array_agg(c.attempt), array_agg((SELECT k.crate_id FROM crates k WHERE k.id = c.crate_id))
+                 FROM claimed c",
+            )
+            .bind(experiment_id)
+            .bind(cursor)
+            .bind(cursor.saturating_add(window))
+            .bind(want)
+            .bind(worker)
+            .bind(now + lease)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            let ids = ids.unwrap_or_default();
+            let (tokens, attempts, crates) = (
+                tokens.unwrap_or_default(),
+                attempts.unwrap_or_default(),
+                crates.unwrap_or_default(),
+            );
+            for (((job_id, lease_token), attempt), crate_id) in
+                ids.into_iter().zip(tokens).zip(attempts).zip(crates)
+            {
+                claimed.push(Claimed {
+                    job_id,
+                    lease_token,
+                    attempt,
+                    experiment_id,
+                    experiment: experiment.clone(),
+                    crate_id,
+                });
             }
+            cursor = next;
+            window = window.saturating_mul(2).min(1 << 20);
         }
-        claimed.sort_by_key(|c| c.job_id);
     }
     tx.commit().await?;
-    Ok(out)
+    claimed.sort_by_key(|c| c.job_id);
+    Ok(claimed)
 }
 
 /// Extend the leases of the jobs `running` (job id, lease token) that `worker` holds to

@@ -669,13 +669,6 @@ async fn claims_follow_priority_and_expired_leases_come_back_below_the_cursor() 
 
     // one of low's jobs finishes; then low is aborted and deleted: its jobs, results, cursor and
     // counts all go (results and jobs have no foreign key to cascade along)
-    let side = jobs::SideRecord {
-        outcome: caldera_core::outcome::Outcome::TestPass,
-        log_key: None,
-        duration_ms: 1,
-        peak_memory_bytes: 0,
-        steps: Vec::new(),
-    };
     let c = &first[0];
     assert_eq!(c.experiment, "low");
     let done = jobs::complete(
@@ -684,8 +677,8 @@ async fn claims_follow_priority_and_expired_leases_come_back_below_the_cursor() 
             job_id: c.job_id,
             lease_token: c.lease_token,
             worker: w1,
-            start: side.clone(),
-            end: side,
+            start: side(),
+            end: side(),
         }],
         t2,
         3,
@@ -815,6 +808,7 @@ async fn claim_windows_walk_over_gaps_and_finished_runs() {
     assert!(drift.is_empty(), "{drift:?}");
 }
 
+/// A passing side, as a worker reports it.
 fn side() -> caldera_db::jobs::SideRecord {
     caldera_db::jobs::SideRecord {
         outcome: caldera_core::outcome::Outcome::TestPass,
