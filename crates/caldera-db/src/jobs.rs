@@ -170,116 +170,176 @@ pub struct Claimed {
     pub crate_id: String,
 }
 
-/// Claim up to `limit` queued jobs of running experiments whose requirements are all among
-/// `capabilities`, highest priority first, then oldest; lease them to `worker` until `now + lease`.
-/// A worker that lists toolchains (`toolchain:…` capabilities) gets only jobs whose experiment's
-/// implied requirements (its rustup toolchains, set at the start) it meets; one that lists none
-/// (an executor that provides toolchains its own way) is not filtered by toolchain. Sorted by job
-/// id.
+/// Claims jobs for workers on a connection of its own (see [`Claimer::claim`]).
 ///
-/// The experiments' specs are not part of the claim (a spec can hold a million crate names): the
-/// dispatcher fetches each once with [`crate::experiments::specs`].
-///
-/// One transaction: the experiments with queued work this worker may take, in order (their cursor
-/// rows locked; one that another claim holds is skipped), then from each, until `limit` is reached,
-/// the queued jobs from its cursor on, in id order, as one lease per statement.
-pub async fn claim(
-    pool: &PgPool,
-    worker: Uuid,
-    capabilities: &[String],
-    limit: i64,
-    now: DateTime<Utc>,
-    lease: chrono::Duration,
-) -> Result<Vec<Claimed>, DbError> {
-    let mut claimed: Vec<Claimed> = Vec::new();
-    if limit <= 0 {
-        return Ok(claimed);
+/// The connection is set up once for what claims need: `synchronous_commit = off` (a claim lost
+/// in a Postgres crash is simply queued again, and the worker that got it cannot report a result
+/// for it: its lease token no longer exists — fencing; completions, which workers forget once
+/// acknowledged, stay synchronous on the pool) and generic plans (each claim reads a bounded
+/// window of ids, so no plan can make one costly, and replanning was a visible share of its
+/// time). A claim statement is a transaction of its own, so a claim round is one round trip per
+/// statement, usually one. The connection is dropped on any error and opened again by the next
+/// claim, so a restarted Postgres costs one failed claim.
+pub struct Claimer {
+    pool: PgPool,
+    conn: Option<sqlx::PgConnection>,
+}
+
+/// One claim statement's answer: the experiment it took from (none: no experiment has queued
+/// work this worker may take), its cursor afterwards, its last job id, and the claimed jobs.
+type ClaimRow = (
+    Option<Uuid>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<Vec<i64>>,
+    Option<Vec<Uuid>>,
+    Option<Vec<i32>>,
+    Option<Vec<String>>,
+);
+
+/// Most statements one claim runs (each moves a cursor forward or finishes an experiment's queue);
+/// whatever is left is found by the next claim.
+const MAX_CLAIM_STATEMENTS: usize = 64;
+
+impl Claimer {
+    pub fn new(pool: &PgPool) -> Claimer {
+        Claimer {
+            pool: pool.clone(),
+            conn: None,
+        }
     }
-    let lists_toolchains = capabilities.iter().any(|c| c.starts_with("toolchain:"));
-    let mut tx = pool.begin().await?;
-    // A claim need not wait for its WAL flush: if Postgres crashes before the claim is on disk,
-    // the job is simply queued again, and the worker that got it cannot report a result for it
-    // (its lease token no longer exists — fencing). Completions, which the worker forgets once
-    // acknowledged, stay synchronous. The statements below are planned once (generic plans):
-    // each reads a bounded window of ids, so no plan can make one costly, and replanning them
-    // was a visible share of the claim's time.
-    sqlx::query(
-        "SELECT set_config('synchronous_commit', 'off', true),
-                set_config('plan_cache_mode', 'force_generic_plan', true)",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let candidates: Vec<(Uuid, String, i64, i64)> = sqlx::query_as(
-        "SELECT q.experiment_id, e.name, q.next_job, q.last_job
-         FROM job_queues q JOIN experiments e ON e.id = q.experiment_id
-         WHERE e.status = 'running' AND q.next_job <= q.last_job
-           AND q.requirements <@ $1::jsonb AND (NOT $2 OR e.implied_requirements <@ $1::jsonb)
-         ORDER BY e.priority DESC, e.created_at, e.id
-         FOR UPDATE OF q SKIP LOCKED",
-    )
-    .bind(Json(capabilities))
-    .bind(lists_toolchains)
-    .fetch_all(&mut *tx)
-    .await?;
-    type Window = (
-        i64,
-        Option<Vec<i64>>,
-        Option<Vec<Uuid>>,
-        Option<Vec<i32>>,
-        Option<Vec<String>>,
-    );
-    for (experiment_id, experiment, mut cursor, last_job) in candidates {
-        // Each statement looks at a bounded window of ids [cursor, cursor + window), so no plan
-        // can make it read more than that; the window doubles while it comes back short (ids of
-        // other experiments in between, jobs running or done below a lowered cursor).
-        let mut window = (limit - claimed.len() as i64).max(64);
-        while cursor <= last_job {
+
+    async fn conn(&mut self) -> Result<&mut sqlx::PgConnection, DbError> {
+        if self.conn.is_none() {
+            use sqlx::ConnectOptions;
+            let mut conn = self.pool.connect_options().connect().await?;
+            sqlx::query(
+                "SELECT set_config('synchronous_commit', 'off', false),
+                        set_config('plan_cache_mode', 'force_generic_plan', false),
+                        set_config('application_name', 'caldera-claims', false)",
+            )
+            .execute(&mut conn)
+            .await?;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("just connected"))
+    }
+
+    /// Claim up to `limit` queued jobs of running experiments whose requirements are all among
+    /// `capabilities`, highest priority first, then oldest; lease them to `worker` until
+    /// `now + lease`. A worker that lists toolchains (`toolchain:…` capabilities) gets only jobs
+    /// whose experiment's implied requirements (its rustup toolchains, set at the start) it
+    /// meets; one that lists none (an executor that provides toolchains its own way) is not
+    /// filtered by toolchain. Sorted by job id.
+    ///
+    /// The experiments' specs are not part of the claim (a spec can hold a million crate names):
+    /// the dispatcher fetches each once with [`crate::experiments::specs`].
+    ///
+    /// Each statement takes the first experiment in that order with queued work (locking its
+    /// cursor row; one that something else holds is skipped) and, from its cursor on, the queued
+    /// jobs in a bounded window of ids `[cursor, cursor + window)`, as one lease, and moves the
+    /// cursor past what it read. So no plan can make a statement read more than its window. When
+    /// a statement comes back short the next one continues: with a doubled window if the
+    /// experiment has ids left (other experiments' ids in between, jobs running or done below a
+    /// lowered cursor), else with the next experiment.
+    pub async fn claim(
+        &mut self,
+        worker: Uuid,
+        capabilities: &[String],
+        limit: i64,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+    ) -> Result<Vec<Claimed>, DbError> {
+        let result = self.claim_on(worker, capabilities, limit, now, lease).await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    async fn claim_on(
+        &mut self,
+        worker: Uuid,
+        capabilities: &[String],
+        limit: i64,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+    ) -> Result<Vec<Claimed>, DbError> {
+        let mut claimed: Vec<Claimed> = Vec::new();
+        if limit <= 0 {
+            return Ok(claimed);
+        }
+        let lists_toolchains = capabilities.iter().any(|c| c.starts_with("toolchain:"));
+        let capabilities = Json(capabilities);
+        let conn = self.conn().await?;
+        let mut window = limit.max(64);
+        for _ in 0..MAX_CLAIM_STATEMENTS {
             let want = limit - claimed.len() as i64;
             if want <= 0 {
                 break;
             }
-            let (next, ids, tokens, attempts, crates): Window = sqlx::query_as(
-                "WITH picked AS (
-                     SELECT id FROM jobs
-                     WHERE experiment_id = $1 AND id >= $2 AND id < $3 AND state = 'queued'
-                     ORDER BY id LIMIT $4
-                 ), lease AS (
-                     INSERT INTO leases (worker, expires_at, jobs)
-                     SELECT $5, $6, array_agg(id) FROM picked HAVING count(*) > 0
-                     RETURNING id
-                 ), claimed AS (
-                     UPDATE jobs j SET state = 'running', lease_id = (SELECT id FROM lease),
-                            lease_token = gen_random_uuid(), lease_owner = $5, attempt = j.attempt + 1,
-                            updated_at = $7, claimed_at = $7
-                     WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) AND j.state = 'queued'
-                     RETURNING j.id, j.lease_token, j.attempt, j.crate_id
-                 ), advance AS (
-                     UPDATE job_queues SET next_job = CASE WHEN (SELECT count(*) FROM picked) = $4
-                                                           THEN (SELECT max(id) + 1 FROM picked) ELSE $3 END
-                     WHERE experiment_id = $1
-                     RETURNING next_job
-                 )
-                 SELECT (SELECT next_job FROM advance), array_agg(c.id), array_agg(c.lease_token),
-                        array_agg(c.attempt), array_agg((SELECT k.crate_id FROM crates k WHERE k.id = c.crate_id))
-                 FROM claimed c",
-            )
-            .bind(experiment_id)
-            .bind(cursor)
-            .bind(cursor.saturating_add(window))
-            .bind(want)
-            .bind(worker)
-            .bind(now + lease)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
+            let (experiment_id, experiment, next, last_job, ids, tokens, attempts, crates): ClaimRow =
+                sqlx::query_as(
+                    "WITH q AS (
+                         SELECT q.experiment_id, e.name, q.next_job, q.last_job
+                         FROM job_queues q JOIN experiments e ON e.id = q.experiment_id
+                         WHERE e.status = 'running' AND q.next_job <= q.last_job
+                           AND q.requirements <@ $1::jsonb AND (NOT $2 OR e.implied_requirements <@ $1::jsonb)
+                         ORDER BY e.priority DESC, e.created_at, e.id
+                         LIMIT 1
+                         FOR UPDATE OF q SKIP LOCKED
+                     ), picked AS (
+                         SELECT id FROM jobs
+                         WHERE experiment_id = (SELECT experiment_id FROM q)
+                           AND id >= (SELECT next_job FROM q) AND id < (SELECT next_job FROM q) + $3
+                           AND state = 'queued'
+                         ORDER BY id LIMIT $4
+                     ), lease AS (
+                         INSERT INTO leases (worker, expires_at, jobs)
+                         SELECT $5, $6, array_agg(id) FROM picked HAVING count(*) > 0
+                         RETURNING id
+                     ), claimed AS (
+                         UPDATE jobs j SET state = 'running', lease_id = (SELECT id FROM lease),
+                                lease_token = gen_random_uuid(), lease_owner = $5, attempt = j.attempt + 1,
+                                updated_at = $7, claimed_at = $7
+                         WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) AND j.state = 'queued'
+                         RETURNING j.id, j.lease_token, j.attempt, j.crate_id
+                     ), advance AS (
+                         UPDATE job_queues jq
+                         SET next_job = CASE WHEN (SELECT count(*) FROM picked) = $4
+                                             THEN (SELECT max(id) + 1 FROM picked) ELSE q.next_job + $3 END
+                         FROM q WHERE jq.experiment_id = q.experiment_id
+                         RETURNING jq.next_job
+                     )
+                     SELECT q.experiment_id, q.name, (SELECT next_job FROM advance), q.last_job,
+                            c.ids, c.tokens, c.attempts, c.crates
+                     FROM (SELECT 1) AS one
+                     LEFT JOIN q ON true
+                     LEFT JOIN (SELECT array_agg(c.id) AS ids, array_agg(c.lease_token) AS tokens,
+                                       array_agg(c.attempt) AS attempts,
+                                       array_agg((SELECT k.crate_id FROM crates k WHERE k.id = c.crate_id)) AS crates
+                                FROM claimed c) c ON true",
+                )
+                .bind(capabilities)
+                .bind(lists_toolchains)
+                .bind(window)
+                .bind(want)
+                .bind(worker)
+                .bind(now + lease)
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await?;
+            let (Some(experiment_id), Some(experiment)) = (experiment_id, experiment) else {
+                break;
+            };
             let ids = ids.unwrap_or_default();
-            let (tokens, attempts, crates) = (
-                tokens.unwrap_or_default(),
-                attempts.unwrap_or_default(),
-                crates.unwrap_or_default(),
-            );
-            for (((job_id, lease_token), attempt), crate_id) in
-                ids.into_iter().zip(tokens).zip(attempts).zip(crates)
+            let got = ids.len() as i64;
+            for (((job_id, lease_token), attempt), crate_id) in ids
+                .into_iter()
+                .zip(tokens.unwrap_or_default())
+                .zip(attempts.unwrap_or_default())
+                .zip(crates.unwrap_or_default())
             {
                 claimed.push(Claimed {
                     job_id,
@@ -290,13 +350,34 @@ pub async fn claim(
                     crate_id,
                 });
             }
-            cursor = next;
-            window = window.saturating_mul(2).min(1 << 20);
+            if got == want {
+                break;
+            }
+            window = if next.unwrap_or(i64::MAX) <= last_job.unwrap_or(0) {
+                // ids left in this experiment: look further at once
+                window.saturating_mul(2).min(1 << 20)
+            } else {
+                // the experiment's queue is empty; the next one starts afresh
+                (limit - claimed.len() as i64).max(64)
+            };
         }
+        claimed.sort_by_key(|c| c.job_id);
+        Ok(claimed)
     }
-    tx.commit().await?;
-    claimed.sort_by_key(|c| c.job_id);
-    Ok(claimed)
+}
+
+/// [`Claimer::claim`] on a connection opened for this one claim (tests, one-off tools).
+pub async fn claim(
+    pool: &PgPool,
+    worker: Uuid,
+    capabilities: &[String],
+    limit: i64,
+    now: DateTime<Utc>,
+    lease: chrono::Duration,
+) -> Result<Vec<Claimed>, DbError> {
+    Claimer::new(pool)
+        .claim(worker, capabilities, limit, now, lease)
+        .await
 }
 
 /// Extend the leases of the jobs `running` (job id, lease token) that `worker` holds to
@@ -408,46 +489,31 @@ pub async fn complete(
             sides.push(c.job_id, side, rec, c.worker);
         }
     }
-    // One statement, so one round trip and one (implicit) transaction: the fenced update of the
-    // jobs, then the results of those that are done.
-    let done: Vec<(i64, Uuid, String)> = sqlx::query_as(
-        "WITH finished AS (
-             UPDATE jobs j SET
-                    state = CASE WHEN t.error IS NOT NULL AND j.attempt < $4 THEN 'queued' ELSE 'done' END,
-                    last_error = CASE WHEN t.error IS NOT NULL THEN t.error ELSE j.last_error END,
-                    lease_token = NULL, lease_owner = NULL, lease_id = NULL, updated_at = $3
-             FROM unnest($1::bigint[], $2::uuid[], $5::text[]) AS t(job_id, token, error)
-             WHERE j.id = t.job_id AND j.lease_token = t.token
-             RETURNING j.id, j.experiment_id, j.crate_id, j.state
-         ), recorded AS (
-             INSERT INTO results (experiment_id, crate_id, toolchain, job_id, outcome, outcome_kind, log_key,
-                                  duration_ms, peak_memory_bytes, steps, worker_id, created_at)
-             SELECT f.experiment_id, f.crate_id, r.s, f.id, r.o, r.k, r.l, r.d, r.m, r.st, r.w, $3
-             FROM finished f
-             JOIN unnest($6::bigint[], $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::bigint[],
-                         $12::bigint[], $13::jsonb[], $14::uuid[]) AS r(j, s, o, k, l, d, m, st, w)
-               ON r.j = f.id
-             WHERE f.state = 'done'
-             ON CONFLICT (experiment_id, crate_id, toolchain) DO NOTHING
-         )
-         SELECT id, experiment_id, state FROM finished",
-    )
-    .bind(&job_ids)
-    .bind(&tokens)
-    .bind(now)
-    .bind(max_attempts)
-    .bind(&errors)
-    .bind(&sides.job)
-    .bind(&sides.side)
-    .bind(&sides.outcome)
-    .bind(&sides.kind)
-    .bind(&sides.log_key)
-    .bind(&sides.duration)
-    .bind(&sides.memory)
-    .bind(&sides.steps)
-    .bind(&sides.worker)
-    .fetch_all(pool)
-    .await?;
+    let statement = CompletionStatement {
+        job_ids: &job_ids,
+        tokens: &tokens,
+        errors: &errors,
+        sides: &sides,
+        now,
+        max_attempts,
+    };
+    // A job ends `done` once, in the statement that fences its lease, and jobs are unique per
+    // (experiment, crate): so its results rows cannot exist yet, and the insert goes without
+    // `ON CONFLICT` (speculative insertion cost ≈ 40 % of the insert). Should that ever be
+    // violated (a hand-edited database), the batch is written again keeping the rows already
+    // there, rather than failing — and being retried — for ever.
+    let done = match statement.run(pool, "").await {
+        Err(DbError::Sqlx(e)) if crate::is_unique_violation(&e) => {
+            tracing::warn!(error = %e, "a result row already exists; writing the batch without replacing it");
+            statement
+                .run(
+                    pool,
+                    "ON CONFLICT (experiment_id, crate_id, toolchain) DO NOTHING",
+                )
+                .await?
+        }
+        other => other?,
+    };
     let mut accepted: BTreeMap<i64, Uuid> = BTreeMap::new();
     for (id, experiment, state) in done {
         if state == "queued" {
@@ -472,6 +538,66 @@ pub async fn complete(
         }
     }
     Ok(out)
+}
+
+/// The statement of [`complete`]: one round trip and one (implicit) transaction: the fenced
+/// update of the jobs, then the results of those that are done.
+struct CompletionStatement<'a> {
+    job_ids: &'a [i64],
+    tokens: &'a [Uuid],
+    errors: &'a [Option<String>],
+    sides: &'a SideColumns,
+    now: DateTime<Utc>,
+    max_attempts: i32,
+}
+
+impl CompletionStatement<'_> {
+    async fn run(
+        &self,
+        pool: &PgPool,
+        on_conflict: &str,
+    ) -> Result<Vec<(i64, Uuid, String)>, DbError> {
+        let sql = format!(
+            "WITH finished AS (
+                 UPDATE jobs j SET
+                        state = CASE WHEN t.error IS NOT NULL AND j.attempt < $4 THEN 'queued' ELSE 'done' END,
+                        last_error = CASE WHEN t.error IS NOT NULL THEN t.error ELSE j.last_error END,
+                        lease_token = NULL, lease_owner = NULL, lease_id = NULL, updated_at = $3
+                 FROM unnest($1::bigint[], $2::uuid[], $5::text[]) AS t(job_id, token, error)
+                 WHERE j.id = t.job_id AND j.lease_token = t.token
+                 RETURNING j.id, j.experiment_id, j.crate_id, j.state
+             ), recorded AS (
+                 INSERT INTO results (experiment_id, crate_id, toolchain, job_id, outcome, outcome_kind, log_key,
+                                      duration_ms, peak_memory_bytes, steps, worker_id, created_at)
+                 SELECT f.experiment_id, f.crate_id, r.s, f.id, r.o, r.k, r.l, r.d, r.m, r.st, r.w, $3
+                 FROM finished f
+                 JOIN unnest($6::bigint[], $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::bigint[],
+                             $12::bigint[], $13::jsonb[], $14::uuid[]) AS r(j, s, o, k, l, d, m, st, w)
+                   ON r.j = f.id
+                 WHERE f.state = 'done'
+                 {on_conflict}
+             )
+             SELECT id, experiment_id, state FROM finished"
+        );
+        let sides = self.sides;
+        Ok(sqlx::query_as(&sql)
+            .bind(self.job_ids)
+            .bind(self.tokens)
+            .bind(self.now)
+            .bind(self.max_attempts)
+            .bind(self.errors)
+            .bind(&sides.job)
+            .bind(&sides.side)
+            .bind(&sides.outcome)
+            .bind(&sides.kind)
+            .bind(&sides.log_key)
+            .bind(&sides.duration)
+            .bind(&sides.memory)
+            .bind(&sides.steps)
+            .bind(&sides.worker)
+            .fetch_all(pool)
+            .await?)
+    }
 }
 
 /// The per-side columns of reported results, keyed by job (see [`complete`]).

@@ -818,3 +818,125 @@ fn side() -> caldera_db::jobs::SideRecord {
         steps: Vec::new(),
     }
 }
+
+/// A results row that already exists for a running job (which the schema's invariants rule out;
+/// a hand-edited database) does not make its batch fail for ever: the batch is written again
+/// keeping the row that was there, and the other jobs of the batch complete normally.
+#[tokio::test]
+async fn a_result_row_that_already_exists_is_kept_and_the_batch_still_completes() {
+    use caldera_db::jobs;
+    let db = TestDb::new().await;
+    let experiment = started_with_jobs(&db, "dup", &["a@1.0.0", "b@1.0.0"]).await;
+    let now = chrono::Utc::now();
+    let worker = uuid::Uuid::new_v4();
+    let claimed = jobs::claim(&db.pool, worker, &[], 2, now, chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    // a stray row for the first job's start side
+    sqlx::query(
+        "INSERT INTO results (experiment_id, crate_id, toolchain, job_id, outcome, outcome_kind)
+         SELECT experiment_id, crate_id, 'start', id, '{\"kind\": \"skipped\"}', 'skipped'
+         FROM jobs WHERE id = $1",
+    )
+    .bind(claimed[0].job_id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let batch: Vec<jobs::Completion> = claimed
+        .iter()
+        .map(|c| jobs::Completion {
+            job_id: c.job_id,
+            lease_token: c.lease_token,
+            worker,
+            start: side(),
+            end: side(),
+        })
+        .collect();
+    let out = jobs::complete(&db.pool, &batch, now, 3).await.unwrap();
+    assert_eq!(out.accepted.len(), 2, "{out:?}");
+    assert!(
+        out.rejected.is_empty() && out.requeued.is_empty(),
+        "{out:?}"
+    );
+    let kinds: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT job_id, toolchain, outcome_kind FROM results ORDER BY job_id, toolchain DESC",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let (a, b) = (claimed[0].job_id, claimed[1].job_id);
+    let expected: Vec<(i64, String, String)> = [
+        (a, "start", "skipped"),
+        (a, "end", "test-pass"),
+        (b, "start", "test-pass"),
+        (b, "end", "test-pass"),
+    ]
+    .into_iter()
+    .map(|(j, s, k)| (j, s.to_owned(), k.to_owned()))
+    .collect();
+    assert_eq!(kinds, expected, "the row that was there is kept");
+    let p = jobs::progress_of(&db.pool, experiment).await.unwrap();
+    assert_eq!((p.done, p.running, p.queued), (2, 0, 0));
+    let drift = jobs::count_drift(&db.pool).await.unwrap();
+    assert!(drift.is_empty(), "{drift:?}");
+}
+
+/// The claimer keeps one connection; when that connection dies (a Postgres restart, an operator's
+/// `pg_terminate_backend`), one claim fails and the next opens a new connection and works.
+#[tokio::test]
+async fn the_claimer_reconnects_after_its_connection_is_killed() {
+    use caldera_db::jobs;
+    let db = TestDb::new().await;
+    let experiment = started_with_jobs(&db, "rc", &["a@1.0.0", "b@1.0.0", "c@1.0.0"]).await;
+    let now = chrono::Utc::now();
+    let worker = uuid::Uuid::new_v4();
+    let lease = chrono::Duration::hours(1);
+    let mut claimer = jobs::Claimer::new(&db.pool);
+    assert_eq!(
+        claimer
+            .claim(worker, &[], 1, now, lease)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE application_name = 'caldera-claims'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "the claimer's own connection");
+    let err = claimer.claim(worker, &[], 1, now, lease).await.unwrap_err();
+    assert!(err.to_string().contains("database error"), "{err}");
+    let p = jobs::progress_of(&db.pool, experiment).await.unwrap();
+    assert_eq!(
+        (p.queued, p.running),
+        (2, 1),
+        "the failed claim took nothing"
+    );
+    let again = claimer.claim(worker, &[], 2, now, lease).await.unwrap();
+    assert_eq!(again.len(), 2);
+    let p = jobs::progress_of(&db.pool, experiment).await.unwrap();
+    assert_eq!((p.queued, p.running), (0, 3));
+}
+
+/// A started experiment with one queued job per crate (`name@version`); returns its id.
+async fn started_with_jobs(db: &TestDb, name: &str, crates: &[&str]) -> uuid::Uuid {
+    let row = experiments::create(&db.pool, &spec(name)).await.unwrap();
+    experiments::apply_action(&db.pool, name, ExperimentAction::Start)
+        .await
+        .unwrap();
+    let crates: Vec<caldera_core::crates::CrateId> = crates
+        .iter()
+        .map(|c| format!("reg:{c}").parse().unwrap())
+        .collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    caldera_db::jobs::create_for_experiment(&mut tx, row.id, &crates)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    row.id
+}

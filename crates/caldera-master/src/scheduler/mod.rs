@@ -248,13 +248,14 @@ impl Scheduler {
 
     async fn dispatcher(self) {
         let mut specs: HashMap<Uuid, Arc<ExperimentSpec>> = HashMap::new();
+        let mut claimer = jobs::Claimer::new(&self.inner.pool);
         loop {
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = self.inner.wake.notified() => {}
                 _ = tokio::time::sleep(self.inner.config.dispatch_tick) => {}
             }
-            if let Err(e) = self.dispatch_round(&mut specs).await {
+            if let Err(e) = self.dispatch_round(&mut claimer, &mut specs).await {
                 self.inner.metrics.db_errors.inc();
                 tracing::warn!(error = %e, "dispatcher: database error; retrying shortly");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -265,6 +266,7 @@ impl Scheduler {
     /// Claim for every worker with free slots until nothing more can be handed out.
     async fn dispatch_round(
         &self,
+        claimer: &mut jobs::Claimer,
         specs: &mut HashMap<Uuid, Arc<ExperimentSpec>>,
     ) -> Result<(), caldera_db::DbError> {
         let mut exhausted: HashSet<Uuid> = HashSet::new();
@@ -285,15 +287,15 @@ impl Scheduler {
             for (worker, caps, free) in candidates {
                 let limit = (free as i64).min(self.inner.config.claim_batch);
                 let started = Instant::now();
-                let claimed = jobs::claim(
-                    &self.inner.pool,
-                    worker,
-                    &caps,
-                    limit,
-                    self.now(),
-                    chrono_dur(self.inner.config.lease),
-                )
-                .await?;
+                let claimed = claimer
+                    .claim(
+                        worker,
+                        &caps,
+                        limit,
+                        self.now(),
+                        chrono_dur(self.inner.config.lease),
+                    )
+                    .await?;
                 self.inner
                     .metrics
                     .claim_latency
