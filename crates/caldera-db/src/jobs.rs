@@ -25,7 +25,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::DbError;
+use crate::{DbError, OwnConnection};
 
 /// Insert the crates (deduplicated against the shared `crates` table) and one queued job per crate.
 /// Runs on the transaction that moves the experiment to `running`. Returns the number of jobs.
@@ -181,8 +181,7 @@ pub struct Claimed {
 /// statement, usually one. The connection is dropped on any error and opened again by the next
 /// claim, so a restarted Postgres costs one failed claim.
 pub struct Claimer {
-    pool: PgPool,
-    conn: Option<sqlx::PgConnection>,
+    conn: OwnConnection,
 }
 
 /// One claim statement's answer: the experiment it took from (none: no experiment has queued
@@ -205,25 +204,15 @@ const MAX_CLAIM_STATEMENTS: usize = 64;
 impl Claimer {
     pub fn new(pool: &PgPool) -> Claimer {
         Claimer {
-            pool: pool.clone(),
-            conn: None,
+            conn: OwnConnection::new(
+                pool,
+                "caldera-claims",
+                &[
+                    ("synchronous_commit", "off"),
+                    ("plan_cache_mode", "force_generic_plan"),
+                ],
+            ),
         }
-    }
-
-    async fn conn(&mut self) -> Result<&mut sqlx::PgConnection, DbError> {
-        if self.conn.is_none() {
-            use sqlx::ConnectOptions;
-            let mut conn = self.pool.connect_options().connect().await?;
-            sqlx::query(
-                "SELECT set_config('synchronous_commit', 'off', false),
-                        set_config('plan_cache_mode', 'force_generic_plan', false),
-                        set_config('application_name', 'caldera-claims', false)",
-            )
-            .execute(&mut conn)
-            .await?;
-            self.conn = Some(conn);
-        }
-        Ok(self.conn.as_mut().expect("just connected"))
     }
 
     /// Claim up to `limit` queued jobs of running experiments whose requirements are all among
@@ -253,7 +242,7 @@ impl Claimer {
     ) -> Result<Vec<Claimed>, DbError> {
         let result = self.claim_on(worker, capabilities, limit, now, lease).await;
         if result.is_err() {
-            self.conn = None;
+            self.conn.reset();
         }
         result
     }
@@ -272,7 +261,7 @@ impl Claimer {
         }
         let lists_toolchains = capabilities.iter().any(|c| c.starts_with("toolchain:"));
         let capabilities = Json(capabilities);
-        let conn = self.conn().await?;
+        let conn = self.conn.get().await?;
         let mut window = limit.max(64);
         for _ in 0..MAX_CLAIM_STATEMENTS {
             let want = limit - claimed.len() as i64;
@@ -462,6 +451,16 @@ pub async fn complete(
     now: DateTime<Utc>,
     max_attempts: i32,
 ) -> Result<CompletionOutcome, DbError> {
+    complete_on(&mut *pool.acquire().await?, batch, now, max_attempts).await
+}
+
+/// [`complete`] on a given connection (the result writer's own).
+pub async fn complete_on(
+    conn: &mut sqlx::PgConnection,
+    batch: &[Completion],
+    now: DateTime<Utc>,
+    max_attempts: i32,
+) -> Result<CompletionOutcome, DbError> {
     let mut out = CompletionOutcome::default();
     if batch.is_empty() {
         return Ok(out);
@@ -502,12 +501,12 @@ pub async fn complete(
     // `ON CONFLICT` (speculative insertion cost ≈ 40 % of the insert). Should that ever be
     // violated (a hand-edited database), the batch is written again keeping the rows already
     // there, rather than failing — and being retried — for ever.
-    let done = match statement.run(pool, "").await {
+    let done = match statement.run(conn, "").await {
         Err(DbError::Sqlx(e)) if crate::is_unique_violation(&e) => {
             tracing::warn!(error = %e, "a result row already exists; writing the batch without replacing it");
             statement
                 .run(
-                    pool,
+                    conn,
                     "ON CONFLICT (experiment_id, crate_id, toolchain) DO NOTHING",
                 )
                 .await?
@@ -554,7 +553,7 @@ struct CompletionStatement<'a> {
 impl CompletionStatement<'_> {
     async fn run(
         &self,
-        pool: &PgPool,
+        conn: &mut sqlx::PgConnection,
         on_conflict: &str,
     ) -> Result<Vec<(i64, Uuid, String)>, DbError> {
         let sql = format!(
@@ -595,7 +594,7 @@ impl CompletionStatement<'_> {
             .bind(&sides.memory)
             .bind(&sides.steps)
             .bind(&sides.worker)
-            .fetch_all(pool)
+            .fetch_all(conn)
             .await?)
     }
 }
@@ -855,8 +854,8 @@ pub async fn active_experiments(pool: &PgPool) -> Result<Vec<Uuid>, DbError> {
 }
 
 /// Of `experiments`, those that are running or paused and have no unfinished job left.
-pub async fn finished_experiments(
-    pool: &PgPool,
+pub async fn finished_experiments<'c>(
+    db: impl sqlx::PgExecutor<'c>,
     experiments: &[Uuid],
 ) -> Result<Vec<String>, DbError> {
     let rows: Vec<(String,)> = sqlx::query_as(
@@ -865,7 +864,7 @@ pub async fn finished_experiments(
            AND (SELECT coalesce(sum(c.queued + c.running), 0) FROM job_counts c WHERE c.experiment_id = e.id) = 0",
     )
     .bind(experiments)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(|(n,)| n).collect())
 }

@@ -83,6 +83,68 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
     Ok(pool)
 }
 
+/// A connection of one long-running task's own, outside the pool, opened on first use and again
+/// after [`OwnConnection::reset`] (call it after any error: the connection may be dead, e.g. after a
+/// Postgres restart).
+///
+/// For a task that runs one short statement after another (the dispatcher's claims, the result
+/// writer): a pooled query costs two more round trips than the statement (sqlx pings a connection
+/// when it leaves the pool and when it comes back), and session settings can be made once, which
+/// on a pooled connection would leak to its next user.
+pub struct OwnConnection {
+    pool: PgPool,
+    /// `application_name` of the connection (shows in `pg_stat_activity`)
+    name: &'static str,
+    /// session settings made once after connecting: (name, value)
+    settings: &'static [(&'static str, &'static str)],
+    conn: Option<sqlx::PgConnection>,
+}
+
+impl OwnConnection {
+    /// A connection to `pool`'s database, named `name`, with `settings` made for the session.
+    pub fn new(
+        pool: &PgPool,
+        name: &'static str,
+        settings: &'static [(&'static str, &'static str)],
+    ) -> OwnConnection {
+        OwnConnection {
+            pool: pool.clone(),
+            name,
+            settings,
+            conn: None,
+        }
+    }
+
+    /// The connection, opened (and set up) if there is none.
+    pub async fn get(&mut self) -> Result<&mut sqlx::PgConnection, DbError> {
+        if self.conn.is_none() {
+            use sqlx::ConnectOptions;
+            let mut conn = self
+                .pool
+                .connect_options()
+                .as_ref()
+                .clone()
+                .application_name(self.name)
+                .connect()
+                .await?;
+            for (name, value) in self.settings {
+                sqlx::query("SELECT set_config($1, $2, false)")
+                    .bind(name)
+                    .bind(value)
+                    .execute(&mut conn)
+                    .await?;
+            }
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("just connected"))
+    }
+
+    /// Drop the connection (after an error); the next [`get`](Self::get) opens a new one.
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+}
+
 /// Apply all pending migrations.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
