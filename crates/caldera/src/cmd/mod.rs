@@ -16,7 +16,8 @@ pub struct DbArgs {
     /// honoured when this is not set.
     #[arg(long, env = "CALDERA_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Most connections in the pool.
+    /// Most connections in the pool (`caldera master` also holds two of its own, for claims and
+    /// for results).
     #[arg(long, env = "CALDERA_DB_MAX_CONNECTIONS", default_value_t = 20)]
     pub db_max_connections: u32,
 }
