@@ -139,6 +139,17 @@ pub async fn authenticate(pool: &PgPool, secret: &str) -> Result<Option<TokenRow
     raw.map(from_raw).transpose()
 }
 
+/// Whether the token `id` exists and is not revoked (open worker streams check this on each
+/// heartbeat, so revoking a worker's token ends its stream).
+pub async fn is_active(pool: &PgPool, id: Uuid) -> Result<bool, DbError> {
+    let active: Option<bool> =
+        sqlx::query_scalar("SELECT revoked_at IS NULL FROM api_tokens WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(active == Some(true))
+}
+
 /// All tokens, newest first.
 pub async fn list(pool: &PgPool) -> Result<Vec<TokenRow>, DbError> {
     let raws: Vec<Raw> = sqlx::query_as(

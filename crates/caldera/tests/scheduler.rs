@@ -483,6 +483,65 @@ async fn workers_need_a_worker_token() {
     master.stop().await;
 }
 
+/// Revoking a worker's token ends its open stream at its next heartbeat: the worker stops with
+/// the refusal, its jobs go back to the queue when their lease expires, and it cannot come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_worker_token_ends_its_open_stream() {
+    let db = TestDb::new().await;
+    let t = tokens(&db.pool).await;
+    let (row, secret) =
+        caldera_db::tokens::create(&db.pool, "doomed", caldera_db::tokens::Role::Worker)
+            .await
+            .unwrap();
+    let master = InProcessMaster::start(db.pool.clone(), fast_config(), None).await;
+    let spool = tempfile::tempdir().unwrap();
+    let exec = FakeExecutor::new().with_default(FakeBehaviour::default().gated("hold"));
+    let worker = InProcessWorker::spawn(
+        worker_config(&master.grpc, &secret, "doomed", 2, spool.path()),
+        exec.clone(),
+    );
+    start_experiment(&master.http, &t.operator, "revoked", &crate_names(3)).await;
+    exec.wait_for(|s| s.running == 2).await;
+
+    // what `caldera token revoke` does
+    caldera_db::tokens::revoke(&db.pool, row.id).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), worker.task)
+        .await
+        .expect("the worker stops within a few heartbeats")
+        .unwrap();
+    let err = ended.expect_err("the worker stops with an error");
+    assert!(
+        matches!(&err, caldera_worker::WorkerError::Unauthorized { message, .. } if message.contains("revoked")),
+        "{err:?}"
+    );
+    // its two jobs come back after the lease (2 s) and a worker with a valid token runs all three
+    exec.open_gate("hold");
+    let spool2 = tempfile::tempdir().unwrap();
+    let other = InProcessWorker::spawn(
+        worker_config(&master.grpc, &t.worker, "other", 2, spool2.path()),
+        FakeExecutor::new(),
+    );
+    wait_count(
+        &db.pool,
+        "SELECT count(*) FROM jobs WHERE state = 'done'",
+        3,
+        Duration::from_secs(20),
+    )
+    .await;
+    let attempts: Vec<i32> = sqlx::query_scalar("SELECT attempt FROM jobs ORDER BY attempt")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts,
+        [1, 2, 2],
+        "the revoked worker's two jobs ran again"
+    );
+    assert_exactly_one_result_each(&db.pool, "revoked", 3).await;
+    other.stop().await;
+    master.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_resume_and_abort() {
     let db = TestDb::new().await;

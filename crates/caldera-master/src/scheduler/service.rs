@@ -205,7 +205,7 @@ impl WorkerService for WorkerServiceImpl {
         );
         tokio::spawn(async move {
             let name = hello.name.clone();
-            let end = serve_stream(&s, worker, &mut inbound, &tx).await;
+            let end = serve_stream(&s, worker, token.id, &mut inbound, &tx).await;
             match end {
                 Ok(()) => tracing::info!(worker = %name, "worker disconnected"),
                 Err(e) => {
@@ -224,6 +224,7 @@ impl WorkerService for WorkerServiceImpl {
 async fn serve_stream(
     s: &Scheduler,
     worker: Uuid,
+    token: Uuid,
     inbound: &mut Streaming<v1::WorkerMessage>,
     tx: &Outbound,
 ) -> Result<(), Status> {
@@ -236,7 +237,16 @@ async fn serve_stream(
             return Ok(());
         };
         match message.kind {
-            Some(worker_message::Kind::Heartbeat(hb)) => heartbeat(s, worker, hb, tx).await?,
+            Some(worker_message::Kind::Heartbeat(hb)) => {
+                // the token is checked when the stream opens and again on every heartbeat, so
+                // revoking it ends the stream within one heartbeat interval
+                if let Ok(false) = tokens::is_active(&s.inner.pool, token).await {
+                    let status = Status::unauthenticated("the worker token was revoked");
+                    let _ = tx.send(Err(status.clone())).await;
+                    return Err(status);
+                }
+                heartbeat(s, worker, hb, tx).await?
+            }
             Some(worker_message::Kind::Result(r)) => {
                 let job_id = r.job_id;
                 let lease_token = r.lease_token.clone();
