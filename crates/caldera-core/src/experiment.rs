@@ -549,6 +549,17 @@ impl ExperimentSpec {
         self.overrides.get(crate_name)
     }
 
+    /// Whether the report leaves `krate` out of its lists of regressions: a registry crate whose
+    /// override says `quiet` (overrides are keyed by registry crate name).
+    pub fn is_quiet(&self, krate: &crate::crates::CrateId) -> bool {
+        match krate {
+            crate::crates::CrateId::Registry { name, .. } => {
+                self.override_for(name).is_some_and(|o| o.quiet)
+            }
+            _ => false,
+        }
+    }
+
     /// Applies an edit and re-validates the result; `self` is unchanged either way. When the
     /// edit makes the two toolchains equal, the error names the toolchain field the edit set.
     pub fn apply(&self, edit: &ExperimentEdit) -> Result<ExperimentSpec, ValidationError> {

@@ -10,6 +10,10 @@
 //!   (`error`), kept apart from real regressions, with their reasons counted;
 //! * the [`Report::retry_list`]: regressions and spurious results, to run again.
 //!
+//! Crates the experiment marks `quiet` ([`Report::build_quiet`]) still count, and still explain
+//! the regressions of their dependents, but are left out of the lists of regressions (and of the
+//! retry list): they are named apart, as [`Report::quiet_regressions`].
+//!
 //! The report serializes to the JSON of `results.json` (see [`Report`]'s `Serialize`), and
 //! [`summary_markdown`] renders a bounded summary to paste in a GitHub issue. [`first_new_error`]
 //! finds the first error line of an end log that the start log does not have.
@@ -229,7 +233,8 @@ struct GroupData {
 /// {
 ///   "total": 1000,
 ///   "counts": {"regressed": 5, "fixed": 1, ...},
-///   "regressions": ["reg:a@1.0.0", ...],                  // roots first
+///   "regressions": ["reg:a@1.0.0", ...],                  // roots first; no quiet crates
+///   "quiet_regressions": ["reg:q@1.0.0", ...],            // regressions of quiet crates, by id
 ///   "root_regressions": [{"crate": "reg:a@1.0.0", "end": {...}, "regressions": 3,
 ///                         "dependents": 2, "in_cycle": false}, ...],
 ///   "error_groups": [{"group": "E0308", "crates": ["reg:a@1.0.0", ...]}, ...],
@@ -260,8 +265,10 @@ pub struct Report {
     impact: Vec<u32>,
     /// Root regressions: most regressions through them first, then by id.
     roots: Vec<Ix>,
-    /// Roots, then the other regressions by id.
+    /// Roots, then the other regressions by id; without quiet crates.
     regressions: Vec<Ix>,
+    /// Regressions of quiet crates, by id (not in `roots` nor `regressions`).
+    quiet: Vec<Ix>,
     /// Crates in dependency cycles, ascending index.
     cycles: Vec<Ix>,
     /// The same, by id.
@@ -281,6 +288,7 @@ impl fmt::Debug for Report {
             .field("crates", &self.results.len())
             .field("counts", &self.counts)
             .field("root_regressions", &self.roots.len())
+            .field("quiet_regressions", &self.quiet.len())
             .field("error_groups", &self.error_groups.len())
             .field("cycles", &self.cycles.len())
             .field("unresolved_dependencies", &self.unresolved.len())
@@ -406,6 +414,18 @@ impl Report {
     /// Computes the report; see the module docs. The results are kept, in input order, and given
     /// back by [`Report::into_results`].
     pub fn build(results: Vec<CrateResult>) -> Result<Report, ReportError> {
+        Self::build_quiet(results, |_| false)
+    }
+
+    /// [`Report::build`], with the crates for which `is_quiet` holds (the experiment's `quiet`
+    /// overrides) left out of the lists of regressions: root regressions, regressions, error
+    /// groups and the retry list. They stay in the counts and in root-cause attribution (a
+    /// dependent's root cause can be a quiet crate), and are listed apart
+    /// ([`Report::quiet_regressions`]).
+    pub fn build_quiet(
+        results: Vec<CrateResult>,
+        is_quiet: impl Fn(&CrateId) -> bool,
+    ) -> Result<Report, ReportError> {
         let n = results.len();
         if n >= NONE as usize {
             return Err(ReportError::TooManyCrates {
@@ -465,6 +485,17 @@ impl Report {
             ib.cmp(&ia).then_with(|| by_id(a, b))
         });
         others.sort_by(by_id);
+        let mut quiet: Vec<Ix> = regressed
+            .iter()
+            .copied()
+            .filter(|&i| is_quiet(&results[i as usize].krate))
+            .collect();
+        if !quiet.is_empty() {
+            quiet.sort_by(by_id);
+            let q: HashSet<Ix> = quiet.iter().copied().collect();
+            roots.retain(|i| !q.contains(i));
+            others.retain(|i| !q.contains(i));
+        }
         drop(pos_of);
         let mut regressions = Vec::with_capacity(regressed.len());
         regressions.extend_from_slice(&roots);
@@ -499,6 +530,7 @@ impl Report {
             impact,
             roots,
             regressions,
+            quiet,
             cycles,
             cycles_by_id,
             error_groups,
@@ -555,6 +587,12 @@ impl Report {
     /// regressions through them, by id.
     pub fn regressions(&self) -> impl ExactSizeIterator<Item = CrateReport<'_>> {
         self.views(&self.regressions)
+    }
+
+    /// Regressions of crates marked quiet ([`Report::build_quiet`]), by id. They are in no other
+    /// list of regressions.
+    pub fn quiet_regressions(&self) -> impl ExactSizeIterator<Item = CrateReport<'_>> {
+        self.views(&self.quiet)
     }
 
     /// The root regressions, most regressions through them first, then by id.
@@ -1161,10 +1199,11 @@ fn seq<I: Iterator<Item = T>, T: Serialize>(iter: I) -> Seq<I> {
 
 impl Serialize for Report {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(10))?;
+        let mut map = serializer.serialize_map(Some(11))?;
         map.serialize_entry("total", &self.len())?;
         map.serialize_entry("counts", &self.counts)?;
         map.serialize_entry("regressions", &IdList(self, &self.regressions))?;
+        map.serialize_entry("quiet_regressions", &IdList(self, &self.quiet))?;
         map.serialize_entry(
             "root_regressions",
             &seq(self.root_regressions().map(RootJson)),
@@ -1180,6 +1219,29 @@ impl Serialize for Report {
 
 // ---------------------------------------------------------------------------------------------
 // Markdown summary
+
+/// The sentence naming the regressions of quiet crates (up to `max` of them), if there are any:
+/// "2 regressions of crates marked quiet are not listed: `a 1.0.0`, `b 2.0.0`." (Markdown).
+pub fn quiet_note(report: &Report, max: usize) -> Option<String> {
+    let n = report.quiet.len();
+    if n == 0 {
+        return None;
+    }
+    let mut names: Vec<String> = report
+        .quiet_regressions()
+        .take(max)
+        .map(|c| code(&label(c.krate())))
+        .collect();
+    if n > max {
+        names.push(format!("… and {} more", n - max));
+    }
+    Some(format!(
+        "{} of crates marked quiet {} not listed: {}.",
+        plural(n, "regression", "regressions"),
+        if n == 1 { "is" } else { "are" },
+        names.join(", ")
+    ))
+}
 
 /// Entries shown per section of the Markdown summary unless told otherwise.
 pub const DEFAULT_MAX_ENTRIES: usize = 50;
@@ -1234,7 +1296,8 @@ pub fn summary_markdown(report: &Report, options: &SummaryOptions<'_>) -> String
 fn write_summary(out: &mut String, report: &Report, opts: &SummaryOptions<'_>) -> fmt::Result {
     let max = opts.max_entries;
     let counts = report.counts();
-    let n_regressed = counts.get(Comparison::Regressed);
+    // the regressions listed (quiet crates' are named apart)
+    let n_regressed = report.regressions.len();
     let n_roots = report.roots.len();
     let n_spurious = counts.get(Comparison::SpuriousRegressed)
         + counts.get(Comparison::SpuriousFixed)
@@ -1249,7 +1312,8 @@ fn write_summary(out: &mut String, report: &Report, opts: &SummaryOptions<'_>) -
         plural(report.len(), "crate", "crates")
     )?;
     match report.root_regressions().next() {
-        None => writeln!(out, "**No regressions.**\n")?,
+        None if report.quiet.is_empty() => writeln!(out, "**No regressions.**\n")?,
+        None => writeln!(out, "**No regressions listed.**\n")?,
         Some(top) => {
             writeln!(
                 out,
@@ -1265,6 +1329,9 @@ fn write_summary(out: &mut String, report: &Report, opts: &SummaryOptions<'_>) -
                 n_regressed - n_roots
             )?;
         }
+    }
+    if let Some(note) = quiet_note(report, max) {
+        writeln!(out, "{note}\n")?;
     }
     if n_spurious > 0 {
         writeln!(
@@ -2092,6 +2159,78 @@ mod tests {
         ]
     }
 
+    /// Quiet crates count and explain their dependents, but are in no list of regressions (nor
+    /// the retry list); they are named apart, in the JSON and in the summary.
+    #[test]
+    fn quiet_crates_are_left_out_of_the_lists_of_regressions() {
+        let results = vec![
+            reg("reg:q@1.0.0", ce(&["E0308"])),
+            reg("reg:d@1.0.0", dep(&["q"])),
+            reg("reg:c@1.0.0", ce(&["E0599"])),
+            reg("reg:r@1.0.0", bf(R::Oom)),
+            res("reg:p@1.0.0", PASS, PASS),
+        ];
+        let is_quiet = |k: &CrateId| matches!(k, CrateId::Registry { name, .. } if name == "q");
+        let plain = build(results.clone());
+        let quiet = Report::build_quiet(results, is_quiet).unwrap();
+        assert_eq!(
+            ids(plain.root_regressions()),
+            ["reg:q@1.0.0", "reg:c@1.0.0"]
+        );
+
+        // counts and attribution are the same as without quiet crates
+        assert_eq!(quiet.counts(), plain.counts());
+        assert_eq!(quiet.counts().get(Comparison::Regressed), 3);
+        assert_eq!(roots_of(&quiet, "reg:d@1.0.0"), ["reg:q@1.0.0"]);
+        // the lists leave the quiet crate out
+        assert_eq!(ids(quiet.quiet_regressions()), ["reg:q@1.0.0"]);
+        assert_eq!(ids(quiet.root_regressions()), ["reg:c@1.0.0"]);
+        assert_eq!(ids(quiet.regressions()), ["reg:c@1.0.0", "reg:d@1.0.0"]);
+        let groups: Vec<(String, Vec<String>)> = quiet
+            .error_groups()
+            .map(|g| (g.key().to_string(), ids(g.crates())))
+            .collect();
+        assert_eq!(
+            groups,
+            [("E0599".to_owned(), vec!["reg:c@1.0.0".to_owned()])]
+        );
+        let retry: Vec<String> = quiet.retry_list().iter().map(ToString::to_string).collect();
+        assert_eq!(retry, ["reg:c@1.0.0", "reg:d@1.0.0", "reg:r@1.0.0"]);
+        assert_eq!(ids(plain.quiet_regressions()), Vec::<String>::new());
+
+        let json = serde_json::to_value(&quiet).unwrap();
+        assert_eq!(
+            json["quiet_regressions"],
+            serde_json::json!(["reg:q@1.0.0"])
+        );
+        assert_eq!(
+            json["regressions"],
+            serde_json::json!(["reg:c@1.0.0", "reg:d@1.0.0"])
+        );
+        let md = summary_markdown(&quiet, &SummaryOptions::new("x", "stable", "beta"));
+        assert!(
+            md.contains("**2 regressions, 1 of them through `c 1.0.0`.**"),
+            "{md}"
+        );
+        assert!(
+            md.contains("the other 1 regressed because a dependency did"),
+            "{md}"
+        );
+        assert!(
+            md.contains("1 regression of crates marked quiet is not listed: `q 1.0.0`."),
+            "{md}"
+        );
+
+        // only quiet regressions: none listed, and the summary says so
+        let only = Report::build_quiet(vec![reg("reg:q@1.0.0", ce(&["E0308"]))], is_quiet).unwrap();
+        assert_eq!(only.regressions().len(), 0);
+        assert_eq!(only.error_groups().len(), 0);
+        assert!(only.retry_list().is_empty());
+        let md = summary_markdown(&only, &SummaryOptions::new("x", "stable", "beta"));
+        assert!(md.contains("**No regressions listed.**"), "{md}");
+        assert!(!md.contains("## Root regressions"), "{md}");
+    }
+
     #[test]
     fn root_cause_attribution() {
         for case in attribution_cases() {
@@ -2540,6 +2679,7 @@ mod tests {
                 "total": 6,
                 "counts": counts,
                 "regressions": ["reg:a@1.0.0", "reg:x@1.0.0", "reg:y@1.0.0", "reg:b@1.0.0"],
+                "quiet_regressions": [],
                 "root_regressions": [
                     {"crate": "reg:a@1.0.0", "end": e0308, "regressions": 2, "dependents": 1, "in_cycle": false},
                     {"crate": "reg:x@1.0.0", "end": dep_xy("reg:y@1.0.0"), "regressions": 2, "dependents": 1, "in_cycle": true},

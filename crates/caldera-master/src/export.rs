@@ -137,7 +137,8 @@ fn lock_for(name: &str) -> Arc<tokio::sync::Mutex<()>> {
 /// Loads the experiment's results and builds its report (on a blocking thread).
 pub async fn load_report(pool: &PgPool, experiment: &ExperimentRow) -> Result<Report, ExportError> {
     let input = caldera_db::results::report_input(pool, experiment.id, true).await?;
-    tokio::task::spawn_blocking(move || Report::build(input))
+    let spec = experiment.spec.clone();
+    tokio::task::spawn_blocking(move || Report::build_quiet(input, |k| spec.is_quiet(k)))
         .await
         .map_err(|e| ExportError::Task(e.to_string()))?
         .map_err(Into::into)
@@ -156,9 +157,11 @@ pub async fn export(
     let input = caldera_db::results::report_input(pool, experiment.id, true).await?;
     let load_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let report = tokio::task::spawn_blocking(move || Report::build(input))
-        .await
-        .map_err(|e| ExportError::Task(e.to_string()))??;
+    let spec = experiment.spec.clone();
+    let report =
+        tokio::task::spawn_blocking(move || Report::build_quiet(input, |k| spec.is_quiet(k)))
+            .await
+            .map_err(|e| ExportError::Task(e.to_string()))??;
     let build_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut summary = write_files(store, &experiment, Arc::new(report)).await?;
@@ -540,7 +543,8 @@ fn write_bundle(
 ) -> io::Result<()> {
     let counts = report.counts();
     let dependents = cache::dependents(report);
-    let n = counts.get(Comparison::Regressed);
+    // the regressions listed: those of quiet crates are named apart
+    let n = report.regressions().len();
     let head = html! {
         (maud::DOCTYPE)
         html lang="en" {
@@ -569,12 +573,14 @@ fn write_bundle(
             a href="retry.txt" { "retry.txt" } ", " a href="logs.tar.zst" { "logs.tar.zst" }
             " (extract it next to this page for the log links: " code { "tar --zstd -xf logs.tar.zst" } ")." }
         @match report.root_regressions().next() {
-            None => p.headline { "No regressions." },
+            None if report.quiet_regressions().len() == 0 => p.headline { "No regressions." },
+            None => p.headline { "No regressions listed." },
             Some(top) => p.headline {
                 (n) " " (if n == 1 { "regression" } else { "regressions" }) ", " (top.regressions_through())
                 " of them through " code { (crate_label(top.krate())) } "."
             },
         }
+        (views::quiet_note(report))
         h2 { "Counts" }
         table #counts {
             thead { tr { th { "comparison" } th.num { "crates" } } }

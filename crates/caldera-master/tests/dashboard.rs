@@ -147,6 +147,63 @@ fn url_decode(s: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
+/// A crate the experiment marks `quiet` is in no list of regressions — the regressed filter, error
+/// groups, summary.md, retry.txt — and is named apart under the headline; it still counts.
+#[tokio::test]
+async fn quiet_crates_are_named_apart_and_listed_nowhere() {
+    let m = Master::start(DashboardConfig::default()).await;
+    // before anything reads the report (a spec cannot be edited after the start through the API)
+    sqlx::query(
+        "UPDATE experiments SET spec = jsonb_set(spec, '{overrides}', '{\"ice-d\": {\"quiet\": true}}')
+         WHERE name = $1",
+    )
+    .bind(&m.name)
+    .execute(&m.db.pool)
+    .await
+    .unwrap();
+    let quiet = short(fixture::OTHER_ROOTS[0]);
+    assert_eq!(quiet, "ice-d@0.3.0");
+
+    let page = m.ok_page("/experiments/beta-fx").await;
+    assert!(
+        page.contains("4 regressions, 3 of them through <code>root-a 1.0.0</code>."),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            "1 regression of crates marked quiet is not listed: <code>ice-d 0.3.0</code>."
+        ),
+        "{page}"
+    );
+    let regressed = m.ok_page("/experiments/beta-fx?category=regressed").await;
+    let table = crates_table(&regressed);
+    assert!(!table.contains("ice-d"), "{table}");
+    assert!(table.contains("tests-i"), "{table}");
+
+    let summary = m.export().await;
+    assert_eq!(summary["regressions"], 5, "still counted: {summary}");
+    let md = String::from_utf8(m.file_bytes("summary.md").await).unwrap();
+    assert!(
+        md.contains("1 regression of crates marked quiet is not listed: `ice-d 0.3.0`."),
+        "{md}"
+    );
+    assert!(md.contains("| regressed | 5 |"), "{md}");
+    assert!(!md.contains("| `ice` |"), "no error group for it: {md}");
+    let retry = String::from_utf8(m.file_bytes("retry.txt").await).unwrap();
+    assert!(!retry.lines().any(|l| l == quiet), "{retry}");
+    assert_eq!(retry.lines().count(), fixture::retry().len() - 1, "{retry}");
+    let json: Value = serde_json::from_slice(&m.file_bytes("results.json").await).unwrap();
+    assert_eq!(
+        json["quiet_regressions"],
+        serde_json::json!([fixture::OTHER_ROOTS[0]])
+    );
+    let html = String::from_utf8(m.file_bytes("index.html").await).unwrap();
+    assert!(
+        html.contains("1 regression of crates marked quiet is not listed"),
+        "{html}"
+    );
+}
+
 #[tokio::test]
 async fn exports_have_the_report_content() {
     let m = Master::start(DashboardConfig::default()).await;

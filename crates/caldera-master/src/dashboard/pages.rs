@@ -261,11 +261,14 @@ fn select<'a>(snap: &'a Snapshot, f: &Filters) -> Vec<CrateReport<'a>> {
 }
 
 fn headline(report: &Report) -> Markup {
-    let n = report.counts().get(Comparison::Regressed);
+    // the regressions listed: those of quiet crates are named apart
+    let n = report.regressions().len();
     let roots = report.root_regressions().len();
+    let quiet = report.quiet_regressions().len();
     html! {
         @match report.root_regressions().next() {
-            None => p.headline { "No regressions." },
+            None if quiet == 0 => p.headline { "No regressions." },
+            None => p.headline { "No regressions listed." },
             Some(top) => {
                 p.headline {
                     (n) " " (if n == 1 { "regression" } else { "regressions" }) ", "
@@ -274,6 +277,7 @@ fn headline(report: &Report) -> Markup {
                 p { (roots) " regressed on their own; the other " (n - roots) " regressed because a dependency did." }
             }
         }
+        (views::quiet_note(report))
     }
 }
 

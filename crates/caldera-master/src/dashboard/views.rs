@@ -42,6 +42,29 @@ pub fn experiment_href(experiment: &str) -> String {
 }
 
 /// `foo 1.2.3` for registry crates, the id otherwise.
+/// Quiet crates named per quiet-regressions note.
+const QUIET_SHOWN: usize = 20;
+
+/// The note under a report's headline naming the regressions of crates marked quiet (empty when
+/// there are none): they count, but are in no list of regressions.
+pub fn quiet_note(report: &caldera_core::report::Report) -> Markup {
+    let n = report.quiet_regressions().len();
+    html! {
+        @if n > 0 {
+            p.quiet {
+                (n) " " (if n == 1 { "regression" } else { "regressions" }) " of crates marked quiet "
+                (if n == 1 { "is" } else { "are" }) " not listed: "
+                @for (k, c) in report.quiet_regressions().take(QUIET_SHOWN).enumerate() {
+                    @if k > 0 { ", " }
+                    code { (crate_label(c.krate())) }
+                }
+                @if n > QUIET_SHOWN { " … and " (n - QUIET_SHOWN) " more" }
+                "."
+            }
+        }
+    }
+}
+
 pub fn crate_label(id: &CrateId) -> String {
     match id {
         CrateId::Registry { name, version, .. } => format!("{name} {version}"),

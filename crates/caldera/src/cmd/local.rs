@@ -518,7 +518,8 @@ async fn report(
             (last.end, last.end_log) = (outcome, log);
         }
     }
-    let report = Report::build(results).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = Report::build_quiet(results, |k| row.spec.is_quiet(k))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let start = row.spec.start.to_string();
     let end = row.spec.end.to_string();
     println!(
