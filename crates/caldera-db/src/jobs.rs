@@ -175,7 +175,7 @@ pub struct Claimed {
 /// The connection is set up once for what claims need: `synchronous_commit = off` (a claim lost
 /// in a Postgres crash is simply queued again, and the worker that got it cannot report a result
 /// for it: its lease token no longer exists — fencing; completions, which workers forget once
-/// acknowledged, stay synchronous on the pool) and generic plans (each claim reads a bounded
+/// acknowledged, stay synchronous) and generic plans (each claim reads a bounded
 /// window of ids, so no plan can make one costly, and replanning was a visible share of its
 /// time). A claim statement is a transaction of its own, so a claim round is one round trip per
 /// statement, usually one. The connection is dropped on any error and opened again by the next

@@ -72,12 +72,15 @@ pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
+/// How long opening a connection may take (the pool's acquire timeout, and [`OwnConnection`]'s).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connect a pool to `url` (a `postgres://` URL).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
     let options: PgConnectOptions = url.parse()?;
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(CONNECT_TIMEOUT)
         .connect_with(options)
         .await?;
     Ok(pool)
@@ -119,14 +122,16 @@ impl OwnConnection {
     pub async fn get(&mut self) -> Result<&mut sqlx::PgConnection, DbError> {
         if self.conn.is_none() {
             use sqlx::ConnectOptions;
-            let mut conn = self
+            let options = self
                 .pool
                 .connect_options()
                 .as_ref()
                 .clone()
-                .application_name(self.name)
-                .connect()
-                .await?;
+                .application_name(self.name);
+            // as long as the pool waits for a connection
+            let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)??;
             for (name, value) in self.settings {
                 sqlx::query("SELECT set_config($1, $2, false)")
                     .bind(name)
