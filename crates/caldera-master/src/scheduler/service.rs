@@ -42,6 +42,20 @@ fn parse_token(field: &str, s: &str) -> Result<Uuid, Status> {
         .map_err(|_| Status::invalid_argument(format!("{field}: {s:?} is not a lease token")))
 }
 
+/// The leases a worker lists (in Hello or a heartbeat), by token (a token listed twice counts
+/// once), and as (job id, token) pairs for [`jobs::renew`].
+fn leases(
+    field: &str,
+    listed: &[v1::LeaseRef],
+) -> Result<(HashMap<Uuid, i64>, Vec<(i64, Uuid)>), Status> {
+    let mut by_token: HashMap<Uuid, i64> = HashMap::new();
+    for r in listed {
+        by_token.insert(parse_token(field, &r.lease_token)?, r.job_id as i64);
+    }
+    let pairs = by_token.iter().map(|(t, id)| (*id, *t)).collect();
+    Ok((by_token, pairs))
+}
+
 fn validate_hello(h: &v1::Hello) -> Result<(), Status> {
     if h.name.is_empty()
         || h.name.len() > 128
@@ -148,14 +162,7 @@ impl WorkerService for WorkerServiceImpl {
         .map_err(|e| Status::unavailable(format!("cannot register the worker: {e}")))?;
 
         // Jobs the worker still runs from a previous session: keep the current ones, cancel the rest.
-        let mut presented: HashMap<Uuid, i64> = HashMap::new();
-        for r in &hello.running {
-            presented.insert(
-                parse_token("hello.running.lease_token", &r.lease_token)?,
-                r.job_id as i64,
-            );
-        }
-        let running: Vec<(i64, Uuid)> = presented.iter().map(|(t, id)| (*id, *t)).collect();
+        let (presented, running) = leases("hello.running.lease_token", &hello.running)?;
         let current = jobs::renew(
             &pool,
             worker,
@@ -238,14 +245,7 @@ async fn serve_stream(
         };
         match message.kind {
             Some(worker_message::Kind::Heartbeat(hb)) => {
-                // the token is checked when the stream opens and again on every heartbeat, so
-                // revoking it ends the stream within one heartbeat interval
-                if let Ok(false) = tokens::is_active(&s.inner.pool, token).await {
-                    let status = Status::unauthenticated("the worker token was revoked");
-                    let _ = tx.send(Err(status.clone())).await;
-                    return Err(status);
-                }
-                heartbeat(s, worker, hb, tx).await?
+                heartbeat(s, worker, token, hb, tx).await?
             }
             Some(worker_message::Kind::Result(r)) => {
                 let job_id = r.job_id;
@@ -304,18 +304,19 @@ fn completion(worker: Uuid, r: v1::JobResult) -> Result<Completion, Status> {
 async fn heartbeat(
     s: &Scheduler,
     worker: Uuid,
+    token: Uuid,
     hb: v1::Heartbeat,
     tx: &Outbound,
 ) -> Result<(), Status> {
-    let mut presented: HashMap<Uuid, i64> = HashMap::new();
-    for r in &hb.running {
-        presented.insert(
-            parse_token("heartbeat.running.lease_token", &r.lease_token)?,
-            r.job_id as i64,
-        );
+    // the token is checked when the stream opens and again on every heartbeat, so revoking it
+    // ends the stream within one heartbeat interval (a database error lets this one pass)
+    if let Ok(false) = tokens::is_active(&s.inner.pool, token).await {
+        let status = Status::unauthenticated("the worker token was revoked");
+        let _ = tx.send(Err(status.clone())).await;
+        return Err(status);
     }
+    let (presented, running) = leases("heartbeat.running.lease_token", &hb.running)?;
     let now = s.now();
-    let running: Vec<(i64, Uuid)> = presented.iter().map(|(t, id)| (*id, *t)).collect();
     let current = match jobs::renew(
         &s.inner.pool,
         worker,
