@@ -35,17 +35,19 @@
 //!
 //! | # | evidence | build-ish step (build, test-no-run, check, clippy, doc) | test step (test, miri) |
 //! |---|----------|------------------------|-----------|
-//! | 1 | [`Termination::Timeout`] / [`NoOutputTimeout`](Termination::NoOutputTimeout) / [`OomKilled`](Termination::OomKilled) | `timeout` / `no-output-timeout` / `oom` | same |
-//! | 2 | exit status 137, killed by signal 9, or any process reported `(signal: 9, SIGKILL…)` | `oom` | same |
+//! | 0 | `Permission denied` / `(os error 13)` on a line naming a path the farm provides (`/caldera/cargo-home`, `/caldera/toolchain*`), or up to 4 lines after one | `error` (the farm's fault: retried as infrastructure, never the crate's outcome) | same |
+//! | 1 | the cgroup counted a pids-limit hit during the step ([`StepRun::pids_limit_hit`]) | `pids-limit` | `test-fail:pids-limit` once test binaries ran, else as a build step |
+//! | 2 | [`Termination::Timeout`] / [`NoOutputTimeout`](Termination::NoOutputTimeout) / [`OomKilled`](Termination::OomKilled) (the cgroup's OOM counter) | `timeout` / `no-output-timeout` / `oom` | `test-fail:timeout` / `…:no-output-timeout` / `…:oom` (naming the test in flight when known) once test binaries ran, else as a build step |
+//! | — | exit status 137, killed by signal 9, or a process reported `(signal: 9, SIGKILL…)`, without the cgroup counting an OOM kill | never `oom` by itself (an operator, a sweep or a dying engine kill the same way; the worker turns a container that died into `error`): a note, then the rows below | same |
 //! | 3 | `memory allocation of N bytes failed`, `LLVM ERROR: out of memory`, `virtual memory exhausted`, … | `oom` | ignored (a test allocating absurdly is a test bug) unless the build part failed |
-//! | 4 | `No space left on device`, `Disk quota exceeded`, `(os error 28)` | `no-space` | `no-space` when printed outside the failed tests' captured output, or when every failed test printed it (see 7) |
+//! | 4 | `No space left on device`, `Disk quota exceeded`, `(os error 28)` | `no-space` | `test-fail:no-space` when printed outside the failed tests' captured output, or when every failed test printed it (see 7); before any test binary ran, as a build step |
 //! | 5 | a diagnostic of level `error: internal compiler error`, `the compiler unexpectedly panicked`, `query stack during panic`, rustc killed by SIGSEGV/SIGILL/SIGBUS/SIGABRT | `ice` (in any package) | same |
 //! | 6 | the build part of a test step failed (`build-finished` false, errors in JSON diagnostics, a failed build script, `could not compile`) before the first test binary ran (after that, cargo JSON and `error:` lines are a test's output) | — | classified like a build-ish step (rows 7–11, left column) |
-//! | 7 | network access (`Could not resolve host`, `failed to lookup address information`, `Temporary failure in name resolution`, `Name or service not known`, `Network is unreachable`, `No route to host`, `Connection refused` naming a non-local URL, cargo's `failed to download` / `attempting to make an HTTP request, but --offline was specified`, "requires network access") | `network-access` | `network-access` only when **every** failed test printed such a line (or a no-space one) in its own captured output (or no test is named and the step printed one); otherwise `test-fail` and a note naming the tests that did |
+//! | 7 | network access (`Could not resolve host`, `failed to lookup address information`, `Temporary failure in name resolution`, `Name or service not known`, `Network is unreachable`, `No route to host`, `Connection refused` naming a non-local URL, cargo's `failed to download` / `attempting to make an HTTP request, but --offline was specified`, "requires network access") | `network-access` | `test-fail:network-access` only when **every** failed test printed such a line (or a no-space one) in its own captured output (or no test is named and the step printed one); otherwise `test-fail` and a note naming the tests that did |
 //! | 8 | linker failure (``linking with `cc` failed``, `undefined reference to`, `collect2: error: ld returned`, `rust-lld: error:`, `cannot find -l…`, `could not find native static library`, ``linker `cc` not found``) | `link` | — (a doctest's link error is a test failure) |
 //! | 9 | errors in JSON diagnostics of packages that are not the crate's own, or a dependency's failed build script / `could not compile` | `depends-on` with `reg:name@version` for registry packages, else the package name; sorted, deduplicated | — |
 //! | 10 | errors in JSON diagnostics of the crate's own packages | `compiler-error` with the codes sorted and deduplicated: rustc codes (`E0308`) and, for denied lints, the lint name (`unused_imports`, `clippy::needless_return`); empty when no error had a code (`compile_error!`, many edition errors). rustc's `aborting due to …` summary is not an error | — |
-//! | 11 | nothing of the above | `unknown` (plain cargo `error: …` lines alone, such as `could not compile`, end here; the first one is kept as a note) | `test-fail` with the failed tests |
+//! | 11 | nothing of the above | `unknown` (plain cargo `error: …` lines alone, such as `could not compile`, end here; the first one is kept as a note) | `test-fail` with the failed tests; `test-fail:diagnostics-change` when **every** failed test showed a UI-test harness reporting changed compiler output (see below) — in its captured output, or in its test binary's run |
 //!
 //! Failed tests ([`failed_tests`]) come from libtest: `test NAME ... FAILED` lines of a test
 //! binary's run, the `failures:` list at its end, and JSON `{"type":"test","event":"failed"}`
@@ -60,10 +62,10 @@
 //! that was running when it crashed is named instead. Test names of different binaries are not
 //! qualified; the list is sorted and deduplicated.
 //!
-//! Two flags ride along with any failed step (they never change the outcome):
+//! Two flags ride along with any failed step:
 //!
 //! * [`Classification::diagnostics_changed`] — a UI-test harness reported that compiler output
-//!   differs from its expectation: trybuild's `test … ... mismatch`, `EXPECTED:` followed by
+//!   differs from its expectation (it decides the outcome only as in row 11): trybuild's `test … ... mismatch`, `EXPECTED:` followed by
 //!   `ACTUAL OUTPUT:`, `TRYBUILD=overwrite`; compiletest/ui_test's `actual output differed from
 //!   expected`, `The actual stderr differed from the expected stderr`, `normalized stderr`,
 //!   `--bless`. (trybuild's `wip` — no `.stderr` file yet — is not a change.)
@@ -107,7 +109,7 @@ use serde::Deserialize;
 
 use crate::crates::CrateId;
 use crate::experiment::Mode;
-use crate::outcome::{BuildFailReason, Outcome};
+use crate::outcome::{BuildFailReason, Outcome, TestFailReason};
 
 /// Which cargo step produced an output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -217,6 +219,9 @@ pub struct StepRun<'a> {
     /// Package ids (cargo's JSON `package_id`, old or spec form) of the crate's own packages — its
     /// workspace members. Everything else is a dependency.
     pub own_packages: &'a [String],
+    /// A fork or thread creation failed during the step because the sandbox's pids limit was
+    /// reached (the cgroup's `pids.events`).
+    pub pids_limit_hit: bool,
 }
 
 /// What a failed step (or a whole side of a job) amounts to.
@@ -275,7 +280,7 @@ pub fn classify_step(run: &StepRun<'_>) -> StepVerdict {
     let mut scan = Scan::new(run.kind, run.own_packages);
     scan.feed(run.output);
     let facts = scan.finish();
-    StepVerdict::Failed(facts.decide(run.kind, run.termination))
+    StepVerdict::Failed(facts.decide(run.kind, run.termination, run.pids_limit_hit))
 }
 
 /// The final verdict of one side of a job (one toolchain), from its steps in the order they ran;
@@ -501,9 +506,25 @@ const OOM_PHRASES: &[&str] = &[
     "virtual memory exhausted",
     "out of memory allocating",
     "Cannot allocate memory",
+];
+
+/// A process was killed by SIGKILL. Evidence only: the cgroup's OOM counter, not a SIGKILL, says
+/// whether the OOM killer did it (an operator, a sweep or a dying engine kill the same way).
+const SIGKILL_PHRASES: &[&str] = &[
+    "(signal: 9, SIGKILL",
     "Killed signal terminated program",
     "terminated with signal 9 [Killed]",
 ];
+
+/// Permission errors; with a farm path nearby, the farm's fault.
+const PERMISSION_PHRASES: &[&str] = &["Permission denied", "(os error 13)"];
+
+/// Where the sandbox mounts what the farm provides (caldera-sandbox's `paths`): the shared cargo
+/// home with the registry sources, and the toolchains (`/caldera/toolchain`, `/caldera/toolchains`).
+const FARM_PATHS: &[&str] = &["/caldera/cargo-home", "/caldera/toolchain"];
+
+/// How many lines after a farm path a permission error is still taken to be about it.
+const FARM_PATH_REACH: u32 = 4;
 
 const NO_SPACE_PHRASES: &[&str] = &[
     "No space left on device",
@@ -567,7 +588,6 @@ const TRIGGERS: &[(&str, u32)] = &[
     (" bytes failed", Hits::BYTES_FAILED),
     ("Connection refused", Hits::REFUSED),
     ("etwork access", Hits::NETWORK_ACCESS),
-    ("(signal: 9, SIGKILL", Hits::SIGKILL),
     ("process didn't exit successfully: `", Hits::PROCESS),
     ("error: test failed", Hits::BINARY_FAILED),
     ("error: doctest failed", Hits::BINARY_FAILED),
@@ -575,9 +595,12 @@ const TRIGGERS: &[(&str, u32)] = &[
 
 /// Every phrase searched in a line, with its bit in [`Hits`].
 fn all_phrases() -> impl Iterator<Item = (&'static str, u32)> {
-    let groups: [(&'static [&'static str], u32); 7] = [
+    let groups: [(&'static [&'static str], u32); 10] = [
         (ICE_PHRASES, Hits::ICE),
         (OOM_PHRASES, Hits::OOM),
+        (SIGKILL_PHRASES, Hits::SIGKILL),
+        (PERMISSION_PHRASES, Hits::PERMISSION),
+        (FARM_PATHS, Hits::FARM_PATH),
         (NO_SPACE_PHRASES, Hits::NO_SPACE),
         (NETWORK_PHRASES, Hits::NETWORK),
         (LINK_PHRASES, Hits::LINK),
@@ -610,6 +633,8 @@ impl Hits {
     const SIGKILL: u32 = 1 << 11;
     const PROCESS: u32 = 1 << 12;
     const BINARY_FAILED: u32 = 1 << 13;
+    const PERMISSION: u32 = 1 << 14;
+    const FARM_PATH: u32 = 1 << 15;
 
     fn of(line: &str) -> Hits {
         let m = matcher();
@@ -873,6 +898,10 @@ struct Section {
     in_flight: BTreeSet<String>,
     /// A spurious signal printed in this binary's run outside any test's captured output.
     signal: Option<Spurious>,
+    /// A UI-test harness reported changed compiler output during this binary's run.
+    diagnostics: bool,
+    /// The failed tests named in this binary's run.
+    failed_names: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -881,6 +910,9 @@ struct TestTracker {
     section: Option<Section>,
     failed: BTreeSet<String>,
     attributed: BTreeMap<String, Spurious>,
+    /// Failed tests whose own output, or whose binary's run, showed a UI-test harness reporting
+    /// changed compiler output.
+    diagnostics: BTreeSet<String>,
 }
 
 fn running_header(line: &str) -> bool {
@@ -953,7 +985,32 @@ impl TestTracker {
             if let Some(sig) = s.signal {
                 self.attribute(&name, sig);
             }
+            if s.diagnostics {
+                self.diagnostics.insert(name.clone());
+            }
             self.failed.insert(name);
+        }
+        if s.diagnostics {
+            self.diagnostics.extend(s.failed_names);
+        }
+    }
+
+    /// The test that was running when the output ended, if the binary had not finished.
+    fn unfinished_test(&self) -> Option<String> {
+        let s = self.section.as_ref().filter(|s| !s.completed)?;
+        s.pending
+            .clone()
+            .or_else(|| (s.in_flight.len() == 1).then(|| s.in_flight.first().cloned())?)
+    }
+
+    /// A UI-test harness reported changed compiler output: pinned on the test whose captured
+    /// output it is in, else on the running binary.
+    fn diagnostics_seen(&mut self) {
+        if let TestState::Captured(name) = &self.state {
+            let name = name.clone();
+            self.diagnostics.insert(name);
+        } else if let Some(s) = &mut self.section {
+            s.diagnostics = true;
         }
     }
 
@@ -965,7 +1022,9 @@ impl TestTracker {
     }
 
     fn add_failed(&mut self, name: &str) {
-        self.section().names_found += 1;
+        let s = self.section();
+        s.names_found += 1;
+        s.failed_names.push(name.to_owned());
         self.failed.insert(name.to_owned());
     }
 
@@ -1114,6 +1173,8 @@ struct Scan {
     tests: TestTracker,
     facts: Facts,
     saw_expected_header: bool,
+    /// Lines since the last one naming a farm-provided path (see `farm_permissions`).
+    lines_since_farm_path: Option<u32>,
 }
 
 /// Evidence gathered from one output; evidence strings are the first line that showed it.
@@ -1141,6 +1202,15 @@ struct Facts {
     attributed: BTreeMap<String, Spurious>,
     /// Spurious evidence seen in failed tests' own output, for notes.
     attributed_evidence: Option<String>,
+    /// Failed tests that showed changed compiler output (see `TestTracker::diagnostics`).
+    diagnostics_tests: BTreeSet<String>,
+    /// Test binaries had started running when the output ended (so a kill hit the tests, not
+    /// the build part of the step).
+    tests_started: bool,
+    /// The test that was running when the output ended, when known.
+    unfinished_test: Option<String>,
+    /// A farm-provided path (cargo home, toolchains) could not be read: the farm's fault.
+    farm_denied: Option<String>,
 }
 
 fn set(slot: &mut Option<String>, evidence: &str) {
@@ -1163,6 +1233,7 @@ impl Scan {
             tests: TestTracker::default(),
             facts,
             saw_expected_header: false,
+            lines_since_farm_path: None,
         }
     }
 
@@ -1280,7 +1351,9 @@ impl Scan {
             for l in text.lines() {
                 let l = strip_ansi(l);
                 let hits = Hits::of(&l);
-                self.diagnostics_phrases(&l, hits);
+                if self.diagnostics_phrases(&l, hits) {
+                    self.tests.diagnostics.insert(name.clone());
+                }
                 if hits.has(Hits::ICE) {
                     set(&mut self.facts.ice, &l);
                 }
@@ -1311,10 +1384,17 @@ impl Scan {
     fn phrases(&mut self, line: &str, hits: Hits, plain: bool) {
         if hits.0 == 0 {
             if plain {
-                self.diagnostics_phrases(line, hits);
+                self.plain_diagnostics(line, hits);
+            }
+            if let Some(n) = &mut self.lines_since_farm_path {
+                *n += 1;
+                if *n > FARM_PATH_REACH {
+                    self.lines_since_farm_path = None;
+                }
             }
             return;
         }
+        self.farm_permissions(line, hits);
         if hits.has(Hits::ICE) {
             set(&mut self.facts.ice, line);
         }
@@ -1345,11 +1425,19 @@ impl Scan {
             }
         }
         if plain {
-            self.diagnostics_phrases(line, hits);
+            self.plain_diagnostics(line, hits);
         }
     }
 
-    fn diagnostics_phrases(&mut self, line: &str, hits: Hits) {
+    fn plain_diagnostics(&mut self, line: &str, hits: Hits) {
+        if self.diagnostics_phrases(line, hits) && self.kind.runs_tests() {
+            self.tests.diagnostics_seen();
+        }
+    }
+
+    /// Looks for a UI-test harness reporting changed compiler output; true when the line is
+    /// such evidence.
+    fn diagnostics_phrases(&mut self, line: &str, hits: Hits) -> bool {
         let t = line.trim();
         if t == "EXPECTED:" {
             self.saw_expected_header = true;
@@ -1359,6 +1447,23 @@ impl Scan {
             || hits.has(Hits::DIAGNOSTICS);
         if changed {
             set(&mut self.facts.diagnostics_changed, t);
+        }
+        changed
+    }
+
+    /// Permission denied on a path the farm provides: on the line naming the path, or within a
+    /// few lines after it (cargo's `Caused by:` chains).
+    fn farm_permissions(&mut self, line: &str, hits: Hits) {
+        if hits.has(Hits::FARM_PATH) {
+            self.lines_since_farm_path = Some(0);
+        } else if let Some(n) = &mut self.lines_since_farm_path {
+            *n += 1;
+            if *n > FARM_PATH_REACH {
+                self.lines_since_farm_path = None;
+            }
+        }
+        if hits.has(Hits::PERMISSION) && self.lines_since_farm_path.is_some() {
+            set(&mut self.facts.farm_denied, line.trim());
         }
     }
 
@@ -1410,10 +1515,13 @@ impl Scan {
     }
 
     fn finish(mut self) -> Facts {
+        self.facts.tests_started = self.in_test_run();
+        self.facts.unfinished_test = self.tests.unfinished_test();
         self.tests.end_section();
         let mut facts = self.facts;
         facts.failed_tests = std::mem::take(&mut self.tests.failed);
         facts.attributed = std::mem::take(&mut self.tests.attributed);
+        facts.diagnostics_tests = std::mem::take(&mut self.tests.diagnostics);
         // Dependencies named only in text: a JSON-known package gives its crate label, except
         // when it is the crate's own under the path fallback (its JSON errors already count).
         for (name, version) in std::mem::take(&mut facts.dep_names) {
@@ -1444,36 +1552,68 @@ impl Scan {
 // The decision
 
 impl Facts {
-    fn decide(self, kind: StepKind, termination: Termination) -> Classification {
+    fn decide(
+        self,
+        kind: StepKind,
+        termination: Termination,
+        pids_limit_hit: bool,
+    ) -> Classification {
+        use BuildFailReason as R;
+        use TestFailReason as T;
+        // a kill or a limit hit while test binaries ran is a test failure; during the build
+        // part of the step, a build failure
+        let in_tests = kind.runs_tests() && self.tests_started && !self.build_failed;
+        let limit = |build: R, test: T, note: &str| {
+            let outcome = if in_tests {
+                Outcome::TestFail {
+                    failed_tests: self.unfinished_test.iter().cloned().collect(),
+                    reason: Some(test),
+                }
+            } else {
+                Outcome::BuildFail(build)
+            };
+            let mut c = Classification::new(outcome);
+            c.note(note);
+            c
+        };
         let mut c = match (kind, termination) {
             (StepKind::Fetch, t) => self.prepare_fail(t),
-            (_, Termination::Timeout) => self.fail(BuildFailReason::Timeout, "step timed out"),
-            (_, Termination::NoOutputTimeout) => self.fail(
-                BuildFailReason::NoOutputTimeout,
+            _ if self.farm_denied.is_some() => {
+                let evidence = self.farm_denied.as_deref().unwrap_or_default();
+                let mut c = Classification::new(Outcome::Error {
+                    reason: format!(
+                        "the sandbox could not read a path the farm provides: {evidence}"
+                    ),
+                });
+                c.note("permission denied on the cargo home or a toolchain: the farm's fault, never the crate's");
+                c
+            }
+            _ if pids_limit_hit => limit(
+                R::PidsLimit,
+                T::PidsLimit,
+                "the sandbox's pids limit was reached: a fork or thread creation failed",
+            ),
+            (_, Termination::Timeout) => limit(R::Timeout, T::Timeout, "step timed out"),
+            (_, Termination::NoOutputTimeout) => limit(
+                R::NoOutputTimeout,
+                T::NoOutputTimeout,
                 "step printed nothing for too long",
             ),
-            (_, Termination::OomKilled) => {
-                self.fail(BuildFailReason::Oom, "the OOM killer killed a process")
-            }
-            (_, Termination::Exited(137) | Termination::Signalled(9)) => self.fail(
-                BuildFailReason::Oom,
-                &format!("step {termination} (SIGKILL)"),
-            ),
+            (_, Termination::OomKilled) => limit(R::Oom, T::Oom, "the OOM killer killed a process"),
             (k, _) if k.runs_tests() => self.decide_test(),
             _ => self.decide_build(),
         };
-        if let Termination::Signalled(sig) = termination
-            && sig != 9
-        {
-            c.note(format!("step killed by signal {sig}"));
+        match termination {
+            Termination::Exited(137) | Termination::Signalled(9) => c.note(format!(
+                "step {termination} (SIGKILL), and the cgroup saw no OOM kill: not counted as out of memory"
+            )),
+            Termination::Signalled(sig) => c.note(format!("step killed by signal {sig}")),
+            _ => {}
+        }
+        if let Some(e) = &self.sigkill {
+            c.note(format!("a process was killed by SIGKILL: {e}"));
         }
         self.flags_and_notes(&mut c);
-        c
-    }
-
-    fn fail(&self, reason: BuildFailReason, note: &str) -> Classification {
-        let mut c = Classification::new(Outcome::BuildFail(reason));
-        c.note(note);
         c
     }
 
@@ -1485,31 +1625,29 @@ impl Facts {
         Classification::new(Outcome::PrepareFail { reason })
     }
 
-    fn with_evidence(reason: BuildFailReason, what: &str, evidence: &str) -> Classification {
-        let mut c = Classification::new(Outcome::BuildFail(reason));
+    fn with_evidence(outcome: Outcome, what: &str, evidence: &str) -> Classification {
+        let mut c = Classification::new(outcome);
         c.note(format!("{what}: {evidence}"));
         c
     }
 
     fn decide_build(&self) -> Classification {
         use BuildFailReason as R;
-        if let Some(e) = &self.sigkill {
-            return Self::with_evidence(R::Oom, "killed (out of memory)", e);
-        }
+        let fail = |r: R, what: &str, e: &str| Self::with_evidence(Outcome::BuildFail(r), what, e);
         if let Some(e) = &self.oom {
-            return Self::with_evidence(R::Oom, "out of memory", e);
+            return fail(R::Oom, "out of memory", e);
         }
         if let Some(e) = &self.no_space {
-            return Self::with_evidence(R::NoSpace, "disk full", e);
+            return fail(R::NoSpace, "disk full", e);
         }
         if let Some(e) = &self.ice {
-            return Self::with_evidence(R::Ice, "internal compiler error", e);
+            return fail(R::Ice, "internal compiler error", e);
         }
         if let Some(e) = &self.network {
-            return Self::with_evidence(R::NetworkAccess, "network access", e);
+            return fail(R::NetworkAccess, "network access", e);
         }
         if let Some(e) = &self.link {
-            return Self::with_evidence(R::Link, "link failure", e);
+            return fail(R::Link, "link failure", e);
         }
         if !self.deps.is_empty() {
             return Classification::new(Outcome::BuildFail(R::DependsOn {
@@ -1532,31 +1670,41 @@ impl Facts {
     }
 
     fn decide_test(&self) -> Classification {
-        use BuildFailReason as R;
-        if let Some(e) = &self.sigkill {
-            return Self::with_evidence(R::Oom, "killed (out of memory)", e);
-        }
-        if let Some(e) = &self.no_space {
-            return Self::with_evidence(R::NoSpace, "disk full", e);
-        }
+        use TestFailReason as T;
         if let Some(e) = &self.ice {
-            return Self::with_evidence(R::Ice, "internal compiler error", e);
+            let outcome = Outcome::BuildFail(BuildFailReason::Ice);
+            return Self::with_evidence(outcome, "internal compiler error", e);
         }
-        if self.build_failed || self.own_errors || !self.deps.is_empty() {
+        // evidence printed before any test binary ran belongs to the step's build part
+        let build_evidence = [&self.no_space, &self.network, &self.oom, &self.link]
+            .iter()
+            .any(|e| e.is_some());
+        if self.build_failed
+            || self.own_errors
+            || !self.deps.is_empty()
+            || (!self.tests_started && build_evidence)
+        {
             let mut c = self.decide_build();
             c.note("the build part of the test step failed");
             return c;
         }
         let failed: Vec<String> = self.failed_tests.iter().cloned().collect();
+        let test_fail = |reason: Option<T>| Outcome::TestFail {
+            failed_tests: failed.clone(),
+            reason,
+        };
+        if let Some(e) = &self.no_space {
+            return Self::with_evidence(test_fail(Some(T::NoSpace)), "disk full", e);
+        }
         let all_attributed =
             !failed.is_empty() && failed.iter().all(|t| self.attributed.contains_key(t));
         if all_attributed {
             let worst = failed.iter().filter_map(|t| self.attributed.get(t)).max();
             let reason = match worst {
-                Some(Spurious::NoSpace) => R::NoSpace,
-                _ => R::NetworkAccess,
+                Some(Spurious::NoSpace) => T::NoSpace,
+                _ => T::NetworkAccess,
             };
-            let mut c = Classification::new(Outcome::BuildFail(reason));
+            let mut c = Classification::new(test_fail(Some(reason)));
             c.note(format!("every failed test hit this: {}", failed.join(", ")));
             if let Some(e) = &self.attributed_evidence {
                 c.note(e.clone());
@@ -1566,11 +1714,27 @@ impl Facts {
         if failed.is_empty()
             && let Some(e) = &self.network
         {
-            return Self::with_evidence(R::NetworkAccess, "network access", e);
+            return Self::with_evidence(test_fail(Some(T::NetworkAccess)), "network access", e);
         }
-        let mut c = Classification::new(Outcome::TestFail {
-            failed_tests: failed.clone(),
-        });
+        let diagnostics = if failed.is_empty() {
+            self.diagnostics_changed.is_some()
+        } else {
+            failed.iter().all(|t| self.diagnostics_tests.contains(t))
+        };
+        let mut c = Classification::new(test_fail(diagnostics.then_some(T::DiagnosticsChange)));
+        if diagnostics {
+            c.note("every failed test compares compiler output with stored expectations");
+        } else if !self.diagnostics_tests.is_empty() {
+            let ui: Vec<&str> = failed
+                .iter()
+                .filter(|t| self.diagnostics_tests.contains(*t))
+                .map(String::as_str)
+                .collect();
+            c.note(format!(
+                "failed tests that saw compiler output change: {} (others failed otherwise)",
+                ui.join(", ")
+            ));
+        }
         let spurious: Vec<&str> = failed
             .iter()
             .filter(|t| self.attributed.contains_key(*t))
@@ -1660,6 +1824,7 @@ mod tests {
             termination,
             output,
             own_packages: own,
+            pids_limit_hit: false,
         };
         match classify_step(&run) {
             StepVerdict::Failed(c) => c,
@@ -1686,6 +1851,14 @@ mod tests {
     fn test_fail(names: &[&str]) -> Outcome {
         Outcome::TestFail {
             failed_tests: names.iter().map(|s| s.to_string()).collect(),
+            reason: None,
+        }
+    }
+
+    fn test_fail_because(names: &[&str], reason: TestFailReason) -> Outcome {
+        Outcome::TestFail {
+            failed_tests: names.iter().map(|s| s.to_string()).collect(),
+            reason: Some(reason),
         }
     }
 
@@ -2084,12 +2257,15 @@ mod tests {
     #[test]
     fn termination_wins_over_output() {
         use BuildFailReason as R;
+        use TestFailReason as T;
         let cases = [
-            (Termination::Timeout, R::Timeout),
-            (Termination::NoOutputTimeout, R::NoOutputTimeout),
-            (Termination::OomKilled, R::Oom),
-            (Termination::Exited(137), R::Oom),
-            (Termination::Signalled(9), R::Oom),
+            (Termination::Timeout, R::Timeout, T::Timeout),
+            (
+                Termination::NoOutputTimeout,
+                R::NoOutputTimeout,
+                T::NoOutputTimeout,
+            ),
+            (Termination::OomKilled, R::Oom, T::Oom),
         ];
         let outputs = [
             (fixture("build_own_errors"), "own_err"),
@@ -2097,7 +2273,7 @@ mod tests {
             (fixture("test_failures"), "tests_fail"),
             ("", "x"),
         ];
-        for (termination, reason) in cases {
+        for (termination, build, test) in cases {
             for kind in [
                 StepKind::Build,
                 StepKind::Test,
@@ -2106,9 +2282,151 @@ mod tests {
             ] {
                 for (out, pkg) in outputs {
                     let c = failed_with(kind, termination, out, &own(pkg));
-                    assert_eq!(c.outcome, bf(reason.clone()), "{kind} {termination}");
+                    // the outcome follows the part of the step that was killed: test binaries
+                    // had run only in the test_failures output
+                    if kind.runs_tests() && pkg == "tests_fail" {
+                        assert!(
+                            matches!(&c.outcome, Outcome::TestFail { reason: Some(r), .. } if *r == test),
+                            "{kind} {termination}: {}",
+                            c.outcome
+                        );
+                    } else {
+                        assert_eq!(c.outcome, bf(build.clone()), "{kind} {termination}");
+                    }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn pids_limit_is_named_whatever_else_happened() {
+        let outputs = [
+            (fixture("build_own_errors"), "own_err", false),
+            (fixture("test_failures"), "tests_fail", true),
+            ("", "x", false),
+        ];
+        for termination in [
+            Termination::Exited(101),
+            Termination::NoOutputTimeout,
+            Termination::Timeout,
+            Termination::Signalled(9),
+        ] {
+            for (out, pkg, tests_ran) in outputs {
+                for kind in [StepKind::Build, StepKind::Test] {
+                    let own = own(pkg);
+                    let run = StepRun {
+                        kind,
+                        termination,
+                        output: out,
+                        own_packages: &own,
+                        pids_limit_hit: true,
+                    };
+                    let StepVerdict::Failed(c) = classify_step(&run) else {
+                        panic!("passed");
+                    };
+                    let expected_test = kind.runs_tests() && tests_ran;
+                    match &c.outcome {
+                        Outcome::TestFail {
+                            reason: Some(TestFailReason::PidsLimit),
+                            ..
+                        } => assert!(expected_test, "{kind} {pkg}"),
+                        Outcome::BuildFail(BuildFailReason::PidsLimit) => {
+                            assert!(!expected_test, "{kind} {pkg}")
+                        }
+                        other => panic!("{kind} {termination} {pkg}: {other}"),
+                    }
+                    assert!(c.outcome.is_spurious());
+                    assert!(
+                        c.notes.iter().any(|n| n.contains("pids limit")),
+                        "{:?}",
+                        c.notes
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sigkill_without_the_cgroup_saying_oom_is_not_oom() {
+        for termination in [Termination::Exited(137), Termination::Signalled(9)] {
+            let c = failed_with(
+                StepKind::Build,
+                termination,
+                fixture("build_own_errors"),
+                &own("own_err"),
+            );
+            assert_eq!(c.outcome, codes(&["E0308", "E0425"]), "{termination}");
+            assert!(
+                c.notes.iter().any(|n| n.contains("no OOM kill")),
+                "{:?}",
+                c.notes
+            );
+            let c = failed_with(StepKind::Build, termination, "", &own("x"));
+            assert_eq!(c.outcome, bf(BuildFailReason::Unknown), "{termination}");
+            let c = failed_with(
+                StepKind::Test,
+                termination,
+                fixture("test_failures"),
+                &own("tests_fail"),
+            );
+            assert!(
+                matches!(c.outcome, Outcome::TestFail { reason: None, .. }),
+                "{}",
+                c.outcome
+            );
+        }
+        // rustc (or a linker) reported killed by SIGKILL: evidence, not a verdict
+        for line in [
+            "error: could not compile `syn` (lib)\n\nCaused by:\n  process didn't exit successfully: `/opt/rustup/toolchains/stable/bin/rustc --crate-name syn --edition=2021 /cargo/registry/src/syn-2.0.0/src/lib.rs` (signal: 9, SIGKILL: kill)",
+            "collect2: fatal error: ld terminated with signal 9 [Killed]",
+        ] {
+            let c = failed(StepKind::Build, line, &own("x"));
+            assert!(!c.outcome.is_spurious(), "{line}: {}", c.outcome);
+            assert!(
+                c.notes.iter().any(|n| n.contains("SIGKILL")),
+                "{line}: {:?}",
+                c.notes
+            );
+        }
+    }
+
+    #[test]
+    fn permission_denied_on_farm_paths_is_the_farms_error() {
+        let me = "path+file:///build/me#0.1.0";
+        let dep = "registry+https://github.com/rust-lang/crates.io-index#pin-utils@0.1.0";
+        let farm = [
+            compiler_message(
+                dep,
+                "error",
+                None,
+                "couldn't read `/caldera/cargo-home/registry/src/index.crates.io-1949cf8c6b5b557f/pin-utils-0.1.0/src/lib.rs`: Permission denied (os error 13)",
+            ),
+            "error: failed to read `/caldera/cargo-home/registry/src/index/fnv-1.0.7/Cargo.toml`\n\nCaused by:\n  Permission denied (os error 13)".to_owned(),
+            "error: could not execute process `/caldera/toolchain/bin/rustc -vV` (never executed)\n\nCaused by:\n  Permission denied (os error 13)".to_owned(),
+        ];
+        for out in &farm {
+            for kind in [StepKind::Build, StepKind::Test, StepKind::Check] {
+                let c = failed(kind, out, &[me.to_owned()]);
+                assert!(
+                    matches!(&c.outcome, Outcome::Error { reason } if reason.contains("Permission denied")),
+                    "{kind}: {out}: {}",
+                    c.outcome
+                );
+            }
+        }
+        // the crate's own paths (its source is read-only by design) and permission errors far
+        // from any farm path stay the crate's
+        let own_path = [
+            "error: failed to run custom build command for `me v0.1.0 (/caldera/src)`\n\nCaused by:\n  process didn't exit successfully: `/caldera/target/debug/build/me-1/build-script-build` (exit status: 101)\n  --- stderr\n  thread 'main' panicked at build.rs:3:5:\n  could not write /caldera/src/generated.rs: Permission denied (os error 13)",
+            "/caldera/cargo-home/registry/src/x/y\na\nb\nc\nd\ne\nf\nPermission denied (os error 13)",
+        ];
+        for out in own_path {
+            let c = failed(StepKind::Build, out, &[me.to_owned()]);
+            assert!(
+                !matches!(c.outcome, Outcome::Error { .. }),
+                "{out}: {}",
+                c.outcome
+            );
         }
     }
 
@@ -2137,10 +2455,8 @@ mod tests {
         let me = "path+file:///build/me#0.1.0";
         let e0308 = compiler_message(me, "error", Some("E0308"), "mismatched types");
         let cases = [
-            "error: could not compile `syn` (lib)\n\nCaused by:\n  process didn't exit successfully: `/opt/rustup/toolchains/stable/bin/rustc --crate-name syn --edition=2021 /cargo/registry/src/syn-2.0.0/src/lib.rs` (signal: 9, SIGKILL: kill)",
             "memory allocation of 4294967296 bytes failed\nerror: could not compile `me` (lib)\n\nCaused by:\n  process didn't exit successfully: `rustc --crate-name me` (signal: 6, SIGABRT: process abort signal)",
             "LLVM ERROR: out of memory",
-            "collect2: fatal error: ld terminated with signal 9 [Killed]",
             "cc1plus: out of memory allocating 65536 bytes after a total of 123456 bytes",
             "virtual memory exhausted: Cannot allocate memory",
         ];
@@ -2152,13 +2468,19 @@ mod tests {
             let c = failed(StepKind::Build, &out, &[me.to_owned()]);
             assert_eq!(c.outcome, bf(BuildFailReason::Oom), "{oom}");
         }
-        // A test binary killed by SIGKILL: the sandbox's OOM killer.
+        // A test binary killed by SIGKILL without the cgroup counting an OOM kill: a test
+        // failure (the OOM verdict comes from the termination, see
+        // `sigkill_without_the_cgroup_saying_oom_is_not_oom`).
         let killed = fixture("test_crashes").replace(
             "(signal: 11, SIGSEGV: invalid memory reference)",
             "(signal: 9, SIGKILL: kill)",
         );
         let c = failed(StepKind::Test, &killed, &own("crash"));
-        assert_eq!(c.outcome, bf(BuildFailReason::Oom));
+        assert!(
+            matches!(c.outcome, Outcome::TestFail { reason: None, .. }),
+            "{}",
+            c.outcome
+        );
         // But a test aborting on an absurd allocation is the test's bug.
         let c = failed(StepKind::Test, fixture("test_crashes"), &own("crash"));
         assert!(matches!(c.outcome, Outcome::TestFail { .. }));
@@ -2297,7 +2619,12 @@ mod tests {
                 test_fail(&["src/lib.rs - add (line 3)", "src/lib.rs - add (line 8)"]),
                 false,
             ),
-            ("test_trybuild_mismatch", "tb", test_fail(&["ui"]), true),
+            (
+                "test_trybuild_mismatch",
+                "tb",
+                test_fail_because(&["ui"], TestFailReason::DiagnosticsChange),
+                true,
+            ),
             (
                 "test_crash_single_thread",
                 "crash",
@@ -2359,7 +2686,11 @@ mod tests {
         let out = only_failing(&["tests::network"]);
         assert_eq!(failed_tests(&out), ["tests::network"]);
         let c = failed(StepKind::Test, &out, &own("tests_fail"));
-        assert_eq!(c.outcome, bf(BuildFailReason::NetworkAccess), "{out}");
+        assert_eq!(
+            c.outcome,
+            test_fail_because(&["tests::network"], TestFailReason::NetworkAccess),
+            "{out}"
+        );
         let out = only_failing(&["tests::network", "tests::wrong_sum"]);
         let c = failed(StepKind::Test, &out, &own("tests_fail"));
         assert_eq!(
@@ -2373,14 +2704,23 @@ mod tests {
             { \"type\": \"suite\", \"event\": \"failed\", \"passed\": 0, \"failed\": 1, \"ignored\": 0, \"measured\": 0, \"filtered_out\": 0, \"exec_time\": 0.01 }\n\
             error: test failed, to rerun pass `--lib`\n";
         let c = failed(StepKind::Test, json, &own("x"));
-        assert_eq!(c.outcome, bf(BuildFailReason::NetworkAccess));
+        assert_eq!(
+            c.outcome,
+            test_fail_because(&["net::fetch"], TestFailReason::NetworkAccess)
+        );
         // A crashed binary whose own output tried the network.
         let crash = "     Running tests/net.rs (/build/target/debug/deps/net-0123456789abcdef)\n\
             Error: Os { code: 101, kind: NetworkUnreachable, message: \"Network is unreachable\" }\n\
             error: test failed, to rerun pass `--test net`\n\nCaused by:\n  process didn't exit successfully: `/build/target/debug/deps/net-0123456789abcdef` (exit status: 1)\n";
         assert_eq!(failed_tests(crash), ["<tests/net.rs>: exit status: 1"]);
         let c = failed(StepKind::Test, crash, &own("x"));
-        assert_eq!(c.outcome, bf(BuildFailReason::NetworkAccess));
+        assert_eq!(
+            c.outcome,
+            test_fail_because(
+                &["<tests/net.rs>: exit status: 1"],
+                TestFailReason::NetworkAccess
+            )
+        );
     }
 
     #[test]
@@ -2477,7 +2817,11 @@ mod tests {
                 let c = failed(kind, &out, &own("x"));
                 assert!(c.diagnostics_changed, "{kind}: {sample}");
                 if kind.runs_tests() {
-                    assert_eq!(c.outcome, test_fail(&["ui"]), "{sample}");
+                    assert_eq!(
+                        c.outcome,
+                        test_fail_because(&["ui"], TestFailReason::DiagnosticsChange),
+                        "{sample}"
+                    );
                 }
             }
         }
@@ -2700,6 +3044,7 @@ mod tests {
             termination,
             output,
             own_packages: OWN.get_or_init(|| own("own_err")),
+            pids_limit_hit: false,
         }
     }
 
@@ -2776,16 +3121,21 @@ mod tests {
                 termination: Termination::Exited(0),
                 output: "",
                 own_packages: &tb_own,
+                pids_limit_hit: false,
             },
             StepRun {
                 kind: StepKind::Test,
                 termination: Termination::Exited(101),
                 output: trybuild,
                 own_packages: &tb_own,
+                pids_limit_hit: false,
             },
         ];
         let c = classify_job(Mode::BuildAndTest, &steps, false);
-        assert_eq!(c.outcome, test_fail(&["ui"]));
+        assert_eq!(
+            c.outcome,
+            test_fail_because(&["ui"], TestFailReason::DiagnosticsChange)
+        );
         assert!(c.diagnostics_changed);
         assert!(
             c.notes.iter().any(|n| n == "decided by step 2 (test)"),
@@ -2802,6 +3152,7 @@ mod tests {
                 termination: Termination::Exited(0),
                 output: fixture("build_ice"),
                 own_packages: &[],
+                pids_limit_hit: false,
             };
             assert_eq!(classify_step(&run), StepVerdict::Passed);
         }

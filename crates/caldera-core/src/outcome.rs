@@ -10,14 +10,16 @@
 //! 3. either side is [`Outcome::Broken`] → `broken`;
 //! 4. either side is [`Outcome::Skipped`] → `skipped`;
 //! 5. both sides ran. Successes rank `test-pass` > `test-fail` > `build-fail`:
-//!    * same kind on both sides → `same-test-pass`, `same-test-fail`, `same-test-skipped`;
+//!    * same kind on both sides → `same-test-pass`, `same-test-fail`, `same-test-skipped`
+//!      (a `test-fail` for changed diagnostics is a `test-fail` like any other here);
 //!    * `test-skipped` is **not ranked** against `test-pass` or `test-fail` — the build succeeded on
 //!      both sides and tests ran on only one, so nothing can be said → `unknown`;
 //!    * a new ICE (`build-fail:ice` on the end side, anything else but an ICE on the start side) →
 //!      `regressed`, even from a spurious failure: an ICE is a compiler bug whatever came before;
-//!    * a change *to* a spurious build failure (oom, timeout, no-output-timeout, no-space,
-//!      network-access; see [`BuildFailReason::is_spurious`]) → `spurious-regressed`; a change
-//!      *from* one → `spurious-fixed`; spurious on both sides → `same-build-fail`;
+//!    * a change *to* a spurious failure (a build or test failure for oom, timeout,
+//!      no-output-timeout, no-space, network-access or pids-limit; see [`Outcome::is_spurious`])
+//!      → `spurious-regressed`; a change *from* one → `spurious-fixed`; spurious on both sides →
+//!      `spurious` (nothing is known about either side; re-run);
 //!    * test-pass → test-fail, or any success → build-fail → `regressed`; the reverse → `fixed`;
 //!    * build-fail on both sides (neither spurious, no new ICE) → `same-build-fail`, whatever the
 //!      reasons (an ICE that becomes an ordinary error is not a fix of the crate).
@@ -55,6 +57,8 @@ pub enum BuildFailReason {
     NoSpace,
     /// The build tried to use the network, which the sandbox forbids. Spurious.
     NetworkAccess,
+    /// A fork or thread creation failed because the sandbox's pids limit was reached. Spurious.
+    PidsLimit,
     /// Linking failed.
     Link,
     /// Dependencies failed to build.
@@ -88,6 +92,7 @@ enum BuildFailReasonIn {
     NoOutputTimeout {},
     NoSpace {},
     NetworkAccess {},
+    PidsLimit {},
     Link {},
     DependsOn {
         #[serde(default)]
@@ -107,6 +112,7 @@ impl<'de> Deserialize<'de> for BuildFailReason {
             I::NoOutputTimeout {} => BuildFailReason::NoOutputTimeout,
             I::NoSpace {} => BuildFailReason::NoSpace,
             I::NetworkAccess {} => BuildFailReason::NetworkAccess,
+            I::PidsLimit {} => BuildFailReason::PidsLimit,
             I::Link {} => BuildFailReason::Link,
             I::DependsOn { crates } => BuildFailReason::DependsOn { crates },
             I::Unknown {} => BuildFailReason::Unknown,
@@ -116,7 +122,7 @@ impl<'de> Deserialize<'de> for BuildFailReason {
 
 impl BuildFailReason {
     /// Failures that say nothing about the toolchain: oom, timeout, no-output-timeout, no-space,
-    /// network-access.
+    /// network-access, pids-limit (a sandbox limit or the sandbox's lack of network).
     pub const fn is_spurious(&self) -> bool {
         matches!(
             self,
@@ -125,6 +131,7 @@ impl BuildFailReason {
                 | BuildFailReason::NoOutputTimeout
                 | BuildFailReason::NoSpace
                 | BuildFailReason::NetworkAccess
+                | BuildFailReason::PidsLimit
         )
     }
 
@@ -138,6 +145,7 @@ impl BuildFailReason {
             BuildFailReason::NoOutputTimeout => "no-output-timeout",
             BuildFailReason::NoSpace => "no-space",
             BuildFailReason::NetworkAccess => "network-access",
+            BuildFailReason::PidsLimit => "pids-limit",
             BuildFailReason::Link => "link",
             BuildFailReason::DependsOn { .. } => "depends-on",
             BuildFailReason::Unknown => "unknown",
@@ -162,6 +170,35 @@ impl fmt::Display for BuildFailReason {
     }
 }
 
+string_enum! {
+    /// Why a test step failed, when it is more than "some tests failed". JSON: a string.
+    pub enum TestFailReason / ParseTestFailReasonError ("test failure reason") {
+        /// The failing tests compare compiler output with stored expectations (trybuild,
+        /// ui_test, compiletest) and the output changed. Not spurious: the compiler's
+        /// diagnostics really differ, but it is not breakage of the crate either.
+        DiagnosticsChange => "diagnostics-change",
+        /// The sandbox ran out of memory during the tests. Spurious.
+        Oom => "oom",
+        /// The tests exceeded the total time limit. Spurious.
+        Timeout => "timeout",
+        /// The tests printed nothing for too long. Spurious.
+        NoOutputTimeout => "no-output-timeout",
+        /// The disk filled up during the tests. Spurious.
+        NoSpace => "no-space",
+        /// Every failed test tried to use the network, which the sandbox forbids. Spurious.
+        NetworkAccess => "network-access",
+        /// A fork or thread creation failed at the sandbox's pids limit. Spurious.
+        PidsLimit => "pids-limit",
+    }
+}
+
+impl TestFailReason {
+    /// A sandbox limit or the sandbox's lack of network: everything but `diagnostics-change`.
+    pub const fn is_spurious(self) -> bool {
+        !matches!(self, TestFailReason::DiagnosticsChange)
+    }
+}
+
 /// What happened to one crate on one toolchain.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -171,6 +208,9 @@ pub enum Outcome {
     TestFail {
         /// Names of the failed tests, when known.
         failed_tests: Vec<String>,
+        /// Why, when it is more than "these tests failed": changed diagnostics, or a sandbox
+        /// limit the tests hit.
+        reason: Option<TestFailReason>,
     },
     /// Built; tests were not run (mode or override).
     TestSkipped,
@@ -210,9 +250,27 @@ impl Outcome {
         }
     }
 
-    /// A build failure for a spurious reason (see [`BuildFailReason::is_spurious`]).
+    /// A build or test failure for a spurious reason (see [`BuildFailReason::is_spurious`] and
+    /// [`TestFailReason::is_spurious`]): a sandbox limit, not the toolchain, decided it.
     pub const fn is_spurious(&self) -> bool {
-        matches!(self, Outcome::BuildFail(r) if r.is_spurious())
+        match self {
+            Outcome::BuildFail(r) => r.is_spurious(),
+            Outcome::TestFail {
+                reason: Some(r), ..
+            } => r.is_spurious(),
+            _ => false,
+        }
+    }
+
+    /// The limit or reason of a failure as one word (`oom`, `diagnostics-change`,
+    /// `compiler-error`), for grouping: a build failure's reason kind, a test failure's reason;
+    /// `None` for other outcomes and for test failures without a reason.
+    pub fn reason_kind(&self) -> Option<&'static str> {
+        match self {
+            Outcome::BuildFail(r) => Some(r.kind()),
+            Outcome::TestFail { reason, .. } => reason.map(TestFailReason::as_str),
+            _ => None,
+        }
     }
 
     /// The crate built (test-pass, test-fail or test-skipped).
@@ -226,11 +284,23 @@ impl Outcome {
 
 impl fmt::Display for Outcome {
     /// Compact: `test-pass`, `test-fail(2)` (number of failed tests, omitted when none are
-    /// known), `build-fail:compiler-error(E0308,E0599)`, `prepare-fail`, …. Reasons are left out.
+    /// known), `test-fail:diagnostics-change(1)`, `test-fail:timeout`,
+    /// `build-fail:compiler-error(E0308,E0599)`, `prepare-fail`, …. Free-text reasons (of
+    /// prepare-fail, broken, error) are left out.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Outcome::TestFail { failed_tests } if !failed_tests.is_empty() => {
-                write!(f, "test-fail({})", failed_tests.len())
+            Outcome::TestFail {
+                failed_tests,
+                reason,
+            } if !failed_tests.is_empty() || reason.is_some() => {
+                f.write_str("test-fail")?;
+                if let Some(r) = reason {
+                    write!(f, ":{r}")?;
+                }
+                if !failed_tests.is_empty() {
+                    write!(f, "({})", failed_tests.len())?;
+                }
+                Ok(())
             }
             Outcome::BuildFail(reason) => write!(f, "build-fail:{reason}"),
             other => f.write_str(other.kind()),
@@ -247,6 +317,8 @@ enum OutcomeWire {
     TestFail {
         #[serde(default)]
         failed_tests: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<TestFailReason>,
     },
     TestSkipped,
     BuildFail {
@@ -269,7 +341,13 @@ impl From<Outcome> for OutcomeWire {
     fn from(o: Outcome) -> Self {
         match o {
             Outcome::TestPass => OutcomeWire::TestPass,
-            Outcome::TestFail { failed_tests } => OutcomeWire::TestFail { failed_tests },
+            Outcome::TestFail {
+                failed_tests,
+                reason,
+            } => OutcomeWire::TestFail {
+                failed_tests,
+                reason,
+            },
             Outcome::TestSkipped => OutcomeWire::TestSkipped,
             Outcome::BuildFail(reason) => OutcomeWire::BuildFail { reason },
             Outcome::PrepareFail { reason } => OutcomeWire::PrepareFail { reason },
@@ -294,6 +372,8 @@ enum OutcomeIn {
     TestFail {
         #[serde(default)]
         failed_tests: Vec<String>,
+        #[serde(default)]
+        reason: Option<TestFailReason>,
     },
     TestSkipped {},
     BuildFail {
@@ -315,7 +395,13 @@ impl From<OutcomeIn> for Outcome {
     fn from(o: OutcomeIn) -> Self {
         match o {
             OutcomeIn::TestPass {} => Outcome::TestPass,
-            OutcomeIn::TestFail { failed_tests } => Outcome::TestFail { failed_tests },
+            OutcomeIn::TestFail {
+                failed_tests,
+                reason,
+            } => Outcome::TestFail {
+                failed_tests,
+                reason,
+            },
             OutcomeIn::TestSkipped {} => Outcome::TestSkipped,
             OutcomeIn::BuildFail { reason } => Outcome::BuildFail(reason),
             OutcomeIn::PrepareFail { reason } => Outcome::PrepareFail { reason },
@@ -349,6 +435,8 @@ string_enum! {
         SpuriousRegressed => "spurious-regressed",
         /// Better, but the start failure was spurious.
         SpuriousFixed => "spurious-fixed",
+        /// Failed for spurious reasons on both sides: nothing is known; re-run.
+        Spurious => "spurious",
         /// Failed to build on both.
         SameBuildFail => "same-build-fail",
         /// Tests failed on both.
@@ -377,11 +465,21 @@ pub fn compare(start: &Outcome, end: &Outcome) -> Comparison {
     use Outcome as O;
 
     match (start, end) {
-        (O::Error { .. }, _) | (_, O::Error { .. }) => C::Error,
-        (O::PrepareFail { .. }, _) | (_, O::PrepareFail { .. }) => C::PrepareFail,
-        (O::Broken { .. }, _) | (_, O::Broken { .. }) => C::Broken,
-        (O::Skipped, _) | (_, O::Skipped) => C::Skipped,
-
+        (O::Error { .. }, _) | (_, O::Error { .. }) => return C::Error,
+        (O::PrepareFail { .. }, _) | (_, O::PrepareFail { .. }) => return C::PrepareFail,
+        (O::Broken { .. }, _) | (_, O::Broken { .. }) => return C::Broken,
+        (O::Skipped, _) | (_, O::Skipped) => return C::Skipped,
+        (O::BuildFail(R::Ice), O::BuildFail(R::Ice)) => return C::SameBuildFail,
+        (_, O::BuildFail(R::Ice)) => return C::Regressed,
+        _ => {}
+    }
+    match (start.is_spurious(), end.is_spurious()) {
+        (true, true) => return C::Spurious,
+        (false, true) => return C::SpuriousRegressed,
+        (true, false) => return C::SpuriousFixed,
+        (false, false) => {}
+    }
+    match (start, end) {
         (O::TestPass, O::TestPass) => C::SameTestPass,
         (O::TestFail { .. }, O::TestFail { .. }) => C::SameTestFail,
         (O::TestSkipped, O::TestSkipped) => C::SameTestSkipped,
@@ -389,19 +487,11 @@ pub fn compare(start: &Outcome, end: &Outcome) -> Comparison {
         (O::TestFail { .. }, O::TestPass) => C::Fixed,
         (O::TestSkipped, O::TestPass | O::TestFail { .. })
         | (O::TestPass | O::TestFail { .. }, O::TestSkipped) => C::Unknown,
-
-        (O::BuildFail(R::Ice), O::BuildFail(R::Ice)) => C::SameBuildFail,
-        (_, O::BuildFail(R::Ice)) => C::Regressed,
-
-        (O::BuildFail(a), O::BuildFail(b)) => match (a.is_spurious(), b.is_spurious()) {
-            (false, true) => C::SpuriousRegressed,
-            (true, false) => C::SpuriousFixed,
-            _ => C::SameBuildFail,
-        },
-        (_, O::BuildFail(b)) if b.is_spurious() => C::SpuriousRegressed,
+        (O::BuildFail(_), O::BuildFail(_)) => C::SameBuildFail,
         (_, O::BuildFail(_)) => C::Regressed,
-        (O::BuildFail(a), _) if a.is_spurious() => C::SpuriousFixed,
         (O::BuildFail(_), _) => C::Fixed,
+        // the first match above returned for every other outcome
+        _ => C::Unknown,
     }
 }
 
@@ -433,6 +523,15 @@ mod tests {
             Outcome::TestPass,
             Outcome::TestFail {
                 failed_tests: vec!["a::b".into()],
+                reason: None,
+            },
+            Outcome::TestFail {
+                failed_tests: vec!["ui".into()],
+                reason: Some(TestFailReason::DiagnosticsChange),
+            },
+            Outcome::TestFail {
+                failed_tests: vec![],
+                reason: Some(TestFailReason::Timeout),
             },
             Outcome::TestSkipped,
             Outcome::BuildFail(R::CompilerError {
@@ -444,6 +543,7 @@ mod tests {
             Outcome::BuildFail(R::NoOutputTimeout),
             Outcome::BuildFail(R::NoSpace),
             Outcome::BuildFail(R::NetworkAccess),
+            Outcome::BuildFail(R::PidsLimit),
             Outcome::BuildFail(R::Link),
             Outcome::BuildFail(R::DependsOn {
                 crates: vec!["openssl-sys".into()],
@@ -463,26 +563,44 @@ mod tests {
     }
 
     fn index_of(o: &Outcome) -> usize {
+        use TestFailReason as T;
         match o {
             Outcome::TestPass => 0,
-            Outcome::TestFail { .. } => 1,
-            Outcome::TestSkipped => 2,
+            Outcome::TestFail { reason: None, .. } => 1,
+            Outcome::TestFail {
+                reason: Some(T::DiagnosticsChange),
+                ..
+            } => 2,
+            Outcome::TestFail {
+                reason:
+                    Some(
+                        T::Timeout
+                        | T::Oom
+                        | T::NoOutputTimeout
+                        | T::NoSpace
+                        | T::NetworkAccess
+                        | T::PidsLimit,
+                    ),
+                ..
+            } => 3,
+            Outcome::TestSkipped => 4,
             Outcome::BuildFail(r) => match r {
-                R::CompilerError { .. } => 3,
-                R::Ice => 4,
-                R::Oom => 5,
-                R::Timeout => 6,
-                R::NoOutputTimeout => 7,
-                R::NoSpace => 8,
-                R::NetworkAccess => 9,
-                R::Link => 10,
-                R::DependsOn { .. } => 11,
-                R::Unknown => 12,
+                R::CompilerError { .. } => 5,
+                R::Ice => 6,
+                R::Oom => 7,
+                R::Timeout => 8,
+                R::NoOutputTimeout => 9,
+                R::NoSpace => 10,
+                R::NetworkAccess => 11,
+                R::PidsLimit => 12,
+                R::Link => 13,
+                R::DependsOn { .. } => 14,
+                R::Unknown => 15,
             },
-            Outcome::PrepareFail { .. } => 13,
-            Outcome::Broken { .. } => 14,
-            Outcome::Skipped => 15,
-            Outcome::Error { .. } => 16,
+            Outcome::PrepareFail { .. } => 16,
+            Outcome::Broken { .. } => 17,
+            Outcome::Skipped => 18,
+            Outcome::Error { .. } => 19,
         }
     }
 
@@ -490,6 +608,7 @@ mod tests {
     const FX: C = C::Fixed;
     const SR: C = C::SpuriousRegressed;
     const SF: C = C::SpuriousFixed;
+    const SP: C = C::Spurious;
     const SBF: C = C::SameBuildFail;
     const STF: C = C::SameTestFail;
     const STS: C = C::SameTestSkipped;
@@ -501,26 +620,30 @@ mod tests {
     const UN: C = C::Unknown;
 
     /// `TABLE[start][end]`, written out by hand. Columns (end), in `samples()` order:
-    /// pass fail skip | CE ICE OOM TO NOTO NOSP NET LINK DEP UNK | PREP BRKN SKIP ERR
+    /// pass fail fail:diagnostics fail:timeout skip | CE ICE OOM TO NOTO NOSP NET PIDS LINK DEP
+    /// UNK | PREP BRKN SKIP ERR
     #[rustfmt::skip]
-    const TABLE: [[C; 17]; 17] = [
-        /* test-pass    */ [STP, RG,  UN,  RG,  RG,  SR,  SR,  SR,  SR,  SR,  RG,  RG,  RG,  PF, BR, SK, ER],
-        /* test-fail    */ [FX,  STF, UN,  RG,  RG,  SR,  SR,  SR,  SR,  SR,  RG,  RG,  RG,  PF, BR, SK, ER],
-        /* test-skipped */ [UN,  UN,  STS, RG,  RG,  SR,  SR,  SR,  SR,  SR,  RG,  RG,  RG,  PF, BR, SK, ER],
-        /* bf:compiler  */ [FX,  FX,  FX,  SBF, RG,  SR,  SR,  SR,  SR,  SR,  SBF, SBF, SBF, PF, BR, SK, ER],
-        /* bf:ice       */ [FX,  FX,  FX,  SBF, SBF, SR,  SR,  SR,  SR,  SR,  SBF, SBF, SBF, PF, BR, SK, ER],
-        /* bf:oom       */ [SF,  SF,  SF,  SF,  RG,  SBF, SBF, SBF, SBF, SBF, SF,  SF,  SF,  PF, BR, SK, ER],
-        /* bf:timeout   */ [SF,  SF,  SF,  SF,  RG,  SBF, SBF, SBF, SBF, SBF, SF,  SF,  SF,  PF, BR, SK, ER],
-        /* bf:no-output */ [SF,  SF,  SF,  SF,  RG,  SBF, SBF, SBF, SBF, SBF, SF,  SF,  SF,  PF, BR, SK, ER],
-        /* bf:no-space  */ [SF,  SF,  SF,  SF,  RG,  SBF, SBF, SBF, SBF, SBF, SF,  SF,  SF,  PF, BR, SK, ER],
-        /* bf:network   */ [SF,  SF,  SF,  SF,  RG,  SBF, SBF, SBF, SBF, SBF, SF,  SF,  SF,  PF, BR, SK, ER],
-        /* bf:link      */ [FX,  FX,  FX,  SBF, RG,  SR,  SR,  SR,  SR,  SR,  SBF, SBF, SBF, PF, BR, SK, ER],
-        /* bf:depends   */ [FX,  FX,  FX,  SBF, RG,  SR,  SR,  SR,  SR,  SR,  SBF, SBF, SBF, PF, BR, SK, ER],
-        /* bf:unknown   */ [FX,  FX,  FX,  SBF, RG,  SR,  SR,  SR,  SR,  SR,  SBF, SBF, SBF, PF, BR, SK, ER],
-        /* prepare-fail */ [PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF, PF, PF, ER],
-        /* broken       */ [BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  PF, BR, BR, ER],
-        /* skipped      */ [SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  PF, BR, SK, ER],
-        /* error        */ [ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER, ER, ER, ER],
+    const TABLE: [[C; 20]; 20] = [
+        /* test-pass    */ [STP, RG,  RG,  SR,  UN,  RG,  RG,  SR,  SR,  SR,  SR,  SR,  SR,  RG,  RG,  RG,  PF, BR, SK, ER],
+        /* test-fail    */ [FX,  STF, STF, SR,  UN,  RG,  RG,  SR,  SR,  SR,  SR,  SR,  SR,  RG,  RG,  RG,  PF, BR, SK, ER],
+        /* tf:diagnostic*/ [FX,  STF, STF, SR,  UN,  RG,  RG,  SR,  SR,  SR,  SR,  SR,  SR,  RG,  RG,  RG,  PF, BR, SK, ER],
+        /* tf:timeout   */ [SF,  SF,  SF,  SP,  SF,  SF,  RG,  SP,  SP,  SP,  SP,  SP,  SP,  SF,  SF,  SF,  PF, BR, SK, ER],
+        /* test-skipped */ [UN,  UN,  UN,  SR,  STS, RG,  RG,  SR,  SR,  SR,  SR,  SR,  SR,  RG,  RG,  RG,  PF, BR, SK, ER],
+        /* bf:compiler  */ [FX,  FX,  FX,  SR,  FX,  SBF, RG,  SR,  SR,  SR,  SR,  SR,  SR,  SBF, SBF, SBF, PF, BR, SK, ER],
+        /* bf:ice       */ [FX,  FX,  FX,  SR,  FX,  SBF, SBF, SR,  SR,  SR,  SR,  SR,  SR,  SBF, SBF, SBF, PF, BR, SK, ER],
+        /* bf:oom       */ [SF,  SF,  SF,  SP,  SF,  SF,  RG,  SP,  SP,  SP,  SP,  SP,  SP,  SF,  SF,  SF,  PF, BR, SK, ER],
+        /* bf:timeout   */ [SF,  SF,  SF,  SP,  SF,  SF,  RG,  SP,  SP,  SP,  SP,  SP,  SP,  SF,  SF,  SF,  PF, BR, SK, ER],
+        /* bf:no-output */ [SF,  SF,  SF,  SP,  SF,  SF,  RG,  SP,  SP,  SP,  SP,  SP,  SP,  SF,  SF,  SF,  PF, BR, SK, ER],
+        /* bf:no-space  */ [SF,  SF,  SF,  SP,  SF,  SF,  RG,  SP,  SP,  SP,  SP,  SP,  SP,  SF,  SF,  SF,  PF, BR, SK, ER],
+        /* bf:network   */ [SF,  SF,  SF,  SP,  SF,  SF,  RG,  SP,  SP,  SP,  SP,  SP,  SP,  SF,  SF,  SF,  PF, BR, SK, ER],
+        /* bf:pids      */ [SF,  SF,  SF,  SP,  SF,  SF,  RG,  SP,  SP,  SP,  SP,  SP,  SP,  SF,  SF,  SF,  PF, BR, SK, ER],
+        /* bf:link      */ [FX,  FX,  FX,  SR,  FX,  SBF, RG,  SR,  SR,  SR,  SR,  SR,  SR,  SBF, SBF, SBF, PF, BR, SK, ER],
+        /* bf:depends   */ [FX,  FX,  FX,  SR,  FX,  SBF, RG,  SR,  SR,  SR,  SR,  SR,  SR,  SBF, SBF, SBF, PF, BR, SK, ER],
+        /* bf:unknown   */ [FX,  FX,  FX,  SR,  FX,  SBF, RG,  SR,  SR,  SR,  SR,  SR,  SR,  SBF, SBF, SBF, PF, BR, SK, ER],
+        /* prepare-fail */ [PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF,  PF, PF, PF, ER],
+        /* broken       */ [BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  BR,  PF, BR, BR, ER],
+        /* skipped      */ [SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  SK,  PF, BR, SK, ER],
+        /* error        */ [ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER,  ER, ER, ER, ER],
     ];
 
     #[test]
@@ -528,7 +651,7 @@ mod tests {
         let samples = samples();
         // The samples are exactly one of each variant, in index order.
         let indices: Vec<usize> = samples.iter().map(index_of).collect();
-        assert_eq!(indices, (0..17).collect::<Vec<_>>());
+        assert_eq!(indices, (0..20).collect::<Vec<_>>());
         assert_eq!(TABLE.len(), samples.len());
         let mut checked = 0;
         for (i, start) in samples.iter().enumerate() {
@@ -538,7 +661,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 17 * 17);
+        assert_eq!(checked, 20 * 20);
         // Every comparison but `unknown`-by-absence shows up somewhere in the table.
         for c in Comparison::ALL {
             assert!(TABLE.iter().flatten().any(|t| t == c), "{c} never produced");
@@ -552,9 +675,11 @@ mod tests {
             (
                 Outcome::TestFail {
                     failed_tests: vec![],
+                    reason: None,
                 },
                 Outcome::TestFail {
                     failed_tests: vec!["x".into(), "y".into()],
+                    reason: None,
                 },
                 C::SameTestFail,
             ),
@@ -610,6 +735,7 @@ mod tests {
             (R::NoOutputTimeout, true),
             (R::NoSpace, true),
             (R::NetworkAccess, true),
+            (R::PidsLimit, true),
             (R::Link, false),
             (R::DependsOn { crates: vec![] }, false),
             (R::Unknown, false),
@@ -618,6 +744,20 @@ mod tests {
             assert_eq!(r.is_spurious(), spurious, "{r}");
             assert_eq!(Outcome::BuildFail(r).is_spurious(), spurious);
         }
+        for r in TestFailReason::ALL {
+            let spurious = *r != TestFailReason::DiagnosticsChange;
+            assert_eq!(r.is_spurious(), spurious, "{r}");
+            let o = Outcome::TestFail {
+                failed_tests: vec![],
+                reason: Some(*r),
+            };
+            assert_eq!(o.is_spurious(), spurious, "{o}");
+        }
+        let plain = Outcome::TestFail {
+            failed_tests: vec!["t".into()],
+            reason: None,
+        };
+        assert!(!plain.is_spurious());
     }
 
     #[test]
@@ -627,15 +767,32 @@ mod tests {
             (
                 Outcome::TestFail {
                     failed_tests: vec!["a".into(), "b".into()],
+                    reason: None,
                 },
                 "test-fail(2)",
             ),
             (
                 Outcome::TestFail {
                     failed_tests: vec![],
+                    reason: None,
                 },
                 "test-fail",
             ),
+            (
+                Outcome::TestFail {
+                    failed_tests: vec!["ui".into()],
+                    reason: Some(TestFailReason::DiagnosticsChange),
+                },
+                "test-fail:diagnostics-change(1)",
+            ),
+            (
+                Outcome::TestFail {
+                    failed_tests: vec![],
+                    reason: Some(TestFailReason::PidsLimit),
+                },
+                "test-fail:pids-limit",
+            ),
+            (Outcome::BuildFail(R::PidsLimit), "build-fail:pids-limit"),
             (Outcome::TestSkipped, "test-skipped"),
             (
                 Outcome::BuildFail(R::CompilerError {
@@ -684,10 +841,19 @@ mod tests {
         );
         assert_eq!(
             serde_json::to_value(Outcome::TestFail {
-                failed_tests: vec!["t".into()]
+                failed_tests: vec!["t".into()],
+                reason: None,
             })
             .unwrap(),
             json!({"kind": "test-fail", "failed_tests": ["t"]})
+        );
+        assert_eq!(
+            serde_json::to_value(Outcome::TestFail {
+                failed_tests: vec!["ui".into()],
+                reason: Some(TestFailReason::DiagnosticsChange),
+            })
+            .unwrap(),
+            json!({"kind": "test-fail", "failed_tests": ["ui"], "reason": "diagnostics-change"})
         );
         assert_eq!(
             serde_json::to_value(Outcome::BuildFail(R::Oom)).unwrap(),
@@ -696,7 +862,8 @@ mod tests {
         assert_eq!(
             serde_json::from_value::<Outcome>(json!({"kind": "test-fail"})).unwrap(),
             Outcome::TestFail {
-                failed_tests: vec![]
+                failed_tests: vec![],
+                reason: None,
             }
         );
     }
@@ -716,6 +883,10 @@ mod tests {
                 "unknown field `failed`",
             ),
             (json!({"kind": "test-pass", "x": 1}), "unknown field `x`"),
+            (
+                json!({"kind": "test-fail", "reason": "flaky"}),
+                "unknown test failure reason \"flaky\"",
+            ),
             (
                 json!({"kind": "skipped", "reason": "x"}),
                 "unknown field `reason`",
@@ -745,6 +916,7 @@ mod tests {
             "fixed",
             "spurious-regressed",
             "spurious-fixed",
+            "spurious",
             "same-build-fail",
             "same-test-fail",
             "same-test-skipped",

@@ -6,9 +6,14 @@
 //! * each crate's [`Comparison`] ([`compare`]) and the [`Counts`] per comparison;
 //! * for every regression its **root causes** (below), the root regressions ordered by how many
 //!   regressions they explain, and the root regressions grouped by error ([`ErrorGroupKey`]);
-//! * the spurious results (`spurious-regressed`, `spurious-fixed`) and infrastructure errors
-//!   (`error`), kept apart from real regressions, with their reasons counted;
-//! * the [`Report::retry_list`]: regressions and spurious results, to run again.
+//! * regressions whose end outcome is `test-fail:diagnostics-change` (a UI-test harness saw the
+//!   compiler's output change, [`Report::diagnostics_changes`]), kept apart from real breakage:
+//!   they take no part in root-cause attribution and are listed below the regressions;
+//! * the spurious results (`spurious-regressed`, `spurious-fixed`, and `spurious` when both
+//!   sides failed spuriously) and infrastructure errors (`error`), kept apart from real
+//!   regressions, with their reasons (the sandbox limit hit, …) counted;
+//! * the [`Report::retry_list`]: regressions, diagnostics changes and spurious results, to run
+//!   again.
 //!
 //! Crates the experiment marks `quiet` ([`Report::build_quiet`]) still count, and still explain
 //! the regressions of their dependents, but are left out of the lists of regressions (and of the
@@ -59,7 +64,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::crates::{CrateId, CrateSpec, validate_crate_name};
-use crate::outcome::{BuildFailReason, Comparison, Outcome, compare};
+use crate::outcome::{BuildFailReason, Comparison, Outcome, TestFailReason, compare};
 use crate::selection::CrateSelection;
 
 /// One crate's results on both toolchains, as the report reads them.
@@ -235,11 +240,13 @@ struct GroupData {
 ///   "counts": {"regressed": 5, "fixed": 1, ...},
 ///   "regressions": ["reg:a@1.0.0", ...],                  // roots first; no quiet crates
 ///   "quiet_regressions": ["reg:q@1.0.0", ...],            // regressions of quiet crates, by id
+///   "diagnostics_changes": ["reg:u@1.0.0", ...],          // regressed only in compiler output, by id
 ///   "root_regressions": [{"crate": "reg:a@1.0.0", "end": {...}, "regressions": 3,
 ///                         "dependents": 2, "in_cycle": false}, ...],
 ///   "error_groups": [{"group": "E0308", "crates": ["reg:a@1.0.0", ...]}, ...],
 ///   "spurious": {"spurious-regressed": {"reasons": {"oom": 2}, "crates": [...]},
 ///                "spurious-fixed": {"reasons": {...}, "crates": [...]},
+///                "spurious": {"reasons": {...}, "crates": [...]},   // both sides spurious
 ///                "error": {"crates": [...]}},
 ///   "unresolved_dependencies": [{"name": "openssl-sys", "dependents": 4}],
 ///   "cycles": ["reg:x@1.0.0", ...],
@@ -269,6 +276,9 @@ pub struct Report {
     regressions: Vec<Ix>,
     /// Regressions of quiet crates, by id (not in `roots` nor `regressions`).
     quiet: Vec<Ix>,
+    /// Regressions whose end outcome is a diagnostics change, by id (not in `roots`,
+    /// `regressions` nor `quiet`).
+    diagnostics: Vec<Ix>,
     /// Crates in dependency cycles, ascending index.
     cycles: Vec<Ix>,
     /// The same, by id.
@@ -276,9 +286,12 @@ pub struct Report {
     error_groups: Vec<GroupData>,
     spurious_regressed: Vec<Ix>,
     spurious_fixed: Vec<Ix>,
+    /// Both sides spurious.
+    spurious_both: Vec<Ix>,
     errors: Vec<Ix>,
     spurious_regressed_reasons: Vec<ReasonCount>,
     spurious_fixed_reasons: Vec<ReasonCount>,
+    spurious_both_reasons: Vec<ReasonCount>,
     unresolved: Vec<UnresolvedDependency>,
 }
 
@@ -289,6 +302,7 @@ impl fmt::Debug for Report {
             .field("counts", &self.counts)
             .field("root_regressions", &self.roots.len())
             .field("quiet_regressions", &self.quiet.len())
+            .field("diagnostics_changes", &self.diagnostics.len())
             .field("error_groups", &self.error_groups.len())
             .field("cycles", &self.cycles.len())
             .field("unresolved_dependencies", &self.unresolved.len())
@@ -445,6 +459,16 @@ impl Report {
                 .collect()
         };
         let regressed = of_kind(Comparison::Regressed);
+        // a changed diagnostic breaks no dependent: such crates are no one's root cause
+        let (diagnostics, regressed): (Vec<Ix>, Vec<Ix>) = regressed.into_iter().partition(|&i| {
+            matches!(
+                results[i as usize].end,
+                Outcome::TestFail {
+                    reason: Some(TestFailReason::DiagnosticsChange),
+                    ..
+                }
+            )
+        });
 
         let mut buf = Vec::new();
         let id_index = HashIndex::new(
@@ -487,9 +511,13 @@ impl Report {
         others.sort_by(by_id);
         let mut quiet: Vec<Ix> = regressed
             .iter()
+            .chain(&diagnostics)
             .copied()
             .filter(|&i| is_quiet(&results[i as usize].krate))
             .collect();
+        let mut diagnostics = diagnostics;
+        diagnostics.retain(|&i| !is_quiet(&results[i as usize].krate));
+        diagnostics.sort_by(by_id);
         if !quiet.is_empty() {
             quiet.sort_by(by_id);
             let q: HashSet<Ix> = quiet.iter().copied().collect();
@@ -510,14 +538,20 @@ impl Report {
 
         let mut spurious_regressed = of_kind(Comparison::SpuriousRegressed);
         let mut spurious_fixed = of_kind(Comparison::SpuriousFixed);
+        let mut spurious_both = of_kind(Comparison::Spurious);
         let mut errors = of_kind(Comparison::Error);
         spurious_regressed.sort_by(by_id);
         spurious_fixed.sort_by(by_id);
+        spurious_both.sort_by(by_id);
         errors.sort_by(by_id);
         let spurious_regressed_reasons =
             reason_counts(spurious_regressed.iter().map(|&i| &results[i as usize].end));
         let spurious_fixed_reasons =
             reason_counts(spurious_fixed.iter().map(|&i| &results[i as usize].start));
+        let spurious_both_reasons = reason_counts(spurious_both.iter().flat_map(|&i| {
+            let r = &results[i as usize];
+            [&r.start, &r.end]
+        }));
 
         Ok(Report {
             results,
@@ -531,14 +565,17 @@ impl Report {
             roots,
             regressions,
             quiet,
+            diagnostics,
             cycles,
             cycles_by_id,
             error_groups,
             spurious_regressed,
             spurious_fixed,
+            spurious_both,
             errors,
             spurious_regressed_reasons,
             spurious_fixed_reasons,
+            spurious_both_reasons,
             unresolved,
         })
     }
@@ -595,6 +632,12 @@ impl Report {
         self.views(&self.quiet)
     }
 
+    /// Regressions whose end outcome is `test-fail:diagnostics-change`: a UI-test harness saw
+    /// the compiler's output change. By id; in no other list of regressions.
+    pub fn diagnostics_changes(&self) -> impl ExactSizeIterator<Item = CrateReport<'_>> {
+        self.views(&self.diagnostics)
+    }
+
     /// The root regressions, most regressions through them first, then by id.
     pub fn root_regressions(&self) -> impl ExactSizeIterator<Item = CrateReport<'_>> {
         self.views(&self.roots)
@@ -618,17 +661,24 @@ impl Report {
         self.views(&self.spurious_fixed)
     }
 
+    /// Crates that failed spuriously on both sides (`spurious`), by id.
+    pub fn spurious_both(&self) -> impl ExactSizeIterator<Item = CrateReport<'_>> {
+        self.views(&self.spurious_both)
+    }
+
     /// Crates where the infrastructure failed on either side, by id.
     pub fn errors(&self) -> impl ExactSizeIterator<Item = CrateReport<'_>> {
         self.views(&self.errors)
     }
 
-    /// Failure kinds of the spurious side of `spurious-regressed` (end) or `spurious-fixed` (start)
-    /// crates, most frequent first; empty for other comparisons.
+    /// Failure kinds of the spurious side of `spurious-regressed` (end) or `spurious-fixed`
+    /// (start) crates, or of both sides of `spurious` ones (each side counted), most frequent
+    /// first; empty for other comparisons.
     pub fn spurious_reasons(&self, comparison: Comparison) -> &[ReasonCount] {
         match comparison {
             Comparison::SpuriousRegressed => &self.spurious_regressed_reasons,
             Comparison::SpuriousFixed => &self.spurious_fixed_reasons,
+            Comparison::Spurious => &self.spurious_both_reasons,
             _ => &[],
         }
     }
@@ -643,8 +693,9 @@ impl Report {
         self.views(&self.cycles_by_id)
     }
 
-    /// The crates worth running again: the regressions (in [`Report::regressions`] order), then
-    /// the spurious-regressed, spurious-fixed and error crates (each by id).
+    /// The crates worth running again: the regressions (in [`Report::regressions`] order), the
+    /// diagnostics changes, then the spurious-regressed, spurious-fixed, spurious and error
+    /// crates (each by id).
     pub fn retry_list(&self) -> Vec<CrateId> {
         self.retry_indices()
             .map(|i| self.results[i as usize].krate.clone())
@@ -664,8 +715,10 @@ impl Report {
     fn retry_indices(&self) -> impl Iterator<Item = Ix> + '_ {
         self.regressions
             .iter()
+            .chain(&self.diagnostics)
             .chain(&self.spurious_regressed)
             .chain(&self.spurious_fixed)
+            .chain(&self.spurious_both)
             .chain(&self.errors)
             .copied()
     }
@@ -1053,10 +1106,7 @@ fn group_by_error<'a>(results: &'a [CrateResult], roots: &[Ix]) -> Vec<GroupData
 fn reason_counts<'a>(outcomes: impl Iterator<Item = &'a Outcome>) -> Vec<ReasonCount> {
     let mut counts: Vec<ReasonCount> = Vec::new();
     for outcome in outcomes {
-        let kind = match outcome {
-            Outcome::BuildFail(reason) => reason.kind(),
-            other => other.kind(),
-        };
+        let kind = outcome.reason_kind().unwrap_or_else(|| outcome.kind());
         match counts.iter_mut().find(|c| c.kind == kind) {
             Some(c) => c.crates += 1,
             None => counts.push(ReasonCount { kind, crates: 1 }),
@@ -1130,7 +1180,7 @@ struct SpuriousJson<'a>(&'a Report);
 impl Serialize for SpuriousJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let r = self.0;
-        let mut map = serializer.serialize_map(Some(3))?;
+        let mut map = serializer.serialize_map(Some(4))?;
         map.serialize_entry(
             Comparison::SpuriousRegressed.as_str(),
             &SpuriousSide(
@@ -1142,6 +1192,10 @@ impl Serialize for SpuriousJson<'_> {
         map.serialize_entry(
             Comparison::SpuriousFixed.as_str(),
             &SpuriousSide(r, Some(&r.spurious_fixed_reasons), &r.spurious_fixed),
+        )?;
+        map.serialize_entry(
+            Comparison::Spurious.as_str(),
+            &SpuriousSide(r, Some(&r.spurious_both_reasons), &r.spurious_both),
         )?;
         map.serialize_entry(
             Comparison::Error.as_str(),
@@ -1199,11 +1253,12 @@ fn seq<I: Iterator<Item = T>, T: Serialize>(iter: I) -> Seq<I> {
 
 impl Serialize for Report {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(11))?;
+        let mut map = serializer.serialize_map(Some(12))?;
         map.serialize_entry("total", &self.len())?;
         map.serialize_entry("counts", &self.counts)?;
         map.serialize_entry("regressions", &IdList(self, &self.regressions))?;
         map.serialize_entry("quiet_regressions", &IdList(self, &self.quiet))?;
+        map.serialize_entry("diagnostics_changes", &IdList(self, &self.diagnostics))?;
         map.serialize_entry(
             "root_regressions",
             &seq(self.root_regressions().map(RootJson)),
@@ -1241,6 +1296,41 @@ pub fn quiet_note(report: &Report, max: usize) -> Option<String> {
         if n == 1 { "is" } else { "are" },
         names.join(", ")
     ))
+}
+
+/// The comparisons of the summary's "spurious and infrastructure results" section.
+const SPURIOUS_SECTION: [Comparison; 4] = [
+    Comparison::SpuriousRegressed,
+    Comparison::SpuriousFixed,
+    Comparison::Spurious,
+    Comparison::Error,
+];
+
+/// The "compiler output changed" section: regressions that are only a UI-test harness seeing
+/// different diagnostics, below the real breakage.
+fn write_diagnostics_changes(out: &mut String, report: &Report, max: usize) -> fmt::Result {
+    let n = report.diagnostics.len();
+    if n == 0 {
+        return Ok(());
+    }
+    writeln!(out, "## Compiler output changed\n")?;
+    writeln!(
+        out,
+        "{} only because tests that compare the compiler's diagnostics with stored \
+         expectations (trybuild, ui_test, compiletest) saw them change: a diagnostics change, \
+         not breakage of the crate.\n",
+        plural(n, "crate regressed", "crates regressed")
+    )?;
+    writeln!(out, "| crate | end outcome |\n|---|---|")?;
+    for c in report.diagnostics_changes().take(max) {
+        writeln!(
+            out,
+            "| {} | {} |",
+            code(&label(c.krate())),
+            code(&cut(c.result().end.to_string(), MAX_OUTCOME_CHARS))
+        )?;
+    }
+    more(out, n, max, "crates")
 }
 
 /// Entries shown per section of the Markdown summary unless told otherwise.
@@ -1299,9 +1389,10 @@ fn write_summary(out: &mut String, report: &Report, opts: &SummaryOptions<'_>) -
     // the regressions listed (quiet crates' are named apart)
     let n_regressed = report.regressions.len();
     let n_roots = report.roots.len();
-    let n_spurious = counts.get(Comparison::SpuriousRegressed)
-        + counts.get(Comparison::SpuriousFixed)
-        + counts.get(Comparison::Error);
+    let n_spurious = SPURIOUS_SECTION
+        .iter()
+        .map(|&c| counts.get(c))
+        .sum::<usize>();
 
     writeln!(out, "# {}\n", one_line(opts.title))?;
     writeln!(
@@ -1312,7 +1403,9 @@ fn write_summary(out: &mut String, report: &Report, opts: &SummaryOptions<'_>) -
         plural(report.len(), "crate", "crates")
     )?;
     match report.root_regressions().next() {
-        None if report.quiet.is_empty() => writeln!(out, "**No regressions.**\n")?,
+        None if report.quiet.is_empty() && report.diagnostics.is_empty() => {
+            writeln!(out, "**No regressions.**\n")?
+        }
         None => writeln!(out, "**No regressions listed.**\n")?,
         Some(top) => {
             writeln!(
@@ -1397,20 +1490,18 @@ fn write_summary(out: &mut String, report: &Report, opts: &SummaryOptions<'_>) -
         more(out, report.error_groups.len(), max, "groups")?;
     }
 
+    write_diagnostics_changes(out, report, max)?;
+
     if n_spurious > 0 {
         writeln!(out, "## Spurious and infrastructure results\n")?;
         writeln!(
             out,
             "Not regressions: these failures say nothing about the toolchain (out of memory, \
-             timeouts, full disk, network access in the sandbox) or the infrastructure failed \
-             (`error`). Retry them before believing them.\n"
+             timeouts, the pids limit, full disk, network access in the sandbox) or the \
+             infrastructure failed (`error`). Retry them before believing them.\n"
         )?;
         writeln!(out, "| comparison | crates | reasons |\n|---|---:|---|")?;
-        for c in [
-            Comparison::SpuriousRegressed,
-            Comparison::SpuriousFixed,
-            Comparison::Error,
-        ] {
+        for c in SPURIOUS_SECTION {
             let reasons: Vec<String> = report
                 .spurious_reasons(c)
                 .iter()
@@ -1422,6 +1513,7 @@ fn write_summary(out: &mut String, report: &Report, opts: &SummaryOptions<'_>) -
         for (c, list) in [
             (Comparison::SpuriousRegressed, &report.spurious_regressed),
             (Comparison::SpuriousFixed, &report.spurious_fixed),
+            (Comparison::Spurious, &report.spurious_both),
             (Comparison::Error, &report.errors),
         ] {
             if list.is_empty() {
@@ -1850,6 +1942,7 @@ mod tests {
     fn test_fail() -> Outcome {
         Outcome::TestFail {
             failed_tests: vec!["t".into()],
+            reason: None,
         }
     }
 
@@ -2409,6 +2502,7 @@ mod tests {
             res("reg:fixed@1.0.0", ce(&["E0308"]), PASS),
             reg("reg:sr@1.0.0", bf(R::Timeout)),
             res("reg:sf@1.0.0", bf(R::NoSpace), PASS),
+            res("reg:spurious@1.0.0", bf(R::PidsLimit), bf(R::Timeout)),
             res("reg:sbf@1.0.0", bf(R::Link), ce(&[])),
             res("reg:stf@1.0.0", test_fail(), test_fail()),
             res("reg:sts@1.0.0", Outcome::TestSkipped, Outcome::TestSkipped),
@@ -2438,6 +2532,7 @@ mod tests {
             (Comparison::Fixed, 1),
             (Comparison::SpuriousRegressed, 1),
             (Comparison::SpuriousFixed, 1),
+            (Comparison::Spurious, 1),
             (Comparison::SameBuildFail, 1),
             (Comparison::SameTestFail, 1),
             (Comparison::SameTestSkipped, 1),
@@ -2449,14 +2544,14 @@ mod tests {
             (Comparison::Unknown, 1),
         ];
         assert_eq!(report.counts().iter().collect::<Vec<_>>(), expected);
-        assert_eq!(report.counts().total(), 14);
-        assert_eq!(report.len(), 14);
+        assert_eq!(report.counts().total(), 15);
+        assert_eq!(report.len(), 15);
         let json = serde_json::to_value(report.counts()).unwrap();
         assert_eq!(
             json,
             json!({
                 "regressed": 1, "fixed": 1, "spurious-regressed": 1, "spurious-fixed": 1,
-                "same-build-fail": 1, "same-test-fail": 1, "same-test-skipped": 1,
+                "spurious": 1, "same-build-fail": 1, "same-test-fail": 1, "same-test-skipped": 1,
                 "same-test-pass": 2, "skipped": 1, "broken": 1, "prepare-fail": 1, "error": 1,
                 "unknown": 1
             })
@@ -2559,7 +2654,20 @@ mod tests {
             [("network-access", 1), ("no-space", 1)]
         );
         assert!(reasons(Comparison::Regressed).is_empty());
-        assert_eq!(report.counts().get(Comparison::SameBuildFail), 1);
+        // spurious on both sides: a comparison of its own, listed and retried with the others
+        assert_eq!(report.counts().get(Comparison::SameBuildFail), 0);
+        assert_eq!(report.counts().get(Comparison::Spurious), 1);
+        assert_eq!(ids(report.spurious_both()), ["reg:same@1.0.0"]);
+        assert_eq!(reasons(Comparison::Spurious), [("oom", 1), ("timeout", 1)]);
+        assert!(
+            report
+                .retry_list()
+                .iter()
+                .any(|k| k.to_string() == "reg:same@1.0.0")
+        );
+        let md = summary_markdown(&report, &SummaryOptions::new("x", "stable", "beta"));
+        assert!(md.contains("| spurious | 1 | oom 1, timeout 1 |"), "{md}");
+        assert!(md.contains("**spurious**: `same 1.0.0`"), "{md}");
         for c in report.spurious_regressed().chain(report.errors()) {
             assert!(!c.is_root());
             assert_eq!(c.root_causes().len(), 0);
@@ -2567,6 +2675,54 @@ mod tests {
         let error_groups: Vec<String> =
             report.error_groups().map(|g| g.key().to_string()).collect();
         assert_eq!(error_groups, ["E0308"]);
+    }
+
+    #[test]
+    fn diagnostics_changes_are_kept_apart_from_breakage() {
+        let ui = Outcome::TestFail {
+            failed_tests: vec!["ui".into()],
+            reason: Some(TestFailReason::DiagnosticsChange),
+        };
+        let report = build(vec![
+            reg("reg:ui@1.0.0", ui.clone()),
+            reg("reg:real@1.0.0", test_fail()),
+            reg("reg:dep@1.0.0", dep(&["ui"])),
+            res("reg:both@1.0.0", ui.clone(), ui.clone()),
+        ]);
+        // counted as regressed, but in no list of regressions and no one's root cause
+        assert_eq!(report.counts().get(Comparison::Regressed), 3);
+        assert_eq!(ids(report.diagnostics_changes()), ["reg:ui@1.0.0"]);
+        assert_eq!(
+            ids(report.regressions()),
+            ["reg:dep@1.0.0", "reg:real@1.0.0"]
+        );
+        assert!(!ids(report.root_regressions()).contains(&"reg:ui@1.0.0".to_owned()));
+        let dep = report.get(&"reg:dep@1.0.0".parse().unwrap()).unwrap();
+        assert!(dep.is_root(), "a diagnostics change explains no dependent");
+        // retried after the regressions
+        let retry: Vec<String> = report
+            .retry_list()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(retry, ["reg:dep@1.0.0", "reg:real@1.0.0", "reg:ui@1.0.0"]);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["diagnostics_changes"], json!(["reg:ui@1.0.0"]));
+        let md = summary_markdown(&report, &SummaryOptions::new("x", "stable", "beta"));
+        let changed = md.find("## Compiler output changed").expect(&md);
+        assert!(md.find("## Root regressions").unwrap() < changed, "{md}");
+        assert!(
+            md.contains("1 crate regressed only because tests that compare"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| `ui 1.0.0` | `test-fail:diagnostics-change(1)` |"),
+            "{md}"
+        );
+        // only diagnostics changes: the headline does not say "no regressions"
+        let only = build(vec![reg("reg:ui@1.0.0", ui)]);
+        let md = summary_markdown(&only, &SummaryOptions::new("x", "stable", "beta"));
+        assert!(!md.contains("**No regressions.**"), "{md}");
     }
 
     #[test]
@@ -2680,6 +2836,7 @@ mod tests {
                 "counts": counts,
                 "regressions": ["reg:a@1.0.0", "reg:x@1.0.0", "reg:y@1.0.0", "reg:b@1.0.0"],
                 "quiet_regressions": [],
+                "diagnostics_changes": [],
                 "root_regressions": [
                     {"crate": "reg:a@1.0.0", "end": e0308, "regressions": 2, "dependents": 1, "in_cycle": false},
                     {"crate": "reg:x@1.0.0", "end": dep_xy("reg:y@1.0.0"), "regressions": 2, "dependents": 1, "in_cycle": true},
@@ -2692,6 +2849,7 @@ mod tests {
                 "spurious": {
                     "spurious-regressed": {"reasons": {"oom": 1}, "crates": ["reg:s@1.0.0"]},
                     "spurious-fixed": {"reasons": {}, "crates": []},
+                    "spurious": {"reasons": {}, "crates": []},
                     "error": {"crates": []},
                 },
                 "unresolved_dependencies": [{"name": "ghost", "dependents": 1}],

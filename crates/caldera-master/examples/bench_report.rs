@@ -92,6 +92,7 @@ fn synthetic(n: usize, seed: u64) -> Vec<(String, Outcome, Outcome)> {
                 75..80 => Outcome::BuildFail(R::Link),
                 80..95 => Outcome::TestFail {
                     failed_tests: vec![format!("tests::t{}", rng.below(50))],
+                    reason: None,
                 },
                 _ => Outcome::BuildFail(R::Unknown),
             };
@@ -146,6 +147,7 @@ fn synthetic(n: usize, seed: u64) -> Vec<(String, Outcome, Outcome)> {
         } else if roll < 3200 {
             let f = Outcome::TestFail {
                 failed_tests: vec!["a::b".into()],
+                reason: None,
             };
             (f.clone(), f)
         } else if roll < 3500 {

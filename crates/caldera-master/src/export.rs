@@ -573,7 +573,8 @@ fn write_bundle(
             a href="retry.txt" { "retry.txt" } ", " a href="logs.tar.zst" { "logs.tar.zst" }
             " (extract it next to this page for the log links: " code { "tar --zstd -xf logs.tar.zst" } ")." }
         @match report.root_regressions().next() {
-            None if report.quiet_regressions().len() == 0 => p.headline { "No regressions." },
+            None if report.quiet_regressions().len() == 0
+                && report.diagnostics_changes().len() == 0 => p.headline { "No regressions." },
             None => p.headline { "No regressions listed." },
             Some(top) => p.headline {
                 (n) " " (if n == 1 { "regression" } else { "regressions" }) ", " (top.regressions_through())
@@ -638,9 +639,11 @@ fn write_bundle(
         };
         w.write_all(groups.into_string().as_bytes())?;
     }
+    w.write_all(views::diagnostics_note(report).into_string().as_bytes())?;
     let spurious = [
         Comparison::SpuriousRegressed,
         Comparison::SpuriousFixed,
+        Comparison::Spurious,
         Comparison::Error,
     ];
     if spurious.iter().any(|&c| counts.get(c) > 0) {

@@ -11,7 +11,7 @@ pub mod v1 {
 
 use caldera_core::crates::CrateId;
 use caldera_core::job::JobSpec;
-use caldera_core::outcome::{BuildFailReason, Outcome};
+use caldera_core::outcome::{BuildFailReason, Outcome, TestFailReason};
 use caldera_core::toolchain::Toolchain;
 use v1::{build_fail, outcome};
 
@@ -30,13 +30,45 @@ fn wire(field: &'static str, message: impl Into<String>) -> WireError {
     }
 }
 
+fn test_fail_reason(r: TestFailReason) -> v1::TestFailReason {
+    use v1::TestFailReason as W;
+    match r {
+        TestFailReason::DiagnosticsChange => W::DiagnosticsChange,
+        TestFailReason::Oom => W::Oom,
+        TestFailReason::Timeout => W::Timeout,
+        TestFailReason::NoOutputTimeout => W::NoOutputTimeout,
+        TestFailReason::NoSpace => W::NoSpace,
+        TestFailReason::NetworkAccess => W::NetworkAccess,
+        TestFailReason::PidsLimit => W::PidsLimit,
+    }
+}
+
+/// The domain reason of a wire reason; `Unspecified` means none.
+fn from_test_fail_reason(r: v1::TestFailReason) -> Option<TestFailReason> {
+    use v1::TestFailReason as W;
+    Some(match r {
+        W::Unspecified => return None,
+        W::DiagnosticsChange => TestFailReason::DiagnosticsChange,
+        W::Oom => TestFailReason::Oom,
+        W::Timeout => TestFailReason::Timeout,
+        W::NoOutputTimeout => TestFailReason::NoOutputTimeout,
+        W::NoSpace => TestFailReason::NoSpace,
+        W::NetworkAccess => TestFailReason::NetworkAccess,
+        W::PidsLimit => TestFailReason::PidsLimit,
+    })
+}
+
 impl From<&Outcome> for v1::Outcome {
     fn from(o: &Outcome) -> Self {
         let e = v1::Empty {};
         let kind = match o {
             Outcome::TestPass => outcome::Kind::TestPass(e),
-            Outcome::TestFail { failed_tests } => outcome::Kind::TestFail(v1::TestFail {
+            Outcome::TestFail {
+                failed_tests,
+                reason,
+            } => outcome::Kind::TestFail(v1::TestFail {
                 failed_tests: failed_tests.clone(),
+                reason: reason.map_or(v1::TestFailReason::Unspecified, test_fail_reason) as i32,
             }),
             Outcome::TestSkipped => outcome::Kind::TestSkipped(e),
             Outcome::BuildFail(reason) => {
@@ -52,6 +84,7 @@ impl From<&Outcome> for v1::Outcome {
                     BuildFailReason::NoOutputTimeout => build_fail::Reason::NoOutputTimeout(e),
                     BuildFailReason::NoSpace => build_fail::Reason::NoSpace(e),
                     BuildFailReason::NetworkAccess => build_fail::Reason::NetworkAccess(e),
+                    BuildFailReason::PidsLimit => build_fail::Reason::PidsLimit(e),
                     BuildFailReason::Link => build_fail::Reason::Link(e),
                     BuildFailReason::DependsOn { crates } => {
                         build_fail::Reason::DependsOn(v1::DependsOn {
@@ -83,6 +116,15 @@ impl TryFrom<v1::Outcome> for Outcome {
         Ok(match o.kind.ok_or_else(|| wire("outcome", "missing"))? {
             outcome::Kind::TestPass(_) => Outcome::TestPass,
             outcome::Kind::TestFail(t) => Outcome::TestFail {
+                reason: match v1::TestFailReason::try_from(t.reason) {
+                    Ok(r) => from_test_fail_reason(r),
+                    Err(_) => {
+                        return Err(wire(
+                            "outcome.test_fail.reason",
+                            format!("unknown reason {}", t.reason),
+                        ));
+                    }
+                },
                 failed_tests: t.failed_tests,
             },
             outcome::Kind::TestSkipped(_) => Outcome::TestSkipped,
@@ -100,6 +142,7 @@ impl TryFrom<v1::Outcome> for Outcome {
                     build_fail::Reason::NoOutputTimeout(_) => BuildFailReason::NoOutputTimeout,
                     build_fail::Reason::NoSpace(_) => BuildFailReason::NoSpace,
                     build_fail::Reason::NetworkAccess(_) => BuildFailReason::NetworkAccess,
+                    build_fail::Reason::PidsLimit(_) => BuildFailReason::PidsLimit,
                     build_fail::Reason::Link(_) => BuildFailReason::Link,
                     build_fail::Reason::DependsOn(d) => {
                         BuildFailReason::DependsOn { crates: d.crates }
@@ -200,7 +243,17 @@ mod tests {
             Outcome::TestPass,
             Outcome::TestFail {
                 failed_tests: vec!["a::b".into(), "c".into()],
+                reason: None,
             },
+            Outcome::TestFail {
+                failed_tests: vec!["ui".into()],
+                reason: Some(TestFailReason::DiagnosticsChange),
+            },
+            Outcome::TestFail {
+                failed_tests: vec![],
+                reason: Some(TestFailReason::PidsLimit),
+            },
+            Outcome::BuildFail(BuildFailReason::PidsLimit),
             Outcome::TestSkipped,
             Outcome::BuildFail(BuildFailReason::CompilerError {
                 codes: vec!["E0308".into()],

@@ -1370,11 +1370,12 @@ impl Inner {
             let runs: Vec<StepRun<'_>> = results
                 .iter()
                 .zip(&texts)
-                .map(|((kind, term, _), text)| StepRun {
+                .map(|((kind, term, result), text)| StepRun {
                     kind: *kind,
                     termination: *term,
                     output: text,
                     own_packages: &prepared.own_packages,
+                    pids_limit_hit: result.pids_limit_hit,
                 })
                 .collect();
             let classification = classify_job(spec.mode, &runs, spec.skip_tests);
@@ -1469,7 +1470,7 @@ impl Inner {
             match &run.outcome {
                 Outcome::PrepareFail { reason } | Outcome::Error { reason } =>
                     format!(" — {reason}"),
-                Outcome::TestFail { failed_tests } if !failed_tests.is_empty() =>
+                Outcome::TestFail { failed_tests, .. } if !failed_tests.is_empty() =>
                     format!(" — {}", failed_tests.join(", ")),
                 _ => String::new(),
             }

@@ -147,7 +147,7 @@ type Waiter = tokio::sync::oneshot::Sender<io::Result<()>>;
 #[derive(Debug)]
 enum Op {
     /// Append a Result record and sync.
-    Write(JobResult, Waiter),
+    Write(Box<JobResult>, Waiter),
     /// Append an Ack record if the result is live; no sync of its own.
     Ack(Key),
     /// Sync everything written so far.
@@ -268,7 +268,7 @@ fn put_ack(buf: &mut Vec<u8>, (job_id, token): &Key) -> io::Result<()> {
 
 #[derive(Debug)]
 enum Record {
-    Result(JobResult),
+    Result(Box<JobResult>),
     Ack(Key),
 }
 
@@ -361,9 +361,9 @@ fn parse_record(data: &[u8]) -> Result<(Record, usize), String> {
     }
     let (kind, payload) = (body[0], &body[1..]);
     let record = match kind {
-        KIND_RESULT => Record::Result(
+        KIND_RESULT => Record::Result(Box::new(
             JobResult::decode(payload).map_err(|e| format!("undecodable result: {e}"))?,
-        ),
+        )),
         KIND_ACK if payload.len() >= 8 => {
             let job_id = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
             let token = std::str::from_utf8(&payload[8..])
@@ -379,7 +379,7 @@ fn parse_record(data: &[u8]) -> Result<(Record, usize), String> {
 fn apply(live: &mut HashMap<Key, JobResult>, record: Record) {
     match record {
         Record::Result(r) => {
-            live.insert(key_of(&r), r);
+            live.insert(key_of(&r), *r);
         }
         Record::Ack(key) => {
             live.remove(&key);
@@ -640,7 +640,7 @@ impl Spool {
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let mut log = lock(&self.inner.log);
         self.inner
-            .write_batch(&mut log, vec![Op::Write(result.clone(), tx)]);
+            .write_batch(&mut log, vec![Op::Write(Box::new(result.clone()), tx)]);
         rx.try_recv()
             .unwrap_or_else(|_| Err(io::Error::other("the spool writer went away")))
     }
@@ -649,7 +649,7 @@ impl Spool {
     /// tasks (see the module documentation).
     pub async fn write(&self, result: &JobResult) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.enqueue(Op::Write(result.clone(), tx));
+        self.enqueue(Op::Write(Box::new(result.clone()), tx));
         rx.await
             .unwrap_or_else(|_| Err(io::Error::other("the spool writer went away")))
     }
@@ -746,7 +746,7 @@ impl Drop for Inner {
 
 /// How a written record changes the index.
 enum Effect {
-    Result(JobResult),
+    Result(Box<JobResult>),
     Ack(Key),
 }
 
@@ -834,7 +834,7 @@ impl Inner {
             for effect in effects {
                 match effect {
                     Effect::Result(r) => {
-                        moved.push((state.live.insert(key_of(&r), (seq, r)).map(|o| o.0), true));
+                        moved.push((state.live.insert(key_of(&r), (seq, *r)).map(|o| o.0), true));
                     }
                     Effect::Ack(key) => {
                         moved.push((state.live.remove(&key).map(|o| o.0), false));
@@ -1031,7 +1031,7 @@ mod tests {
             .iter()
             .map(|r| {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                (Op::Write(r.clone(), tx), rx)
+                (Op::Write(Box::new(r.clone()), tx), rx)
             })
             .unzip();
         spool.inner.write_batch(&mut lock(&spool.inner.log), ops);

@@ -24,6 +24,7 @@ fn compiler_error(codes: &[&str]) -> Outcome {
 fn test_fail(tests: &[&str]) -> Outcome {
     Outcome::TestFail {
         failed_tests: tests.iter().map(|c| (*c).to_owned()).collect(),
+        reason: None,
     }
 }
 

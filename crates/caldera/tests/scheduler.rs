@@ -404,6 +404,7 @@ async fn stale_and_duplicate_results_are_rejected() {
     // the current lease: accepted
     let fail = Outcome::TestFail {
         failed_tests: vec!["t::x".into()],
+        reason: None,
     };
     tx.send(result(assign.job_id, &assign.lease_token, fail))
         .await

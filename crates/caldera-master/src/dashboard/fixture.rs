@@ -119,6 +119,7 @@ fn script(krate: &str) -> (Outcome, Outcome, String, String) {
             Outcome::TestPass,
             Outcome::TestFail {
                 failed_tests: vec![XSS_TEST.into()],
+                reason: None,
             },
             pass_log("tests-i"),
             "running 1 test\n<script>alert(1)</script>\ntest tests::injected ... FAILED\n".into(),
@@ -132,6 +133,7 @@ fn script(krate: &str) -> (Outcome, Outcome, String, String) {
         FIXED => (
             Outcome::TestFail {
                 failed_tests: vec!["t::a".into()],
+                reason: None,
             },
             Outcome::TestPass,
             "test t::a ... FAILED\n".into(),

@@ -246,6 +246,7 @@ fn select<'a>(snap: &'a Snapshot, f: &Filters) -> Vec<CrateReport<'a>> {
             Some(Comparison::Regressed) => Box::new(report.regressions()),
             Some(Comparison::SpuriousRegressed) => Box::new(report.spurious_regressed()),
             Some(Comparison::SpuriousFixed) => Box::new(report.spurious_fixed()),
+            Some(Comparison::Spurious) => Box::new(report.spurious_both()),
             Some(Comparison::Error) => Box::new(report.errors()),
             _ => Box::new(report.crates()),
         }
@@ -267,7 +268,7 @@ fn headline(report: &Report) -> Markup {
     let quiet = report.quiet_regressions().len();
     html! {
         @match report.root_regressions().next() {
-            None if quiet == 0 => p.headline { "No regressions." },
+            None if quiet == 0 && report.diagnostics_changes().len() == 0 => p.headline { "No regressions." },
             None => p.headline { "No regressions listed." },
             Some(top) => {
                 p.headline {
@@ -448,6 +449,7 @@ fn overview(snap: &Snapshot, f: &Filters, experiment: &str) -> Markup {
     let spurious = [
         Comparison::SpuriousRegressed,
         Comparison::SpuriousFixed,
+        Comparison::Spurious,
         Comparison::Error,
     ];
     html! {
@@ -498,9 +500,10 @@ fn overview(snap: &Snapshot, f: &Filters, experiment: &str) -> Markup {
                 }
             }
         }
+        (views::diagnostics_note(report))
         @if spurious.iter().any(|&c| report.counts().get(c) > 0) {
             h2 #spurious { "Spurious and infrastructure results" }
-            p.small { "Not regressions: out of memory, timeouts, full disk, network access in the sandbox, or the infrastructure failed. Retry them before believing them." }
+            p.small { "Not regressions: out of memory, timeouts, the pids limit, full disk, network access in the sandbox, or the infrastructure failed. Retry them before believing them." }
             table {
                 thead { tr { th { "comparison" } th.num { "crates" } th { "reasons" } } }
                 tbody {
@@ -762,7 +765,8 @@ mod tests {
         ));
         assert!(matches_code(
             &Outcome::TestFail {
-                failed_tests: vec![]
+                failed_tests: vec![],
+                reason: None,
             },
             "test-fail"
         ));

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use caldera_core::crates::CrateId;
-use caldera_core::outcome::{BuildFailReason, Comparison, Outcome};
+use caldera_core::outcome::{BuildFailReason, Comparison, Outcome, TestFailReason};
 use caldera_db::results::ExperimentProgress;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
@@ -65,6 +65,30 @@ pub fn quiet_note(report: &caldera_core::report::Report) -> Markup {
     }
 }
 
+/// The note naming the regressions that are only a diagnostics change (empty when there are
+/// none): tests comparing the compiler's output with stored expectations failed. They count as
+/// regressed but are kept below, and apart from, real breakage.
+pub fn diagnostics_note(report: &caldera_core::report::Report) -> Markup {
+    let n = report.diagnostics_changes().len();
+    html! {
+        @if n > 0 {
+            h2 #diagnostics { "Compiler output changed" }
+            p.quiet {
+                (n) " " (if n == 1 { "crate" } else { "crates" })
+                " regressed only because tests that compare the compiler's diagnostics with stored \
+                 expectations (trybuild, ui_test, compiletest) saw them change — a diagnostics \
+                 change, not breakage: "
+                @for (k, c) in report.diagnostics_changes().take(QUIET_SHOWN).enumerate() {
+                    @if k > 0 { ", " }
+                    code { (crate_label(c.krate())) }
+                }
+                @if n > QUIET_SHOWN { " … and " (n - QUIET_SHOWN) " more" }
+                "."
+            }
+        }
+    }
+}
+
 pub fn crate_label(id: &CrateId) -> String {
     match id {
         CrateId::Registry { name, version, .. } => format!("{name} {version}"),
@@ -80,6 +104,7 @@ pub fn comparison_class(c: Comparison) -> &'static str {
         Comparison::Fixed => "good",
         Comparison::SpuriousRegressed
         | Comparison::SpuriousFixed
+        | Comparison::Spurious
         | Comparison::Error
         | Comparison::Unknown => "warn",
         _ => "same",
@@ -93,7 +118,21 @@ pub fn comparison_badge(c: Comparison) -> Markup {
 /// The details of an outcome beyond its compact form: reasons, failed tests, failed dependencies.
 pub fn outcome_reason(o: &Outcome) -> Option<String> {
     match o {
-        Outcome::TestFail { failed_tests } if !failed_tests.is_empty() => {
+        Outcome::TestFail {
+            failed_tests,
+            reason: Some(r),
+        } => Some(format!(
+            "{}{}{}",
+            match r {
+                TestFailReason::DiagnosticsChange =>
+                    "diagnostics-change: tests comparing compiler output with stored expectations failed"
+                        .to_owned(),
+                r => format!("{r}: spurious, says nothing about the toolchain"),
+            },
+            if failed_tests.is_empty() { "" } else { "; failed tests: " },
+            failed_tests.join(", ")
+        )),
+        Outcome::TestFail { failed_tests, .. } if !failed_tests.is_empty() => {
             Some(format!("failed tests: {}", failed_tests.join(", ")))
         }
         Outcome::BuildFail(BuildFailReason::DependsOn { crates }) if !crates.is_empty() => {
