@@ -11,7 +11,8 @@
 //! 2. Both toolchains are resolved in the host's rustup home (`toolchain:<name>` capabilities name
 //!    what is there); the crate is prepared with the start toolchain: one lockfile, stored, and
 //!    every dependency fetched into the shared cargo home. A prepare failure is `prepare-fail` on
-//!    both sides (or `error` when the infrastructure failed).
+//!    both sides, `broken` when the crate makes a build impossible anywhere (invalid manifest,
+//!    missing or yanked dependency), or `error` when the infrastructure failed.
 //! 3. Each side gets a fresh container (network none, source, cargo home and the side's toolchain
 //!    read-only, the slot's target dir for that toolchain writable, the configured limits plus the
 //!    job's extra memory). It is usually a *spare*, created for the slot after its previous job
@@ -789,6 +790,12 @@ impl Inner {
                     },
                     ..SideRun::error(String::new(), Vec::new(), Duration::ZERO)
                 }),
+                (_, Err(PrepareError::Broken(reason))) => Err(SideRun {
+                    outcome: Outcome::Broken {
+                        reason: reason.clone(),
+                    },
+                    ..SideRun::error(String::new(), Vec::new(), Duration::ZERO)
+                }),
                 (_, Err(PrepareError::Infra(reason))) => {
                     Err(SideRun::error(reason.clone(), Vec::new(), Duration::ZERO))
                 }
@@ -1468,8 +1475,9 @@ impl Inner {
             "outcome:     {}{}",
             run.outcome,
             match &run.outcome {
-                Outcome::PrepareFail { reason } | Outcome::Error { reason } =>
-                    format!(" — {reason}"),
+                Outcome::PrepareFail { reason }
+                | Outcome::Broken { reason }
+                | Outcome::Error { reason } => format!(" — {reason}"),
                 Outcome::TestFail { failed_tests, .. } if !failed_tests.is_empty() =>
                     format!(" — {}", failed_tests.join(", ")),
                 _ => String::new(),

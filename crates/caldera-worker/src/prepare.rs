@@ -11,6 +11,12 @@
 //!    revision (submodules included); local crates are copied.
 //! 2. **Sanitising.** `.cargo/config*` and `rust-toolchain*` are removed anywhere in the tree (they
 //!    would change what the toolchains build), and everything is made readable by the sandbox user.
+//!    The root `Cargo.toml` is then *tidied* the way crater does ([`tidy_manifest`]): `[[bin]]`,
+//!    `[[example]]`, `[[test]]` and `[[bench]]` entries whose source file the package does not
+//!    ship (often left out at publish by older crates) are dropped, each named in the log, the
+//!    rest of the file kept byte for byte — otherwise cargo refuses the whole manifest. This
+//!    applies to every source (registry, git, local): a crate is judged on what it builds, not
+//!    on stale target lists.
 //! 3. **Lockfile, once per (experiment, crate).** If object storage holds
 //!    `keys::lockfile(experiment, crate)`, that lockfile is used. Otherwise a shipped `Cargo.lock`
 //!    is kept (brought up to date the way `cargo build` would), or one is generated with
@@ -18,15 +24,34 @@
 //!    built, so both sides, and any retry of the job, build the same dependency versions.
 //! 4. **Dependencies.** `cargo fetch --locked` downloads (and unpacks) every dependency into the
 //!    worker's shared cargo home, which the sandbox mounts read-only; both sides then build
-//!    `--locked --offline`.
+//!    `--locked --offline`. Whatever the fetch unpacked is then made readable by the sandbox
+//!    user ([`make_dependencies_readable`]): tarballs may ship files with mode 0640, which cargo
+//!    keeps, and the sandbox's unprivileged user could not read them.
 //! 5. **Own packages.** `cargo metadata --no-deps` names the root package (or, for a virtual
 //!    workspace, its members), which outcome classification needs to tell the crate's own errors
 //!    from its dependencies'.
 //!
-//! Failures are sorted into two kinds ([`PrepareError`]): the crate's fault (bad manifest, missing
-//! or yanked dependency, invalid lockfile, checksum mismatch, hostile archive) becomes the
-//! `prepare-fail` outcome; infrastructure failures (registry or storage unreachable, disk full,
-//! timeouts) become `error`, so the job is retried.
+//! Failures are sorted into three kinds ([`PrepareError`]), host command output through one table
+//! of cargo's phrases (`FAILURES`): what the crate makes impossible anywhere (invalid or missing
+//! manifest, a dependency that does not exist or has only yanked matching versions) is `broken`;
+//! other faults of the crate found by this preparation (invalid lockfile, checksum mismatch,
+//! hostile archive) are `prepare-fail`; infrastructure failures (registry or storage unreachable,
+//! disk full, timeouts) are `error`, so the job is retried. Environment faults are never crate
+//! outcomes.
+//!
+//! # Why dependencies are fetched on the host and then made readable
+//!
+//! Crater (rustwide) runs `cargo fetch` inside its sandbox as the build user, so whatever cargo
+//! unpacks belongs to the user that reads it. Here the fetch runs on the host, as the worker's
+//! user, into one cargo home shared by every job and mounted read-only into the sandboxes, and
+//! the files' modes are then normalised (`o+r`, `o+x` where `u+x`, directories `o+rx`) once per
+//! unpacked directory, a marker file recording it. The choice keeps the sandbox's properties
+//! intact: it never has network, and never has a writable cargo home that one crate's build
+//! could poison for the next (a shared, writable registry cache would be exactly that). Fetching
+//! in the sandbox would need either a network-enabled container per job or a per-job cargo home
+//! (every dependency downloaded and unpacked again for every crate). The cost is this one walk
+//! per newly unpacked dependency, and it relies on cargo's unpacking being the only writer of
+//! the cargo home (the sandbox's mount is read-only, and no crate code runs on the host).
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -428,9 +453,16 @@ fn copy_split_errors(
 /// Why a crate could not be prepared.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PrepareError {
-    /// The crate's fault: reported as `prepare-fail` with this reason.
+    /// The crate's fault, as this preparation found it (invalid lockfile, checksum mismatch,
+    /// hostile archive, a version the index does not list): reported as `prepare-fail` with this
+    /// reason.
     #[error("prepare-fail: {0}")]
     Crate(String),
+    /// Something the crate itself makes impossible anywhere, with any toolchain and on any retry
+    /// (an invalid manifest, no manifest, a dependency that does not exist or whose only matching
+    /// versions are yanked): reported as `broken` with this reason.
+    #[error("broken: {0}")]
+    Broken(String),
     /// The host's or a service's fault: reported as `error` (the job is retried).
     #[error("error: {0}")]
     Infra(String),
@@ -625,39 +657,162 @@ struct PreparerInner {
     index_config: OnceCell<IndexConfig>,
 }
 
-/// Phrases in host command output that mean the network, a service or the host failed, not the
-/// crate.
-const INFRA_PHRASES: &[&str] = &[
-    "could not resolve host",
-    "couldn't resolve host",
-    "failed to lookup address",
-    "temporary failure in name resolution",
-    "name or service not known",
-    "network is unreachable",
-    "no route to host",
-    "connection refused",
-    "connection reset",
-    "connection timed out",
-    "operation timed out",
-    "timeout was reached",
-    "ssl connect error",
-    "spurious network error",
-    "failed to connect to",
-    "http2 framing layer",
-    "503 service unavailable",
-    "502 bad gateway",
-    "504 gateway timeout",
-    "429 too many requests",
-    "no space left on device",
-    "disk quota exceeded",
-    "read-only file system",
-    "too many open files",
-    "cannot allocate memory",
-];
+/// What a failed host command's output means (see [`FAILURES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    /// The network, a service or the host failed, not the crate: [`PrepareError::Infra`].
+    Infra,
+    /// The crate makes a build impossible anywhere: [`PrepareError::Broken`], the reason
+    /// prefixed with this label.
+    Broken(&'static str),
+    /// The crate's fault, for this preparation: [`PrepareError::Crate`], the reason prefixed with
+    /// this label.
+    Crate(&'static str),
+}
 
-fn infra_phrase(output: &str) -> Option<&'static str> {
+/// How [`FAILURES`] recognises a kind of failure in a command's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pattern {
+    /// This phrase (lower case) appears anywhere in the output, whatever its case there.
+    Phrase(&'static str),
+    /// cargo's rustc-style manifest error: an `error:` line whose next line is
+    /// ` --> …Cargo.toml:LINE:COL` (how cargo ≥ 1.80 reports TOML syntax and type errors, without
+    /// saying "failed to parse manifest").
+    ManifestLocation,
+}
+
+/// The one table of failures in host command output (cargo, git), in priority order: the first
+/// entry that matches decides. Infrastructure comes first, since a network failure can surface
+/// under a crate-looking message (`failed to load source for dependency` … `Could not resolve
+/// host`). Output matching nothing is the crate's ([`PrepareError::Crate`], unlabelled).
+///
+/// The `Broken` phrases are cargo's own wording for what no toolchain and no retry can fix
+/// (checked against cargo 1.95 on the `prepare-*` fixtures); crater files the same messages as
+/// broken crates (invalid `Cargo.toml`, yanked or missing dependencies).
+const FAILURES: &[(Pattern, FailureKind)] = {
+    use FailureKind::{Broken, Crate, Infra};
+    use Pattern::{ManifestLocation, Phrase};
+    &[
+        // the network, a service or the host
+        (Phrase("could not resolve host"), Infra),
+        (Phrase("couldn't resolve host"), Infra),
+        (Phrase("failed to lookup address"), Infra),
+        (Phrase("failed to resolve address"), Infra),
+        (Phrase("temporary failure in name resolution"), Infra),
+        (Phrase("name or service not known"), Infra),
+        (Phrase("network failure seems to have happened"), Infra),
+        (Phrase("network is unreachable"), Infra),
+        (Phrase("no route to host"), Infra),
+        (Phrase("connection refused"), Infra),
+        (Phrase("connection reset"), Infra),
+        (Phrase("connection timed out"), Infra),
+        (Phrase("operation timed out"), Infra),
+        (Phrase("timeout was reached"), Infra),
+        (Phrase("ssl connect error"), Infra),
+        (Phrase("spurious network error"), Infra),
+        (Phrase("failed to connect to"), Infra),
+        (Phrase("http2 framing layer"), Infra),
+        (Phrase("503 service unavailable"), Infra),
+        (Phrase("502 bad gateway"), Infra),
+        (Phrase("504 gateway timeout"), Infra),
+        (Phrase("429 too many requests"), Infra),
+        (Phrase("no space left on device"), Infra),
+        (Phrase("disk quota exceeded"), Infra),
+        (Phrase("read-only file system"), Infra),
+        (Phrase("too many open files"), Infra),
+        (Phrase("cannot allocate memory"), Infra),
+        // the lockfile: what was shipped (or stored) does not fit; another lockfile could
+        (
+            Phrase("failed to parse lock file"),
+            Crate("invalid lockfile"),
+        ),
+        (
+            Phrase("needs to be updated but --locked was passed"),
+            Crate("invalid lockfile"),
+        ),
+        // the manifest: no cargo can read it
+        (
+            Phrase("failed to parse manifest"),
+            Broken("invalid manifest"),
+        ),
+        (
+            Phrase("could not parse input as toml"),
+            Broken("invalid manifest"),
+        ),
+        (
+            Phrase("failed to load manifest for workspace member"),
+            Broken("invalid manifest"),
+        ),
+        (ManifestLocation, Broken("invalid manifest")),
+        // dependencies: none exists (any more) that fits the requirement, or only yanked ones
+        (
+            Phrase("failed to select a version for the requirement"),
+            Broken("no usable version of a dependency"),
+        ),
+        (
+            Phrase("no matching package named"),
+            Broken("missing dependency"),
+        ),
+        (
+            Phrase("no matching package found"),
+            Broken("missing dependency"),
+        ),
+        (
+            Phrase("failed to load source for dependency"),
+            Broken("missing dependency"),
+        ),
+    ]
+};
+
+/// The first entry of [`FAILURES`] that matches `output`, with what matched (for the reason).
+fn failure_kind(output: &str) -> Option<(&'static str, FailureKind)> {
     let lower = output.to_ascii_lowercase();
-    INFRA_PHRASES.iter().copied().find(|p| lower.contains(p))
+    FAILURES.iter().find_map(|&(pattern, kind)| match pattern {
+        Pattern::Phrase(p) => lower.contains(p).then_some((p, kind)),
+        Pattern::ManifestLocation => {
+            manifest_location(output).then_some(("--> Cargo.toml:LINE:COL", kind))
+        }
+    })
+}
+
+/// Whether an `error:` line of `output` is followed by a ` --> …Cargo.toml:LINE:COL` line.
+fn manifest_location(output: &str) -> bool {
+    let mut lines = output.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if !line.starts_with("error:") {
+            continue;
+        }
+        let Some(loc) = lines.clone().next().and_then(|l| l.strip_prefix("--> ")) else {
+            continue;
+        };
+        // PATH:LINE:COL, PATH ending in Cargo.toml
+        let mut parts = loc.rsplitn(3, ':');
+        let (col, line_no, path) = (parts.next(), parts.next(), parts.next());
+        let numeric = |s: Option<&str>| {
+            s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        };
+        if numeric(col)
+            && numeric(line_no)
+            && path.is_some_and(|p| p == "Cargo.toml" || p.ends_with("/Cargo.toml"))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The [`PrepareError`] for a failed cargo command `label` that ended with `status`: its output
+/// looked up in [`FAILURES`], the reason taken from it by [`failure_reason`].
+fn classify_cargo_failure(output: &str, label: &str, status: &str) -> PrepareError {
+    let reason = failure_reason(output);
+    match failure_kind(output) {
+        Some((phrase, FailureKind::Infra)) => PrepareError::Infra(format!(
+            "`{label}` failed ({status}; the output mentions {phrase:?}): {reason}"
+        )),
+        Some((_, FailureKind::Broken(label))) => PrepareError::Broken(format!("{label}: {reason}")),
+        Some((_, FailureKind::Crate(label))) => PrepareError::Crate(format!("{label}: {reason}")),
+        None => PrepareError::Crate(reason),
+    }
 }
 
 /// A short reason from cargo's (or git's) output: the first `error:`/`fatal:` line, followed by the
@@ -804,6 +959,256 @@ fn sanitize_tree(root: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// The marker [`make_dependencies_readable`] writes into an unpacked dependency's directory once
+/// everything in it is readable by the sandbox user. It lives inside the directory, so when cargo
+/// replaces a directory (it unpacks again when its own `.cargo-ok` is missing) the marker goes
+/// with it and the new contents are walked again.
+pub const READABLE_MARKER: &str = ".caldera-readable";
+
+/// What [`make_dependencies_readable`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadableStats {
+    /// Dependency directories walked (those without the marker).
+    pub dirs: u64,
+    /// Files and directories whose mode was changed.
+    pub changed: u64,
+}
+
+/// Makes every dependency source cargo unpacked into `cargo_home` — `registry/src/*/*` and
+/// `git/checkouts/*/*` — readable by every user: files get `o+r` (and `o+x` where `u+x`),
+/// directories `o+rx`. Registry tarballs may ship files with mode 0640 (`fnv 1.0.7`,
+/// `pin-utils 0.1.0`, `term 0.5.2`), which cargo keeps; fetched as root on the host, they would
+/// be unreadable by the unprivileged sandbox user, and every crate depending on them would fail to
+/// build for a reason that is not its own.
+///
+/// Only directories cargo has finished unpacking (holding its `.cargo-ok`) and not yet marked
+/// ([`READABLE_MARKER`]) are walked, so a job walks only what its fetch added. Symlinks are never
+/// followed, neither as directories to descend into nor as files to chmod (a chmod through a link
+/// would change its target, possibly outside the tree). Blocking: call it from `spawn_blocking`.
+pub fn make_dependencies_readable(cargo_home: &Path) -> io::Result<ReadableStats> {
+    let mut stats = ReadableStats::default();
+    for (top, base) in [("registry", "registry/src"), ("git", "git/checkouts")] {
+        let base = cargo_home.join(base);
+        let Some(meta) = real_dir(&base)? else {
+            continue;
+        };
+        // the directories leading to the sources: cargo_home/registry/src, …/git/checkouts
+        let top = cargo_home.join(top);
+        if let Some(m) = real_dir(&top)? {
+            stats.changed += u64::from(add_mode(&top, &m, 0o005)?);
+        }
+        stats.changed += u64::from(add_mode(&base, &meta, 0o005)?);
+        for group in std::fs::read_dir(&base)? {
+            let group = group?.path();
+            // one per registry (`index.crates.io-…`) or per git repository (`name-hash`)
+            let Some(meta) = real_dir(&group)? else {
+                continue;
+            };
+            stats.changed += u64::from(add_mode(&group, &meta, 0o005)?);
+            for krate in std::fs::read_dir(&group)? {
+                let krate = krate?.path();
+                if real_dir(&krate)?.is_none()
+                    || !krate.join(".cargo-ok").is_file()
+                    || std::fs::symlink_metadata(krate.join(READABLE_MARKER)).is_ok()
+                {
+                    continue;
+                }
+                stats.changed += make_tree_readable(&krate)?;
+                let marker = krate.join(READABLE_MARKER);
+                std::fs::write(&marker, b"")?;
+                std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644))?;
+                stats.dirs += 1;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// The metadata of `path` when it is a directory and not a symlink; `None` when it is missing or
+/// anything else.
+fn real_dir(path: &Path) -> io::Result<Option<std::fs::Metadata>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(Some(m)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Adds the `bits` to the mode of `path` (described by `meta`, never a symlink); returns whether
+/// the mode changed.
+fn add_mode(path: &Path, meta: &std::fs::Metadata, bits: u32) -> io::Result<bool> {
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode | bits == mode {
+        return Ok(false);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | bits))?;
+    Ok(true)
+}
+
+/// Walks `root` (a real directory) without following symlinks: directories get `o+rx`, files
+/// `o+r` and `o+x` where `u+x`; symlinks and special files are left alone. Returns how many modes
+/// changed.
+fn make_tree_readable(root: &Path) -> io::Result<u64> {
+    let mut changed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&dir)?;
+        changed += u64::from(add_mode(&dir, &meta, 0o005)?);
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            // `file_type` of a directory entry does not follow symlinks
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                stack.push(entry.path());
+            } else if ty.is_file() {
+                let path = entry.path();
+                let meta = std::fs::symlink_metadata(&path)?;
+                let mode = meta.permissions().mode();
+                let bits = if mode & 0o100 != 0 { 0o005 } else { 0o004 };
+                changed += u64::from(add_mode(&path, &meta, bits)?);
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// The kinds of target tables a manifest may list, with the directory where cargo looks for a
+/// target's file when the entry names no `path`.
+const TARGET_TABLES: &[(&str, &str)] = &[
+    ("bin", "src/bin"),
+    ("example", "examples"),
+    ("test", "tests"),
+    ("bench", "benches"),
+];
+
+/// The files cargo would build a `kind` target named `name` from, when its entry has no `path`
+/// (relative to the package root). Generous on purpose: an entry is dropped only when none exists.
+fn default_target_paths(kind: &str, dir: &str, name: &str, package: Option<&str>) -> Vec<String> {
+    let mut paths = vec![format!("{dir}/{name}.rs"), format!("{dir}/{name}/main.rs")];
+    if kind == "bin" {
+        // the package's own binary, and cargo's legacy binary paths
+        if package.is_none_or(|p| p == name) {
+            paths.push("src/main.rs".into());
+        }
+        paths.push(format!("src/{name}.rs"));
+        paths.push("src/bin/main.rs".into());
+    }
+    paths
+}
+
+/// Whether `path` (from a manifest) is relative and stays inside the package, so that looking for
+/// it does not look outside.
+fn inside_package(path: &str) -> bool {
+    let p = Path::new(path);
+    !path.is_empty()
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// Drops from a manifest the `[[bin]]`, `[[example]]`, `[[test]]` and `[[bench]]` entries whose
+/// source file the package does not ship (`exists` answers for a path relative to the package
+/// root), as crater does: older crates often list targets whose files were left out when they
+/// were published, and cargo then refuses the whole manifest. Everything else in the text is kept
+/// byte for byte. Returns the new text and a description of each dropped target, or `None` when
+/// nothing is dropped (or the text is not TOML: cargo will say what is wrong with it). Entries
+/// the check cannot judge (no name nor path, a path leaving the package) are kept;
+/// auto-discovered targets are not listed, so never touched.
+pub fn tidy_manifest(text: &str, exists: impl Fn(&str) -> bool) -> Option<(String, Vec<String>)> {
+    let mut doc: toml_edit::DocumentMut = text.parse().ok()?;
+    let package = doc
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_owned);
+    let mut dropped = Vec::new();
+    for &(kind, dir) in TARGET_TABLES {
+        // what cargo would build this entry from; `None` when it cannot be judged (kept)
+        let missing = |name: Option<&str>, path: Option<&str>| -> Option<String> {
+            let candidates = match (path, name) {
+                (Some(p), _) if inside_package(p) => vec![p.to_owned()],
+                (Some(_), _) => return None,
+                (None, Some(n)) if inside_package(n) => {
+                    default_target_paths(kind, dir, n, package.as_deref())
+                }
+                (None, _) => return None,
+            };
+            if candidates.iter().any(|c| exists(c)) {
+                return None;
+            }
+            Some(format!(
+                "[[{kind}]] {} ({} not in the package)",
+                name.map_or_else(|| "(unnamed)".to_owned(), |n| format!("`{n}`")),
+                candidates.join(" or ")
+            ))
+        };
+        let Some(item) = doc.get_mut(kind) else {
+            continue;
+        };
+        let before = dropped.len();
+        let now_empty = match item {
+            toml_edit::Item::ArrayOfTables(array) => {
+                array.retain(|t| {
+                    let gone = missing(
+                        t.get("name").and_then(|v| v.as_str()),
+                        t.get("path").and_then(|v| v.as_str()),
+                    );
+                    dropped.extend(gone.clone());
+                    gone.is_none()
+                });
+                array.is_empty()
+            }
+            // the inline form: `example = [{ name = "x" }]`
+            toml_edit::Item::Value(toml_edit::Value::Array(array)) => {
+                array.retain(|v| {
+                    let Some(t) = v.as_inline_table() else {
+                        return true;
+                    };
+                    let gone = missing(
+                        t.get("name").and_then(|v| v.as_str()),
+                        t.get("path").and_then(|v| v.as_str()),
+                    );
+                    dropped.extend(gone.clone());
+                    gone.is_none()
+                });
+                array.is_empty()
+            }
+            _ => false,
+        };
+        if now_empty && dropped.len() > before {
+            // no `[[kind]]` entry is left: the key goes too (cargo would take `kind = []` alike)
+            doc.remove(kind);
+        }
+    }
+    if dropped.is_empty() {
+        return None;
+    }
+    Some((doc.to_string(), dropped))
+}
+
+/// [`tidy_manifest`] on the file `manifest`, written back when something was dropped; returns
+/// what was dropped. A symlinked manifest is left alone (the write would go through the link).
+fn tidy_manifest_file(manifest: &Path) -> io::Result<Vec<String>> {
+    if std::fs::symlink_metadata(manifest)?
+        .file_type()
+        .is_symlink()
+    {
+        return Ok(Vec::new());
+    }
+    let root = manifest.parent().unwrap_or(Path::new("."));
+    let Ok(text) = std::fs::read_to_string(manifest) else {
+        // not UTF-8: cargo will say so
+        return Ok(Vec::new());
+    };
+    match tidy_manifest(&text, |rel| root.join(rel).is_file()) {
+        Some((tidied, dropped)) => {
+            std::fs::write(manifest, tidied)?;
+            Ok(dropped)
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Copies a local crate directory (not its top-level `target/`); symlinks are copied as links,
 /// other special files skipped.
 fn copy_tree(from: &Path, to: &Path, top: bool) -> io::Result<()> {
@@ -945,8 +1350,18 @@ impl Preparer {
             .await
             .unwrap_or(false)
         {
-            return Err(PrepareError::Crate(
+            return Err(PrepareError::Broken(
                 "the crate has no Cargo.toml at its root".into(),
+            ));
+        }
+        let manifest = src.join("Cargo.toml");
+        let dropped = tokio::task::spawn_blocking(move || tidy_manifest_file(&manifest))
+            .await
+            .map_err(|e| PrepareError::Infra(format!("tidy task: {e}")))?
+            .map_err(|e| PrepareError::Infra(format!("tidying Cargo.toml: {e}")))?;
+        for target in &dropped {
+            report.line(format!(
+                "tidied Cargo.toml: dropped {target}: the package does not ship its file"
             ));
         }
 
@@ -1005,6 +1420,22 @@ impl Preparer {
         let t0 = Instant::now();
         self.cargo(start, &src, &["fetch", "--locked"], report)
             .await?;
+        let cargo_home = self.inner.config.cargo_home.clone();
+        let made = tokio::task::spawn_blocking(move || make_dependencies_readable(&cargo_home))
+            .await
+            .map_err(|e| PrepareError::Infra(format!("permissions task: {e}")))?
+            .map_err(|e| {
+                PrepareError::Infra(format!(
+                    "making the cargo home's dependency sources readable: {e}"
+                ))
+            })?;
+        if made.dirs > 0 {
+            report.line(format!(
+                "made {} newly unpacked dependency source dirs readable by the sandbox user \
+                 ({} modes changed)",
+                made.dirs, made.changed
+            ));
+        }
         report.steps.push(("fetch".into(), t0.elapsed()));
 
         // 5. the crate's own packages
@@ -1180,21 +1611,7 @@ impl Preparer {
         }
         // name the crate's directory as the sandbox does, so reasons compare across jobs
         let shown = out.text.replace(&dir.display().to_string(), "/caldera/src");
-        let reason = failure_reason(&shown);
-        if let Some(phrase) = infra_phrase(&out.text) {
-            return Err(PrepareError::Infra(format!(
-                "`{label}` failed ({}; the output mentions {phrase:?}): {reason}",
-                out.status
-            )));
-        }
-        let reason = if shown.contains("needs to be updated but --locked was passed")
-            || shown.contains("failed to parse lock file")
-        {
-            format!("invalid lockfile: {reason}")
-        } else {
-            reason
-        };
-        Err(PrepareError::Crate(reason))
+        Err(classify_cargo_failure(&shown, &label, &out.status))
     }
 
     /// Builds Miri's sysroot for `tc` into `sysroot` on the host (it downloads the standard
@@ -1217,7 +1634,9 @@ impl Preparer {
         .await
         .map(drop)
         .map_err(|e| match e {
-            PrepareError::Crate(reason) | PrepareError::Infra(reason) => {
+            PrepareError::Crate(reason)
+            | PrepareError::Broken(reason)
+            | PrepareError::Infra(reason) => {
                 PrepareError::Infra(format!("cargo miri setup: {reason}"))
             }
         })
@@ -1243,12 +1662,13 @@ impl Preparer {
             return Ok(());
         }
         let reason = failure_reason(&out.text);
-        if let Some(phrase) = infra_phrase(&out.text) {
-            return Err(PrepareError::Infra(format!(
-                "`{label}` failed (output mentions {phrase:?}): {reason}"
-            )));
-        }
-        Err(PrepareError::Crate(format!("`{label}` failed: {reason}")))
+        Err(match failure_kind(&out.text) {
+            Some((phrase, FailureKind::Infra)) => PrepareError::Infra(format!(
+                "`{label}` failed (the output mentions {phrase:?}): {reason}"
+            )),
+            // git's failures are never cargo's manifest or dependency messages: the crate's
+            _ => PrepareError::Crate(format!("`{label}` failed: {reason}")),
+        })
     }
 
     async fn clone_git(
@@ -1897,15 +2317,334 @@ mod tests {
             failure_reason("error: key with no value, expected `=`\n --> Cargo.toml:7:6\n  |\n"),
             "error: key with no value, expected `=` (at Cargo.toml:7:6)"
         );
+    }
+
+    /// cargo's real output (1.95) for the `prepare-*` fixtures and its other unfixable messages,
+    /// and what each becomes.
+    #[test]
+    fn failures_are_sorted_by_one_table() {
+        let kind = |out: &str| classify_cargo_failure(out, "cargo x", "exit status: 101");
+        let broken = |out: &str, want: &str| match kind(out) {
+            PrepareError::Broken(reason) => assert_eq!(reason, want, "{out}"),
+            other => panic!("{out}: {other:?}"),
+        };
+        // prepare-bad-manifest: cargo ≥ 1.80 reports TOML errors rustc-style, with a location
+        broken(
+            "error: key with no value, expected `=`\n --> Cargo.toml:7:6\n  |\n7 | this line is not toml\n  |      ^\n",
+            "invalid manifest: error: key with no value, expected `=` (at Cargo.toml:7:6)",
+        );
+        // a workspace member's
+        broken(
+            "error: invalid type: integer `3`, expected a version string\n --> m/Cargo.toml:5:7\n  |\nerror: failed to load manifest for workspace member `/x/m`\n",
+            "invalid manifest: error: invalid type: integer `3`, expected a version string (at m/Cargo.toml:5:7)",
+        );
+        broken(
+            "error: failed to parse manifest at `/caldera/src/Cargo.toml`\n\nCaused by:\n  missing field `package.name`\n",
+            "invalid manifest: error: failed to parse manifest at `/caldera/src/Cargo.toml`: missing field `package.name`",
+        );
+        broken(
+            "error: failed to parse manifest at `/caldera/src/Cargo.toml`\n\nCaused by:\n  can't find `gone` example at `examples/gone.rs` or `examples/gone/main.rs`.\n",
+            "invalid manifest: error: failed to parse manifest at `/caldera/src/Cargo.toml`: can't find `gone` example at `examples/gone.rs` or `examples/gone/main.rs`.",
+        );
+        // prepare-missing-dep
+        broken(
+            "    Updating crates.io index\nerror: no matching package named `caldera-fixture-no-such-crate-7f3a9` found\nlocation searched: crates.io index\n",
+            "missing dependency: error: no matching package named `caldera-fixture-no-such-crate-7f3a9` found",
+        );
+        // only yanked (or no) versions match
+        broken(
+            "error: failed to select a version for the requirement `fnv = \"=1.0.9\"`\ncandidate versions found which didn't match: 1.0.7, 1.0.6\n",
+            "no usable version of a dependency: error: failed to select a version for the requirement `fnv = \"=1.0.9\"`",
+        );
+        // prepare-bad-lockfile: another lockfile would do, so the crate is not broken
         assert_eq!(
-            infra_phrase(
-                "error: failed to download\nCaused by:\n  [6] Could not resolve host: example"
+            kind("error: failed to parse lock file at: /caldera/src/Cargo.lock\n\nCaused by:\n  TOML parse error at line 1, column 6\n"),
+            PrepareError::Crate(
+                "invalid lockfile: error: failed to parse lock file at: /caldera/src/Cargo.lock: TOML parse error at line 1, column 6".into()
+            )
+        );
+        // the network first, even under a crate-looking message
+        let out = "error: failed to get `x` as a dependency\n\nCaused by:\n  failed to load source for dependency `x`\n\nCaused by:\n  failed to resolve address for github.com: Name or service not known; class=Net (12)\n";
+        match kind(out) {
+            PrepareError::Infra(reason) => assert!(
+                reason.starts_with("`cargo x` failed (exit status: 101; the output mentions \"failed to resolve address\"): error: failed to get `x`"),
+                "{reason}"
             ),
-            Some("could not resolve host")
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            kind("error: failed to download\nCaused by:\n  [6] Could not resolve host: example"),
+            PrepareError::Infra(_)
+        ));
+        // without a known phrase: the crate's, as the preparation found it
+        assert_eq!(
+            kind("error: something new\n"),
+            PrepareError::Crate("error: something new".into())
+        );
+        // a location that is not a manifest's is no manifest error
+        assert!(!manifest_location("error: x\n --> src/lib.rs:1:1\n"));
+        assert!(!manifest_location("warning: x\n --> Cargo.toml:1:1\n"));
+        assert!(!manifest_location("error: x\n --> Cargo.toml\n"));
+        assert!(manifest_location("error: x\n  --> sub/Cargo.toml:12:3\n"));
+    }
+
+    /// A fake cargo home: one registry with one unpacked crate, one git checkout.
+    fn fake_cargo_home() -> tempfile::TempDir {
+        let home = tempfile::tempdir().unwrap();
+        let krate = home
+            .path()
+            .join("registry/src/index.example-0123/foo-1.0.0");
+        std::fs::create_dir_all(krate.join("src/private")).unwrap();
+        std::fs::write(krate.join(".cargo-ok"), "{\"v\":1}").unwrap();
+        std::fs::write(krate.join("Cargo.toml"), "[package]\n").unwrap();
+        std::fs::write(krate.join("src/lib.rs"), "").unwrap();
+        std::fs::write(krate.join("src/private/tool.sh"), "").unwrap();
+        std::fs::set_permissions(
+            krate.join("src/lib.rs"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            krate.join("src/private/tool.sh"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            krate.join("src/private"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        let checkout = home.path().join("git/checkouts/bar-abcdef/1234567");
+        std::fs::create_dir_all(&checkout).unwrap();
+        std::fs::write(checkout.join(".cargo-ok"), "").unwrap();
+        std::fs::write(checkout.join("lib.rs"), "").unwrap();
+        std::fs::set_permissions(
+            checkout.join("lib.rs"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        home
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn unpacked_dependencies_are_made_readable_once() {
+        let home = fake_cargo_home();
+        let krate = home
+            .path()
+            .join("registry/src/index.example-0123/foo-1.0.0");
+        let checkout = home.path().join("git/checkouts/bar-abcdef/1234567");
+        // a symlink pointing outside the cargo home, at a directory and at a file
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "").unwrap();
+        std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(
+            outside.path().join("secret"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(outside.path(), krate.join("src/out-dir")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), krate.join("src/out-file"))
+            .unwrap();
+        // a directory cargo has not finished unpacking (no .cargo-ok) is left for later
+        let partial = home
+            .path()
+            .join("registry/src/index.example-0123/baz-0.1.0");
+        std::fs::create_dir_all(&partial).unwrap();
+        std::fs::write(partial.join("lib.rs"), "").unwrap();
+        std::fs::set_permissions(
+            partial.join("lib.rs"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+
+        let stats = make_dependencies_readable(home.path()).unwrap();
+        assert_eq!(stats.dirs, 2, "{stats:?}");
+        assert_eq!(mode(&krate.join("src/lib.rs")), 0o644);
+        assert_eq!(mode(&krate.join("src/private")), 0o755);
+        assert_eq!(mode(&krate.join("src/private/tool.sh")), 0o755);
+        assert_eq!(mode(&checkout.join("lib.rs")), 0o604);
+        assert!(krate.join(READABLE_MARKER).is_file());
+        assert!(checkout.join(READABLE_MARKER).is_file());
+        // nothing outside was followed
+        assert_eq!(mode(outside.path()), 0o700);
+        assert_eq!(mode(&outside.path().join("secret")), 0o600);
+        assert_eq!(mode(&partial.join("lib.rs")), 0o600);
+        assert!(!partial.join(READABLE_MARKER).exists());
+
+        // the marker spares a second walk: a file made unreadable since stays so
+        std::fs::set_permissions(
+            krate.join("src/lib.rs"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let stats = make_dependencies_readable(home.path()).unwrap();
+        assert_eq!(stats, ReadableStats::default());
+        assert_eq!(mode(&krate.join("src/lib.rs")), 0o600);
+        // … and a directory cargo has since finished unpacking is walked
+        std::fs::write(partial.join(".cargo-ok"), "").unwrap();
+        let stats = make_dependencies_readable(home.path()).unwrap();
+        assert_eq!(stats.dirs, 1, "{stats:?}");
+        assert_eq!(mode(&partial.join("lib.rs")), 0o604);
+        // an empty cargo home is fine
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(
+            make_dependencies_readable(empty.path()).unwrap(),
+            ReadableStats::default()
+        );
+    }
+
+    /// `tidy_manifest` over a package holding `files`.
+    fn tidy(text: &str, files: &[&str]) -> Option<(String, Vec<String>)> {
+        tidy_manifest(text, |p| files.contains(&p))
+    }
+
+    #[test]
+    fn manifests_lose_only_the_targets_whose_files_are_missing() {
+        let text = r#"# top comment, kept
+[package]
+name   =   "foo"   # odd spacing, kept
+version = "1.0.0"
+autoexamples = false
+
+[[example]]
+name = "present"
+
+[[example]]   # a missing example
+name = "gone"
+
+[[example]]
+name = "custom"
+path = "demo/custom.rs"
+
+[[example]]
+name = "dir-style"
+
+[[test]]
+name = "gone-test"
+harness = false
+
+[[bench]]
+name = "gone-bench"
+
+[[bin]]
+name = "foo"
+
+[[bin]]
+name = "tool"
+path = "src/tools/tool.rs"
+
+[dependencies]
+bar = { version = "1", features = ["x"] } # kept
+"#;
+        let files = [
+            "examples/present.rs",
+            "examples/dir-style/main.rs",
+            "src/main.rs",
+        ];
+        let (tidied, dropped) = tidy(text, &files).unwrap();
+        assert_eq!(
+            dropped,
+            [
+                "[[bin]] `tool` (src/tools/tool.rs not in the package)",
+                "[[example]] `gone` (examples/gone.rs or examples/gone/main.rs not in the package)",
+                "[[example]] `custom` (demo/custom.rs not in the package)",
+                "[[test]] `gone-test` (tests/gone-test.rs or tests/gone-test/main.rs not in the package)",
+                "[[bench]] `gone-bench` (benches/gone-bench.rs or benches/gone-bench/main.rs not in the package)",
+            ]
         );
         assert_eq!(
-            infra_phrase("error: no matching package named `x` found"),
+            tidied,
+            r#"# top comment, kept
+[package]
+name   =   "foo"   # odd spacing, kept
+version = "1.0.0"
+autoexamples = false
+
+[[example]]
+name = "present"
+
+[[example]]
+name = "dir-style"
+
+[[bin]]
+name = "foo"
+
+[dependencies]
+bar = { version = "1", features = ["x"] } # kept
+"#
+        );
+        // all present, or nothing listed (auto-discovery): the text is not touched
+        let all = [
+            "examples/present.rs",
+            "examples/gone.rs",
+            "demo/custom.rs",
+            "examples/dir-style.rs",
+            "tests/gone-test.rs",
+            "benches/gone-bench/main.rs",
+            "src/main.rs",
+            "src/tools/tool.rs",
+        ];
+        assert_eq!(tidy(text, &all), None);
+        assert_eq!(
+            tidy("[package]\nname = \"foo\"\nversion = \"1.0.0\"\n", &[]),
             None
+        );
+    }
+
+    #[test]
+    fn tidying_keeps_what_it_cannot_judge() {
+        // not TOML: cargo says what is wrong
+        assert_eq!(tidy("this is not toml", &[]), None);
+        // a path leaving the package, an absolute one, an entry with neither name nor path
+        let text = "[package]\nname = \"foo\"\n\n[[example]]\nname = \"up\"\npath = \"../x.rs\"\n\n[[example]]\nname = \"abs\"\npath = \"/etc/x.rs\"\n\n[[test]]\nharness = false\n";
+        assert_eq!(tidy(text, &[]), None);
+        // the legacy binary paths cargo still accepts
+        let bins = "[package]\nname = \"foo\"\n\n[[bin]]\nname = \"old\"\n";
+        assert_eq!(tidy(bins, &["src/old.rs"]), None);
+        assert_eq!(tidy(bins, &["src/bin/main.rs"]), None);
+        assert!(
+            tidy(bins, &["src/main.rs"]).is_some(),
+            "src/main.rs is `foo`'s"
+        );
+        // the inline form, and a key left with no entry is removed
+        let (tidied, dropped) = tidy(
+            "example = [{ name = \"a\" }, { name = \"b\" }]\nbench = [{ name = \"c\" }]\n[package]\nname = \"foo\"\n",
+            &["examples/a.rs"],
+        )
+        .unwrap();
+        assert_eq!(dropped.len(), 2, "{dropped:?}");
+        assert_eq!(
+            tidied,
+            "example = [{ name = \"a\" }]\n[package]\nname = \"foo\"\n"
+        );
+    }
+
+    #[test]
+    fn a_manifest_file_is_rewritten_only_when_something_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("Cargo.toml");
+        let text = "[package]\nname = \"foo\"\n\n[[example]]\nname = \"gone\"\n";
+        std::fs::write(&manifest, text).unwrap();
+        let dropped = tidy_manifest_file(&manifest).unwrap();
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&manifest).unwrap(),
+            "[package]\nname = \"foo\"\n"
+        );
+        assert!(tidy_manifest_file(&manifest).unwrap().is_empty());
+        // a symlinked manifest is not written through
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("real.toml"), text).unwrap();
+        std::fs::remove_file(&manifest).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("real.toml"), &manifest).unwrap();
+        assert!(tidy_manifest_file(&manifest).unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_to_string(elsewhere.path().join("real.toml")).unwrap(),
+            text
         );
     }
 

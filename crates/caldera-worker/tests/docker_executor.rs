@@ -550,3 +550,117 @@ async fn infrastructure_problems_are_errors_not_build_failures() {
         out.end.outcome
     );
 }
+
+/// A registry tarball may ship files the sandbox user cannot read (`fnv 1.0.7` and `pin-utils
+/// 0.1.0` publish theirs with mode 0640). They are fetched on the host into the shared cargo home;
+/// the crate's real outcome must come out, not `build-fail: depends-on` for `Permission denied`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_published_unreadable_are_readable_in_the_sandbox() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let h = harness("unreadable-dep", |_| {}).await;
+    let out = h
+        .run(spec(
+            "unreadable",
+            fixture("registry-unreadable-dep"),
+            "stable",
+            "nightly",
+            Mode::BuildAndTest,
+        ))
+        .await;
+    let start_log = h.log(out.start.log_key.as_deref()).await;
+    let end_log = h.log(out.end.log_key.as_deref()).await;
+    assert_eq!(
+        out.start.outcome,
+        Outcome::TestPass,
+        "{}",
+        excerpt(&start_log)
+    );
+    assert_eq!(out.end.outcome, Outcome::TestPass, "{}", excerpt(&end_log));
+    assert!(
+        start_log.contains("newly unpacked dependency source dirs readable by the sandbox user"),
+        "{}",
+        excerpt(&start_log)
+    );
+    // the unpacked sources in the cargo home: readable by all now, and marked as done
+    let registry = h.executor.config().prepare.cargo_home.join("registry/src");
+    let index = std::fs::read_dir(&registry)
+        .unwrap()
+        .next()
+        .expect("a registry source dir")
+        .unwrap()
+        .path();
+    for (dir, file) in [("fnv-1.0.7", "lib.rs"), ("pin-utils-0.1.0", "src/lib.rs")] {
+        let mode = std::fs::metadata(index.join(dir).join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o004, 0o004, "{dir}/{file}: {mode:o}");
+        assert!(
+            index
+                .join(dir)
+                .join(caldera_worker::prepare::READABLE_MARKER)
+                .is_file()
+        );
+    }
+    // the next job finds them marked: nothing is walked again
+    let out = h
+        .run(spec(
+            "unreadable",
+            fixture("registry-unreadable-dep"),
+            "stable",
+            "nightly",
+            Mode::CheckOnly,
+        ))
+        .await;
+    let log = h.log(out.start.log_key.as_deref()).await;
+    assert_eq!(
+        (&out.start.outcome, &out.end.outcome),
+        (&Outcome::TestPass, &Outcome::TestPass),
+        "{}",
+        excerpt(&log)
+    );
+    assert!(
+        !log.contains("newly unpacked dependency source dirs"),
+        "{}",
+        excerpt(&log)
+    );
+}
+
+/// A manifest naming an example the package does not ship is tidied (the entry dropped, and
+/// said so in the log), not refused: the crate is built and compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_the_package_does_not_ship_are_dropped_not_prepare_fail() {
+    let h = harness("missing-example", |_| {}).await;
+    let out = h
+        .run(spec(
+            "tidy",
+            fixture("missing-example"),
+            "stable",
+            "nightly",
+            Mode::BuildAndTest,
+        ))
+        .await;
+    let start_log = h.log(out.start.log_key.as_deref()).await;
+    let end_log = h.log(out.end.log_key.as_deref()).await;
+    assert_eq!(
+        out.start.outcome,
+        Outcome::TestPass,
+        "{}",
+        excerpt(&start_log)
+    );
+    assert_eq!(out.end.outcome, Outcome::TestPass, "{}", excerpt(&end_log));
+    for log in [&start_log, &end_log] {
+        assert!(
+            log.contains(
+                "tidied Cargo.toml: dropped [[example]] `not-shipped` (examples/not-shipped.rs \
+                 or examples/not-shipped/main.rs not in the package)"
+            ),
+            "{}",
+            excerpt(log)
+        );
+        assert!(!log.contains("[[test]] `shipped`"), "{}", excerpt(log));
+        // the listed test whose file is shipped was kept, and ran
+        assert!(log.contains("shipped_test_runs ... ok"), "{}", excerpt(log));
+    }
+}

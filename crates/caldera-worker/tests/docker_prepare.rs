@@ -1,4 +1,5 @@
-//! Crate preparation through the Docker executor: prepare failures, the one lockfile per
+//! Crate preparation through the Docker executor: prepare failures (`broken` or `prepare-fail`),
+//! the one lockfile per
 //! (experiment, crate), and a registry crate end to end (index, download, checksum, unpack, fetch,
 //! build). See `docker_common` for what the tests need; these also reach the crate registry the
 //! way cargo is configured to.
@@ -50,45 +51,65 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// What a failed preparation must end as on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    PrepareFail,
+    Broken,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prepare_failures_are_prepare_fail_with_a_reason() {
+async fn prepare_failures_are_broken_or_prepare_fail_with_a_reason() {
     let h = harness("prepare-fail", |_| {}).await;
     let itoa_sum = index_checksum(h.store.clone(), "itoa", "1.0.11").await;
     let wrong_sum: String = itoa_sum
         .chars()
         .map(|c| if c == '0' { '1' } else { '0' })
         .collect();
-    let cases: Vec<(CrateId, &str)> = vec![
+    let cases: Vec<(CrateId, Want, &[&str])> = vec![
+        // what the crate makes impossible anywhere: broken, the reason naming the problem
         (
             fixture("prepare-bad-manifest"),
+            Want::Broken,
             // cargo's wording changes between versions; the location does not
-            "Cargo.toml:7",
+            &["invalid manifest: ", "Cargo.toml:7"],
         ),
         (
             fixture("prepare-missing-dep"),
-            "no matching package named `caldera-fixture-no-such-crate-7f3a9` found",
+            Want::Broken,
+            &["missing dependency: error: no matching package named \
+             `caldera-fixture-no-such-crate-7f3a9` found"],
         ),
-        (fixture("prepare-bad-lockfile"), "invalid lockfile: "),
+        // faults another preparation could get past: prepare-fail
+        (
+            fixture("prepare-bad-lockfile"),
+            Want::PrepareFail,
+            &["invalid lockfile: "],
+        ),
         (
             CrateId::Local {
                 path: "/nonexistent/caldera-crate".into(),
             },
-            "local crate directory /nonexistent/caldera-crate does not exist on this worker",
+            Want::PrepareFail,
+            &["local crate directory /nonexistent/caldera-crate does not exist on this worker"],
         ),
         (
             registry("itoa", "1.0.11", Some(&wrong_sum)),
-            "checksum mismatch for itoa 1.0.11: the crate id says",
+            Want::PrepareFail,
+            &["checksum mismatch for itoa 1.0.11: the crate id says"],
         ),
         (
             registry("itoa", "0.0.77", None),
-            "version 0.0.77 of crate itoa is not in the registry index",
+            Want::PrepareFail,
+            &["version 0.0.77 of crate itoa is not in the registry index"],
         ),
         (
             registry("caldera-fixture-no-such-crate-7f3a9", "1.0.0", None),
-            "crate caldera-fixture-no-such-crate-7f3a9 is not in the registry index",
+            Want::PrepareFail,
+            &["crate caldera-fixture-no-such-crate-7f3a9 is not in the registry index"],
         ),
     ];
-    for (krate, needle) in cases {
+    for (krate, want, needles) in cases {
         let out = h
             .run(spec(
                 "pf",
@@ -100,20 +121,22 @@ async fn prepare_failures_are_prepare_fail_with_a_reason() {
             .await;
         for side in [&out.start, &out.end] {
             let log = h.log(side.log_key.as_deref()).await;
-            match &side.outcome {
-                Outcome::PrepareFail { reason } => {
-                    assert!(
-                        reason.contains(needle),
-                        "{krate}: {reason:?} lacks {needle:?}"
-                    )
-                }
-                other => panic!(
-                    "{krate}: expected prepare-fail, got {other:?}\n{}",
+            let (reason, prefix) = match (&side.outcome, want) {
+                (Outcome::PrepareFail { reason }, Want::PrepareFail) => (reason, "prepare-fail"),
+                (Outcome::Broken { reason }, Want::Broken) => (reason, "broken"),
+                (other, _) => panic!(
+                    "{krate}: expected {want:?}, got {other:?}\n{}",
                     excerpt(&log)
                 ),
+            };
+            for needle in needles {
+                assert!(
+                    reason.contains(needle),
+                    "{krate}: {reason:?} lacks {needle:?}"
+                );
             }
             assert!(
-                log.contains("preparation failed: prepare-fail: "),
+                log.contains(&format!("preparation failed: {prefix}: ")),
                 "{}",
                 excerpt(&log)
             );
