@@ -6,7 +6,7 @@ mod docker_common;
 use std::time::{Duration, Instant};
 
 use caldera_core::experiment::Mode;
-use caldera_core::outcome::{BuildFailReason, Outcome};
+use caldera_core::outcome::{BuildFailReason, Outcome, TestFailReason};
 use caldera_sandbox::{Limits, Timeouts};
 use caldera_worker::docker::ExecutorStats;
 use docker_common::{
@@ -61,6 +61,14 @@ async fn fixtures_get_their_exact_outcomes_on_stable_and_nightly() {
             "regress-on-nightly",
             Outcome::TestPass,
             compiler_error(&["E0308"]),
+        ),
+        (
+            "diagnostics-change-on-nightly",
+            Outcome::TestPass,
+            Outcome::TestFail {
+                failed_tests: vec!["ui".into()],
+                reason: Some(TestFailReason::DiagnosticsChange),
+            },
         ),
     ];
     for (name, start, end) in cases {
@@ -216,22 +224,26 @@ async fn canaries_are_contained_and_classified() {
         ))
     };
 
-    for (name, want) in [
-        ("canary-net-build", BuildFailReason::NetworkAccess),
-        ("canary-net-test", BuildFailReason::NetworkAccess),
-        ("canary-mem-bomb", BuildFailReason::Oom),
-        ("canary-silent-loop", BuildFailReason::NoOutputTimeout),
+    // the outcome follows the step that failed: the build script's network access fails the
+    // build; the tests' network access, memory bomb and silence fail the tests, naming why
+    for (name, kind, reason) in [
+        ("canary-net-build", "build-fail", "network-access"),
+        ("canary-net-test", "test-fail", "network-access"),
+        ("canary-mem-bomb", "test-fail", "oom"),
+        ("canary-silent-loop", "test-fail", "no-output-timeout"),
     ] {
         let t0 = Instant::now();
         let out = run(name).await;
         for side in [&out.start, &out.end] {
             let log = h.log(side.log_key.as_deref()).await;
             assert_eq!(
+                (side.outcome.kind(), side.outcome.reason_kind()),
+                (kind, Some(reason)),
+                "{name}: {}\n{}",
                 side.outcome,
-                Outcome::BuildFail(want.clone()),
-                "{name}:\n{}",
                 excerpt(&log)
             );
+            assert!(side.outcome.is_spurious(), "{name}: {}", side.outcome);
         }
         if name == "canary-silent-loop" {
             // two sides, each ended by the 20 s no-output timeout, not the 240 s total one
