@@ -157,7 +157,7 @@ pub async fn settle_without_running(
             steps: Vec::new(),
         };
         for side in Side::BOTH {
-            cols.push(experiment_id, *krate, 0, side, Some(*job), &rec, None);
+            cols.push((experiment_id, *krate, 0), side, Some(*job), &rec, None);
         }
     }
     cols.insert(tx, now).await?;
@@ -361,14 +361,14 @@ impl Claimer {
                                        array_agg(c.run) AS runs
                                 FROM claimed c) c ON true",
                 )
-                .bind(&capabilities)
+                .bind(capabilities)
                 .bind(lists_toolchains)
                 .bind(window)
                 .bind(want)
                 .bind(worker)
                 .bind(now + lease)
                 .bind(now)
-                .bind(&others)
+                .bind(others)
                 .bind(&passed_over)
                 .fetch_one(&mut *conn)
                 .await?;
@@ -757,11 +757,10 @@ struct ResultColumns {
 }
 
 impl ResultColumns {
+    /// `(experiment, krate, run)`: the result's key but for the side.
     fn push(
         &mut self,
-        experiment: Uuid,
-        krate: i64,
-        run: i16,
+        (experiment, krate, run): (Uuid, i64, i16),
         side: Side,
         job: Option<i64>,
         rec: &SideRecord,
@@ -900,7 +899,7 @@ pub async fn reap(pool: &PgPool, now: DateTime<Utc>, max_attempts: i32) -> Resul
                 steps: Vec::new(),
             };
             for side in Side::BOTH {
-                cols.push(experiment, krate, run, side, Some(id), &rec, None);
+                cols.push((experiment, krate, run), side, Some(id), &rec, None);
             }
         } else {
             out.requeued.push(id);
