@@ -326,11 +326,13 @@ impl Claimer {
                            AND (avoid_worker IS NULL OR avoid_worker <> $5 OR NOT (SELECT avoid FROM q))
                          ORDER BY id LIMIT $4
                      ), held AS (
-                         -- the first queued job of the window left for another worker: the cursor
-                         -- must not pass it
+                         -- the first queued job left for another worker below where the cursor
+                         -- would move (the ids `picked` read): the cursor must not pass it
                          SELECT min(id) AS id FROM jobs
                          WHERE (SELECT avoid FROM q) AND experiment_id = (SELECT experiment_id FROM q)
-                           AND id >= (SELECT next_job FROM q) AND id < (SELECT next_job FROM q) + $3
+                           AND id >= (SELECT next_job FROM q)
+                           AND id < CASE WHEN (SELECT count(*) FROM picked) = $4 THEN (SELECT max(id) FROM picked)
+                                         ELSE (SELECT next_job FROM q) + $3 END
                            AND state = 'queued' AND avoid_worker = $5
                      ), lease AS (
                          INSERT INTO leases (worker, expires_at, jobs)

@@ -1244,3 +1244,61 @@ async fn confirm_zero_queues_no_confirmation_runs() {
         .unwrap();
     assert!(c.crates.is_empty() && c.runs_created == 0, "{c:?}");
 }
+
+/// A full claim batch that skips jobs kept for another worker leaves the cursor at the first of
+/// them, so that the other worker's claim still finds them.
+#[tokio::test]
+async fn a_full_claim_does_not_move_the_cursor_past_jobs_it_left() {
+    use caldera_core::outcome::{BuildFailReason, Outcome};
+    use caldera_db::jobs::{self, Completion};
+    let db = TestDb::new().await;
+    let experiment = started_with_jobs(&db, "held", &["a@1.0.0", "b@1.0.0"]).await;
+    let now = chrono::Utc::now();
+    let lease = chrono::Duration::hours(1);
+    let (w1, w2) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let regressed = |c: &jobs::Claimed, worker| Completion {
+        job_id: c.job_id,
+        lease_token: c.lease_token,
+        worker,
+        start: side_of(Outcome::TestPass, 1),
+        end: side_of(
+            Outcome::BuildFail(BuildFailReason::CompilerError { codes: vec![] }),
+            1,
+        ),
+    };
+    // w1 runs a, w2 runs b: a's re-runs are for w2, b's for w1 (ids: a1, a2, b1, b2)
+    let a = jobs::claim(&db.pool, w1, &[], 1, now, lease).await.unwrap();
+    let b = jobs::claim(&db.pool, w2, &[], 1, now, lease).await.unwrap();
+    jobs::complete(
+        &db.pool,
+        &[regressed(&a[0], w1), regressed(&b[0], w2)],
+        now,
+        3,
+    )
+    .await
+    .unwrap();
+    let mut claimer = jobs::Claimer::new(&db.pool);
+    let got = claimer
+        .claim_among(w1, &[], &[vec![]], 2, now, lease)
+        .await
+        .unwrap();
+    let runs = |got: &[jobs::Claimed]| -> Vec<(String, i16)> {
+        got.iter().map(|c| (c.crate_id.clone(), c.run)).collect()
+    };
+    assert_eq!(
+        runs(&got),
+        [("reg:b@1.0.0".to_owned(), 1), ("reg:b@1.0.0".to_owned(), 2)]
+    );
+    let got = claimer
+        .claim_among(w2, &[], &[vec![]], 2, now, lease)
+        .await
+        .unwrap();
+    assert_eq!(
+        runs(&got),
+        [("reg:a@1.0.0".to_owned(), 1), ("reg:a@1.0.0".to_owned(), 2)]
+    );
+    let p = jobs::progress_of(&db.pool, experiment).await.unwrap();
+    assert_eq!((p.queued, p.running, p.done), (0, 4, 2));
+    let drift = jobs::count_drift(&db.pool).await.unwrap();
+    assert!(drift.is_empty(), "{drift:?}");
+}
