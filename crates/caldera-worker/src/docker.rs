@@ -914,7 +914,16 @@ impl Inner {
                 &run,
                 &header_notes,
             );
-            match keys::log(&spec.experiment, &tc_spec.id(), &crate_key) {
+            // a confirmation run's logs, and the end side's of a calibration (A/A) run, have keys
+            // of their own: they never replace the first run's or the start side's
+            let same_toolchain_end = side == Side::End && spec.start == spec.end;
+            match keys::run_log(
+                &spec.experiment,
+                &tc_spec.id(),
+                &crate_key,
+                spec.run,
+                same_toolchain_end,
+            ) {
                 Ok(key) => match self.spool.enqueue_log(key.clone(), log).await {
                     Ok(_) => pending = Some((key, run)),
                     Err(e) => {

@@ -426,6 +426,14 @@ async fn a_confirmation_run_builds_from_fresh_target_dirs() {
         excerpt(&log)
     );
     assert!(!log.contains("error[E0464]"), "{}", excerpt(&log));
+    assert!(
+        out.start
+            .log_key
+            .as_deref()
+            .is_some_and(|k| k.ends_with("/log.run-1.zst")),
+        "a confirmation run's log does not replace the first run's: {:?}",
+        out.start.log_key
+    );
     assert_eq!(h.executor.stats().contaminated_reruns, 0);
     assert!(
         has_artifact("libfixture_contaminate_a"),
@@ -445,6 +453,31 @@ async fn a_confirmation_run_builds_from_fresh_target_dirs() {
     let out = h.run(sp("pass", 0)).await;
     assert_eq!(out.start.outcome, Outcome::TestPass);
     assert_eq!(h.executor.stats().spare_hits, hits + 2);
+
+    // a calibration (A/A) job: the same toolchain on both sides, each side's log its own
+    let out = h
+        .run(spec(
+            "aa",
+            fixture("pass"),
+            "stable",
+            "stable",
+            Mode::CheckOnly,
+        ))
+        .await;
+    assert_eq!(
+        (&out.start.outcome, &out.end.outcome),
+        (&Outcome::TestPass, &Outcome::TestPass)
+    );
+    let (start_key, end_key) = (out.start.log_key.clone(), out.end.log_key.clone());
+    assert!(
+        end_key
+            .as_deref()
+            .is_some_and(|k| k.ends_with("/log.end.zst"))
+            && start_key != end_key,
+        "{start_key:?} {end_key:?}"
+    );
+    assert!(h.log(start_key.as_deref()).await.contains("cargo check"));
+    assert!(h.log(end_key.as_deref()).await.contains("cargo check"));
     h.executor.shutdown().await;
 }
 
