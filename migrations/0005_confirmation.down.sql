@@ -27,6 +27,7 @@ ALTER TABLE results DROP COLUMN run;
 -- the delete trigger takes them out of the counts
 DELETE FROM leases l WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.lease_id = l.id AND j.run > 0);
 DELETE FROM jobs WHERE run > 0;
+DROP INDEX jobs_confirmation_idx;
 ALTER TABLE jobs DROP CONSTRAINT jobs_experiment_id_crate_id_run_key;
 ALTER TABLE jobs ADD CONSTRAINT jobs_experiment_id_crate_id_key UNIQUE (experiment_id, crate_id);
 ALTER TABLE jobs DROP COLUMN avoid_worker;

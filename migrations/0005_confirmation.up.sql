@@ -19,6 +19,9 @@ ALTER TABLE jobs ADD COLUMN run smallint NOT NULL DEFAULT 0 CHECK (run >= 0);
 ALTER TABLE jobs ADD COLUMN avoid_worker uuid;
 ALTER TABLE jobs DROP CONSTRAINT jobs_experiment_id_crate_id_key;
 ALTER TABLE jobs ADD CONSTRAINT jobs_experiment_id_crate_id_run_key UNIQUE (experiment_id, crate_id, run);
+-- the crates of an experiment that were re-run (`caldera_db::confirmations`), without reading all
+-- its jobs; only confirmation jobs are in it, and none of its columns ever changes (HOT stays)
+CREATE INDEX jobs_confirmation_idx ON jobs (experiment_id, crate_id) WHERE run > 0;
 
 ALTER TABLE results ADD COLUMN run smallint NOT NULL DEFAULT 0 CHECK (run >= 0);
 ALTER TABLE results DROP CONSTRAINT results_pkey;
