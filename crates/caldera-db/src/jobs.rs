@@ -501,6 +501,8 @@ pub struct CompletionOutcome {
     pub requeued: Vec<i64>,
     /// experiments that had a job finish in this batch
     pub experiments: Vec<Uuid>,
+    /// confirmation runs queued for the regressed or fixed first runs of this batch
+    pub confirmations: u64,
 }
 
 /// Record a batch of results in one transaction. A result is accepted only if its lease token is
@@ -592,7 +594,8 @@ pub async fn complete_on(
         other => other?,
     };
     let mut accepted: BTreeMap<i64, Uuid> = BTreeMap::new();
-    for (id, experiment, state) in done {
+    for (id, experiment, state, confirmations) in done {
+        out.confirmations = confirmations as u64;
         if state == "queued" {
             out.requeued.push(id);
         } else {
@@ -638,7 +641,7 @@ impl CompletionStatement<'_> {
         &self,
         conn: &mut sqlx::PgConnection,
         on_conflict: &str,
-    ) -> Result<Vec<(i64, Uuid, String)>, DbError> {
+    ) -> Result<Vec<(i64, Uuid, String, i64)>, DbError> {
         // The confirmation insert is part of the statement only when a result of the batch
         // could need it, so the usual batch runs the statement it always ran.
         let confirming = if self.confirms.contains(&true) {
@@ -651,9 +654,15 @@ impl CompletionStatement<'_> {
                  WHERE f.state = 'done' AND f.run = 0 AND f.confirm
                  ORDER BY f.id, g.run
                  ON CONFLICT (experiment_id, crate_id, run) DO NOTHING
+                 RETURNING 1
              )"
         } else {
             ""
+        };
+        let confirmations = if confirming.is_empty() {
+            "0::bigint"
+        } else {
+            "(SELECT count(*) FROM confirming)"
         };
         let sql = format!(
             "WITH finished AS (
@@ -676,7 +685,7 @@ impl CompletionStatement<'_> {
                  WHERE f.state = 'done'
                  {on_conflict}
              ){confirming}
-             SELECT id, experiment_id, state FROM finished"
+             SELECT id, experiment_id, state, {confirmations} FROM finished"
         );
         let sides = self.sides;
         Ok(sqlx::query_as(&sql)

@@ -1013,6 +1013,7 @@ async fn regressions_and_fixes_are_confirmed_by_more_runs() {
         .collect();
     let out = jobs::complete(&db.pool, &batch, now, 3).await.unwrap();
     assert_eq!(out.accepted.len(), 3, "{out:?}");
+    assert_eq!(out.confirmations, 4, "{out:?}");
     let queued = |c: &str, run: i16| (format!("reg:{c}"), run, "queued".to_owned(), Some(w1));
     let done = |c: &str, run: i16| (format!("reg:{c}"), run, "done".to_owned(), None);
     assert_eq!(
@@ -1112,6 +1113,10 @@ async fn regressions_and_fixes_are_confirmed_by_more_runs() {
     .await
     .unwrap();
     assert_eq!(out.accepted.len(), 2, "{out:?}");
+    assert_eq!(
+        out.confirmations, 0,
+        "confirmation runs are not confirmed again"
+    );
     let c = caldera_db::confirmations::of_experiment(&db.pool, experiment)
         .await
         .unwrap();

@@ -847,6 +847,16 @@ async fn regressions_are_confirmed_on_the_other_worker() {
     )
     .await;
     assert_eq!(status, 404);
+    let metrics = reqwest::get(format!("{}/metrics", master.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("caldera_confirmation_runs_queued_total 4"),
+        "{metrics}"
+    );
     for w in workers {
         w.stop().await;
     }

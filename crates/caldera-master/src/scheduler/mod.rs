@@ -481,6 +481,16 @@ impl Scheduler {
                     }
                 }
             };
+            if out.confirmations > 0 {
+                self.inner
+                    .metrics
+                    .confirmation_runs_queued
+                    .inc_by(out.confirmations);
+                tracing::info!(
+                    runs = out.confirmations,
+                    "regressions or fixes: confirmation runs queued"
+                );
+            }
             let accepted: HashSet<i64> = out.accepted.iter().copied().collect();
             let requeued: HashSet<i64> = out.requeued.iter().copied().collect();
             if !requeued.is_empty() {
