@@ -17,9 +17,17 @@
 //!   "cap_lints": "forbid",                    // [forbid]
 //!   "priority": 0,                            // -1000..=1000 [0]
 //!   "requirements": ["linux", "mem:16g"],     // [] deduplicated, first occurrence kept
-//!   "overrides": {"serde": {"skip_tests": true, "extra_timeout_secs": 600}}   // [{}]
+//!   "overrides": {"serde": {"skip_tests": true, "extra_timeout_secs": 600}},  // [{}]
+//!   "confirm": 2,                             // 0..=5 [2]: re-runs of each regressed/fixed crate
+//!   "calibration": false                      // [false]: true allows start == end (an A/A run)
 //! }
 //! ```
+//!
+//! `confirm`: every crate whose comparison is `regressed` or `fixed` is run again, both sides,
+//! `confirm` times (from fresh target dirs, on another worker when one is connected); the
+//! comparison is confirmed when every run agrees, flaky otherwise (see [`crate::confirm`]).
+//! `calibration`: an A/A experiment, the same toolchain on both sides, to measure the farm's own
+//! noise; without it, equal toolchains are refused.
 
 #![warn(missing_docs)]
 
@@ -44,6 +52,14 @@ pub const MAX_EXTRA_TIMEOUT_SECS: u32 = 86_400;
 pub const MAX_EXTRA_MEMORY_MIB: u32 = 262_144;
 /// Longest `broken` reason in an override.
 pub const MAX_BROKEN_REASON_LEN: usize = 1000;
+/// Default number of confirmation runs of a regressed or fixed crate.
+pub const DEFAULT_CONFIRM: u32 = 2;
+/// Most confirmation runs of a regressed or fixed crate.
+pub const MAX_CONFIRM: u32 = 5;
+
+fn default_confirm() -> u32 {
+    DEFAULT_CONFIRM
+}
 
 string_enum! {
     /// What to run for each crate.
@@ -150,7 +166,7 @@ pub struct ExperimentSpec {
     pub name: String,
     /// The baseline toolchain.
     pub start: Toolchain,
-    /// The candidate toolchain; must differ from `start`.
+    /// The candidate toolchain; must differ from `start` unless `calibration` is set.
     pub end: Toolchain,
     /// What to run (default `build-and-test`).
     #[cfg_attr(feature = "openapi", schema(required = false))]
@@ -172,6 +188,17 @@ pub struct ExperimentSpec {
     /// Per-crate adjustments keyed by crate name.
     #[cfg_attr(feature = "openapi", schema(required = false))]
     pub overrides: BTreeMap<String, CrateOverride>,
+    /// How many times each crate whose comparison is regressed or fixed is run again, both
+    /// sides, to confirm it (0 to 5, default 2; 0 turns confirmation off).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(required = false, minimum = 0, maximum = 5, default = 2)
+    )]
+    pub confirm: u32,
+    /// A calibration (A/A) experiment: the same toolchain may be on both sides (default false;
+    /// otherwise start and end must differ).
+    #[cfg_attr(feature = "openapi", schema(required = false, default = false))]
+    pub calibration: bool,
 }
 
 /// A partial update of an [`ExperimentSpec`]: every present field replaces the spec's. The name
@@ -205,6 +232,13 @@ pub struct ExperimentEdit {
     /// New overrides (replaces the whole map).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overrides: Option<BTreeMap<String, CrateOverride>>,
+    /// New number of confirmation runs (0 to 5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 5))]
+    pub confirm: Option<u32>,
+    /// Whether the experiment is a calibration (A/A) run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<bool>,
 }
 
 /// Invalid input, naming the field: Display is `field: message` (or just `message` when the whole
@@ -309,8 +343,13 @@ fn check_toolchain(field: &str, toolchain: &Toolchain) -> Result<(), ValidationE
         .map_err(|e| ValidationError::new(field, e.to_string()))
 }
 
-fn check_distinct(field: &str, start: &Toolchain, end: &Toolchain) -> Result<(), ValidationError> {
-    if start == end {
+fn check_distinct(
+    field: &str,
+    start: &Toolchain,
+    end: &Toolchain,
+    calibration: bool,
+) -> Result<(), ValidationError> {
+    if start == end && !calibration {
         Err(ValidationError::new(
             field,
             format!(
@@ -350,6 +389,17 @@ fn check_crates(crates: &CrateSelection) -> Result<(), ValidationError> {
     crates
         .validate()
         .map_err(|e| ValidationError::new("crates", e.to_string()))
+}
+
+fn check_confirm(confirm: u32) -> Result<(), ValidationError> {
+    if confirm <= MAX_CONFIRM {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "confirm",
+            format!("must be between 0 and {MAX_CONFIRM} (got {confirm})"),
+        ))
+    }
 }
 
 fn check_priority(priority: i32) -> Result<(), ValidationError> {
@@ -488,6 +538,10 @@ struct SpecIn {
     requirements: Vec<String>,
     #[serde(default)]
     overrides: BTreeMap<String, CrateOverride>,
+    #[serde(default = "default_confirm")]
+    confirm: u32,
+    #[serde(default)]
+    calibration: bool,
 }
 
 impl SpecIn {
@@ -502,6 +556,8 @@ impl SpecIn {
             priority: self.priority,
             requirements: self.requirements,
             overrides: self.overrides,
+            confirm: self.confirm,
+            calibration: self.calibration,
         };
         dedup_requirements(&mut spec.requirements);
         spec.validate()?;
@@ -520,12 +576,13 @@ impl ExperimentSpec {
         check_name(&self.name)?;
         check_toolchain("start", &self.start)?;
         check_toolchain("end", &self.end)?;
-        check_distinct("end", &self.start, &self.end)?;
+        check_distinct("end", &self.start, &self.end, self.calibration)?;
         check_miri(self.mode, &self.start, &self.end)?;
         check_crates(&self.crates)?;
         check_priority(self.priority)?;
         check_requirements(&self.requirements)?;
-        check_overrides(&self.overrides)
+        check_overrides(&self.overrides)?;
+        check_confirm(self.confirm)
     }
 
     /// The worker capabilities this experiment implies: `toolchain:<name>` for each side whose
@@ -589,12 +646,18 @@ impl ExperimentSpec {
         if let Some(overrides) = &edit.overrides {
             spec.overrides = overrides.clone();
         }
+        if let Some(confirm) = edit.confirm {
+            spec.confirm = confirm;
+        }
+        if let Some(calibration) = edit.calibration {
+            spec.calibration = calibration;
+        }
         let distinct_field = if edit.end.is_none() && edit.start.is_some() {
             "start"
         } else {
             "end"
         };
-        check_distinct(distinct_field, &spec.start, &spec.end)?;
+        check_distinct(distinct_field, &spec.start, &spec.end, spec.calibration)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -639,6 +702,10 @@ struct EditIn {
     requirements: Option<Vec<String>>,
     #[serde(default)]
     overrides: Option<BTreeMap<String, CrateOverride>>,
+    #[serde(default)]
+    confirm: Option<u32>,
+    #[serde(default)]
+    calibration: Option<bool>,
 }
 
 impl EditIn {
@@ -653,6 +720,8 @@ impl EditIn {
             priority,
             requirements,
             overrides,
+            confirm,
+            calibration,
         } = self;
         let mut edit = ExperimentEdit {
             start,
@@ -663,6 +732,8 @@ impl EditIn {
             priority,
             requirements,
             overrides,
+            confirm,
+            calibration,
         };
         if let Some(reqs) = &mut edit.requirements {
             dedup_requirements(reqs);
@@ -688,7 +759,7 @@ impl ExperimentEdit {
             check_toolchain("end", end)?;
         }
         if let (Some(start), Some(end)) = (&self.start, &self.end) {
-            check_distinct("end", start, end)?;
+            check_distinct("end", start, end, self.calibration.unwrap_or(false))?;
         }
         if let Some(crates) = &self.crates {
             check_crates(crates)?;
@@ -701,6 +772,9 @@ impl ExperimentEdit {
         }
         if let Some(overrides) = &self.overrides {
             check_overrides(overrides)?;
+        }
+        if let Some(confirm) = self.confirm {
+            check_confirm(confirm)?;
         }
         Ok(())
     }
@@ -823,6 +897,8 @@ mod tests {
                 priority: 0,
                 requirements: vec![],
                 overrides: BTreeMap::new(),
+                confirm: 2,
+                calibration: false,
             }
         );
         assert_eq!(
@@ -836,7 +912,9 @@ mod tests {
                 "cap_lints": "forbid",
                 "priority": 0,
                 "requirements": [],
-                "overrides": {}
+                "overrides": {},
+                "confirm": 2,
+                "calibration": false
             })
         );
     }
@@ -926,7 +1004,7 @@ mod tests {
             (
                 json!({"nme": "x"}),
                 "nme",
-                "unknown field `nme`, expected one of `name`, `start`, `end`, `mode`, `crates`, `cap_lints`, `priority`, `requirements`, `overrides`",
+                "unknown field `nme`, expected one of `name`, `start`, `end`, `mode`, `crates`, `cap_lints`, `priority`, `requirements`, `overrides`, `confirm`, `calibration`",
             ),
             (
                 json!({"name": "Beta"}),
@@ -1194,7 +1272,7 @@ mod tests {
             (
                 r#"{"colour": "red"}"#,
                 "colour",
-                "unknown field `colour`, expected one of `name`, `start`, `end`, `mode`, `crates`, `cap_lints`, `priority`, `requirements`, `overrides`",
+                "unknown field `colour`, expected one of `name`, `start`, `end`, `mode`, `crates`, `cap_lints`, `priority`, `requirements`, `overrides`, `confirm`, `calibration`",
             ),
             (
                 r#"{"priority": 2000}"#,
@@ -1230,6 +1308,90 @@ mod tests {
                 "{input}"
             );
         }
+    }
+
+    #[test]
+    fn confirm_and_calibration() {
+        // defaults, and a stored spec from before the fields existed still loads
+        let old = json!({"name": "x", "start": "stable", "end": "beta", "crates": "top:1",
+                         "mode": "build-and-test", "cap_lints": "forbid", "priority": 0,
+                         "requirements": [], "overrides": {}});
+        let spec: ExperimentSpec = serde_json::from_value(old).unwrap();
+        assert_eq!((spec.confirm, spec.calibration), (DEFAULT_CONFIRM, false));
+        for n in 0..=MAX_CONFIRM {
+            let spec = ExperimentSpec::from_json(&with(json!({"confirm": n}))).unwrap();
+            assert_eq!(spec.confirm, n);
+        }
+        let cases: &[(Value, &str, &str)] = &[
+            (
+                json!({"confirm": 6}),
+                "confirm",
+                "must be between 0 and 5 (got 6)",
+            ),
+            (
+                json!({"confirm": 1000}),
+                "confirm",
+                "must be between 0 and 5 (got 1000)",
+            ),
+            (
+                json!({"confirm": -1}),
+                "confirm",
+                "invalid value: integer `-1`, expected u32",
+            ),
+            (
+                json!({"confirm": true}),
+                "confirm",
+                "invalid type: boolean `true`, expected u32",
+            ),
+            (
+                json!({"calibration": "yes"}),
+                "calibration",
+                r#"invalid type: string "yes", expected a boolean"#,
+            ),
+            // without calibration, start == end stays an error
+            (
+                json!({"end": "stable"}),
+                "end",
+                r#"the start and end toolchains must differ (both are "stable")"#,
+            ),
+            (
+                json!({"end": "stable", "calibration": false}),
+                "end",
+                r#"the start and end toolchains must differ (both are "stable")"#,
+            ),
+        ];
+        for (patch, field, message) in cases {
+            let err = ExperimentSpec::from_json(&with(patch.clone())).unwrap_err();
+            assert_eq!(
+                (err.field.as_str(), err.message.as_str()),
+                (*field, *message),
+                "{patch}"
+            );
+        }
+        // an A/A experiment
+        let spec = ExperimentSpec::from_json(&with(json!({"end": "stable", "calibration": true})))
+            .unwrap();
+        assert_eq!(spec.start, spec.end);
+        assert!(spec.calibration);
+        let json = serde_json::to_vec(&spec).unwrap();
+        assert_eq!(ExperimentSpec::from_json(&json).unwrap(), spec);
+        // edits
+        let edit = ExperimentEdit::from_json(br#"{"confirm": 9}"#).unwrap_err();
+        assert_eq!(
+            (edit.field.as_str(), edit.message.as_str()),
+            ("confirm", "must be between 0 and 5 (got 9)")
+        );
+        let base = ExperimentSpec::from_json(&with(json!({}))).unwrap();
+        let edit = ExperimentEdit::from_json(br#"{"confirm": 0}"#).unwrap();
+        assert_eq!(base.apply(&edit).unwrap().confirm, 0);
+        let edit = ExperimentEdit::from_json(br#"{"end": "stable"}"#).unwrap();
+        assert_eq!(base.apply(&edit).unwrap_err().field, "end");
+        let edit = ExperimentEdit::from_json(br#"{"end": "stable", "calibration": true}"#).unwrap();
+        let aa = base.apply(&edit).unwrap();
+        assert!(aa.calibration && aa.start == aa.end);
+        // turning calibration off again while the sides are equal is refused
+        let edit = ExperimentEdit::from_json(br#"{"calibration": false}"#).unwrap();
+        assert_eq!(aa.apply(&edit).unwrap_err().field, "end");
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct JobSpec {
     pub quiet: bool,
     pub extra_timeout_secs: u32,
     pub extra_memory_mib: u32,
+    /// 0 for a crate's first run; 1.. for the runs that confirm a regression or fix, which the
+    /// worker runs from fresh target dirs (never a slot's reused ones).
+    pub run: u32,
 }
 
 /// Which toolchain of an experiment a result belongs to.

@@ -15,10 +15,12 @@
 //! * [`experiment`] — [`ExperimentSpec`] and [`ExperimentEdit`], parsed from JSON with field paths.
 //! * [`lifecycle`] — [`ExperimentStatus`], [`ExperimentAction`] and [`transition`].
 //! * [`outcome`] — [`Outcome`], [`BuildFailReason`], [`Comparison`] and [`compare`].
+//! * [`confirm`] — whether a regression or fix was confirmed by its re-runs ([`confirm::status`]).
 //!
 //! With the `openapi` feature, every type used in an HTTP body implements `utoipa::ToSchema`.
 
 pub mod classify;
+pub mod confirm;
 pub mod crates;
 pub mod experiment;
 pub mod job;

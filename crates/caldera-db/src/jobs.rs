@@ -76,22 +76,26 @@ pub async fn create_for_experiment(
         "INSERT INTO jobs (experiment_id, crate_id, state)
          SELECT $1, c.id, 'queued' FROM crates c JOIN unnest($2::text[]) WITH ORDINALITY AS t(cid, ord) ON c.crate_id = t.cid
          ORDER BY t.ord
-         ON CONFLICT (experiment_id, crate_id) DO NOTHING",
+         ON CONFLICT (experiment_id, crate_id, run) DO NOTHING",
     )
     .bind(experiment_id)
     .bind(&ids)
     .execute(&mut **tx)
     .await?;
-    // the claim cursor, at the first job; the requirements are copied out of the spec once
+    // the claim cursor, at the first job; the requirements and the number of confirmation runs
+    // are copied out of the spec once (a spec stored before `confirm` existed means the default)
     sqlx::query(
-        "INSERT INTO job_queues (experiment_id, next_job, last_job, requirements)
+        "INSERT INTO job_queues (experiment_id, next_job, last_job, requirements, confirm)
          SELECT $1, coalesce(min(j.id), 1), coalesce(max(j.id), 0),
-                coalesce((SELECT e.spec->'requirements' FROM experiments e WHERE e.id = $1), '[]'::jsonb)
+                coalesce((SELECT e.spec->'requirements' FROM experiments e WHERE e.id = $1), '[]'::jsonb),
+                coalesce((SELECT (e.spec->>'confirm')::smallint FROM experiments e WHERE e.id = $1), $2)
          FROM jobs j WHERE j.experiment_id = $1
          ON CONFLICT (experiment_id) DO UPDATE SET next_job = excluded.next_job, last_job = excluded.last_job,
-                                                   requirements = excluded.requirements",
+                                                   requirements = excluded.requirements,
+                                                   confirm = excluded.confirm",
     )
     .bind(experiment_id)
+    .bind(caldera_core::experiment::DEFAULT_CONFIRM as i16)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
@@ -130,6 +134,7 @@ pub async fn settle_without_running(
         "UPDATE jobs j SET state = 'done', updated_at = $3
          FROM crates c
          WHERE j.experiment_id = $1 AND c.id = j.crate_id AND c.crate_id = ANY($2) AND j.state = 'queued'
+           AND j.run = 0
          RETURNING j.id, c.crate_id, j.crate_id",
     )
     .bind(experiment_id)
@@ -152,7 +157,7 @@ pub async fn settle_without_running(
             steps: Vec::new(),
         };
         for side in Side::BOTH {
-            cols.push(experiment_id, *krate, side, Some(*job), &rec, None);
+            cols.push((experiment_id, *krate, 0), side, Some(*job), &rec, None);
         }
     }
     cols.insert(tx, now).await?;
@@ -168,6 +173,8 @@ pub struct Claimed {
     pub experiment_id: Uuid,
     pub experiment: String,
     pub crate_id: String,
+    /// 0: the crate's first run; 1..: a confirmation run (run from fresh target dirs)
+    pub run: i16,
 }
 
 /// Claims jobs for workers on a connection of its own (see [`Claimer::claim`]).
@@ -191,10 +198,12 @@ type ClaimRow = (
     Option<String>,
     Option<i64>,
     Option<i64>,
+    Option<i64>,
     Option<Vec<i64>>,
     Option<Vec<Uuid>>,
     Option<Vec<i32>>,
     Option<Vec<String>>,
+    Option<Vec<i16>>,
 );
 
 /// Most statements one claim runs (each moves a cursor forward or finishes an experiment's queue);
@@ -240,7 +249,28 @@ impl Claimer {
         now: DateTime<Utc>,
         lease: chrono::Duration,
     ) -> Result<Vec<Claimed>, DbError> {
-        let result = self.claim_on(worker, capabilities, limit, now, lease).await;
+        self.claim_among(worker, capabilities, &[], limit, now, lease)
+            .await
+    }
+
+    /// [`Claimer::claim`], knowing the capabilities of the other workers connected now
+    /// (`others`, one entry per distinct set). A confirmation run is not given to the worker that
+    /// ran the crate's first run (`jobs.avoid_worker`) while one of `others` could take it (its
+    /// capabilities meet the experiment's requirements as they would for its own claim); the
+    /// experiment's cursor then stays at the first such job, so that the other worker's claim
+    /// finds it. With no such worker connected, the job runs where it can.
+    pub async fn claim_among(
+        &mut self,
+        worker: Uuid,
+        capabilities: &[String],
+        others: &[Vec<String>],
+        limit: i64,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+    ) -> Result<Vec<Claimed>, DbError> {
+        let result = self
+            .claim_on(worker, capabilities, others, limit, now, lease)
+            .await;
         if result.is_err() {
             self.conn.reset();
         }
@@ -251,6 +281,7 @@ impl Claimer {
         &mut self,
         worker: Uuid,
         capabilities: &[String],
+        others: &[Vec<String>],
         limit: i64,
         now: DateTime<Utc>,
         lease: chrono::Duration,
@@ -261,6 +292,9 @@ impl Claimer {
         }
         let lists_toolchains = capabilities.iter().any(|c| c.starts_with("toolchain:"));
         let capabilities = Json(capabilities);
+        let others = Json(others);
+        // experiments this claim has read to their last job and left jobs in (for other workers)
+        let mut passed_over: Vec<Uuid> = Vec::new();
         let conn = self.conn.get().await?;
         let mut window = limit.max(64);
         for _ in 0..MAX_CLAIM_STATEMENTS {
@@ -268,13 +302,19 @@ impl Claimer {
             if want <= 0 {
                 break;
             }
-            let (experiment_id, experiment, next, last_job, ids, tokens, attempts, crates): ClaimRow =
+            let (experiment_id, experiment, start, next, last_job, ids, tokens, attempts, crates, runs): ClaimRow =
                 sqlx::query_as(
                     "WITH q AS (
-                         SELECT q.experiment_id, e.name, q.next_job, q.last_job
+                         SELECT q.experiment_id, e.name, q.next_job, q.last_job,
+                                -- another connected worker could take this experiment's jobs
+                                EXISTS (SELECT 1 FROM jsonb_array_elements($8::jsonb) AS o(caps)
+                                        WHERE q.requirements <@ o.caps
+                                          AND (NOT jsonb_path_exists(o.caps, '$[*] ? (@ starts with \"toolchain:\")')
+                                               OR e.implied_requirements <@ o.caps)) AS avoid
                          FROM job_queues q JOIN experiments e ON e.id = q.experiment_id
                          WHERE e.status = 'running' AND q.next_job <= q.last_job
                            AND q.requirements <@ $1::jsonb AND (NOT $2 OR e.implied_requirements <@ $1::jsonb)
+                           AND NOT (q.experiment_id = ANY($9::uuid[]))
                          ORDER BY e.priority DESC, e.created_at, e.id
                          LIMIT 1
                          FOR UPDATE OF q SKIP LOCKED
@@ -283,7 +323,17 @@ impl Claimer {
                          WHERE experiment_id = (SELECT experiment_id FROM q)
                            AND id >= (SELECT next_job FROM q) AND id < (SELECT next_job FROM q) + $3
                            AND state = 'queued'
+                           AND (avoid_worker IS NULL OR avoid_worker <> $5 OR NOT (SELECT avoid FROM q))
                          ORDER BY id LIMIT $4
+                     ), held AS (
+                         -- the first queued job left for another worker below where the cursor
+                         -- would move (the ids `picked` read): the cursor must not pass it
+                         SELECT min(id) AS id FROM jobs
+                         WHERE (SELECT avoid FROM q) AND experiment_id = (SELECT experiment_id FROM q)
+                           AND id >= (SELECT next_job FROM q)
+                           AND id < CASE WHEN (SELECT count(*) FROM picked) = $4 THEN (SELECT max(id) FROM picked)
+                                         ELSE (SELECT next_job FROM q) + $3 END
+                           AND state = 'queued' AND avoid_worker = $5
                      ), lease AS (
                          INSERT INTO leases (worker, expires_at, jobs)
                          SELECT $5, $6, array_agg(id) FROM picked HAVING count(*) > 0
@@ -293,21 +343,24 @@ impl Claimer {
                                 lease_token = gen_random_uuid(), lease_owner = $5, attempt = j.attempt + 1,
                                 updated_at = $7, claimed_at = $7
                          WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) AND j.state = 'queued'
-                         RETURNING j.id, j.lease_token, j.attempt, j.crate_id
+                         RETURNING j.id, j.lease_token, j.attempt, j.crate_id, j.run
                      ), advance AS (
                          UPDATE job_queues jq
-                         SET next_job = CASE WHEN (SELECT count(*) FROM picked) = $4
-                                             THEN (SELECT max(id) + 1 FROM picked) ELSE q.next_job + $3 END
+                         SET next_job = least(
+                                 CASE WHEN (SELECT count(*) FROM picked) = $4
+                                      THEN (SELECT max(id) + 1 FROM picked) ELSE q.next_job + $3 END,
+                                 (SELECT id FROM held))
                          FROM q WHERE jq.experiment_id = q.experiment_id
                          RETURNING jq.next_job
                      )
-                     SELECT q.experiment_id, q.name, (SELECT next_job FROM advance), q.last_job,
-                            c.ids, c.tokens, c.attempts, c.crates
+                     SELECT q.experiment_id, q.name, q.next_job, (SELECT next_job FROM advance), q.last_job,
+                            c.ids, c.tokens, c.attempts, c.crates, c.runs
                      FROM (SELECT 1) AS one
                      LEFT JOIN q ON true
                      LEFT JOIN (SELECT array_agg(c.id) AS ids, array_agg(c.lease_token) AS tokens,
                                        array_agg(c.attempt) AS attempts,
-                                       array_agg((SELECT k.crate_id FROM crates k WHERE k.id = c.crate_id)) AS crates
+                                       array_agg((SELECT k.crate_id FROM crates k WHERE k.id = c.crate_id)) AS crates,
+                                       array_agg(c.run) AS runs
                                 FROM claimed c) c ON true",
                 )
                 .bind(capabilities)
@@ -317,6 +370,8 @@ impl Claimer {
                 .bind(worker)
                 .bind(now + lease)
                 .bind(now)
+                .bind(others)
+                .bind(&passed_over)
                 .fetch_one(&mut *conn)
                 .await?;
             let (Some(experiment_id), Some(experiment)) = (experiment_id, experiment) else {
@@ -324,11 +379,12 @@ impl Claimer {
             };
             let ids = ids.unwrap_or_default();
             let got = ids.len() as i64;
-            for (((job_id, lease_token), attempt), crate_id) in ids
+            for ((((job_id, lease_token), attempt), crate_id), run) in ids
                 .into_iter()
                 .zip(tokens.unwrap_or_default())
                 .zip(attempts.unwrap_or_default())
                 .zip(crates.unwrap_or_default())
+                .zip(runs.unwrap_or_default())
             {
                 claimed.push(Claimed {
                     job_id,
@@ -337,18 +393,26 @@ impl Claimer {
                     experiment_id,
                     experiment: experiment.clone(),
                     crate_id,
+                    run,
                 });
             }
             if got == want {
                 break;
             }
-            window = if next.unwrap_or(i64::MAX) <= last_job.unwrap_or(0) {
-                // ids left in this experiment: look further at once
-                window.saturating_mul(2).min(1 << 20)
-            } else {
-                // the experiment's queue is empty; the next one starts afresh
-                (limit - claimed.len() as i64).max(64)
-            };
+            let last_job = last_job.unwrap_or(0);
+            if start.unwrap_or(0).saturating_add(window) > last_job {
+                // this statement read the experiment to its end: what it did not take (jobs
+                // held for other workers) is not for this claim
+                passed_over.push(experiment_id);
+            }
+            window =
+                if next.unwrap_or(i64::MAX) <= last_job && !passed_over.contains(&experiment_id) {
+                    // ids left in this experiment: look further at once
+                    window.saturating_mul(2).min(1 << 20)
+                } else {
+                    // the experiment's queue is empty; the next one starts afresh
+                    (limit - claimed.len() as i64).max(64)
+                };
         }
         claimed.sort_by_key(|c| c.job_id);
         Ok(claimed)
@@ -437,6 +501,8 @@ pub struct CompletionOutcome {
     pub requeued: Vec<i64>,
     /// experiments that had a job finish in this batch
     pub experiments: Vec<Uuid>,
+    /// confirmation runs queued for the regressed or fixed first runs of this batch
+    pub confirmations: u64,
 }
 
 /// Record a batch of results in one transaction. A result is accepted only if its lease token is
@@ -481,6 +547,18 @@ pub async fn complete_on(
                 })
         })
         .collect();
+    // Whether each result is one a confirmation run would re-run (a regression or a fix): for a
+    // run 0 of an experiment with `confirm > 0`, the statement queues the confirmation runs.
+    let confirms: Vec<bool> = firsts
+        .iter()
+        .map(|c| {
+            caldera_core::confirm::needs_confirmation(caldera_core::outcome::compare(
+                &c.start.outcome,
+                &c.end.outcome,
+            ))
+        })
+        .collect();
+    let workers: Vec<Uuid> = firsts.iter().map(|c| c.worker).collect();
     // Both sides of every first report, keyed by job; written only for jobs that end `done`.
     let mut sides = SideColumns::default();
     for c in &firsts {
@@ -492,6 +570,8 @@ pub async fn complete_on(
         job_ids: &job_ids,
         tokens: &tokens,
         errors: &errors,
+        confirms: &confirms,
+        workers: &workers,
         sides: &sides,
         now,
         max_attempts,
@@ -507,14 +587,15 @@ pub async fn complete_on(
             statement
                 .run(
                     conn,
-                    "ON CONFLICT (experiment_id, crate_id, toolchain) DO NOTHING",
+                    "ON CONFLICT (experiment_id, crate_id, run, toolchain) DO NOTHING",
                 )
                 .await?
         }
         other => other?,
     };
     let mut accepted: BTreeMap<i64, Uuid> = BTreeMap::new();
-    for (id, experiment, state) in done {
+    for (id, experiment, state, confirmations) in done {
+        out.confirmations = confirmations as u64;
         if state == "queued" {
             out.requeued.push(id);
         } else {
@@ -540,11 +621,16 @@ pub async fn complete_on(
 }
 
 /// The statement of [`complete`]: one round trip and one (implicit) transaction: the fenced
-/// update of the jobs, then the results of those that are done.
+/// update of the jobs, then the results of those that are done and, when a run 0 that is done
+/// compared as regressed or fixed, its experiment's `confirm` queued confirmation jobs (runs
+/// 1..=confirm, to be avoided by the worker that ran it). The triggers on `jobs` count them and
+/// keep them inside the experiment's claim range, so the experiment cannot complete first.
 struct CompletionStatement<'a> {
     job_ids: &'a [i64],
     tokens: &'a [Uuid],
     errors: &'a [Option<String>],
+    confirms: &'a [bool],
+    workers: &'a [Uuid],
     sides: &'a SideColumns,
     now: DateTime<Utc>,
     max_attempts: i32,
@@ -555,28 +641,51 @@ impl CompletionStatement<'_> {
         &self,
         conn: &mut sqlx::PgConnection,
         on_conflict: &str,
-    ) -> Result<Vec<(i64, Uuid, String)>, DbError> {
+    ) -> Result<Vec<(i64, Uuid, String, i64)>, DbError> {
+        // The confirmation insert is part of the statement only when a result of the batch
+        // could need it, so the usual batch runs the statement it always ran.
+        let confirming = if self.confirms.contains(&true) {
+            ", confirming AS (
+                 INSERT INTO jobs (experiment_id, crate_id, state, run, avoid_worker, created_at, updated_at)
+                 SELECT f.experiment_id, f.crate_id, 'queued', g.run, f.worker, $3, $3
+                 FROM finished f
+                 JOIN job_queues q ON q.experiment_id = f.experiment_id
+                 CROSS JOIN LATERAL generate_series(1, q.confirm) AS g(run)
+                 WHERE f.state = 'done' AND f.run = 0 AND f.confirm
+                 ORDER BY f.id, g.run
+                 ON CONFLICT (experiment_id, crate_id, run) DO NOTHING
+                 RETURNING 1
+             )"
+        } else {
+            ""
+        };
+        let confirmations = if confirming.is_empty() {
+            "0::bigint"
+        } else {
+            "(SELECT count(*) FROM confirming)"
+        };
         let sql = format!(
             "WITH finished AS (
                  UPDATE jobs j SET
                         state = CASE WHEN t.error IS NOT NULL AND j.attempt < $4 THEN 'queued' ELSE 'done' END,
                         last_error = CASE WHEN t.error IS NOT NULL THEN t.error ELSE j.last_error END,
                         lease_token = NULL, lease_owner = NULL, lease_id = NULL, updated_at = $3
-                 FROM unnest($1::bigint[], $2::uuid[], $5::text[]) AS t(job_id, token, error)
+                 FROM unnest($1::bigint[], $2::uuid[], $5::text[], $15::boolean[], $16::uuid[])
+                      AS t(job_id, token, error, confirm, worker)
                  WHERE j.id = t.job_id AND j.lease_token = t.token
-                 RETURNING j.id, j.experiment_id, j.crate_id, j.state
+                 RETURNING j.id, j.experiment_id, j.crate_id, j.state, j.run, t.confirm, t.worker
              ), recorded AS (
-                 INSERT INTO results (experiment_id, crate_id, toolchain, job_id, outcome, outcome_kind, log_key,
+                 INSERT INTO results (experiment_id, crate_id, run, toolchain, job_id, outcome, outcome_kind, log_key,
                                       duration_ms, peak_memory_bytes, steps, worker_id, created_at)
-                 SELECT f.experiment_id, f.crate_id, r.s, f.id, r.o, r.k, r.l, r.d, r.m, r.st, r.w, $3
+                 SELECT f.experiment_id, f.crate_id, f.run, r.s, f.id, r.o, r.k, r.l, r.d, r.m, r.st, r.w, $3
                  FROM finished f
                  JOIN unnest($6::bigint[], $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::bigint[],
                              $12::bigint[], $13::jsonb[], $14::uuid[]) AS r(j, s, o, k, l, d, m, st, w)
                    ON r.j = f.id
                  WHERE f.state = 'done'
                  {on_conflict}
-             )
-             SELECT id, experiment_id, state FROM finished"
+             ){confirming}
+             SELECT id, experiment_id, state, {confirmations} FROM finished"
         );
         let sides = self.sides;
         Ok(sqlx::query_as(&sql)
@@ -594,6 +703,8 @@ impl CompletionStatement<'_> {
             .bind(&sides.memory)
             .bind(&sides.steps)
             .bind(&sides.worker)
+            .bind(self.confirms)
+            .bind(self.workers)
             .fetch_all(conn)
             .await?)
     }
@@ -644,6 +755,7 @@ fn steps_json(steps: &[(String, i64)]) -> serde_json::Value {
 struct ResultColumns {
     experiment: Vec<Uuid>,
     krate: Vec<i64>,
+    run: Vec<i16>,
     side: Vec<&'static str>,
     job: Vec<Option<i64>>,
     outcome: Vec<serde_json::Value>,
@@ -656,10 +768,10 @@ struct ResultColumns {
 }
 
 impl ResultColumns {
+    /// `(experiment, krate, run)`: the result's key but for the side.
     fn push(
         &mut self,
-        experiment: Uuid,
-        krate: i64,
+        (experiment, krate, run): (Uuid, i64, i16),
         side: Side,
         job: Option<i64>,
         rec: &SideRecord,
@@ -667,6 +779,7 @@ impl ResultColumns {
     ) {
         self.experiment.push(experiment);
         self.krate.push(krate);
+        self.run.push(run);
         self.side.push(side.as_str());
         self.job.push(job);
         self.outcome.push(outcome_json(&rec.outcome));
@@ -688,11 +801,12 @@ impl ResultColumns {
         }
         sqlx::query(
             "INSERT INTO results (experiment_id, crate_id, toolchain, job_id, outcome, outcome_kind, log_key,
-                                  duration_ms, peak_memory_bytes, steps, worker_id, created_at)
-             SELECT e, c, s, j, o, k, l, d, m, st, w, $12
+                                  duration_ms, peak_memory_bytes, steps, worker_id, created_at, run)
+             SELECT e, c, s, j, o, k, l, d, m, st, w, $12, r
              FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::jsonb[], $6::text[], $7::text[],
-                         $8::bigint[], $9::bigint[], $10::jsonb[], $11::uuid[]) AS t(e, c, s, j, o, k, l, d, m, st, w)
-             ON CONFLICT (experiment_id, crate_id, toolchain) DO NOTHING",
+                         $8::bigint[], $9::bigint[], $10::jsonb[], $11::uuid[], $13::smallint[])
+                  AS t(e, c, s, j, o, k, l, d, m, st, w, r)
+             ON CONFLICT (experiment_id, crate_id, run, toolchain) DO NOTHING",
         )
         .bind(&self.experiment)
         .bind(&self.krate)
@@ -706,6 +820,7 @@ impl ResultColumns {
         .bind(&self.steps)
         .bind(&self.worker)
         .bind(now)
+        .bind(&self.run)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -762,7 +877,7 @@ pub async fn reap(pool: &PgPool, now: DateTime<Utc>, max_attempts: i32) -> Resul
     let mut tx = pool.begin().await?;
     // An expired lease is removed with whatever it still holds: its jobs that still run under it
     // go back to the queue (or end as `error`); the others finished or were handed back already.
-    let rows: Vec<(i64, String, Uuid, i64, i32)> = sqlx::query_as(
+    let rows: Vec<(i64, String, Uuid, i64, i32, i16)> = sqlx::query_as(
         "WITH expired AS (
              DELETE FROM leases WHERE id = ANY(ARRAY(
                  SELECT id FROM leases WHERE expires_at < $1 ORDER BY expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED))
@@ -774,7 +889,7 @@ pub async fn reap(pool: &PgPool, now: DateTime<Utc>, max_attempts: i32) -> Resul
                 lease_token = NULL, lease_owner = NULL, lease_id = NULL,
                 last_error = 'lease expired', updated_at = $1
          FROM held WHERE j.id = held.job_id AND j.lease_id = held.lease_id AND j.lease_token IS NOT NULL
-         RETURNING j.id, j.state, j.experiment_id, j.crate_id, j.attempt",
+         RETURNING j.id, j.state, j.experiment_id, j.crate_id, j.attempt, j.run",
     )
     .bind(now)
     .bind(max_attempts)
@@ -782,7 +897,7 @@ pub async fn reap(pool: &PgPool, now: DateTime<Utc>, max_attempts: i32) -> Resul
     .await?;
     let mut out = Reaped::default();
     let mut cols = ResultColumns::default();
-    for (id, state, experiment, krate, attempt) in rows {
+    for (id, state, experiment, krate, attempt, run) in rows {
         if state == "error" {
             out.errored.push(id);
             let rec = SideRecord {
@@ -795,7 +910,7 @@ pub async fn reap(pool: &PgPool, now: DateTime<Utc>, max_attempts: i32) -> Resul
                 steps: Vec::new(),
             };
             for side in Side::BOTH {
-                cols.push(experiment, krate, side, Some(id), &rec, None);
+                cols.push((experiment, krate, run), side, Some(id), &rec, None);
             }
         } else {
             out.requeued.push(id);

@@ -1,13 +1,15 @@
 //! caldera's Postgres layer. Only the master talks to Postgres.
 //!
 //! * [`MIGRATOR`] embeds `migrations/` (reversible `NNNN_name.{up,down}.sql`).
-//! * One module per aggregate: [`experiments`], [`crate_lists`], [`tokens`].
+//! * One module per aggregate: [`experiments`], [`crate_lists`], [`tokens`]; [`confirmations`]
+//!   reads back the runs that confirm regressions and fixes.
 //! * [`embedded`] starts a private Postgres cluster from the system binaries (tests, `caldera local`).
 //!
 //! Queries are plain `sqlx::query*` calls checked by the integration tests against a real
 //! Postgres (see `tests/`), not the compile-time macros: this keeps builds free of a database
 //! or a committed `.sqlx/` cache; every query in this crate is exercised by a test.
 
+pub mod confirmations;
 pub mod crate_lists;
 pub mod embedded;
 pub mod experiments;

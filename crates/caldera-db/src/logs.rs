@@ -54,7 +54,7 @@ pub async fn find(
     };
     let exact: Option<(i64, String)> = sqlx::query_as(
         "SELECT c.id, c.crate_id FROM crates c
-         JOIN jobs j ON j.crate_id = c.id AND j.experiment_id = $1
+         JOIN jobs j ON j.crate_id = c.id AND j.experiment_id = $1 AND j.run = 0
          WHERE c.crate_id = $2",
     )
     .bind(experiment_id)
@@ -73,7 +73,7 @@ pub async fn find(
         ) => {
             let mut candidates: Vec<(i64, String)> = sqlx::query_as(
                 "SELECT c.id, c.crate_id FROM crates c
-                 JOIN jobs j ON j.crate_id = c.id AND j.experiment_id = $1
+                 JOIN jobs j ON j.crate_id = c.id AND j.experiment_id = $1 AND j.run = 0
                  WHERE c.kind = 'registry' AND c.name = $2 AND c.version = $3
                  ORDER BY c.crate_id
                  LIMIT 5",
@@ -97,7 +97,7 @@ pub async fn find(
     };
     let result: Option<(Option<String>, String)> = sqlx::query_as(
         "SELECT log_key, outcome_kind FROM results
-         WHERE experiment_id = $1 AND crate_id = $2 AND toolchain = $3",
+         WHERE experiment_id = $1 AND crate_id = $2 AND toolchain = $3 AND run = 0",
     )
     .bind(experiment_id)
     .bind(crate_row)

@@ -50,7 +50,7 @@ async fn experiment_crates(
 ) -> Result<Vec<(i64, CrateId)>, DbError> {
     let mut crates: Vec<(i64, CrateId)> = Vec::new();
     let mut rows = sqlx::query_as::<_, (i64, String)>(
-        "SELECT c.id, c.crate_id FROM jobs j JOIN crates c ON c.id = j.crate_id WHERE j.experiment_id = $1",
+        "SELECT c.id, c.crate_id FROM jobs j JOIN crates c ON c.id = j.crate_id WHERE j.experiment_id = $1 AND j.run = 0",
     )
     .bind(experiment_id)
     .fetch(pool);
@@ -80,7 +80,7 @@ async fn side_rows(
                                   WHEN 'skipped' THEN 3::int2 ELSE 0::int2 END,
                 CASE WHEN outcome_kind IN ('test-pass', 'test-skipped', 'skipped') THEN NULL ELSE outcome END,
                 CASE WHEN $3 THEN log_key END
-         FROM results WHERE experiment_id = $1 AND toolchain = $2",
+         FROM results WHERE experiment_id = $1 AND toolchain = $2 AND run = 0",
     )
     .bind(experiment_id)
     .bind(side)
@@ -206,7 +206,7 @@ pub async fn crate_detail(
     );
     let job: Option<(String, i32)> = sqlx::query_as(
         "SELECT j.state, j.attempt FROM jobs j JOIN crates c ON c.id = j.crate_id
-         WHERE j.experiment_id = $1 AND c.crate_id = $2",
+         WHERE j.experiment_id = $1 AND c.crate_id = $2 AND j.run = 0",
     )
     .bind(experiment_id)
     .bind(crate_id)
@@ -216,7 +216,7 @@ pub async fn crate_detail(
         "SELECT r.toolchain, r.outcome, r.log_key, r.duration_ms, r.peak_memory_bytes, r.steps, w.name, r.created_at
          FROM results r JOIN crates c ON c.id = r.crate_id
          LEFT JOIN workers w ON w.id = r.worker_id
-         WHERE r.experiment_id = $1 AND c.crate_id = $2",
+         WHERE r.experiment_id = $1 AND c.crate_id = $2 AND r.run = 0",
     )
     .bind(experiment_id)
     .bind(crate_id)
@@ -263,7 +263,7 @@ pub struct OutcomeCounts {
 /// Results per side and outcome kind (an index-only count; outcomes are not read).
 pub async fn outcome_counts(pool: &PgPool, experiment_id: Uuid) -> Result<OutcomeCounts, DbError> {
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT toolchain, outcome_kind, count(*) FROM results WHERE experiment_id = $1
+        "SELECT toolchain, outcome_kind, count(*) FROM results WHERE experiment_id = $1 AND run = 0
          GROUP BY toolchain, outcome_kind ORDER BY 3 DESC, 2",
     )
     .bind(experiment_id)

@@ -903,7 +903,7 @@ async fn the_claimer_reconnects_after_its_connection_is_killed() {
     );
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-         WHERE application_name = 'caldera-claims'",
+         WHERE application_name = 'caldera-claims' AND datname = current_database()",
     )
     .fetch_one(&db.pool)
     .await
@@ -939,4 +939,371 @@ async fn started_with_jobs(db: &TestDb, name: &str, crates: &[&str]) -> uuid::Uu
         .unwrap();
     tx.commit().await.unwrap();
     row.id
+}
+
+/// A side with this outcome, taking `ms`.
+fn side_of(outcome: caldera_core::outcome::Outcome, ms: i64) -> caldera_db::jobs::SideRecord {
+    caldera_db::jobs::SideRecord {
+        outcome,
+        log_key: Some(format!("log-{ms}")),
+        duration_ms: ms,
+        peak_memory_bytes: 0,
+        steps: Vec::new(),
+    }
+}
+
+/// (crate, run, state, avoid_worker) of every job, by crate and run.
+async fn job_runs(
+    pool: &caldera_db::PgPool,
+    experiment: uuid::Uuid,
+) -> Vec<(String, i16, String, Option<uuid::Uuid>)> {
+    sqlx::query_as(
+        "SELECT c.crate_id, j.run, j.state, j.avoid_worker FROM jobs j JOIN crates c ON c.id = j.crate_id
+         WHERE j.experiment_id = $1 ORDER BY 1, 2",
+    )
+    .bind(experiment)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// A regressed or fixed first run queues `confirm` confirmation runs in the statement that
+/// records it (none for other comparisons, none for the confirmation runs themselves); the
+/// experiment cannot complete before they finish; the worker that ran the first run does not get
+/// them while another worker that could take them is connected; the statuses come out of the
+/// runs' comparisons, and the report still reads run 0 only.
+#[tokio::test]
+async fn regressions_and_fixes_are_confirmed_by_more_runs() {
+    use caldera_core::confirm::ConfirmationStatus;
+    use caldera_core::outcome::{BuildFailReason, Comparison, Outcome};
+    use caldera_db::jobs::{self, Completion};
+    let db = TestDb::new().await;
+    let experiment = started_with_jobs(&db, "conf", &["a@1.0.0", "b@1.0.0", "c@1.0.0"]).await;
+    let now = chrono::Utc::now();
+    let lease = chrono::Duration::hours(1);
+    let (w1, w2) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let broken = || {
+        Outcome::BuildFail(BuildFailReason::CompilerError {
+            codes: vec!["E0308".into()],
+        })
+    };
+    // a regression: builds on start, not on end
+    let fail = broken;
+    let mut claimer = jobs::Claimer::new(&db.pool);
+    let first = claimer.claim(w1, &[], 3, now, lease).await.unwrap();
+    assert_eq!(first.len(), 3);
+    assert!(first.iter().all(|c| c.run == 0));
+    // a regresses, b passes on both, c is fixed
+    let batch: Vec<Completion> = first
+        .iter()
+        .map(|c| {
+            let (start, end) = match c.crate_id.as_str() {
+                "reg:a@1.0.0" => (Outcome::TestPass, fail()),
+                "reg:b@1.0.0" => (Outcome::TestPass, Outcome::TestPass),
+                _ => (broken(), Outcome::TestPass),
+            };
+            Completion {
+                job_id: c.job_id,
+                lease_token: c.lease_token,
+                worker: w1,
+                start: side_of(start, 10),
+                end: side_of(end, 10),
+            }
+        })
+        .collect();
+    let out = jobs::complete(&db.pool, &batch, now, 3).await.unwrap();
+    assert_eq!(out.accepted.len(), 3, "{out:?}");
+    assert_eq!(out.confirmations, 4, "{out:?}");
+    let queued = |c: &str, run: i16| (format!("reg:{c}"), run, "queued".to_owned(), Some(w1));
+    let done = |c: &str, run: i16| (format!("reg:{c}"), run, "done".to_owned(), None);
+    assert_eq!(
+        job_runs(&db.pool, experiment).await,
+        vec![
+            done("a@1.0.0", 0),
+            queued("a@1.0.0", 1),
+            queued("a@1.0.0", 2),
+            done("b@1.0.0", 0),
+            done("c@1.0.0", 0),
+            queued("c@1.0.0", 1),
+            queued("c@1.0.0", 2),
+        ]
+    );
+    let drift = jobs::count_drift(&db.pool).await.unwrap();
+    assert!(drift.is_empty(), "{drift:?}");
+    let p = jobs::progress_of(&db.pool, experiment).await.unwrap();
+    assert_eq!((p.queued, p.done), (4, 3));
+    assert!(
+        jobs::finished_experiments(&db.pool, &[experiment])
+            .await
+            .unwrap()
+            .is_empty(),
+        "not finished while confirmation runs are queued"
+    );
+    let c = caldera_db::confirmations::of_experiment(&db.pool, experiment)
+        .await
+        .unwrap();
+    assert_eq!((c.pending, c.runs_created, c.runs_finished), (2, 4, 0));
+
+    // w1 ran the first runs: while a worker that could take them is connected, it gets none
+    let got = claimer
+        .claim_among(w1, &[], &[vec![]], 10, now, lease)
+        .await
+        .unwrap();
+    assert!(got.is_empty(), "{got:?}");
+    // … but when the other worker cannot build these toolchains, w1 takes one
+    let mut tx = db.pool.begin().await.unwrap();
+    jobs::set_implied_requirements(
+        &mut tx,
+        experiment,
+        &["toolchain:stable".into(), "toolchain:nightly".into()],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let other = vec!["toolchain:beta".to_owned()];
+    let got = claimer
+        .claim_among(w1, &[], &[other], 1, now, lease)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|c| (c.crate_id.as_str(), c.run))
+            .collect::<Vec<_>>(),
+        [("reg:a@1.0.0", 1)]
+    );
+    let a1 = got[0].clone();
+    // the other worker finds the rest below the cursor the first claim did not pass
+    let got = claimer
+        .claim_among(w2, &[], &[vec![]], 10, now, lease)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|c| (c.crate_id.as_str(), c.run))
+            .collect::<Vec<_>>(),
+        [("reg:a@1.0.0", 2), ("reg:c@1.0.0", 1), ("reg:c@1.0.0", 2)]
+    );
+    let find = |k: &str, run: i16| {
+        got.iter()
+            .find(|c| c.crate_id == k && c.run == run)
+            .unwrap()
+    };
+    let (a2, c1, c2) = (
+        find("reg:a@1.0.0", 2).clone(),
+        find("reg:c@1.0.0", 1).clone(),
+        find("reg:c@1.0.0", 2).clone(),
+    );
+    let completion = |c: &jobs::Claimed, worker, start, end| Completion {
+        job_id: c.job_id,
+        lease_token: c.lease_token,
+        worker,
+        start: side_of(start, 100),
+        end: side_of(end, 100),
+    };
+    // a's first confirmation agrees, c's too: pending both
+    let out = jobs::complete(
+        &db.pool,
+        &[
+            completion(&a1, w1, Outcome::TestPass, fail()),
+            completion(&c1, w2, broken(), Outcome::TestPass),
+        ],
+        now,
+        3,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.accepted.len(), 2, "{out:?}");
+    assert_eq!(
+        out.confirmations, 0,
+        "confirmation runs are not confirmed again"
+    );
+    let c = caldera_db::confirmations::of_experiment(&db.pool, experiment)
+        .await
+        .unwrap();
+    assert_eq!((c.pending, c.confirmed, c.flaky), (2, 0, 0), "{c:#?}");
+    assert_eq!(c.runs_finished, 2);
+    // a's second agrees (confirmed); c's second passes on both sides (flaky)
+    jobs::complete(
+        &db.pool,
+        &[
+            completion(&a2, w2, Outcome::TestPass, fail()),
+            completion(&c2, w2, Outcome::TestPass, Outcome::TestPass),
+        ],
+        now,
+        3,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        job_runs(&db.pool, experiment).await.len(),
+        7,
+        "confirmation runs are not confirmed again"
+    );
+    let drift = jobs::count_drift(&db.pool).await.unwrap();
+    assert!(drift.is_empty(), "{drift:?}");
+    assert_eq!(
+        jobs::finished_experiments(&db.pool, &[experiment])
+            .await
+            .unwrap(),
+        ["conf"]
+    );
+    let c = caldera_db::confirmations::of_experiment(&db.pool, experiment)
+        .await
+        .unwrap();
+    assert_eq!((c.confirmed, c.flaky, c.pending), (1, 1, 0), "{c:#?}");
+    assert_eq!((c.runs_created, c.runs_finished), (4, 4));
+    assert_eq!(c.duration_ms, 4 * 2 * 100, "both sides of 4 runs");
+    assert_eq!(
+        c.status_of("reg:a@1.0.0"),
+        Some(ConfirmationStatus::Confirmed)
+    );
+    assert_eq!(c.status_of("reg:b@1.0.0"), None, "b was not re-run");
+    let flaky = &c.crates[1];
+    assert_eq!(
+        (flaky.krate.as_str(), flaky.comparison, flaky.status),
+        ("reg:c@1.0.0", Comparison::Fixed, ConfirmationStatus::Flaky)
+    );
+    let per_run: Vec<(i16, Option<Comparison>, Option<String>)> = flaky
+        .runs
+        .iter()
+        .map(|r| {
+            (
+                r.run,
+                r.comparison,
+                r.end.as_ref().and_then(|s| s.log_key.clone()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        per_run,
+        [
+            (0, Some(Comparison::Fixed), Some("log-10".to_owned())),
+            (1, Some(Comparison::Fixed), Some("log-100".to_owned())),
+            (
+                2,
+                Some(Comparison::SameTestPass),
+                Some("log-100".to_owned())
+            ),
+        ]
+    );
+    // the report reads the first runs only
+    let report = caldera_db::results::report_input(&db.pool, experiment, true)
+        .await
+        .unwrap();
+    assert_eq!(report.len(), 3);
+    assert_eq!(report[0].end, fail());
+    assert_eq!(report[0].end_log.as_deref(), Some("log-10"));
+}
+
+/// With `confirm: 0` nothing is re-run.
+#[tokio::test]
+async fn confirm_zero_queues_no_confirmation_runs() {
+    use caldera_core::outcome::Outcome;
+    use caldera_db::jobs::{self, Completion};
+    let db = TestDb::new().await;
+    let mut s = spec("noconf");
+    s.confirm = 0;
+    let row = experiments::create(&db.pool, &s).await.unwrap();
+    experiments::apply_action(&db.pool, "noconf", ExperimentAction::Start)
+        .await
+        .unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    jobs::create_for_experiment(&mut tx, row.id, &["reg:a@1.0.0".parse().unwrap()])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let now = chrono::Utc::now();
+    let w = uuid::Uuid::new_v4();
+    let got = jobs::claim(&db.pool, w, &[], 1, now, chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    let out = jobs::complete(
+        &db.pool,
+        &[Completion {
+            job_id: got[0].job_id,
+            lease_token: got[0].lease_token,
+            worker: w,
+            start: side_of(Outcome::TestPass, 1),
+            end: side_of(
+                Outcome::BuildFail(caldera_core::outcome::BuildFailReason::CompilerError {
+                    codes: vec![],
+                }),
+                1,
+            ),
+        }],
+        now,
+        3,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.accepted.len(), 1);
+    assert_eq!(job_runs(&db.pool, row.id).await.len(), 1);
+    assert_eq!(
+        jobs::finished_experiments(&db.pool, &[row.id])
+            .await
+            .unwrap(),
+        ["noconf"]
+    );
+    let c = caldera_db::confirmations::of_experiment(&db.pool, row.id)
+        .await
+        .unwrap();
+    assert!(c.crates.is_empty() && c.runs_created == 0, "{c:?}");
+}
+
+/// A full claim batch that skips jobs kept for another worker leaves the cursor at the first of
+/// them, so that the other worker's claim still finds them.
+#[tokio::test]
+async fn a_full_claim_does_not_move_the_cursor_past_jobs_it_left() {
+    use caldera_core::outcome::{BuildFailReason, Outcome};
+    use caldera_db::jobs::{self, Completion};
+    let db = TestDb::new().await;
+    let experiment = started_with_jobs(&db, "held", &["a@1.0.0", "b@1.0.0"]).await;
+    let now = chrono::Utc::now();
+    let lease = chrono::Duration::hours(1);
+    let (w1, w2) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let regressed = |c: &jobs::Claimed, worker| Completion {
+        job_id: c.job_id,
+        lease_token: c.lease_token,
+        worker,
+        start: side_of(Outcome::TestPass, 1),
+        end: side_of(
+            Outcome::BuildFail(BuildFailReason::CompilerError { codes: vec![] }),
+            1,
+        ),
+    };
+    // w1 runs a, w2 runs b: a's re-runs are for w2, b's for w1 (ids: a1, a2, b1, b2)
+    let a = jobs::claim(&db.pool, w1, &[], 1, now, lease).await.unwrap();
+    let b = jobs::claim(&db.pool, w2, &[], 1, now, lease).await.unwrap();
+    jobs::complete(
+        &db.pool,
+        &[regressed(&a[0], w1), regressed(&b[0], w2)],
+        now,
+        3,
+    )
+    .await
+    .unwrap();
+    let mut claimer = jobs::Claimer::new(&db.pool);
+    let got = claimer
+        .claim_among(w1, &[], &[vec![]], 2, now, lease)
+        .await
+        .unwrap();
+    let runs = |got: &[jobs::Claimed]| -> Vec<(String, i16)> {
+        got.iter().map(|c| (c.crate_id.clone(), c.run)).collect()
+    };
+    assert_eq!(
+        runs(&got),
+        [("reg:b@1.0.0".to_owned(), 1), ("reg:b@1.0.0".to_owned(), 2)]
+    );
+    let got = claimer
+        .claim_among(w2, &[], &[vec![]], 2, now, lease)
+        .await
+        .unwrap();
+    assert_eq!(
+        runs(&got),
+        [("reg:a@1.0.0".to_owned(), 1), ("reg:a@1.0.0".to_owned(), 2)]
+    );
+    let p = jobs::progress_of(&db.pool, experiment).await.unwrap();
+    assert_eq!((p.queued, p.running, p.done), (0, 4, 2));
+    let drift = jobs::count_drift(&db.pool).await.unwrap();
+    assert!(drift.is_empty(), "{drift:?}");
 }

@@ -145,6 +145,10 @@ pub fn router_with(state: AppState, dashboard: dashboard::DashboardConfig) -> Ro
         .route("/experiments/{name}/resume", post(experiments::resume))
         .route("/experiments/{name}/abort", post(experiments::abort))
         .route(
+            "/experiments/{name}/confirmations",
+            get(experiments::confirmations),
+        )
+        .route(
             "/experiments/{name}/report",
             get(api::report::list).post(api::report::regenerate),
         )

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub jobs_requeued: Counter,
     pub jobs_errored: Counter,
     pub jobs_returned: Counter,
+    pub confirmation_runs_queued: Counter,
     pub results_rejected: Family<ReasonLabel, Counter>,
     pub lease_expiries: Counter,
     pub workers_connected: Gauge,
@@ -46,6 +47,7 @@ impl Default for Metrics {
             jobs_requeued: Counter::default(),
             jobs_errored: Counter::default(),
             jobs_returned: Counter::default(),
+            confirmation_runs_queued: Counter::default(),
             results_rejected: Family::default(),
             lease_expiries: Counter::default(),
             workers_connected: Gauge::default(),
@@ -69,6 +71,11 @@ impl Default for Metrics {
             "jobs_requeued",
             "Jobs re-queued after their lease expired",
             m.jobs_requeued.clone(),
+        );
+        registry.register(
+            "confirmation_runs_queued",
+            "Confirmation runs queued for regressed or fixed first runs",
+            m.confirmation_runs_queued.clone(),
         );
         registry.register(
             "jobs_errored",

@@ -171,6 +171,7 @@ impl From<&JobSpec> for v1::JobSpec {
             quiet: j.quiet,
             extra_timeout_secs: j.extra_timeout_secs,
             extra_memory_mib: j.extra_memory_mib,
+            run: j.run,
         }
     }
 }
@@ -205,6 +206,7 @@ impl TryFrom<v1::JobSpec> for JobSpec {
             quiet: j.quiet,
             extra_timeout_secs: j.extra_timeout_secs,
             extra_memory_mib: j.extra_memory_mib,
+            run: j.run,
         })
     }
 }

@@ -2,6 +2,9 @@
 //!
 //! ```text
 //! experiments/{experiment}/{toolchain}/{crate}/log.zst     build/test log of one crate on one toolchain
+//! experiments/{experiment}/{toolchain}/{crate}/log.run-{n}.zst       … of confirmation run n (n ≥ 1)
+//! experiments/{experiment}/{toolchain}/{crate}/log[.run-{n}].end.zst … of the end side when both
+//!                                                          sides are that toolchain (calibration, A/A)
 //! experiments/{experiment}/lockfiles/{crate}/Cargo.lock    the lockfile both toolchains build with
 //! experiments/{experiment}/report/{file}                   files of the generated report
 //! ```
@@ -190,6 +193,32 @@ pub fn log(experiment: &str, toolchain: &str, krate: &str) -> Result<ObjectKey, 
     ])
 }
 
+/// The log of one side of one run of a crate: [`log`] for a crate's first run (`run` 0), else
+/// `log.run-{run}.zst` in the same place; with `same_toolchain_end` (the end side of an
+/// experiment whose two sides are the same toolchain, a calibration run) `.end` is added before
+/// `.zst`, so that the two sides' logs never share a key.
+pub fn run_log(
+    experiment: &str,
+    toolchain: &str,
+    krate: &str,
+    run: u32,
+    same_toolchain_end: bool,
+) -> Result<ObjectKey, StorageError> {
+    let file = match (run, same_toolchain_end) {
+        (0, false) => LOG_FILE.to_owned(),
+        (0, true) => "log.end.zst".to_owned(),
+        (n, false) => format!("log.run-{n}.zst"),
+        (n, true) => format!("log.run-{n}.end.zst"),
+    };
+    ObjectKey::from_segments([
+        EXPERIMENTS,
+        &encode_component(experiment)?,
+        &encode_toolchain(toolchain)?,
+        &encode_component(krate)?,
+        &file,
+    ])
+}
+
 /// `experiments/{experiment}/lockfiles/{crate}/Cargo.lock`: the lockfile of one crate.
 pub fn lockfile(experiment: &str, krate: &str) -> Result<ObjectKey, StorageError> {
     ObjectKey::from_segments([
@@ -275,6 +304,28 @@ mod tests {
         "a?b&c=d",
         "~user",
     ];
+
+    #[test]
+    fn run_logs_have_keys_of_their_own() {
+        let k = |run, end| {
+            run_log("e", "stable", "reg:a@1.0.0", run, end)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            k(0, false),
+            log("e", "stable", "reg:a@1.0.0").unwrap().to_string()
+        );
+        assert_eq!(k(0, true), "experiments/e/stable/reg%3Aa@1.0.0/log.end.zst");
+        assert_eq!(
+            k(2, false),
+            "experiments/e/stable/reg%3Aa@1.0.0/log.run-2.zst"
+        );
+        assert_eq!(
+            k(2, true),
+            "experiments/e/stable/reg%3Aa@1.0.0/log.run-2.end.zst"
+        );
+    }
 
     #[test]
     fn components_round_trip_and_stay_one_segment() {

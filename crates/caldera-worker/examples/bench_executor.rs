@@ -160,6 +160,7 @@ impl Bench {
             quiet: false,
             extra_timeout_secs: 0,
             extra_memory_mib: 0,
+            run: 0,
         };
         self.next_id += 1;
         let t0 = Instant::now();

@@ -15,7 +15,8 @@
 //!    missing or yanked dependency), or `error` when the infrastructure failed.
 //! 3. Each side gets a fresh container (network none, source, cargo home and the side's toolchain
 //!    read-only, the slot's target dir for that toolchain writable, the configured limits plus the
-//!    job's extra memory). It is usually a *spare*, created for the slot after its previous job
+//!    job's extra memory). A confirmation run (`JobSpec::run > 0`) gets fresh, empty target dirs
+//!    of its own instead (`targets/fresh-<slot>`, removed after it), never the slot's reused ones. It is usually a *spare*, created for the slot after its previous job
 //!    (with its step driver already waiting, see [`Container::prime`]), so jobs do not wait for a
 //!    container to start. That works because the source is mounted from the slot's source dir
 //!    (`<sources>/slot-<n>`), into which the prepared crate is moved (renamed) before the steps; a
@@ -715,11 +716,21 @@ impl Inner {
         // slot's source dir, into which the prepared crate is moved below.
         let slot_src = self.config.slot_source_dir(slot.index);
         let slot_src_ready = make_dir_for_sandbox(&slot_src).await;
+        if spec.run > 0 {
+            // a confirmation run: fresh target dirs, whatever a previous one left there goes
+            if let Err(e) = self.purge(self.fresh_targets(slot.index), false).await {
+                tracing::warn!(error = %e, "could not empty the fresh target dirs");
+            }
+        }
         let mut creations: Vec<Option<Made>> = Vec::new();
         for (i, side) in Side::BOTH.into_iter().enumerate() {
             let mut creation = None;
             if let (Ok(tc), Ok(())) = (&sides[i], &slot_src_ready) {
-                let target = self.side_target(slot.index, tc);
+                let target = self.job_target(slot.index, tc, spec.run);
+                if spec.run > 0 {
+                    // the slot's own dir, which the spare made after this job mounts
+                    let _ = tokio::fs::create_dir_all(self.side_target(slot.index, tc)).await;
+                }
                 if tokio::fs::create_dir_all(&target).await.is_ok() {
                     let mounts = JobMounts {
                         source: slot_src.clone(),
@@ -800,7 +811,7 @@ impl Inner {
                     Err(SideRun::error(reason.clone(), Vec::new(), Duration::ZERO))
                 }
                 (Ok(tc), Ok(_)) => {
-                    let target = self.side_target(slot.index, tc);
+                    let target = self.job_target(slot.index, tc, spec.run);
                     tokio::select! {
                         r = self.setup_side(spec, tc, &target) => r,
                         () = cancel.cancelled() => {
@@ -834,6 +845,11 @@ impl Inner {
             };
             let side_t0 = Instant::now();
             let creation = creations[i].take();
+            // the slot's next spare mounts the slot's own target dir, not a confirmation run's
+            let slot_target = sides[i]
+                .as_ref()
+                .ok()
+                .map(|tc| self.side_target(slot.index, tc));
             let work = async {
                 match (plan, &prepared) {
                     (Err(run), _) => Some(run),
@@ -846,6 +862,10 @@ impl Inner {
                                 });
                                 tracing::debug!(%side, waited = ?waited.elapsed(), "container ready");
                                 if container.is_ok() {
+                                    let mut mounts = mounts;
+                                    if let Some(target) = slot_target.filter(|_| spec.run > 0) {
+                                        mounts.target = target;
+                                    }
                                     respare.push((side, mounts, limits));
                                 }
                                 container
@@ -875,6 +895,7 @@ impl Inner {
                 // cancelled: the containers not used yet are the slot's next spares
                 self.keep_unused(slot.index, &mut creations);
                 self.after_job(slot.index, used, respare);
+                self.drop_fresh_targets(slot.index, spec.run).await;
                 return None;
             };
             outputs.extend(previous);
@@ -900,7 +921,16 @@ impl Inner {
                 &run,
                 &header_notes,
             );
-            match keys::log(&spec.experiment, &tc_spec.id(), &crate_key) {
+            // a confirmation run's logs, and the end side's of a calibration (A/A) run, have keys
+            // of their own: they never replace the first run's or the start side's
+            let same_toolchain_end = side == Side::End && spec.start == spec.end;
+            match keys::run_log(
+                &spec.experiment,
+                &tc_spec.id(),
+                &crate_key,
+                spec.run,
+                same_toolchain_end,
+            ) {
                 Ok(key) => match self.spool.enqueue_log(key.clone(), log).await {
                     Ok(_) => pending = Some((key, run)),
                     Err(e) => {
@@ -912,6 +942,7 @@ impl Inner {
             }
         }
         self.after_job(slot.index, used, respare);
+        self.drop_fresh_targets(slot.index, spec.run).await;
         if let Some((key, prev)) = pending.take() {
             outputs.push(side_output(prev, self.finish_store(key, &cancel).await?));
         }
@@ -934,6 +965,33 @@ impl Inner {
             self.background.spawn_blocking(move || delete_trash(moved));
         }
         Ok(())
+    }
+
+    /// Where `slot` keeps the fresh target dirs of a confirmation run (emptied before and after
+    /// it): a run that confirms a regression or fix never reuses the slot's target dirs.
+    fn fresh_targets(&self, slot: u32) -> PathBuf {
+        self.config.targets_dir().join(format!("fresh-{slot}"))
+    }
+
+    /// The target dir a job of run `run` uses on `slot` for a side's toolchain: the slot's
+    /// (reused across the crates of an experiment) for a first run, a fresh one for a
+    /// confirmation run.
+    fn job_target(&self, slot: u32, tc: &SideToolchain, run: u32) -> PathBuf {
+        if run == 0 {
+            self.side_target(slot, tc)
+        } else {
+            self.fresh_targets(slot)
+                .join(toolchain_dir_key(&tc.spec.id()))
+        }
+    }
+
+    /// After a confirmation run: its fresh target dirs go (in the background).
+    async fn drop_fresh_targets(&self, slot: u32, run: u32) {
+        if run > 0
+            && let Err(e) = self.purge(self.fresh_targets(slot), false).await
+        {
+            tracing::warn!(error = %e, "could not remove a confirmation run's target dirs");
+        }
     }
 
     /// The target dir of `slot` for a side's toolchain.

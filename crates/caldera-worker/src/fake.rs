@@ -26,6 +26,9 @@ pub struct FakeBehaviour {
     pub delay: Duration,
     /// After the delay, wait until [`FakeExecutor::open_gate`] opens the gate of this name.
     pub gate: Option<String>,
+    /// The outcomes of confirmation runs (`JobSpec::run > 0`), when they differ from the first
+    /// run's (a flaky crate).
+    pub reruns: Option<(Outcome, Outcome)>,
 }
 
 impl Default for FakeBehaviour {
@@ -42,7 +45,14 @@ impl FakeBehaviour {
             end,
             delay: Duration::ZERO,
             gate: None,
+            reruns: None,
         }
+    }
+
+    /// Confirmation runs (run > 0) end with these outcomes instead.
+    pub fn on_reruns(mut self, start: Outcome, end: Outcome) -> Self {
+        self.reruns = Some((start, end));
+        self
     }
 
     pub fn with_delay(mut self, delay: Duration) -> Self {
@@ -251,9 +261,13 @@ impl Executor for FakeExecutor {
                 log_key: None,
                 duration,
             };
+            let (start, end) = match behaviour.reruns {
+                Some(outcomes) if job.spec.run > 0 => outcomes,
+                _ => (behaviour.start, behaviour.end),
+            };
             JobOutput {
-                start: side(behaviour.start),
-                end: side(behaviour.end),
+                start: side(start),
+                end: side(end),
             }
         })
     }

@@ -396,6 +396,104 @@ async fn target_dirs_are_reused_decontaminated_and_purged_per_experiment() {
     );
 }
 
+/// A confirmation run (`run > 0`) builds in fresh target dirs of its own, removed after it: it
+/// neither sees nor disturbs what the slot's reused dirs hold, and the slot's next job finds
+/// its spares again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmation_run_builds_from_fresh_target_dirs() {
+    let h = harness("fresh", |c| c.slots = 1).await;
+    let stable: caldera_core::toolchain::Toolchain = "stable".parse().unwrap();
+    let target = h.executor.target_dir(0, &stable);
+    let fresh = target.parent().unwrap().parent().unwrap().join("fresh-0");
+    let has_artifact = |prefix: &str| {
+        std::fs::read_dir(target.join("debug/deps"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            })
+            .unwrap_or(false)
+    };
+    let sp = |krate: &str, run: u32| {
+        let mut s = spec(
+            "e1",
+            fixture(krate),
+            "stable",
+            "nightly",
+            Mode::BuildAndTest,
+        );
+        s.run = run;
+        s
+    };
+    let out = h.run(sp("contaminate-a", 0)).await;
+    assert_eq!(out.start.outcome, Outcome::TestPass);
+    assert!(has_artifact("libfixture_contaminate_a"));
+
+    // in the slot's dirs contaminate-b would find two builds of its dependency (E0464); in
+    // fresh ones it does not, and the slot's dirs are left as they were
+    let out = h.run(sp("contaminate-b", 1)).await;
+    let log = h.log(out.start.log_key.as_deref()).await;
+    assert_eq!(
+        (&out.start.outcome, &out.end.outcome),
+        (&Outcome::TestPass, &Outcome::TestPass),
+        "{}",
+        excerpt(&log)
+    );
+    assert!(!log.contains("error[E0464]"), "{}", excerpt(&log));
+    assert!(
+        out.start
+            .log_key
+            .as_deref()
+            .is_some_and(|k| k.ends_with("/log.run-1.zst")),
+        "a confirmation run's log does not replace the first run's: {:?}",
+        out.start.log_key
+    );
+    assert_eq!(h.executor.stats().contaminated_reruns, 0);
+    assert!(
+        has_artifact("libfixture_contaminate_a"),
+        "the slot's dirs are kept"
+    );
+    assert!(!has_artifact("libfixture_contaminate_b"), "and not written");
+    let left: Vec<_> = std::fs::read_dir(&fresh)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "the fresh dirs are removed after the run: {left:?}"
+    );
+
+    // the next first run gets the spares made for the slot's own dirs
+    let hits = h.executor.stats().spare_hits;
+    let out = h.run(sp("pass", 0)).await;
+    assert_eq!(out.start.outcome, Outcome::TestPass);
+    assert_eq!(h.executor.stats().spare_hits, hits + 2);
+
+    // a calibration (A/A) job: the same toolchain on both sides, each side's log its own
+    let out = h
+        .run(spec(
+            "aa",
+            fixture("pass"),
+            "stable",
+            "stable",
+            Mode::CheckOnly,
+        ))
+        .await;
+    assert_eq!(
+        (&out.start.outcome, &out.end.outcome),
+        (&Outcome::TestPass, &Outcome::TestPass)
+    );
+    let (start_key, end_key) = (out.start.log_key.clone(), out.end.log_key.clone());
+    assert!(
+        end_key
+            .as_deref()
+            .is_some_and(|k| k.ends_with("/log.end.zst"))
+            && start_key != end_key,
+        "{start_key:?} {end_key:?}"
+    );
+    assert!(h.log(start_key.as_deref()).await.contains("cargo check"));
+    assert!(h.log(end_key.as_deref()).await.contains("cargo check"));
+    h.executor.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_past_the_high_water_mark_purges_the_slot() {
     let h = harness("high-water", |c| c.disk_high_water = 0.0).await;

@@ -191,6 +191,9 @@ fn a_stopped_run_resumes_with_its_results() {
         "stable+rustflags=-Dwarnings",
         "--name",
         "resume",
+        // one job per crate (the counts below): no confirmation runs of `warnings`' regression
+        "--confirm",
+        "0",
     ];
 
     // first run: stopped with SIGTERM once two crates are done

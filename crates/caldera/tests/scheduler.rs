@@ -677,3 +677,277 @@ async fn finished_experiments_left_running_are_completed_by_the_reaper() {
     assert_exactly_one_result_each(&db.pool, "orphan", 3).await;
     master.stop().await;
 }
+
+/// Crate ids (`reg:…`) of the experiment's results of `run`, with the name of the worker that
+/// ran them, by crate.
+async fn runs_by_worker(
+    pool: &caldera_db::PgPool,
+    name: &str,
+    crate_name: &str,
+) -> Vec<(i16, String)> {
+    sqlx::query_as(
+        "SELECT DISTINCT r.run, w.name FROM results r JOIN experiments e ON e.id = r.experiment_id
+         JOIN crates c ON c.id = r.crate_id JOIN workers w ON w.id = r.worker_id
+         WHERE e.name = $1 AND c.name = $2 ORDER BY 1",
+    )
+    .bind(name)
+    .bind(crate_name)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// A crate that regresses is run twice more, on the other worker; one that regresses only on its
+/// first run ends flaky; the experiment completes only after the confirmation runs, and the API
+/// tells each crate's status, runs and logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regressions_are_confirmed_on_the_other_worker() {
+    let db = TestDb::new().await;
+    let t = tokens(&db.pool).await;
+    let master = InProcessMaster::start(db.pool.clone(), fast_config(), None).await;
+    let spool = tempfile::tempdir().unwrap();
+    let broken = || {
+        Outcome::BuildFail(BuildFailReason::CompilerError {
+            codes: vec!["E0308".into()],
+        })
+    };
+    let exec = FakeExecutor::new()
+        .with_crate(
+            "fx00001",
+            FakeBehaviour::outcomes(Outcome::TestPass, broken()),
+        )
+        .with_crate(
+            "fx00002",
+            FakeBehaviour::outcomes(Outcome::TestPass, broken())
+                .on_reruns(Outcome::TestPass, Outcome::TestPass),
+        );
+    let workers: Vec<_> = ["w0", "w1"]
+        .iter()
+        .map(|name| {
+            InProcessWorker::spawn(
+                worker_config(&master.grpc, &t.worker, name, 2, &spool.path().join(name)),
+                exec.clone(),
+            )
+        })
+        .collect();
+    wait_count(
+        &db.pool,
+        "SELECT count(*) FROM workers WHERE connected",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    start_experiment_with(
+        &master.http,
+        &t.operator,
+        "confirm",
+        &crate_names(6),
+        serde_json::json!({"confirm": 2}),
+    )
+    .await;
+    wait_status(&db.pool, "confirm", "completed", Duration::from_secs(60)).await;
+    assert_eq!(
+        exec.runs(),
+        6 + 2 * 2,
+        "two crates regressed, each re-run twice"
+    );
+    assert_eq!(
+        job_states(&db.pool, "confirm").await,
+        vec![("done".to_owned(), 10)]
+    );
+    assert_counts_exact(&db.pool).await;
+    for krate in ["fx00001", "fx00002"] {
+        let runs = runs_by_worker(&db.pool, "confirm", krate).await;
+        assert_eq!(runs.len(), 3, "{krate}: {runs:?}");
+        let first = &runs[0].1;
+        assert!(
+            runs[1..].iter().all(|(_, w)| w != first),
+            "{krate}: the confirmation runs ran on the other worker: {runs:?}"
+        );
+    }
+
+    let (status, v) = api(
+        &master.http,
+        &t.operator,
+        Method::GET,
+        "/experiments/confirm/confirmations",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (
+            &v["confirm"],
+            &v["confirmed"],
+            &v["flaky"],
+            &v["pending"],
+            &v["runs_finished"]
+        ),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(0),
+            &serde_json::json!(4)
+        ),
+        "{v:#}"
+    );
+    let crates = v["crates"].as_array().unwrap();
+    let summary: Vec<(&str, &str, &str)> = crates
+        .iter()
+        .map(|c| {
+            (
+                c["crate"].as_str().unwrap(),
+                c["comparison"].as_str().unwrap(),
+                c["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("reg:fx00001@1.0.0", "regressed", "confirmed"),
+            ("reg:fx00002@1.0.0", "regressed", "flaky")
+        ]
+    );
+    let flaky_runs: Vec<(i64, &str)> = crates[1]["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["run"].as_i64().unwrap(),
+                r["comparison"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        flaky_runs,
+        [
+            (0, "regressed"),
+            (1, "same-test-pass"),
+            (2, "same-test-pass")
+        ]
+    );
+    assert_eq!(crates[1]["runs"][1]["end"]["outcome"]["kind"], "test-pass");
+    // the report's reads see the first runs only
+    let first_runs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM results r JOIN experiments e ON e.id = r.experiment_id
+         WHERE e.name = 'confirm' AND r.run = 0",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(first_runs, 12);
+    let (status, _) = api(
+        &master.http,
+        &t.operator,
+        Method::GET,
+        "/experiments/nope/confirmations",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let metrics = reqwest::get(format!("{}/metrics", master.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("caldera_confirmation_runs_queued_total 4"),
+        "{metrics}"
+    );
+    for w in workers {
+        w.stop().await;
+    }
+    master.stop().await;
+}
+
+/// With one worker the confirmation runs still run (there), and a calibration (A/A) experiment,
+/// the same toolchain on both sides, runs like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_worker_confirms_its_own_regressions_in_a_calibration_run() {
+    let db = TestDb::new().await;
+    let t = tokens(&db.pool).await;
+    let master = InProcessMaster::start(db.pool.clone(), fast_config(), None).await;
+    let spool = tempfile::tempdir().unwrap();
+    let exec = FakeExecutor::new().with_crate(
+        "fx00000",
+        FakeBehaviour::outcomes(
+            Outcome::BuildFail(BuildFailReason::CompilerError { codes: vec![] }),
+            Outcome::TestPass,
+        ),
+    );
+    let worker = InProcessWorker::spawn(
+        worker_config(
+            &master.grpc,
+            &t.worker,
+            "solo",
+            2,
+            &spool.path().join("solo"),
+        ),
+        exec.clone(),
+    );
+    // without `calibration`, the same toolchain on both sides is refused
+    let (status, v) = api(
+        &master.http,
+        &t.operator,
+        Method::POST,
+        "/experiments",
+        Some(serde_json::json!({"name": "aa", "start": "stable", "end": "stable", "crates": "a@1.0.0"})),
+    )
+    .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["field"], "end");
+    let (status, v) = api(
+        &master.http,
+        &t.operator,
+        Method::POST,
+        "/experiments",
+        Some(serde_json::json!({"name": "aa", "start": "stable", "end": "stable", "crates": "a@1.0.0", "calibration": true, "confirm": 6})),
+    )
+    .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["field"], "confirm");
+    start_experiment_with(
+        &master.http,
+        &t.operator,
+        "aa",
+        &crate_names(3),
+        serde_json::json!({"end": "stable", "calibration": true, "confirm": 1}),
+    )
+    .await;
+    wait_status(&db.pool, "aa", "completed", Duration::from_secs(60)).await;
+    assert_eq!(exec.runs(), 3 + 1);
+    assert_eq!(
+        runs_by_worker(&db.pool, "aa", "fx00000").await,
+        [(0, "solo".to_owned()), (1, "solo".to_owned())]
+    );
+    assert_counts_exact(&db.pool).await;
+    let (status, v) = api(
+        &master.http,
+        &t.operator,
+        Method::GET,
+        "/experiments/aa/confirmations",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["crates"][0]["status"], "confirmed", "{v:#}");
+    assert_eq!(v["crates"][0]["comparison"], "fixed", "{v:#}");
+    let (_, e) = api(
+        &master.http,
+        &t.operator,
+        Method::GET,
+        "/experiments/aa",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (&e["calibration"], &e["start"], &e["end"]),
+        (&serde_json::json!(true), &e["end"], &e["start"])
+    );
+    worker.stop().await;
+    master.stop().await;
+}

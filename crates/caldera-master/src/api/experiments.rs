@@ -377,3 +377,117 @@ pub async fn abort(
 ) -> Result<Json<ExperimentView>, ApiError> {
     action(&state, &caller, &name, ExperimentAction::Abort).await
 }
+
+/// One side of one run of a crate.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunSideView {
+    pub outcome: caldera_core::outcome::Outcome,
+    /// The side's log in object storage (read it with `GET …/results/{crate}/{toolchain}/log`
+    /// for run 0).
+    pub log_key: Option<String>,
+    pub duration_ms: Option<i64>,
+}
+
+/// One run of a crate: run 0 (the first) or a confirmation run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunView {
+    pub run: i16,
+    /// The run's job state: `queued`, `running`, `done`, `error` or `cancelled`.
+    pub state: String,
+    /// The worker that ran it, once finished.
+    pub worker: Option<String>,
+    pub start: Option<RunSideView>,
+    pub end: Option<RunSideView>,
+    /// How end compares with start in this run, once finished.
+    pub comparison: Option<caldera_core::outcome::Comparison>,
+}
+
+/// A crate whose first run was regressed or fixed, and its confirmation runs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CrateConfirmationView {
+    #[serde(rename = "crate")]
+    pub krate: String,
+    /// The first run's comparison (`regressed` or `fixed`).
+    pub comparison: caldera_core::outcome::Comparison,
+    pub status: caldera_core::confirm::ConfirmationStatus,
+    /// Every run, the first (run 0) first.
+    pub runs: Vec<RunView>,
+}
+
+/// The confirmation runs of an experiment: each crate whose first run was regressed or fixed is
+/// run again, both sides, `confirm` times; it is `confirmed` when every run agrees, `flaky` when
+/// one does not, `pending` until all have finished.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConfirmationsView {
+    /// The experiment's `confirm` (runs per crate).
+    pub confirm: u32,
+    pub confirmed: usize,
+    pub flaky: usize,
+    pub pending: usize,
+    /// Confirmation runs created (queued, running or finished).
+    pub runs_created: i64,
+    /// Confirmation runs finished: the extra runs made.
+    pub runs_finished: i64,
+    /// What they cost: their build time, both sides, in milliseconds.
+    pub duration_ms: i64,
+    pub crates: Vec<CrateConfirmationView>,
+}
+
+fn side_view(s: caldera_db::confirmations::RunSide) -> RunSideView {
+    RunSideView {
+        outcome: s.outcome,
+        log_key: s.log_key,
+        duration_ms: s.duration_ms,
+    }
+}
+
+impl ConfirmationsView {
+    fn new(confirm: u32, c: caldera_db::confirmations::Confirmations) -> Self {
+        ConfirmationsView {
+            confirm,
+            confirmed: c.confirmed,
+            flaky: c.flaky,
+            pending: c.pending,
+            runs_created: c.runs_created,
+            runs_finished: c.runs_finished,
+            duration_ms: c.duration_ms,
+            crates: c
+                .crates
+                .into_iter()
+                .map(|k| CrateConfirmationView {
+                    krate: k.krate,
+                    comparison: k.comparison,
+                    status: k.status,
+                    runs: k
+                        .runs
+                        .into_iter()
+                        .map(|r| RunView {
+                            run: r.run,
+                            state: r.state,
+                            worker: r.worker,
+                            start: r.start.map(side_view),
+                            end: r.end.map(side_view),
+                            comparison: r.comparison,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The confirmation runs of an experiment's regressions and fixes, and their statuses.
+#[utoipa::path(get, path = "/api/v1/experiments/{name}/confirmations", tag = "experiments",
+    params(("name" = String, Path)),
+    responses((status = 200, body = ConfirmationsView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn confirmations(
+    State(state): State<AppState>,
+    _caller: Reader,
+    Path(name): Path<String>,
+) -> Result<Json<ConfirmationsView>, ApiError> {
+    let row = experiments::get(&state.pool, &name).await?;
+    let found = caldera_db::confirmations::of_experiment(&state.pool, row.id).await?;
+    Ok(Json(ConfirmationsView::new(row.spec.confirm, found)))
+}

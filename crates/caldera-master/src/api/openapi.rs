@@ -25,6 +25,7 @@ impl Modify for BearerAuth {
         crate::health,
         experiments::create, experiments::list, experiments::get, experiments::edit, experiments::delete,
         experiments::start, experiments::pause, experiments::resume, experiments::abort,
+        experiments::confirmations,
         logs::get_log,
         crate_lists::create, crate_lists::list, crate_lists::get, crate_lists::delete,
         report::regenerate, report::list, report::file,

@@ -174,6 +174,8 @@ pub async fn create(pool: &PgPool, store: &Arc<dyn ObjectStore>, name: &str) -> 
     let body = serde_json::json!({
         "name": name, "start": "stable", "end": "nightly",
         "crates": {"kind": "list", "crates": specs},
+        // completed by its one run per crate: no confirmation runs
+        "confirm": 0,
     });
     let spec = ExperimentSpec::from_json(body.to_string().as_bytes()).expect("fixture spec");
     let row = experiments::create(pool, &spec)

@@ -271,26 +271,46 @@ impl Scheduler {
     ) -> Result<(), caldera_db::DbError> {
         let mut exhausted: HashSet<Uuid> = HashSet::new();
         loop {
-            let candidates: Vec<(Uuid, Vec<String>, usize)> = {
+            // the workers with free slots, and every connected worker that takes jobs (a
+            // confirmation run goes to another worker than its first run's when one could take it)
+            let (candidates, connected): (
+                Vec<(Uuid, Vec<String>, usize)>,
+                Vec<(Uuid, Vec<String>)>,
+            ) = {
                 let sessions = self.inner.sessions.lock().expect("sessions lock");
-                sessions
-                    .iter()
-                    .filter(|(id, s)| {
-                        !s.draining && s.in_flight.len() < s.slots && !exhausted.contains(id)
-                    })
-                    .map(|(id, s)| (*id, s.capabilities.clone(), s.slots - s.in_flight.len()))
-                    .collect()
+                (
+                    sessions
+                        .iter()
+                        .filter(|(id, s)| {
+                            !s.draining && s.in_flight.len() < s.slots && !exhausted.contains(id)
+                        })
+                        .map(|(id, s)| (*id, s.capabilities.clone(), s.slots - s.in_flight.len()))
+                        .collect(),
+                    sessions
+                        .iter()
+                        .filter(|(_, s)| !s.draining && s.slots > 0)
+                        .map(|(id, s)| (*id, s.capabilities.clone()))
+                        .collect(),
+                )
             };
             if candidates.is_empty() {
                 return Ok(());
             }
             for (worker, caps, free) in candidates {
                 let limit = (free as i64).min(self.inner.config.claim_batch);
+                let mut others: Vec<Vec<String>> = connected
+                    .iter()
+                    .filter(|(id, _)| *id != worker)
+                    .map(|(_, caps)| caps.clone())
+                    .collect();
+                others.sort_unstable();
+                others.dedup();
                 let started = Instant::now();
                 let claimed = claimer
-                    .claim(
+                    .claim_among(
                         worker,
                         &caps,
+                        &others,
                         limit,
                         self.now(),
                         chrono_dur(self.inner.config.lease),
@@ -461,6 +481,16 @@ impl Scheduler {
                     }
                 }
             };
+            if out.confirmations > 0 {
+                self.inner
+                    .metrics
+                    .confirmation_runs_queued
+                    .inc_by(out.confirmations);
+                tracing::info!(
+                    runs = out.confirmations,
+                    "regressions or fixes: confirmation runs queued"
+                );
+            }
             let accepted: HashSet<i64> = out.accepted.iter().copied().collect();
             let requeued: HashSet<i64> = out.requeued.iter().copied().collect();
             if !requeued.is_empty() {
@@ -642,5 +672,6 @@ pub fn job_spec(spec: &ExperimentSpec, c: &Claimed) -> Result<JobSpec, String> {
         quiet: ov.is_some_and(|o| o.quiet),
         extra_timeout_secs: ov.and_then(|o| o.extra_timeout_secs).unwrap_or(0),
         extra_memory_mib: ov.and_then(|o| o.extra_memory_mib).unwrap_or(0),
+        run: u32::try_from(c.run).unwrap_or(0),
     })
 }

@@ -49,7 +49,7 @@ pub struct SpecArgs {
     /// as `+key=value` (`nightly+rustflags=-Zfoo+target=x86_64-unknown-linux-gnu`), or a JSON object.
     #[arg(long, env = "CALDERA_EXPERIMENT_START")]
     pub start: Option<String>,
-    /// Candidate toolchain, same forms as --start; must differ from it.
+    /// Candidate toolchain, same forms as --start; must differ from it (unless --calibration).
     #[arg(long, env = "CALDERA_EXPERIMENT_END")]
     pub end: Option<String>,
     /// What to run: build-and-test, build-only, check-only, clippy, rustdoc or miri.
@@ -76,6 +76,13 @@ pub struct SpecArgs {
         value_delimiter = ','
     )]
     pub requirements: Vec<String>,
+    /// Run each regressed or fixed crate again this many times, 0..=5 (default 2; 0: off), from
+    /// fresh target dirs and on another worker when one is connected, to confirm it.
+    #[arg(long, env = "CALDERA_EXPERIMENT_CONFIRM")]
+    pub confirm: Option<u32>,
+    /// A calibration (A/A) experiment: start and end may be the same toolchain.
+    #[arg(long, env = "CALDERA_EXPERIMENT_CALIBRATION")]
+    pub calibration: bool,
     /// Read the experiment (or the edit) as JSON from this file (`-` for stdin); options given
     /// on the command line override its fields.
     #[arg(long, env = "CALDERA_EXPERIMENT_FILE")]
@@ -161,6 +168,12 @@ impl SpecArgs {
         if !self.requirements.is_empty() {
             body.insert("requirements".into(), json!(self.requirements));
         }
+        if let Some(n) = self.confirm {
+            body.insert("confirm".into(), n.into());
+        }
+        if self.calibration {
+            body.insert("calibration".into(), true.into());
+        }
         Ok(body)
     }
 }
@@ -180,6 +193,10 @@ fn print_experiment(v: &Value) {
     println!("cap-lints:    {}", s("cap_lints"));
     println!("priority:     {}", s("priority"));
     println!("requirements: {}", v["requirements"]);
+    println!("confirm:      {}", s("confirm"));
+    if v["calibration"] == json!(true) {
+        println!("calibration:  yes (A/A)");
+    }
     if v["overrides"].as_object().is_some_and(|o| !o.is_empty()) {
         println!("overrides:    {}", v["overrides"]);
     }

@@ -72,6 +72,15 @@ pub struct LocalArgs {
     /// The experiment's name; re-running with the same name resumes it.
     #[arg(long, env = "CALDERA_EXPERIMENT_NAME")]
     pub name: Option<String>,
+    /// Run each regressed or fixed crate again this many times (0–5) to confirm it [default: the
+    /// experiment default, 2; 0 turns confirmation off]. With one local worker, the re-runs run
+    /// on it, from fresh target dirs.
+    #[arg(long, env = "CALDERA_CONFIRM")]
+    pub confirm: Option<u32>,
+    /// A calibration (A/A) experiment: --start and --end may be the same toolchain, to measure how
+    /// often the farm itself disagrees with itself.
+    #[arg(long, env = "CALDERA_CALIBRATION")]
+    pub calibration: bool,
     /// Where the private Postgres, the objects and the worker's files live (kept between runs).
     #[arg(long, env = "CALDERA_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -333,7 +342,15 @@ fn experiment_body(args: &LocalArgs, end: &str, name: &str) -> anyhow::Result<se
     } else {
         json!(args.crates.clone().unwrap_or_default())
     };
-    Ok(json!({"name": name, "start": args.start, "end": end, "mode": args.mode, "crates": crates}))
+    let mut body =
+        json!({"name": name, "start": args.start, "end": end, "mode": args.mode, "crates": crates});
+    if let Some(n) = args.confirm {
+        body["confirm"] = json!(n);
+    }
+    if args.calibration {
+        body["calibration"] = json!(true);
+    }
+    Ok(body)
 }
 
 /// Create (or resume) the experiment and wait for it, showing progress. Returns its name.

@@ -199,9 +199,24 @@ pub fn crate_names(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("fx{i:05}@1.0.0")).collect()
 }
 
-/// Create and start an experiment over `crates` (stable vs nightly, build-and-test).
+/// Create and start an experiment over `crates` (stable vs nightly, build-and-test), without
+/// confirmation runs (`confirm: 0`: these tests count runs and results of first runs).
 pub async fn start_experiment(http: &str, token: &str, name: &str, crates: &[String]) {
-    let body = json!({"name": name, "start": "stable", "end": "nightly", "crates": {"kind": "list", "crates": crates}});
+    start_experiment_with(http, token, name, crates, json!({"confirm": 0})).await
+}
+
+/// [`start_experiment`] with the fields of `extra` added to the spec.
+pub async fn start_experiment_with(
+    http: &str,
+    token: &str,
+    name: &str,
+    crates: &[String],
+    extra: serde_json::Value,
+) {
+    let mut body = json!({"name": name, "start": "stable", "end": "nightly", "crates": {"kind": "list", "crates": crates}});
+    for (k, v) in extra.as_object().expect("an object") {
+        body[k] = v.clone();
+    }
     let (status, v) = api(
         http,
         token,
