@@ -318,6 +318,7 @@ enum OutcomeWire {
         #[serde(default)]
         failed_tests: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "openapi", schema(inline))]
         reason: Option<TestFailReason>,
     },
     TestSkipped,

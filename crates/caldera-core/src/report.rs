@@ -63,6 +63,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::confirm::ConfirmationStatus;
 use crate::crates::{CrateId, CrateSpec, validate_crate_name};
 use crate::outcome::{BuildFailReason, Comparison, Outcome, TestFailReason, compare};
 use crate::selection::CrateSelection;
@@ -241,6 +242,8 @@ struct GroupData {
 ///   "regressions": ["reg:a@1.0.0", ...],                  // roots first; no quiet crates
 ///   "quiet_regressions": ["reg:q@1.0.0", ...],            // regressions of quiet crates, by id
 ///   "diagnostics_changes": ["reg:u@1.0.0", ...],          // regressed only in compiler output, by id
+///   "flaky": ["reg:f@1.0.0", ...],                        // re-runs disagreed; in no other list
+///   "confirmation": {"confirmed": 3, "flaky": 1, "pending": 0},
 ///   "root_regressions": [{"crate": "reg:a@1.0.0", "end": {...}, "regressions": 3,
 ///                         "dependents": 2, "in_cycle": false}, ...],
 ///   "error_groups": [{"group": "E0308", "crates": ["reg:a@1.0.0", ...]}, ...],
@@ -250,7 +253,9 @@ struct GroupData {
 ///                "error": {"crates": [...]}},
 ///   "unresolved_dependencies": [{"name": "openssl-sys", "dependents": 4}],
 ///   "cycles": ["reg:x@1.0.0", ...],
-///   "crates": [{"crate": "...", "comparison": "regressed", "start": {...}, "end": {...},
+///   "crates": [{"crate": "...", "comparison": "regressed",
+///               "confirmation": "confirmed",     // regressed/fixed crates that were re-run
+///               "start": {...}, "end": {...},
 ///               "start_log": "...", "end_log": "...",
 ///               "root_causes": ["..."],          // regressions only
 ///               "root": true, "in_cycle": true   // only when true
@@ -279,6 +284,10 @@ pub struct Report {
     /// Regressions whose end outcome is a diagnostics change, by id (not in `roots`,
     /// `regressions` nor `quiet`).
     diagnostics: Vec<Ix>,
+    /// Regressed or fixed crates whose confirmation runs disagreed, by id (in no other list).
+    flaky: Vec<Ix>,
+    /// Per crate, its confirmation status when it was re-run; empty when nothing was.
+    confirmations: Vec<Option<ConfirmationStatus>>,
     /// Crates in dependency cycles, ascending index.
     cycles: Vec<Ix>,
     /// The same, by id.
@@ -340,6 +349,15 @@ impl<'a> CrateReport<'a> {
     /// How its end outcome compares with its start outcome.
     pub fn comparison(self) -> Comparison {
         self.report.comparisons[self.index as usize]
+    }
+
+    /// Whether re-runs confirmed its comparison (regressed and fixed crates that were re-run).
+    pub fn confirmation(self) -> Option<ConfirmationStatus> {
+        self.report
+            .confirmations
+            .get(self.index as usize)
+            .copied()
+            .flatten()
     }
 
     /// Its position among the regressions, when it is one.
@@ -440,6 +458,19 @@ impl Report {
         results: Vec<CrateResult>,
         is_quiet: impl Fn(&CrateId) -> bool,
     ) -> Result<Report, ReportError> {
+        Self::build_with(results, is_quiet, |_| None)
+    }
+
+    /// [`Report::build_quiet`], with the confirmation status of each regressed or fixed crate
+    /// that was re-run (`confirmation` is asked about those crates only; `None` = not re-run).
+    /// Flaky crates leave every list of regressions and take no part in root-cause attribution:
+    /// they are listed apart ([`Report::flaky`]), and stay in the counts under their first
+    /// run's comparison.
+    pub fn build_with(
+        results: Vec<CrateResult>,
+        is_quiet: impl Fn(&CrateId) -> bool,
+        confirmation: impl Fn(&CrateId) -> Option<ConfirmationStatus>,
+    ) -> Result<Report, ReportError> {
         let n = results.len();
         if n >= NONE as usize {
             return Err(ReportError::TooManyCrates {
@@ -459,6 +490,11 @@ impl Report {
                 .collect()
         };
         let regressed = of_kind(Comparison::Regressed);
+        let (confirmations, flaky) = confirmation_statuses(&results, &comparisons, confirmation);
+        let regressed: Vec<Ix> = regressed
+            .into_iter()
+            .filter(|&i| confirmations.get(i as usize) != Some(&Some(ConfirmationStatus::Flaky)))
+            .collect();
         // a changed diagnostic breaks no dependent: such crates are no one's root cause
         let (diagnostics, regressed): (Vec<Ix>, Vec<Ix>) = regressed.into_iter().partition(|&i| {
             matches!(
@@ -518,6 +554,8 @@ impl Report {
         let mut diagnostics = diagnostics;
         diagnostics.retain(|&i| !is_quiet(&results[i as usize].krate));
         diagnostics.sort_by(by_id);
+        let mut flaky = flaky;
+        flaky.sort_by(by_id);
         if !quiet.is_empty() {
             quiet.sort_by(by_id);
             let q: HashSet<Ix> = quiet.iter().copied().collect();
@@ -566,6 +604,8 @@ impl Report {
             regressions,
             quiet,
             diagnostics,
+            flaky,
+            confirmations,
             cycles,
             cycles_by_id,
             error_groups,
@@ -636,6 +676,26 @@ impl Report {
     /// the compiler's output change. By id; in no other list of regressions.
     pub fn diagnostics_changes(&self) -> impl ExactSizeIterator<Item = CrateReport<'_>> {
         self.views(&self.diagnostics)
+    }
+
+    /// Regressed or fixed crates whose confirmation runs disagreed with the first run, by id.
+    /// They are in no list of regressions.
+    pub fn flaky(&self) -> impl ExactSizeIterator<Item = CrateReport<'_>> {
+        self.views(&self.flaky)
+    }
+
+    /// How many listed regressions (and, apart, quiet ones and diagnostics changes) are
+    /// confirmed, flaky or still pending; all zero when nothing was re-run.
+    pub fn confirmation_counts(&self) -> ConfirmationCounts {
+        let mut c = ConfirmationCounts::default();
+        for s in self.confirmations.iter().flatten() {
+            match s {
+                ConfirmationStatus::Confirmed => c.confirmed += 1,
+                ConfirmationStatus::Flaky => c.flaky += 1,
+                ConfirmationStatus::Pending => c.pending += 1,
+            }
+        }
+        c
     }
 
     /// The root regressions, most regressions through them first, then by id.
@@ -719,6 +779,7 @@ impl Report {
             .chain(&self.spurious_regressed)
             .chain(&self.spurious_fixed)
             .chain(&self.spurious_both)
+            .chain(&self.flaky)
             .chain(&self.errors)
             .copied()
     }
@@ -727,6 +788,44 @@ impl Report {
     pub fn into_results(self) -> Vec<CrateResult> {
         self.results
     }
+}
+
+/// Confirmed, flaky and pending crates of a report ([`Report::confirmation_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ConfirmationCounts {
+    /// Every re-run agreed with the first run.
+    pub confirmed: usize,
+    /// Some re-run disagreed.
+    pub flaky: usize,
+    /// Re-runs still to finish.
+    pub pending: usize,
+}
+
+/// The confirmation status of every regressed or fixed crate (an empty vector when none was
+/// re-run), and the flaky ones.
+fn confirmation_statuses(
+    results: &[CrateResult],
+    comparisons: &[Comparison],
+    confirmation: impl Fn(&CrateId) -> Option<ConfirmationStatus>,
+) -> (Vec<Option<ConfirmationStatus>>, Vec<Ix>) {
+    let mut statuses = Vec::new();
+    let mut flaky = Vec::new();
+    for (i, (r, &c)) in (0..).zip(results.iter().zip(comparisons)) {
+        if !crate::confirm::needs_confirmation(c) {
+            continue;
+        }
+        let Some(status) = confirmation(&r.krate) else {
+            continue;
+        };
+        if statuses.is_empty() {
+            statuses = vec![None; results.len()];
+        }
+        statuses[i as usize] = Some(status);
+        if status == ConfirmationStatus::Flaky {
+            flaky.push(i);
+        }
+    }
+    (statuses, flaky)
 }
 
 /// A `CrateId` as the spec that selects exactly it.
@@ -1138,6 +1237,9 @@ impl Serialize for RootJson<'_> {
         map.serialize_entry("regressions", &c.regressions_through())?;
         map.serialize_entry("dependents", &c.dependents())?;
         map.serialize_entry("in_cycle", &c.in_cycle())?;
+        if let Some(s) = c.confirmation() {
+            map.serialize_entry("confirmation", &s)?;
+        }
         map.end()
     }
 }
@@ -1214,6 +1316,9 @@ impl Serialize for CrateJson<'_> {
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("crate", &r.krate)?;
         map.serialize_entry("comparison", &c.comparison())?;
+        if let Some(s) = c.confirmation() {
+            map.serialize_entry("confirmation", &s)?;
+        }
         map.serialize_entry("start", &r.start)?;
         map.serialize_entry("end", &r.end)?;
         if let Some(key) = &r.start_log {
@@ -1253,12 +1358,14 @@ fn seq<I: Iterator<Item = T>, T: Serialize>(iter: I) -> Seq<I> {
 
 impl Serialize for Report {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(12))?;
+        let mut map = serializer.serialize_map(Some(14))?;
         map.serialize_entry("total", &self.len())?;
         map.serialize_entry("counts", &self.counts)?;
         map.serialize_entry("regressions", &IdList(self, &self.regressions))?;
         map.serialize_entry("quiet_regressions", &IdList(self, &self.quiet))?;
         map.serialize_entry("diagnostics_changes", &IdList(self, &self.diagnostics))?;
+        map.serialize_entry("flaky", &IdList(self, &self.flaky))?;
+        map.serialize_entry("confirmation", &self.confirmation_counts())?;
         map.serialize_entry(
             "root_regressions",
             &seq(self.root_regressions().map(RootJson)),
@@ -1305,6 +1412,59 @@ const SPURIOUS_SECTION: [Comparison; 4] = [
     Comparison::Spurious,
     Comparison::Error,
 ];
+
+/// The sentence on confirmation runs, when crates were re-run: "Confirmation: 3 confirmed, 1
+/// flaky (listed apart), 0 pending; 8 re-runs, 4.2 min of builds."
+pub fn confirmation_note(report: &Report, reruns: Option<(u64, u64)>) -> Option<String> {
+    let c = report.confirmation_counts();
+    if c == ConfirmationCounts::default() {
+        return None;
+    }
+    let mut note = format!(
+        "Confirmation (each regression and fix re-run from clean target dirs): {} confirmed, {} \
+         flaky (listed apart, not regressions), {} pending",
+        c.confirmed, c.flaky, c.pending
+    );
+    if let Some((runs, ms)) = reruns {
+        let _ = write!(
+            note,
+            "; {} cost {:.1} min of builds",
+            plural(runs as usize, "re-run", "re-runs"),
+            ms as f64 / 60_000.0
+        );
+    }
+    note.push('.');
+    Some(note)
+}
+
+/// The "flaky" section: crates whose re-runs disagreed with their first run.
+fn write_flaky(out: &mut String, report: &Report, max: usize) -> fmt::Result {
+    let n = report.flaky.len();
+    if n == 0 {
+        return Ok(());
+    }
+    writeln!(out, "## Flaky (not confirmed)\n")?;
+    writeln!(
+        out,
+        "Their first run said `regressed` or `fixed`, but a re-run from clean target dirs \
+         disagreed: not evidence either way.\n"
+    )?;
+    writeln!(
+        out,
+        "| crate | first run | start | end |\n|---|---|---|---|"
+    )?;
+    for c in report.flaky().take(max) {
+        writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            code(&label(c.krate())),
+            c.comparison(),
+            code(&cut(c.result().start.to_string(), MAX_OUTCOME_CHARS)),
+            code(&cut(c.result().end.to_string(), MAX_OUTCOME_CHARS))
+        )?;
+    }
+    more(out, n, max, "crates")
+}
 
 /// The "compiler output changed" section: regressions that are only a UI-test harness seeing
 /// different diagnostics, below the real breakage.
@@ -1353,6 +1513,9 @@ pub struct SummaryOptions<'a> {
     pub end_toolchain: &'a str,
     /// Entries shown per section before "… and N more".
     pub max_entries: usize,
+    /// The confirmation runs made (finished runs, and their build time in milliseconds, both
+    /// sides), when the caller knows them.
+    pub reruns: Option<(u64, u64)>,
 }
 
 impl<'a> SummaryOptions<'a> {
@@ -1363,6 +1526,7 @@ impl<'a> SummaryOptions<'a> {
             start_toolchain,
             end_toolchain,
             max_entries: DEFAULT_MAX_ENTRIES,
+            reruns: None,
         }
     }
 }
@@ -1426,6 +1590,9 @@ fn write_summary(out: &mut String, report: &Report, opts: &SummaryOptions<'_>) -
     if let Some(note) = quiet_note(report, max) {
         writeln!(out, "{note}\n")?;
     }
+    if let Some(note) = confirmation_note(report, opts.reruns) {
+        writeln!(out, "{note}\n")?;
+    }
     if n_spurious > 0 {
         writeln!(
             out,
@@ -1456,12 +1623,18 @@ fn write_summary(out: &mut String, report: &Report, opts: &SummaryOptions<'_>) -
         )?;
         for (k, c) in report.root_regressions().take(max).enumerate() {
             let cycle = if c.in_cycle() { " (cycle)" } else { "" };
+            let confirmed = match c.confirmation() {
+                Some(ConfirmationStatus::Confirmed) => " (confirmed)",
+                Some(ConfirmationStatus::Pending) => " (confirmation pending)",
+                _ => "",
+            };
             writeln!(
                 out,
-                "| {} | {}{} | {} | {} |",
+                "| {} | {}{}{} | {} | {} |",
                 k + 1,
                 code(&label(c.krate())),
                 cycle,
+                confirmed,
                 code(&cut(c.result().end.to_string(), MAX_OUTCOME_CHARS)),
                 c.regressions_through()
             )?;
@@ -1491,6 +1664,7 @@ fn write_summary(out: &mut String, report: &Report, opts: &SummaryOptions<'_>) -
     }
 
     write_diagnostics_changes(out, report, max)?;
+    write_flaky(out, report, max)?;
 
     if n_spurious > 0 {
         writeln!(out, "## Spurious and infrastructure results\n")?;
@@ -2726,6 +2900,104 @@ mod tests {
     }
 
     #[test]
+    fn flaky_crates_leave_the_lists_and_confirmed_ones_say_so() {
+        use crate::confirm::ConfirmationStatus as S;
+        let results = vec![
+            reg("reg:conf@1.0.0", ce(&["E0308"])),
+            reg("reg:flaky@1.0.0", ce(&["E0599"])),
+            reg("reg:dep@1.0.0", dep(&["flaky"])),
+            reg("reg:wait@1.0.0", test_fail()),
+            res("reg:fixflaky@1.0.0", ce(&[]), PASS),
+            res("reg:pass@1.0.0", PASS, PASS),
+        ];
+        let asked = std::cell::RefCell::new(Vec::new());
+        let status = |k: &CrateId| {
+            asked.borrow_mut().push(k.to_string());
+            match k.to_string().as_str() {
+                "reg:conf@1.0.0" => Some(S::Confirmed),
+                "reg:flaky@1.0.0" | "reg:fixflaky@1.0.0" => Some(S::Flaky),
+                "reg:wait@1.0.0" => Some(S::Pending),
+                "reg:pass@1.0.0" => Some(S::Confirmed), // never asked: not regressed or fixed
+                _ => None,
+            }
+        };
+        let report = Report::build_with(results, |_| false, status).unwrap();
+        assert!(!asked.borrow().contains(&"reg:pass@1.0.0".to_owned()));
+        // counts keep the first run's comparison; the lists leave the flaky crates out
+        assert_eq!(report.counts().get(Comparison::Regressed), 4);
+        assert_eq!(
+            ids(report.flaky()),
+            ["reg:fixflaky@1.0.0", "reg:flaky@1.0.0"]
+        );
+        assert_eq!(
+            ids(report.regressions()),
+            ["reg:conf@1.0.0", "reg:dep@1.0.0", "reg:wait@1.0.0"]
+        );
+        // a flaky dependency explains nothing: its dependent is a root of its own
+        assert!(
+            report
+                .get(&"reg:dep@1.0.0".parse().unwrap())
+                .unwrap()
+                .is_root()
+        );
+        assert_eq!(
+            report.confirmation_counts(),
+            ConfirmationCounts {
+                confirmed: 1,
+                flaky: 2,
+                pending: 1
+            }
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["flaky"],
+            json!(["reg:fixflaky@1.0.0", "reg:flaky@1.0.0"])
+        );
+        assert_eq!(
+            json["confirmation"],
+            json!({"confirmed": 1, "flaky": 2, "pending": 1})
+        );
+        let by_id = |id: &str| {
+            json["crates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["crate"] == id)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by_id("reg:conf@1.0.0")["confirmation"], "confirmed");
+        assert_eq!(by_id("reg:flaky@1.0.0")["confirmation"], "flaky");
+        assert!(by_id("reg:dep@1.0.0").get("confirmation").is_none());
+        let opts = SummaryOptions {
+            reruns: Some((8, 252_000)),
+            ..SummaryOptions::new("x", "stable", "beta")
+        };
+        let md = summary_markdown(&report, &opts);
+        assert!(
+            md.contains("1 confirmed, 2 flaky (listed apart, not regressions), 1 pending; 8 re-runs cost 4.2 min of builds."),
+            "{md}"
+        );
+        assert!(md.contains("`conf 1.0.0` (confirmed)"), "{md}");
+        assert!(
+            md.contains("`wait 1.0.0` (confirmation pending)") || !md.contains("`wait 1.0.0` |"),
+            "{md}"
+        );
+        assert!(md.contains("## Flaky (not confirmed)"), "{md}");
+        assert!(
+            md.contains(
+                "| `flaky 1.0.0` | regressed | `test-pass` | `build-fail:compiler-error(E0599)` |"
+            ),
+            "{md}"
+        );
+        // without re-runs, nothing about confirmation is said
+        let plain = build(vec![reg("reg:a@1.0.0", ce(&["E0308"]))]);
+        let md = summary_markdown(&plain, &SummaryOptions::new("x", "a", "b"));
+        assert!(!md.contains("onfirm"), "{md}");
+        assert!(!md.contains("Flaky"), "{md}");
+    }
+
+    #[test]
     fn retry_list_and_selection() {
         let report = build(vec![
             reg("reg:c@1.0.0", dep(&["a"])),
@@ -2837,6 +3109,8 @@ mod tests {
                 "regressions": ["reg:a@1.0.0", "reg:x@1.0.0", "reg:y@1.0.0", "reg:b@1.0.0"],
                 "quiet_regressions": [],
                 "diagnostics_changes": [],
+                "flaky": [],
+                "confirmation": {"confirmed": 0, "flaky": 0, "pending": 0},
                 "root_regressions": [
                     {"crate": "reg:a@1.0.0", "end": e0308, "regressions": 2, "dependents": 1, "in_cycle": false},
                     {"crate": "reg:x@1.0.0", "end": dep_xy("reg:y@1.0.0"), "regressions": 2, "dependents": 1, "in_cycle": true},

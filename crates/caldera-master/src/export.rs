@@ -26,9 +26,11 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
+use caldera_core::confirm::ConfirmationStatus;
 use caldera_core::crates::CrateId;
 use caldera_core::outcome::Comparison;
 use caldera_core::report::{CrateReport, Report, SummaryOptions, summary_markdown};
+use caldera_db::confirmations::Confirmations;
 use caldera_db::experiments::{self, ExperimentRow};
 use caldera_db::{DbError, PgPool};
 use caldera_storage::{
@@ -134,14 +136,45 @@ fn lock_for(name: &str) -> Arc<tokio::sync::Mutex<()>> {
         .clone()
 }
 
-/// Loads the experiment's results and builds its report (on a blocking thread).
-pub async fn load_report(pool: &PgPool, experiment: &ExperimentRow) -> Result<Report, ExportError> {
+/// A lookup of the confirmation status of a crate, by id (with or without its checksum).
+pub fn confirmation_lookup(
+    confirmations: &Confirmations,
+) -> impl Fn(&CrateId) -> Option<ConfirmationStatus> + Send + 'static {
+    let by_id: HashMap<String, ConfirmationStatus> = confirmations
+        .crates
+        .iter()
+        .map(|c| (c.krate.clone(), c.status))
+        .collect();
+    move |k: &CrateId| {
+        by_id
+            .get(&k.to_string())
+            .or_else(|| by_id.get(&k.without_checksum().to_string()))
+            .copied()
+    }
+}
+
+/// Loads the experiment's results and confirmations and builds its report (on a blocking
+/// thread); also gives the confirmation runs' count and build time for the summary.
+pub async fn load_report(
+    pool: &PgPool,
+    experiment: &ExperimentRow,
+) -> Result<(Report, Option<(u64, u64)>), ExportError> {
     let input = caldera_db::results::report_input(pool, experiment.id, true).await?;
+    let confirmations = caldera_db::confirmations::of_experiment(pool, experiment.id).await?;
+    let reruns = (confirmations.runs_finished > 0).then(|| {
+        (
+            confirmations.runs_finished.max(0) as u64,
+            confirmations.duration_ms.max(0) as u64,
+        )
+    });
+    let status = confirmation_lookup(&confirmations);
     let spec = experiment.spec.clone();
-    tokio::task::spawn_blocking(move || Report::build_quiet(input, |k| spec.is_quiet(k)))
-        .await
-        .map_err(|e| ExportError::Task(e.to_string()))?
-        .map_err(Into::into)
+    let report = tokio::task::spawn_blocking(move || {
+        Report::build_with(input, |k| spec.is_quiet(k), status)
+    })
+    .await
+    .map_err(|e| ExportError::Task(e.to_string()))??;
+    Ok((report, reruns))
 }
 
 /// Regenerates every report file of the experiment `name`.
@@ -155,16 +188,25 @@ pub async fn export(
     let experiment = experiments::get(pool, name).await?;
     let t = Instant::now();
     let input = caldera_db::results::report_input(pool, experiment.id, true).await?;
+    let confirmations = caldera_db::confirmations::of_experiment(pool, experiment.id).await?;
     let load_seconds = t.elapsed().as_secs_f64();
+    let reruns = (confirmations.runs_finished > 0).then(|| {
+        (
+            confirmations.runs_finished.max(0) as u64,
+            confirmations.duration_ms.max(0) as u64,
+        )
+    });
+    let status = confirmation_lookup(&confirmations);
     let t = Instant::now();
     let spec = experiment.spec.clone();
-    let report =
-        tokio::task::spawn_blocking(move || Report::build_quiet(input, |k| spec.is_quiet(k)))
-            .await
-            .map_err(|e| ExportError::Task(e.to_string()))??;
+    let report = tokio::task::spawn_blocking(move || {
+        Report::build_with(input, |k| spec.is_quiet(k), status)
+    })
+    .await
+    .map_err(|e| ExportError::Task(e.to_string()))??;
     let build_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let mut summary = write_files(store, &experiment, Arc::new(report)).await?;
+    let mut summary = write_files(store, &experiment, Arc::new(report), reruns).await?;
     summary.load_seconds = load_seconds;
     summary.build_seconds = build_seconds;
     summary.write_seconds = t.elapsed().as_secs_f64();
@@ -186,6 +228,7 @@ pub async fn write_files(
     store: Arc<dyn ObjectStore>,
     experiment: &ExperimentRow,
     report: Arc<Report>,
+    reruns: Option<(u64, u64)>,
 ) -> Result<ExportSummary, ExportError> {
     let name = experiment.name.clone();
     let start = experiment.spec.start.to_string();
@@ -200,7 +243,11 @@ pub async fn write_files(
 
     let small = async {
         let t = Instant::now();
-        let md = summary_markdown(&report, &SummaryOptions::new(&name, &start, &end));
+        let opts = SummaryOptions {
+            reruns,
+            ..SummaryOptions::new(&name, &start, &end)
+        };
+        let md = summary_markdown(&report, &opts);
         let k = keys::report(&name, "summary.md")?;
         let n = store
             .put_bytes(
@@ -249,6 +296,7 @@ pub async fn write_files(
             mode: experiment.spec.mode.as_str().to_owned(),
             status: experiment.status.as_str().to_owned(),
             generated_at: Utc::now(),
+            reruns,
         };
         let r = report.clone();
         let listed = notable.clone();
@@ -495,6 +543,7 @@ struct BundleContext {
     mode: String,
     status: String,
     generated_at: chrono::DateTime<Utc>,
+    reruns: Option<(u64, u64)>,
 }
 
 /// The anchor of a crate in the bundle.
@@ -582,6 +631,7 @@ fn write_bundle(
             },
         }
         (views::quiet_note(report))
+        @if let Some(note) = caldera_core::report::confirmation_note(report, ctx.reruns) { p { (note) } }
         h2 { "Counts" }
         table #counts {
             thead { tr { th { "comparison" } th.num { "crates" } } }
@@ -640,6 +690,7 @@ fn write_bundle(
         w.write_all(groups.into_string().as_bytes())?;
     }
     w.write_all(views::diagnostics_note(report).into_string().as_bytes())?;
+    w.write_all(views::flaky_note(report).into_string().as_bytes())?;
     let spurious = [
         Comparison::SpuriousRegressed,
         Comparison::SpuriousFixed,

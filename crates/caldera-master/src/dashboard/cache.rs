@@ -85,6 +85,8 @@ pub async fn build(pool: &PgPool, experiment_id: Uuid) -> Result<Snapshot, DbErr
     let started = Instant::now();
     let before = caldera_db::results::count(pool, experiment_id).await?;
     let input = caldera_db::results::report_input(pool, experiment_id, false).await?;
+    let confirmations = caldera_db::confirmations::of_experiment(pool, experiment_id).await?;
+    let status = crate::export::confirmation_lookup(&confirmations);
     // the spec does not change after the start, so a snapshot keyed by the result count stays right
     let spec = caldera_db::experiments::specs(pool, &[experiment_id])
         .await?
@@ -94,7 +96,7 @@ pub async fn build(pool: &PgPool, experiment_id: Uuid) -> Result<Snapshot, DbErr
     let (report, dependents) = tokio::task::spawn_blocking(move || {
         let quiet =
             |k: &caldera_core::crates::CrateId| spec.as_ref().is_some_and(|s| s.is_quiet(k));
-        let report = Report::build_quiet(input, quiet).map_err(|e| DbError::Corrupt {
+        let report = Report::build_with(input, quiet, status).map_err(|e| DbError::Corrupt {
             table: "results",
             message: e.to_string(),
         })?;

@@ -279,6 +279,7 @@ fn headline(report: &Report) -> Markup {
             }
         }
         (views::quiet_note(report))
+        @if let Some(note) = caldera_core::report::confirmation_note(report, None) { p { (note) } }
     }
 }
 
@@ -300,7 +301,7 @@ fn crate_row(experiment: &str, c: CrateReport<'_>) -> Markup {
     html! {
         tr {
             td { a href=(crate_href(experiment, c.krate())) { (crate_label(c.krate())) } }
-            td { (comparison_badge(c.comparison())) }
+            td { (comparison_badge(c.comparison())) (views::confirmation_badge(c.confirmation())) }
             td { code { (r.start.to_string()) } }
             td { code { (r.end.to_string()) } }
             td.small {
@@ -501,6 +502,7 @@ fn overview(snap: &Snapshot, f: &Filters, experiment: &str) -> Markup {
             }
         }
         (views::diagnostics_note(report))
+        (views::flaky_note(report))
         @if spurious.iter().any(|&c| report.counts().get(c) > 0) {
             h2 #spurious { "Spurious and infrastructure results" }
             p.small { "Not regressions: out of memory, timeouts, the pids limit, full disk, network access in the sandbox, or the infrastructure failed. Retry them before believing them." }
@@ -586,7 +588,7 @@ pub async fn krate(
     };
     let body = html! {
         p.small { a href=(experiment_href(&name)) { "← experiment " (name) } }
-        h1 { (label) " " @if let Some(c) = comparison { (comparison_badge(c)) } }
+        h1 { (label) " " @if let Some(c) = comparison { (comparison_badge(c)) } (views::confirmation_badge(view.and_then(|v| v.confirmation()))) }
         p.small { code { (stored) } @if let Some(s) = &detail.job_state { " · job " (s) } @if let Some(a) = detail.attempt { " · attempt " (a) } }
         @if let Some(v) = view {
             @if v.comparison() == Comparison::Regressed {

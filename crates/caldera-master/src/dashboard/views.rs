@@ -89,6 +89,42 @@ pub fn diagnostics_note(report: &caldera_core::report::Report) -> Markup {
     }
 }
 
+/// The section naming the crates whose confirmation runs disagreed with their first run (empty
+/// when there are none): not evidence either way, so in no list of regressions.
+pub fn flaky_note(report: &caldera_core::report::Report) -> Markup {
+    let n = report.flaky().len();
+    html! {
+        @if n > 0 {
+            h2 #flaky { "Flaky (not confirmed)" }
+            p.quiet {
+                (n) " " (if n == 1 { "crate" } else { "crates" })
+                " regressed or got fixed on the first run, but a re-run from clean target dirs \
+                 disagreed — not regressions: "
+                @for (k, c) in report.flaky().take(QUIET_SHOWN).enumerate() {
+                    @if k > 0 { ", " }
+                    code { (crate_label(c.krate())) }
+                    " (" (c.comparison().as_str()) ")"
+                }
+                @if n > QUIET_SHOWN { " … and " (n - QUIET_SHOWN) " more" }
+                "."
+            }
+        }
+    }
+}
+
+/// A small badge with a crate's confirmation status, when it was re-run.
+pub fn confirmation_badge(c: Option<caldera_core::confirm::ConfirmationStatus>) -> Markup {
+    use caldera_core::confirm::ConfirmationStatus as S;
+    html! {
+        @match c {
+            Some(S::Confirmed) => { " " span.badge.same title="every re-run agreed" { "confirmed" } }
+            Some(S::Flaky) => { " " span.badge.warn title="a re-run disagreed" { "flaky" } }
+            Some(S::Pending) => { " " span.badge.same title="re-runs still running" { "confirming…" } }
+            None => {}
+        }
+    }
+}
+
 pub fn crate_label(id: &CrateId) -> String {
     match id {
         CrateId::Registry { name, version, .. } => format!("{name} {version}"),

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use caldera_core::outcome::Outcome;
-use caldera_core::report::{CrateResult, Report, SummaryOptions, summary_markdown};
+use caldera_core::report::{Report, SummaryOptions, summary_markdown};
 use caldera_db::embedded::{ClusterOptions, PrivatePostgres};
 use caldera_db::tokens::{self, Role};
 use caldera_db::{PgPool, experiments};
@@ -508,45 +507,41 @@ async fn report(
     state: &Path,
 ) -> anyhow::Result<()> {
     let row = experiments::get(pool, name).await?;
-    let rows: Vec<(String, String, sqlx::types::Json<Outcome>, Option<String>)> = sqlx::query_as(
-        "SELECT c.crate_id, r.toolchain, r.outcome, r.log_key FROM results r JOIN crates c ON c.id = r.crate_id
-         WHERE r.experiment_id = $1 ORDER BY c.crate_id, r.toolchain",
-    )
-    .bind(row.id)
-    .fetch_all(pool)
-    .await?;
-    let mut results: Vec<CrateResult> = Vec::new();
-    for (krate, side, sqlx::types::Json(outcome), log) in rows {
-        let id: caldera_core::crates::CrateId =
-            krate.parse().map_err(|e| anyhow::anyhow!("{krate}: {e}"))?;
-        if results.last().is_none_or(|r| r.krate != id) {
-            results.push(CrateResult {
-                krate: id,
-                start: Outcome::Skipped,
-                end: Outcome::Skipped,
-                start_log: None,
-                end_log: None,
-            });
-        }
-        let last = results.last_mut().expect("pushed above");
-        if side == "start" {
-            (last.start, last.start_log) = (outcome, log);
-        } else {
-            (last.end, last.end_log) = (outcome, log);
-        }
-    }
-    let report = Report::build_quiet(results, |k| row.spec.is_quiet(k))
+    // the first run of every crate (confirmation runs only confirm it)
+    let results = caldera_db::results::report_input(pool, row.id, true).await?;
+    let confirmations = caldera_db::confirmations::of_experiment(pool, row.id).await?;
+    let reruns = (confirmations.runs_finished > 0).then(|| {
+        (
+            confirmations.runs_finished.max(0) as u64,
+            confirmations.duration_ms.max(0) as u64,
+        )
+    });
+    let status = caldera_master::export::confirmation_lookup(&confirmations);
+    let report = Report::build_with(results, |k| row.spec.is_quiet(k), status)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let start = row.spec.start.to_string();
     let end = row.spec.end.to_string();
     println!(
         "{}",
-        summary_markdown(&report, &SummaryOptions::new(name, &start, &end))
+        summary_markdown(
+            &report,
+            &SummaryOptions {
+                reruns,
+                ..SummaryOptions::new(name, &start, &end)
+            }
+        )
     );
     println!();
     println!("per crate:");
     for c in report.crates() {
-        println!("  {:<60} {}", c.krate().to_string(), c.comparison());
+        match c.confirmation() {
+            Some(status) => println!(
+                "  {:<60} {} ({status})",
+                c.krate().to_string(),
+                c.comparison()
+            ),
+            None => println!("  {:<60} {}", c.krate().to_string(), c.comparison()),
+        }
     }
     println!();
     let dir = state.join("reports").join(name);
