@@ -15,6 +15,7 @@
 //! * [`experiment`] — [`ExperimentSpec`] and [`ExperimentEdit`], parsed from JSON with field paths.
 //! * [`lifecycle`] — [`ExperimentStatus`], [`ExperimentAction`] and [`transition`].
 //! * [`outcome`] — [`Outcome`], [`BuildFailReason`], [`Comparison`] and [`compare`].
+//! * [`triage`] — the cause of a regression and the marks people put on it.
 //!
 //! With the `openapi` feature, every type used in an HTTP body implements `utoipa::ToSchema`.
 
@@ -29,6 +30,7 @@ pub mod registry;
 pub mod report;
 pub mod selection;
 pub mod toolchain;
+pub mod triage;
 
 mod serde_util;
 

@@ -1,7 +1,7 @@
 //! caldera's Postgres layer. Only the master talks to Postgres.
 //!
 //! * [`MIGRATOR`] embeds `migrations/` (reversible `NNNN_name.{up,down}.sql`).
-//! * One module per aggregate: [`experiments`], [`crate_lists`], [`tokens`].
+//! * One module per aggregate: [`experiments`], [`crate_lists`], [`tokens`], [`triage`].
 //! * [`embedded`] starts a private Postgres cluster from the system binaries (tests, `caldera local`).
 //!
 //! Queries are plain `sqlx::query*` calls checked by the integration tests against a real
@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod logs;
 pub mod results;
 pub mod tokens;
+pub mod triage;
 pub mod workers;
 
 #[cfg(feature = "testing")]
