@@ -347,6 +347,21 @@ pub async fn list(pool: &PgPool, crate_name: Option<&str>) -> Result<Vec<Mark>, 
     raws.into_iter().map(mark_from_raw).collect()
 }
 
+type AuditRaw = (
+    i64,
+    String,
+    String,
+    String,
+    Option<Json<MarkFields>>,
+    Option<Json<MarkFields>>,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+);
+
+const AUDIT_COLUMNS: &str = "a.id, a.crate_name, a.cause, a.action, a.before, a.after, a.experiment, a.crate_id, a.actor, a.at";
+
 /// The audit trail (of one crate name, when given), oldest first, at most `limit` entries (the
 /// newest).
 pub async fn audit_trail(
@@ -354,30 +369,42 @@ pub async fn audit_trail(
     crate_name: Option<&str>,
     limit: i64,
 ) -> Result<Vec<AuditEntry>, DbError> {
-    type Raw = (
-        i64,
-        String,
-        String,
-        String,
-        Option<Json<MarkFields>>,
-        Option<Json<MarkFields>>,
-        String,
-        String,
-        String,
-        DateTime<Utc>,
-    );
-    let mut raws: Vec<Raw> = sqlx::query_as(
-        "SELECT id, crate_name, cause, action, before, after, experiment, crate_id, actor, at
-         FROM triage_audit WHERE $1::text IS NULL OR crate_name = $1
-         ORDER BY id DESC LIMIT $2",
-    )
+    let mut raws: Vec<AuditRaw> = sqlx::query_as(&format!(
+        "SELECT {AUDIT_COLUMNS} FROM triage_audit a WHERE $1::text IS NULL OR a.crate_name = $1
+         ORDER BY a.id DESC LIMIT $2"
+    ))
     .bind(crate_name)
     .bind(limit)
     .fetch_all(pool)
     .await?;
     raws.reverse();
-    Ok(raws
-        .into_iter()
+    Ok(audit_from_raws(raws))
+}
+
+/// Every change of these (crate name, cause) pairs, oldest first.
+pub async fn history(
+    pool: &PgPool,
+    pairs: &[(String, String)],
+) -> Result<Vec<AuditEntry>, DbError> {
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (names, causes): (Vec<&str>, Vec<&str>) =
+        pairs.iter().map(|(n, c)| (n.as_str(), c.as_str())).unzip();
+    let raws: Vec<AuditRaw> = sqlx::query_as(&format!(
+        "SELECT {AUDIT_COLUMNS} FROM triage_audit a
+         WHERE (a.crate_name, a.cause) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+         ORDER BY a.id"
+    ))
+    .bind(&names)
+    .bind(&causes)
+    .fetch_all(pool)
+    .await?;
+    Ok(audit_from_raws(raws))
+}
+
+fn audit_from_raws(raws: Vec<AuditRaw>) -> Vec<AuditEntry> {
+    raws.into_iter()
         .map(
             |(id, crate_name, cause, action, before, after, experiment, crate_id, actor, at)| {
                 AuditEntry {
@@ -394,7 +421,7 @@ pub async fn audit_trail(
                 }
             },
         )
-        .collect())
+        .collect()
 }
 
 /// How a crate of an experiment is named in a triage request.

@@ -1074,6 +1074,11 @@ mod triage {
         assert!(trail[3].after.is_none());
         assert_eq!(trail[3].before.as_ref().unwrap().note, "tracked");
         assert_eq!(trail[3].experiment, "e3");
+        let h = triage::history(p, &[("foo".into(), "test-fail:tests(a)".into())])
+            .await
+            .unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].id, trail[2].id);
         // the newest entries when limited, still oldest first
         let last = triage::audit_trail(p, None, 2).await.unwrap();
         assert_eq!(

@@ -464,7 +464,8 @@ pub async fn list(
         .iter()
         .map(|m| ((m.crate_name.clone(), m.cause.clone()), Vec::new()))
         .collect();
-    for a in triage::audit_trail(&state.pool, krate, i64::MAX).await? {
+    let keys: Vec<(String, String)> = history.keys().cloned().collect();
+    for a in triage::history(&state.pool, &keys).await? {
         if let Some(h) = history.get_mut(&(a.crate_name.clone(), a.cause.clone())) {
             h.push(a.into());
         }
