@@ -428,11 +428,10 @@ async fn bad_requests_say_which_field_and_change_nothing() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED);
-    let before = m.snapshot().await;
     let op = Some(m.operator.as_str());
     let foo = "/api/v1/experiments/e1/triage/foo";
     let good = Some(r#"{"kind": "expected"}"#);
-    let cases: Vec<(
+    let mut cases: Vec<(
         Method,
         &str,
         Option<&str>,
@@ -658,6 +657,25 @@ async fn bad_requests_say_which_field_and_change_nothing() {
             "nope",
         ),
     ];
+    // two versions of one crate in one experiment: the name alone is ambiguous, the id is not
+    m.experiment(
+        "e2",
+        &[
+            ("reg:dup@1.0.0", PASS, ce(&["E0308"])),
+            ("reg:dup@2.0.0", PASS, ce(&["E0308"])),
+        ],
+    )
+    .await;
+    let before = m.snapshot().await;
+    cases.push((
+        Method::PUT,
+        "/api/v1/experiments/e2/triage/dup",
+        op,
+        good,
+        StatusCode::BAD_REQUEST,
+        "crate",
+        "reg:dup@1.0.0, reg:dup@2.0.0",
+    ));
     for (method, path, token, body, status, field, has) in cases {
         let what = format!("{method} {path} {body:?}");
         let (s, v) = m.call(method, path, token, body).await;
