@@ -281,7 +281,7 @@ fn join_path(base: &str, field: &str) -> String {
 }
 
 /// Parses JSON with path tracking and turns any failure into a [`ValidationError`].
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|err| {
         let path = err.path().to_string();

@@ -16,6 +16,7 @@
 //! * [`lifecycle`] — [`ExperimentStatus`], [`ExperimentAction`] and [`transition`].
 //! * [`outcome`] — [`Outcome`], [`BuildFailReason`], [`Comparison`] and [`compare`].
 //! * [`confirm`] — whether a regression or fix was confirmed by its re-runs ([`confirm::status`]).
+//! * [`triage`] — the cause of a regression and the marks people put on it.
 //!
 //! With the `openapi` feature, every type used in an HTTP body implements `utoipa::ToSchema`.
 
@@ -31,6 +32,7 @@ pub mod registry;
 pub mod report;
 pub mod selection;
 pub mod toolchain;
+pub mod triage;
 
 mod serde_util;
 

@@ -1,8 +1,8 @@
 //! caldera's Postgres layer. Only the master talks to Postgres.
 //!
 //! * [`MIGRATOR`] embeds `migrations/` (reversible `NNNN_name.{up,down}.sql`).
-//! * One module per aggregate: [`experiments`], [`crate_lists`], [`tokens`]; [`confirmations`]
-//!   reads back the runs that confirm regressions and fixes.
+//! * One module per aggregate: [`experiments`], [`crate_lists`], [`tokens`], [`triage`];
+//!   [`confirmations`] reads back the runs that confirm regressions and fixes.
 //! * [`embedded`] starts a private Postgres cluster from the system binaries (tests, `caldera local`).
 //!
 //! Queries are plain `sqlx::query*` calls checked by the integration tests against a real
@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod logs;
 pub mod results;
 pub mod tokens;
+pub mod triage;
 pub mod workers;
 
 #[cfg(feature = "testing")]

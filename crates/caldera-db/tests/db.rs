@@ -41,6 +41,8 @@ async fn migrations_apply_revert_and_reapply() {
             "jobs",
             "leases",
             "results",
+            "triage_audit",
+            "triage_marks",
             "workers"
         ]
     );
@@ -1306,4 +1308,236 @@ async fn a_full_claim_does_not_move_the_cursor_past_jobs_it_left() {
     assert_eq!((p.queued, p.running, p.done), (0, 4, 2));
     let drift = jobs::count_drift(&db.pool).await.unwrap();
     assert!(drift.is_empty(), "{drift:?}");
+}
+mod triage {
+    use caldera_core::triage::{MarkKind, MarkRequest};
+    use caldera_db::DbError;
+    use caldera_db::testing::TestDb;
+    use caldera_db::triage::{self, CrateRef, Origin, SetOutcome, Target};
+
+    fn req(kind: MarkKind, link: Option<&str>, note: &str) -> MarkRequest {
+        MarkRequest {
+            kind,
+            link: link.map(str::to_owned),
+            note: note.to_owned(),
+        }
+    }
+
+    fn origin<'a>(experiment: &'a str, actor: &'a str) -> Origin<'a> {
+        Origin {
+            experiment,
+            crate_id: "reg:foo@1.0.0",
+            actor,
+        }
+    }
+
+    const E0308: &str = "build-fail:compiler-error(E0308)";
+
+    #[tokio::test]
+    async fn set_update_remove_are_audited() {
+        let db = TestDb::new().await;
+        let p = &db.pool;
+        let (m, how) = triage::set(
+            p,
+            "foo",
+            E0308,
+            &req(MarkKind::Expected, None, "lang change"),
+            origin("e1", "alice"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(how, SetOutcome::Created);
+        assert_eq!(
+            (m.kind, m.created_by.as_str(), m.updated_by.as_str()),
+            (MarkKind::Expected, "alice", "alice")
+        );
+        // the same mark again changes nothing and is not audited
+        let (_, how) = triage::set(
+            p,
+            "foo",
+            E0308,
+            &req(MarkKind::Expected, None, "lang change"),
+            origin("e2", "bob"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(how, SetOutcome::Unchanged);
+        let link = "https://github.com/rust-lang/rust/issues/1";
+        let (m, how) = triage::set(
+            p,
+            "foo",
+            E0308,
+            &req(MarkKind::KnownIssue, Some(link), "tracked"),
+            origin("e2", "bob"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(how, SetOutcome::Updated);
+        assert_eq!(
+            (
+                m.created_by.as_str(),
+                m.updated_by.as_str(),
+                m.experiment.as_str()
+            ),
+            ("alice", "bob", "e2")
+        );
+        assert_eq!(m.link.as_deref(), Some(link));
+        // another cause of the same crate is another mark
+        triage::set(
+            p,
+            "foo",
+            "test-fail:tests(a)",
+            &req(MarkKind::Ignore, None, ""),
+            origin("e2", "bob"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(triage::list(p, Some("foo")).await.unwrap().len(), 2);
+        assert_eq!(triage::list(p, Some("bar")).await.unwrap().len(), 0);
+        assert_eq!(triage::list(p, None).await.unwrap().len(), 2);
+
+        let found = triage::applicable(
+            p,
+            &[
+                ("foo".into(), E0308.into()),
+                ("foo".into(), "build-fail:compiler-error(E0599)".into()),
+                ("bar".into(), E0308.into()),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[&("foo".to_owned(), E0308.to_owned())].kind,
+            MarkKind::KnownIssue
+        );
+
+        let removed = triage::remove(p, "foo", E0308, origin("e3", "carol"))
+            .await
+            .unwrap();
+        assert_eq!(removed.kind, MarkKind::KnownIssue);
+        let err = triage::remove(p, "foo", E0308, origin("e3", "carol"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DbError::NotFound { .. }), "{err}");
+
+        let trail = triage::audit_trail(p, Some("foo"), 100).await.unwrap();
+        let actions: Vec<(&str, &str, &str)> = trail
+            .iter()
+            .map(|a| (a.action.as_str(), a.actor.as_str(), a.cause.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("set", "alice", E0308),
+                ("update", "bob", E0308),
+                ("set", "bob", "test-fail:tests(a)"),
+                ("remove", "carol", E0308),
+            ]
+        );
+        assert_eq!(trail[1].before.as_ref().unwrap().kind, MarkKind::Expected);
+        assert_eq!(trail[1].after.as_ref().unwrap().kind, MarkKind::KnownIssue);
+        assert!(trail[3].after.is_none());
+        assert_eq!(trail[3].before.as_ref().unwrap().note, "tracked");
+        assert_eq!(trail[3].experiment, "e3");
+        let h = triage::history(p, &[("foo".into(), "test-fail:tests(a)".into())])
+            .await
+            .unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].id, trail[2].id);
+        // the newest entries when limited, still oldest first
+        let last = triage::audit_trail(p, None, 2).await.unwrap();
+        assert_eq!(
+            last.iter().map(|a| a.id).collect::<Vec<_>>(),
+            [trail[2].id, trail[3].id]
+        );
+    }
+
+    #[tokio::test]
+    async fn long_causes_fit_the_key_and_the_schema_checks_known_issue_links() {
+        let db = TestDb::new().await;
+        let tests: Vec<String> = (0..2000).map(|i| format!("tests::case_{i:05}")).collect();
+        let cause = format!("test-fail:tests({})", tests.join(","));
+        assert!(cause.len() > 30_000);
+        triage::set(
+            &db.pool,
+            "foo",
+            &cause,
+            &req(MarkKind::Ignore, None, ""),
+            origin("e", "a"),
+        )
+        .await
+        .unwrap();
+        let found = triage::applicable(&db.pool, &[("foo".into(), cause.clone())])
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        // the database refuses a known-issue without a link even if a caller skipped validation
+        let err = triage::set(
+            &db.pool,
+            "foo",
+            E0308,
+            &req(MarkKind::KnownIssue, None, ""),
+            origin("e", "a"),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("check"), "{err}");
+        assert_eq!(
+            triage::audit_trail(&db.pool, None, 10).await.unwrap().len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_marks_of_one_key_make_one_mark() {
+        let db = TestDb::new().await;
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let pool = db.pool.clone();
+            tasks.push(tokio::spawn(async move {
+                let actor = format!("t{i}");
+                triage::set(
+                    &pool,
+                    "foo",
+                    E0308,
+                    &req(MarkKind::Ignore, None, &actor),
+                    Origin {
+                        experiment: "e",
+                        crate_id: "reg:foo@1.0.0",
+                        actor: &actor,
+                    },
+                )
+                .await
+                .map(|(_, how)| how)
+            }));
+        }
+        let mut created = 0;
+        for t in tasks {
+            if t.await.unwrap().unwrap() == SetOutcome::Created {
+                created += 1;
+            }
+        }
+        assert_eq!(created, 1);
+        assert_eq!(triage::list(&db.pool, None).await.unwrap().len(), 1);
+        let trail = triage::audit_trail(&db.pool, None, 100).await.unwrap();
+        assert_eq!(trail.iter().filter(|a| a.action == "set").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn find_crate_names_what_is_missing() {
+        let db = TestDb::new().await;
+        let name = CrateRef::Name("serde".into());
+        assert_eq!(
+            triage::find_crate(&db.pool, "nope", &name).await.unwrap(),
+            Target::NoExperiment
+        );
+        caldera_db::experiments::create(&db.pool, &super::spec("e1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            triage::find_crate(&db.pool, "e1", &name).await.unwrap(),
+            Target::NoCrate
+        );
+    }
 }

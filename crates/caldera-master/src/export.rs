@@ -4,8 +4,8 @@
 //!
 //! | file | content | stored |
 //! | --- | --- | --- |
-//! | `summary.md` | [`summary_markdown`]: headline, counts, root regressions, errors, spurious results, fit to paste in a GitHub issue | plain |
-//! | `results.json` | the whole [`Report`] as JSON: every crate with both outcomes, comparison, log keys and root causes | zstd |
+//! | `summary.md` | [`summary_markdown`]: headline, counts, root regressions, errors, spurious results, fit to paste in a GitHub issue; then the triaged regressions ([`crate::triage::summary_section`]) | plain |
+//! | `results.json` | the whole [`Report`] as JSON: every crate with both outcomes, comparison, log keys and root causes; plus `"triage"`: the triage mark that applies to each marked regression, by crate id | zstd |
 //! | `index.html` | a static page browsable without the master: counts, root causes, error groups, and every crate that is not the same on both sides, with links to its logs | zstd |
 //! | `retry.txt` | [`Report::retry_list`] as crate specs, one a line (regressions, then spurious and error crates): joined with commas it is a crate selection, and as lines it is a crate list | plain |
 //! | `logs.tar.zst` | the logs of every crate listed in `index.html`, as `logs/{crate}/start.log` and `logs/{crate}/end.log` (plus `logs/MISSING.txt` naming logs that could not be read) | tar + zstd |
@@ -32,6 +32,7 @@ use caldera_core::outcome::Comparison;
 use caldera_core::report::{CrateReport, Report, SummaryOptions, summary_markdown};
 use caldera_db::confirmations::Confirmations;
 use caldera_db::experiments::{self, ExperimentRow};
+use caldera_db::triage::Mark;
 use caldera_db::{DbError, PgPool};
 use caldera_storage::{
     ByteStream, ObjectBody, ObjectKey, ObjectStore, PutOptions, StorageError, keys,
@@ -204,9 +205,17 @@ pub async fn export(
     })
     .await
     .map_err(|e| ExportError::Task(e.to_string()))??;
+    let marks = crate::triage::marks_for_report(pool, &report).await?;
     let build_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let mut summary = write_files(store, &experiment, Arc::new(report), reruns).await?;
+    let mut summary = write_files(
+        store,
+        &experiment,
+        Arc::new(report),
+        reruns,
+        Arc::new(marks),
+    )
+    .await?;
     summary.load_seconds = load_seconds;
     summary.build_seconds = build_seconds;
     summary.write_seconds = t.elapsed().as_secs_f64();
@@ -222,13 +231,15 @@ pub async fn export(
     Ok(summary)
 }
 
-/// Writes every report file of `report` (the report of `experiment`). The files are produced
+/// Writes every report file of `report` (the report of `experiment`), with the triage `marks` that
+/// apply to its regressions ([`crate::triage::marks_for_report`]). The files are produced
 /// concurrently: `summary.md` and `retry.txt`; `results.json`; `index.html` then `logs.tar.zst`.
 pub async fn write_files(
     store: Arc<dyn ObjectStore>,
     experiment: &ExperimentRow,
     report: Arc<Report>,
     reruns: Option<(u64, u64)>,
+    marks: Arc<HashMap<CrateId, Mark>>,
 ) -> Result<ExportSummary, ExportError> {
     let name = experiment.name.clone();
     let start = experiment.spec.start.to_string();
@@ -247,7 +258,8 @@ pub async fn write_files(
             reruns,
             ..SummaryOptions::new(&name, &start, &end)
         };
-        let md = summary_markdown(&report, &opts);
+        let mut md = summary_markdown(&report, &opts);
+        md.push_str(&crate::triage::summary_section(&report, &marks));
         let k = keys::report(&name, "summary.md")?;
         let n = store
             .put_bytes(
@@ -276,8 +288,13 @@ pub async fn write_files(
         let t = Instant::now();
         let k = keys::report(&name, "results.json")?;
         let r = report.clone();
+        let m = marks.clone();
         let n = put_streamed(&*store, &k, "results.json", true, move |w| {
-            serde_json::to_writer(io::BufWriter::with_capacity(CHUNK, w), &*r)
+            let json = ResultsJson {
+                report: &r,
+                triage: m.iter().map(|(id, mark)| (id.to_string(), mark)).collect(),
+            };
+            serde_json::to_writer(io::BufWriter::with_capacity(CHUNK, w), &json)
                 .map_err(io::Error::other)
         })
         .await?;
@@ -300,8 +317,9 @@ pub async fn write_files(
         };
         let r = report.clone();
         let listed = notable.clone();
+        let m = marks.clone();
         let n = put_streamed(&*store, &k, "index.html", true, move |w| {
-            write_bundle(w, &r, &ctx, &listed)
+            write_bundle(w, &r, &ctx, &listed, &m)
         })
         .await?;
         let html = file("index.html", &k, n, t);
@@ -354,6 +372,15 @@ pub async fn write_files(
         build_seconds: 0.0,
         write_seconds: 0.0,
     })
+}
+
+/// `results.json`: the report's JSON, plus `"triage"`: the mark that applies to each marked
+/// regression, by crate id.
+#[derive(Serialize)]
+struct ResultsJson<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    triage: std::collections::BTreeMap<String, &'a Mark>,
 }
 
 /// After the scheduler completes an experiment, export its report in the background (the
@@ -561,12 +588,12 @@ fn crate_link(id: &CrateId) -> Markup {
     html! { a href=(format!("#{}", anchor(id))) { (crate_label(id)) } }
 }
 
-fn bundle_row(c: CrateReport<'_>) -> Markup {
+fn bundle_row(c: CrateReport<'_>, mark: Option<&Mark>) -> Markup {
     let r = c.result();
     html! {
         tr id=(anchor(c.krate())) {
             td { strong { (crate_label(c.krate())) } br; span.small { code { (c.krate().to_string()) } } }
-            td { (comparison_badge(c.comparison())) }
+            td { (comparison_badge(c.comparison())) @if let Some(m) = mark { " " (crate::triage::badge(m)) } }
             td { code { (r.start.to_string()) } @if let Some(x) = views::outcome_reason(&r.start) { br; span.small { (x) } } }
             td { code { (r.end.to_string()) } @if let Some(x) = views::outcome_reason(&r.end) { br; span.small { (x) } } }
             td.small {
@@ -589,6 +616,7 @@ fn write_bundle(
     report: &Report,
     ctx: &BundleContext,
     listed: &[usize],
+    marks: &HashMap<CrateId, Mark>,
 ) -> io::Result<()> {
     let counts = report.counts();
     let dependents = cache::dependents(report);
@@ -662,6 +690,7 @@ fn write_bundle(
             let li = html! {
                 li {
                     (crate_link(root.krate())) " " code { (root.result().end.to_string()) }
+                    @if let Some(m) = marks.get(root.krate()) { " " (crate::triage::badge(m)) }
                     " — " (root.regressions_through()) " " (if root.regressions_through() == 1 { "regression" } else { "regressions" })
                     @if !deps.is_empty() {
                         div.deps { "through it: " @for (i, d) in deps.iter().enumerate() { @if i > 0 { ", " } (crate_link(d)) } }
@@ -723,7 +752,8 @@ fn write_bundle(
     // `listed` holds input-order indices; walk the crates once and emit them in listed order.
     let views: Vec<CrateReport<'_>> = report.crates().collect();
     for &i in listed {
-        w.write_all(bundle_row(views[i]).into_string().as_bytes())?;
+        let c = views[i];
+        w.write_all(bundle_row(c, marks.get(c.krate())).into_string().as_bytes())?;
     }
     w.write_all(b"</tbody></table></main>")?;
     w.write_all(

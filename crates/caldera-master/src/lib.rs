@@ -11,6 +11,7 @@ pub mod export;
 pub mod metrics;
 pub mod resolve;
 pub mod scheduler;
+pub mod triage;
 
 use std::net::SocketAddr;
 
@@ -157,6 +158,12 @@ pub fn router_with(state: AppState, dashboard: dashboard::DashboardConfig) -> Ro
             "/experiments/{name}/results/{crate}/{toolchain}/log",
             get(logs::get_log),
         )
+        .route("/experiments/{name}/triage", get(api::triage::experiment))
+        .route(
+            "/experiments/{name}/triage/{crate}",
+            axum::routing::put(api::triage::mark).delete(api::triage::unmark),
+        )
+        .route("/triage", get(api::triage::list))
         .route(
             "/crate-lists",
             get(crate_lists::list).post(crate_lists::create),

@@ -27,7 +27,7 @@ CALDERA_UPDATE_DOCS=1 cargo test -p caldera-master --test api_docs
 ```
 
 `cargo test` fails while this file and the document differ. How to use the API for real work is in
-[user-guide.md](user-guide.md); the `caldera experiment` and `caldera crate-list` commands are thin
+[user-guide.md](user-guide.md); the `caldera experiment`, `caldera crate-list` and `caldera triage` commands are thin
 clients of these endpoints (add `--json` to see the raw responses).
 
 ## Conventions

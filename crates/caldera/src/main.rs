@@ -53,6 +53,9 @@ enum Command {
     Experiment(cmd::experiment::ExperimentArgs),
     /// Manage named crate lists through a running master.
     CrateList(cmd::crate_list::CrateListArgs),
+    /// Mark regressions (expected, known issue, ignore) through a running master; a mark follows
+    /// the crate and its cause into later experiments.
+    Triage(cmd::triage::TriageArgs),
     /// Connect to a master and run its jobs in the Docker sandbox.
     Worker(cmd::worker::WorkerArgs),
     /// Run one experiment on this machine with embedded defaults: a private Postgres, local-disk
@@ -86,6 +89,7 @@ async fn main() -> std::process::ExitCode {
         Command::Token(cmd) => cmd::token::run(cmd).await,
         Command::Experiment(args) => cmd::experiment::run(args).await,
         Command::CrateList(args) => cmd::crate_list::run(args).await,
+        Command::Triage(args) => cmd::triage::run(args).await,
         Command::Worker(args) => cmd::worker::run(args).await,
         Command::Local(args) => cmd::local::run(*args).await,
     };

@@ -42,6 +42,8 @@ fn every_option_names_its_environment_variable() {
         &["experiment", "edit"],
         &["experiment", "list"],
         &["crate-list", "create"],
+        &["triage", "mark"],
+        &["triage", "list"],
         &["master"],
         &["worker"],
         &["local"],

@@ -5,6 +5,7 @@ pub mod experiments;
 pub mod logs;
 pub mod openapi;
 pub mod report;
+pub mod triage;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{crate_lists, experiments, logs, report};
+use super::{crate_lists, experiments, logs, report, triage};
 use crate::error::{ErrorBody, ErrorDetail};
 
 struct BearerAuth;
@@ -29,6 +29,7 @@ impl Modify for BearerAuth {
         logs::get_log,
         crate_lists::create, crate_lists::list, crate_lists::get, crate_lists::delete,
         report::regenerate, report::list, report::file,
+        triage::mark, triage::unmark, triage::experiment, triage::list,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),
@@ -36,6 +37,7 @@ impl Modify for BearerAuth {
         (name = "experiments", description = "define and control experiments"),
         (name = "crate-lists", description = "named crate selections"),
         (name = "health", description = "liveness"),
+        (name = "triage", description = "marks on regressions (expected, known issue, ignore), carried to later experiments while the cause stays the same"),
         (name = "reports", description = "exported report files: summary.md, retry.txt, results.json, index.html, logs.tar.zst"),
     )
 )]

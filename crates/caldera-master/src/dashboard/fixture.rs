@@ -167,9 +167,46 @@ pub struct Fixture {
 /// Creates the experiment `name` (stable → nightly) over the fixture crates, runs it to
 /// completion through the job queue with one worker, and stores both logs of every crate.
 pub async fn create(pool: &PgPool, store: &Arc<dyn ObjectStore>, name: &str) -> Fixture {
-    let specs: Vec<String> = crates()
+    let rows = crates()
+        .into_iter()
+        .map(|c| {
+            let (start, end, start_log, end_log) = script(c);
+            (c.to_owned(), start, end, start_log, end_log)
+        })
+        .collect();
+    run(pool, store, name, rows).await
+}
+
+/// Like [`create`], over the given registry crates (`reg:NAME@VERSION`) with the given start and
+/// end outcomes; each log is one line naming its outcome.
+pub async fn create_with(
+    pool: &PgPool,
+    store: &Arc<dyn ObjectStore>,
+    name: &str,
+    crates: &[(&str, Outcome, Outcome)],
+) -> Fixture {
+    let rows = crates
         .iter()
-        .map(|c| c.strip_prefix("reg:").expect("registry crate").to_owned())
+        .map(|(c, start, end)| {
+            (
+                (*c).to_owned(),
+                start.clone(),
+                end.clone(),
+                format!("outcome: {start}\n"),
+                format!("outcome: {end}\n"),
+            )
+        })
+        .collect();
+    run(pool, store, name, rows).await
+}
+
+/// (crate id, start, end, start log, end log)
+type Row = (String, Outcome, Outcome, String, String);
+
+async fn run(pool: &PgPool, store: &Arc<dyn ObjectStore>, name: &str, rows: Vec<Row>) -> Fixture {
+    let specs: Vec<String> = rows
+        .iter()
+        .map(|r| r.0.strip_prefix("reg:").expect("registry crate").to_owned())
         .collect();
     let body = serde_json::json!({
         "name": name, "start": "stable", "end": "nightly",
@@ -181,9 +218,13 @@ pub async fn create(pool: &PgPool, store: &Arc<dyn ObjectStore>, name: &str) -> 
     let row = experiments::create(pool, &spec)
         .await
         .expect("create the fixture experiment");
-    let ids: Vec<CrateId> = crates()
+    let ids: Vec<CrateId> = rows
         .iter()
-        .map(|c| c.parse().expect("crate id"))
+        .map(|r| r.0.parse().expect("crate id"))
+        .collect();
+    let mut scripts: std::collections::HashMap<String, (Outcome, Outcome, String, String)> = rows
+        .into_iter()
+        .map(|(c, a, b, la, lb)| (c, (a, b, la, lb)))
         .collect();
     let mut pending = experiments::begin_action(pool, name, ExperimentAction::Start)
         .await
@@ -207,7 +248,9 @@ pub async fn create(pool: &PgPool, store: &Arc<dyn ObjectStore>, name: &str) -> 
     assert_eq!(claimed.len(), ids.len(), "every fixture job is claimed");
     let mut completions = Vec::new();
     for (n, c) in claimed.iter().enumerate() {
-        let (start, end, start_log, end_log) = script(&c.crate_id);
+        let (start, end, start_log, end_log) = scripts
+            .remove(&c.crate_id)
+            .expect("a claimed crate of the fixture");
         let mut sides = Vec::new();
         for (toolchain, outcome, log, k) in [
             (spec.start.id(), start, start_log, 1),

@@ -14,7 +14,11 @@
 //!
 //! # Access
 //!
-//! The dashboard only reads. [`DashboardAuth::Open`] (the default) serves it to anyone who can
+//! The dashboard reads, with one exception: on the page of a regressed crate, a caller whose
+//! request carries an operator or admin token (bearer header, or the `/login` cookie, which is
+//! `SameSite=Strict` so other sites cannot post with it) gets a form to set or remove the crate's
+//! triage mark; everyone else sees the mark and the `caldera triage` command to set it.
+//! [`DashboardAuth::Open`] (the default) serves it to anyone who can
 //! reach the master's HTTP port, like crater's public reports. [`DashboardAuth::Token`]
 //! (`caldera master --dashboard-auth token`) requires an API token of any reading role (viewer,
 //! operator or admin; not worker): sent as `Authorization: Bearer …`, or entered once at
@@ -29,6 +33,7 @@
 pub mod cache;
 mod logview;
 mod pages;
+mod triage;
 pub mod views;
 
 #[cfg(feature = "testing")]
@@ -154,6 +159,10 @@ pub fn routes(dashboard: Arc<Dashboard>) -> Router<AppState> {
         .route("/", get(pages::home))
         .route("/experiments/{name}", get(pages::experiment))
         .route("/experiments/{name}/crates/{crate}", get(pages::krate))
+        .route(
+            "/experiments/{name}/crates/{crate}/triage",
+            axum::routing::post(triage::submit),
+        )
         .route("/experiments/{name}/report/{file}", get(pages::report_file))
         .route("/workers", get(pages::workers))
         .route("/queue", get(pages::queue))
@@ -241,6 +250,21 @@ async fn token_can_read(state: &AppState, secret: &str) -> Result<bool, PageErro
     Ok(tokens::authenticate(&state.pool, secret)
         .await?
         .is_some_and(|t| t.role != Role::Worker && t.role.can_read()))
+}
+
+/// The token name of a caller who may change things (an operator or admin token, sent as a
+/// bearer header or kept in the `/login` cookie), whatever the dashboard's access mode.
+pub(crate) async fn operator(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<String>, PageError> {
+    let Some(secret) = bearer(headers).or_else(|| cookie(headers, COOKIE_NAME)) else {
+        return Ok(None);
+    };
+    Ok(tokens::authenticate(&state.pool, &secret)
+        .await?
+        .filter(|t| t.role.can_mutate())
+        .map(|t| t.name))
 }
 
 impl FromRequestParts<AppState> for Viewer {

@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use caldera_core::crates::CrateId;
 use caldera_core::lifecycle::ExperimentStatus;
 use caldera_core::outcome::{BuildFailReason, Comparison, Outcome, compare};
 use caldera_core::report::{CrateReport, Report, first_new_error};
 use caldera_db::experiments::{self, ExperimentRow};
 use caldera_db::results::{self, ExperimentProgress, SideDetail};
+use caldera_db::triage::Mark;
 use chrono::Utc;
 use maud::{Markup, html};
 
@@ -296,12 +298,15 @@ fn pager(f: &Filters, experiment: &str, total: usize, per_page: usize) -> Markup
     }
 }
 
-fn crate_row(experiment: &str, c: CrateReport<'_>) -> Markup {
+/// The triage marks that apply to a report's regressions, by crate.
+type Marks = HashMap<CrateId, Mark>;
+
+fn crate_row(experiment: &str, c: CrateReport<'_>, marks: &Marks) -> Markup {
     let r = c.result();
     html! {
         tr {
             td { a href=(crate_href(experiment, c.krate())) { (crate_label(c.krate())) } }
-            td { (comparison_badge(c.comparison())) (views::confirmation_badge(c.confirmation())) }
+            td { (comparison_badge(c.comparison())) (views::confirmation_badge(c.confirmation())) @if let Some(m) = marks.get(c.krate()) { " " (crate::triage::badge(m)) } }
             td { code { (r.start.to_string()) } }
             td { code { (r.end.to_string()) } }
             td.small {
@@ -352,6 +357,7 @@ pub async fn experiment(
     let progress = dash.progress(&state.pool, e.id).await?;
     let snap = dash.cache.get(&state.pool, e.id).await?;
     let report = &snap.report;
+    let marks = crate::triage::marks_for_report(&state.pool, report).await?;
     let name = e.name.as_str();
     let counts = report.counts();
     let body = html! {
@@ -366,6 +372,9 @@ pub async fn experiment(
             " (written when the experiment completes, or on " code { "POST /api/v1/experiments/" (name) "/report" } ")."
         }
         (headline(report))
+        @if !marks.is_empty() {
+            p.small #triage-count { (marks.len()) " of " (counts.get(Comparison::Regressed)) " regressions carry a triage mark (expected, known issue or ignored), set here or on an earlier experiment for the same crate and cause." }
+        }
         h2 { "Counts" }
         table #counts {
             thead { tr { th { "comparison" } th.num { "crates" } } }
@@ -410,9 +419,9 @@ pub async fn experiment(
             @if filters.any() { a href=(experiment_href(name)) { "clear" } }
         }
         @if filters.any() {
-            (filtered(&snap, &filters, name))
+            (filtered(&snap, &filters, name, &marks))
         } @else {
-            (overview(&snap, &filters, name))
+            (overview(&snap, &filters, name, &marks))
         }
     };
     Ok(views::layout(
@@ -422,7 +431,7 @@ pub async fn experiment(
     ))
 }
 
-fn filtered(snap: &Snapshot, f: &Filters, experiment: &str) -> Markup {
+fn filtered(snap: &Snapshot, f: &Filters, experiment: &str, marks: &Marks) -> Markup {
     let matches = select(snap, f);
     let start = (f.page - 1) * CRATES_PER_PAGE;
     html! {
@@ -435,7 +444,7 @@ fn filtered(snap: &Snapshot, f: &Filters, experiment: &str) -> Markup {
             table #crates {
                 thead { tr { th { "crate" } th { "comparison" } th { "start" } th { "end" } th { "root cause" } } }
                 tbody {
-                    @for c in matches.iter().skip(start).take(CRATES_PER_PAGE) { (crate_row(experiment, *c)) }
+                    @for c in matches.iter().skip(start).take(CRATES_PER_PAGE) { (crate_row(experiment, *c, marks)) }
                 }
             }
             (pager(f, experiment, matches.len(), CRATES_PER_PAGE))
@@ -443,7 +452,7 @@ fn filtered(snap: &Snapshot, f: &Filters, experiment: &str) -> Markup {
     }
 }
 
-fn overview(snap: &Snapshot, f: &Filters, experiment: &str) -> Markup {
+fn overview(snap: &Snapshot, f: &Filters, experiment: &str, marks: &Marks) -> Markup {
     let report = &snap.report;
     let roots = report.root_regressions().len();
     let start = (f.page - 1) * ROOTS_PER_PAGE;
@@ -465,6 +474,7 @@ fn overview(snap: &Snapshot, f: &Filters, experiment: &str) -> Markup {
                         " " code { (root.result().end.to_string()) }
                         " — " (root.regressions_through()) " " (if root.regressions_through() == 1 { "regression" } else { "regressions" })
                         @if root.in_cycle() { " " span.badge.warn { "cycle" } }
+                        @if let Some(m) = marks.get(root.krate()) { " " (crate::triage::badge(m)) }
                         @if !deps.is_empty() {
                             div.deps {
                                 "through it: "
@@ -541,6 +551,7 @@ pub async fn krate(
     State(state): State<AppState>,
     Extension(dash): Extension<Arc<Dashboard>>,
     _viewer: Viewer,
+    headers: HeaderMap,
     Path((name, krate)): Path<(String, String)>,
 ) -> Result<Markup, PageError> {
     let e = experiments::get(&state.pool, &name).await?;
@@ -579,6 +590,24 @@ pub async fn krate(
         (Some(s), Some(en)) => Some(compare(&s.outcome, &en.outcome)),
         _ => None,
     };
+    let triage = match (comparison, end) {
+        (Some(Comparison::Regressed), Some(end)) => {
+            let stored_id: CrateId = stored.parse().unwrap_or_else(|_| id.clone());
+            let mark =
+                crate::triage::marks_for(&state.pool, std::iter::once((&stored_id, &end.outcome)))
+                    .await?
+                    .remove(&stored_id);
+            let operator = super::operator(&state, &headers).await?;
+            Some(super::triage::section(
+                &name,
+                &stored_id,
+                &end.outcome,
+                mark.as_ref(),
+                operator.as_deref(),
+            ))
+        }
+        _ => None,
+    };
     let label = crate_label(&id);
     let steps_of = |d: &SideDetail| {
         html! {
@@ -608,6 +637,7 @@ pub async fn krate(
                 }
             }
         }
+        @if let Some(t) = triage { (t) }
         h2 { "Runs" }
         table #runs {
             thead { tr { th {} th { "start: " code { (e.spec.start.to_string()) } } th { "end: " code { (e.spec.end.to_string()) } } } }

@@ -330,6 +330,8 @@ a { color: var(--accent); }
 .badge.bad { background: #ffebe9; color: var(--bad); border-color: #ffcecb; }
 .badge.good { background: #dafbe1; color: var(--good); border-color: #aceebb; }
 .badge.warn { background: #fff8c5; color: var(--warn); border-color: #f5e0a0; }
+.badge.triage { background: #ddf4ff; color: #0550ae; border-color: #b6e3ff; text-decoration: none; }
+.badge.triage-ignore { background: #eaeef2; color: #57606a; border-color: #d0d7de; }
 .status { font-weight: 600; }
 .headline { font-size: 1.1rem; font-weight: 600; }
 .error { color: var(--bad); }

@@ -4,6 +4,7 @@ pub mod local;
 pub mod master;
 pub mod migrate;
 pub mod token;
+pub mod triage;
 pub mod worker;
 
 use anyhow::Context;

@@ -1,0 +1,2 @@
+DROP TABLE triage_audit;
+DROP TABLE triage_marks;
