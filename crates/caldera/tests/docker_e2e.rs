@@ -212,3 +212,228 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// A worker with the Docker executor over its own work dir (inside `dir`), uploading to `store`,
+/// with `sandbox_env` added to its sandboxes' environment.
+async fn docker_worker(
+    master: &InProcessMaster,
+    token: &str,
+    dir: &std::path::Path,
+    store: Arc<dyn caldera_storage::ObjectStore>,
+    name: &str,
+    sandbox_env: &[(&str, &str)],
+) -> (InProcessWorker, Arc<DockerExecutor>, Arc<Spool>) {
+    let dir = dir.join(name);
+    let spool = Arc::new(
+        Spool::open(store, SpoolConfig::new(dir.join("upload-spool")))
+            .await
+            .unwrap(),
+    );
+    let sandbox = Sandbox::connect(SandboxConfig {
+        owner: format!("test-e2e-{name}-{}", std::process::id()),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let rustup_home = default_rustup_home().expect("RUSTUP_HOME or HOME");
+    let mut config = DockerExecutorConfig::new(dir.join("work"), &rustup_home);
+    config.slots = 1;
+    config.timeouts = Timeouts {
+        total: Duration::from_secs(300),
+        no_output: Duration::from_secs(120),
+    };
+    config.sandbox_env = sandbox_env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let executor = Arc::new(DockerExecutor::new(config, sandbox, spool.clone()).unwrap());
+    let mut wconfig = worker_config(&master.grpc, token, name, 1, &dir.join("spool"));
+    wconfig.capabilities = caldera_worker::docker::capabilities(&rustup_home)
+        .await
+        .unwrap();
+    let worker = InProcessWorker::spawn_with(wconfig, executor.clone());
+    (worker, executor, spool)
+}
+
+/// Confirmation end to end, with real builds: a regression and a diagnostics change are
+/// confirmed by a re-run on the other worker; a crate whose test fails only on the first worker
+/// (its sandbox sets `CALDERA_FIXTURE_FLAKY=1`) comes out flaky and leaves the regressions. The
+/// labels are in Postgres, the confirmations API, results.json, summary.md and the dashboard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn regressions_are_confirmed_on_another_worker_and_flakes_named() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = caldera_storage::open(&StorageConfig::local(dir.path().join("objects"))).unwrap();
+    let master =
+        InProcessMaster::start_with_store(db.pool.clone(), fast_config(), None, store.clone())
+            .await;
+    let t = tokens(&db.pool).await;
+    let (first, first_exec, first_spool) = docker_worker(
+        &master,
+        &t.worker,
+        dir.path(),
+        store.clone(),
+        "first",
+        &[("CALDERA_FIXTURE_FLAKY", "1")],
+    )
+    .await;
+    // the flaky crate first, so that the only worker connected takes its first run
+    let crates: Vec<String> = [
+        "flaky-on-nightly",
+        "regress-on-nightly",
+        "diagnostics-change-on-nightly",
+        "pass",
+    ]
+    .iter()
+    .map(|c| fixture(c))
+    .collect();
+    start_experiment_with(
+        &master.http,
+        &t.operator,
+        "confirm",
+        &crates,
+        serde_json::json!({"confirm": 1}),
+    )
+    .await;
+    let flaky_id = fixture("flaky-on-nightly").replace("path:", "local:");
+    let t0 = std::time::Instant::now();
+    loop {
+        let running: Option<String> = sqlx::query_scalar(
+            "SELECT j.state FROM jobs j JOIN crates c ON c.id = j.crate_id
+             WHERE c.crate_id = $1 AND j.run = 0",
+        )
+        .bind(&flaky_id)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
+        if running.as_deref().is_some_and(|s| s != "queued") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "never claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the second worker, whose sandboxes do not make the flaky test fail
+    let (second, second_exec, second_spool) = docker_worker(
+        &master,
+        &t.worker,
+        dir.path(),
+        store.clone(),
+        "second",
+        &[],
+    )
+    .await;
+
+    wait_status(&db.pool, "confirm", "completed", Duration::from_secs(1200)).await;
+
+    // Postgres: one re-run of each regression, on the other worker
+    let runs: Vec<(String, i16, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT c.crate_id, r.run, r.worker_id FROM results r JOIN crates c ON c.id = r.crate_id
+         WHERE r.toolchain = 'end' ORDER BY 1, 2",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let of = |name: &str| -> Vec<(i16, Option<uuid::Uuid>)> {
+        runs.iter()
+            .filter(|(k, _, _)| k.ends_with(&format!("/{name}")))
+            .map(|(_, r, w)| (*r, *w))
+            .collect()
+    };
+    for name in [
+        "flaky-on-nightly",
+        "regress-on-nightly",
+        "diagnostics-change-on-nightly",
+    ] {
+        let r = of(name);
+        assert_eq!(r.len(), 2, "{name}: {runs:?}");
+        assert_ne!(r[0].1, r[1].1, "{name}: the re-run ran on the other worker");
+    }
+    assert_eq!(of("pass").len(), 1, "same-test-pass is not re-run");
+
+    // the confirmations API
+    let (status, conf) = api(
+        &master.http,
+        &t.operator,
+        reqwest::Method::GET,
+        "/experiments/confirm/confirmations",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{conf}");
+    let status_of = |name: &str| {
+        conf["crates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["crate"].as_str().unwrap().ends_with(&format!("/{name}")))
+            .map(|c| c["status"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(status_of("regress-on-nightly").as_deref(), Some("confirmed"));
+    assert_eq!(
+        status_of("diagnostics-change-on-nightly").as_deref(),
+        Some("confirmed")
+    );
+    assert_eq!(status_of("flaky-on-nightly").as_deref(), Some("flaky"), "{conf}");
+
+    // results.json and summary.md (exported when the experiment completed)
+    let get = |file: &'static str| {
+        let url = format!("{}/api/v1/experiments/confirm/report/{file}", master.http);
+        let token = t.operator.clone();
+        async move {
+            let t0 = std::time::Instant::now();
+            loop {
+                let resp = reqwest::Client::new()
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+                if resp.status() == 200 {
+                    return resp.text().await.unwrap();
+                }
+                assert!(t0.elapsed() < Duration::from_secs(60), "{file}: {}", resp.status());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let results: serde_json::Value = serde_json::from_str(&get("results.json").await).unwrap();
+    assert_eq!(results["flaky"], serde_json::json!([flaky_id]), "{results}");
+    assert_eq!(
+        results["confirmation"],
+        serde_json::json!({"confirmed": 2, "flaky": 1, "pending": 0})
+    );
+    assert_eq!(
+        results["regressions"],
+        serde_json::json!([fixture("regress-on-nightly").replace("path:", "local:")])
+    );
+    assert_eq!(results["diagnostics_changes"].as_array().unwrap().len(), 1);
+    let summary = get("summary.md").await;
+    assert!(summary.contains("2 confirmed, 1 flaky"), "{summary}");
+    assert!(summary.contains("(confirmed)"), "{summary}");
+    assert!(summary.contains("## Flaky (not confirmed)"), "{summary}");
+    assert!(summary.contains("## Compiler output changed"), "{summary}");
+    assert!(summary.contains("test-fail:diagnostics-change(1)"), "{summary}");
+
+    // the dashboard's experiment page
+    let page = reqwest::Client::new()
+        .get(format!("{}/experiments/confirm", master.http))
+        .bearer_auth(&t.operator)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Flaky (not confirmed)"), "{page}");
+    assert!(page.contains(">confirmed<"), "{page}");
+
+    for (worker, exec, spool) in [
+        (first, first_exec, first_spool),
+        (second, second_exec, second_spool),
+    ] {
+        worker.stop().await;
+        exec.shutdown().await;
+        spool.wait_idle().await;
+    }
+    master.stop().await;
+}

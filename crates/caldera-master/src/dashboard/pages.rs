@@ -474,6 +474,7 @@ fn overview(snap: &Snapshot, f: &Filters, experiment: &str, marks: &Marks) -> Ma
                         " " code { (root.result().end.to_string()) }
                         " — " (root.regressions_through()) " " (if root.regressions_through() == 1 { "regression" } else { "regressions" })
                         @if root.in_cycle() { " " span.badge.warn { "cycle" } }
+                        (views::confirmation_badge(root.confirmation()))
                         @if let Some(m) = marks.get(root.krate()) { " " (crate::triage::badge(m)) }
                         @if !deps.is_empty() {
                             div.deps {
