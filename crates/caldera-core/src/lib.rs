@@ -17,6 +17,8 @@
 //! * [`outcome`] — [`Outcome`], [`BuildFailReason`], [`Comparison`] and [`compare`].
 //! * [`confirm`] — whether a regression or fix was confirmed by its re-runs ([`confirm::status`]).
 //! * [`triage`] — the cause of a regression and the marks people put on it.
+//! * [`flaky`] — what differed between two runs that should have agreed, and whether a failure is
+//!   explained by known flaky subjects.
 //!
 //! With the `openapi` feature, every type used in an HTTP body implements `utoipa::ToSchema`.
 
@@ -24,6 +26,7 @@ pub mod classify;
 pub mod confirm;
 pub mod crates;
 pub mod experiment;
+pub mod flaky;
 pub mod job;
 pub mod lifecycle;
 pub mod logtext;

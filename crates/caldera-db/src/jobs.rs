@@ -503,6 +503,8 @@ pub struct CompletionOutcome {
     pub experiments: Vec<Uuid>,
     /// confirmation runs queued for the regressed or fixed first runs of this batch
     pub confirmations: u64,
+    /// (job id, experiment, run) of every job whose result was recorded
+    pub done: Vec<(i64, Uuid, i16)>,
 }
 
 /// Record a batch of results in one transaction. A result is accepted only if its lease token is
@@ -594,12 +596,13 @@ pub async fn complete_on(
         other => other?,
     };
     let mut accepted: BTreeMap<i64, Uuid> = BTreeMap::new();
-    for (id, experiment, state, confirmations) in done {
+    for (id, experiment, state, run, confirmations) in done {
         out.confirmations = confirmations as u64;
         if state == "queued" {
             out.requeued.push(id);
         } else {
             accepted.insert(id, experiment);
+            out.done.push((id, experiment, run));
         }
     }
     let mut counted = std::collections::HashSet::new();
@@ -641,7 +644,7 @@ impl CompletionStatement<'_> {
         &self,
         conn: &mut sqlx::PgConnection,
         on_conflict: &str,
-    ) -> Result<Vec<(i64, Uuid, String, i64)>, DbError> {
+    ) -> Result<Vec<(i64, Uuid, String, i16, i64)>, DbError> {
         // The confirmation insert is part of the statement only when a result of the batch
         // could need it, so the usual batch runs the statement it always ran.
         let confirming = if self.confirms.contains(&true) {
@@ -685,7 +688,7 @@ impl CompletionStatement<'_> {
                  WHERE f.state = 'done'
                  {on_conflict}
              ){confirming}
-             SELECT id, experiment_id, state, {confirmations} FROM finished"
+             SELECT id, experiment_id, state, run, {confirmations} FROM finished"
         );
         let sides = self.sides;
         Ok(sqlx::query_as(&sql)

@@ -13,6 +13,7 @@ pub mod confirmations;
 pub mod crate_lists;
 pub mod embedded;
 pub mod experiments;
+pub mod flakes;
 pub mod jobs;
 pub mod logs;
 pub mod results;

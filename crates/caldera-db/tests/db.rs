@@ -36,6 +36,7 @@ async fn migrations_apply_revert_and_reapply() {
             "crate_lists",
             "crates",
             "experiments",
+            "flakes",
             "job_counts",
             "job_queues",
             "jobs",
@@ -1309,6 +1310,7 @@ async fn a_full_claim_does_not_move_the_cursor_past_jobs_it_left() {
     let drift = jobs::count_drift(&db.pool).await.unwrap();
     assert!(drift.is_empty(), "{drift:?}");
 }
+
 mod triage {
     use caldera_core::triage::{MarkKind, MarkRequest};
     use caldera_db::DbError;
@@ -1540,4 +1542,162 @@ mod triage {
             Target::NoCrate
         );
     }
+}
+
+/// A confirmation run that differs from run 0 on a side records what differed (per crate version,
+/// counted across experiments, with the last sighting's evidence); a calibration run's start
+/// against its end too; `error` sides and agreeing runs record nothing.
+#[tokio::test]
+async fn flakes_are_recorded_counted_and_read_back() {
+    use caldera_core::outcome::Outcome;
+    use caldera_db::flakes::{self, FinishedRun, Source};
+    use caldera_db::jobs::{self, Completion};
+    let db = TestDb::new().await;
+    let tf = |t: &[&str]| Outcome::TestFail {
+        failed_tests: t.iter().map(|s| s.to_string()).collect(),
+        reason: None,
+    };
+    let now = chrono::Utc::now();
+    let lease = chrono::Duration::hours(1);
+    let w = uuid::Uuid::new_v4();
+    let mut claimer = jobs::Claimer::new(&db.pool);
+    for (round, name) in ["one", "two"].into_iter().enumerate() {
+        let experiment = started_with_jobs(&db, name, &["a@1.0.0", "b@1.0.0"]).await;
+        // a regresses (test `x` fails on end); b passes
+        let first = claimer.claim(w, &[], 2, now, lease).await.unwrap();
+        let batch: Vec<Completion> = first
+            .iter()
+            .map(|c| {
+                let end = if c.crate_id == "reg:a@1.0.0" {
+                    tf(&["x"])
+                } else {
+                    Outcome::TestPass
+                };
+                Completion {
+                    job_id: c.job_id,
+                    lease_token: c.lease_token,
+                    worker: w,
+                    start: side_of(Outcome::TestPass, 1),
+                    end: side_of(end, 2),
+                }
+            })
+            .collect();
+        let out = jobs::complete(&db.pool, &batch, now, 3).await.unwrap();
+        assert_eq!(out.done.len(), 2);
+        assert!(
+            out.done
+                .iter()
+                .all(|(_, e, run)| *e == experiment && *run == 0)
+        );
+        // a's confirmation runs: run 1 passes on end (x flaked), run 2 agrees with run 0
+        let reruns = claimer.claim(w, &[], 2, now, lease).await.unwrap();
+        assert_eq!(reruns.len(), 2);
+        let batch: Vec<Completion> = reruns
+            .iter()
+            .map(|c| Completion {
+                job_id: c.job_id,
+                lease_token: c.lease_token,
+                worker: w,
+                start: side_of(Outcome::TestPass, 10 + c.run as i64),
+                end: side_of(
+                    if c.run == 1 {
+                        Outcome::TestPass
+                    } else {
+                        tf(&["x"])
+                    },
+                    20 + c.run as i64,
+                ),
+            })
+            .collect();
+        let out = jobs::complete(&db.pool, &batch, now, 3).await.unwrap();
+        assert_eq!(out.done.len(), 2);
+        let finished: Vec<FinishedRun> = out
+            .done
+            .iter()
+            .map(|(id, _, run)| {
+                let c = batch.iter().find(|c| c.job_id == *id).unwrap();
+                FinishedRun {
+                    job_id: *id,
+                    run: *run,
+                    calibration: false,
+                    start: (&c.start.outcome, c.start.log_key.as_deref()),
+                    end: (&c.end.outcome, c.end.log_key.as_deref()),
+                }
+            })
+            .collect();
+        let mut conn = db.pool.acquire().await.unwrap();
+        let n = flakes::record_finished(&mut conn, &finished, now)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "one side of one run differed");
+        let found = flakes::of_crate(&db.pool, "a", None).await.unwrap();
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let f = &found[0];
+        assert_eq!(
+            (f.krate.as_str(), f.subject.as_str(), f.count),
+            ("reg:a@1.0.0", "test:x", round as i64 + 1)
+        );
+        assert_eq!(f.last.experiment, name);
+        assert_eq!(
+            (f.last.source, f.last.run, f.last.side.as_str()),
+            (Source::Confirmation, 1, "end")
+        );
+        assert_eq!(
+            (f.last.log_key.as_deref(), f.last.other_log_key.as_deref()),
+            (Some("log-2"), Some("log-21"))
+        );
+        let known = flakes::known_subjects(&db.pool, experiment).await.unwrap();
+        assert_eq!(known.crates.len(), 1, "{known:#?}");
+        assert!(known.explains("reg:a@1.0.0", &tf(&["x"])));
+        assert!(!known.explains("reg:a@1.0.0", &tf(&["x", "y"])));
+        assert!(!known.explains("reg:b@1.0.0", &tf(&["x"])));
+    }
+    assert!(
+        flakes::of_crate(&db.pool, "a", Some("2.0.0"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        flakes::of_crate(&db.pool, "a", Some("1.0.0"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        flakes::of_crate(&db.pool, "b", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // a calibration run: start against end; duplicates in one call are counted, the last one
+    // becomes the evidence; an error side records nothing
+    let crate_b: i64 = sqlx::query_scalar("SELECT id FROM crates WHERE crate_id = 'reg:b@1.0.0'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let sighting = |run: i16| flakes::Sighting {
+        crate_id: crate_b,
+        subject: "build-fail:oom".into(),
+        experiment: "aa".into(),
+        source: Source::Calibration,
+        run,
+        side: caldera_core::job::Side::End,
+        log_key: Some(format!("s{run}")),
+        other_log_key: Some(format!("e{run}")),
+    };
+    let mut conn = db.pool.acquire().await.unwrap();
+    flakes::record(&mut conn, &[sighting(0), sighting(3)], now)
+        .await
+        .unwrap();
+    let b = flakes::of_crate(&db.pool, "b", None).await.unwrap();
+    assert_eq!((b[0].count, b[0].last.run), (2, 3), "{b:#?}");
+    assert_eq!(b[0].last.log_key.as_deref(), Some("s3"));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM flakes")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
 }

@@ -150,6 +150,11 @@ pub fn router_with(state: AppState, dashboard: dashboard::DashboardConfig) -> Ro
             get(experiments::confirmations),
         )
         .route(
+            "/experiments/{name}/flakes",
+            get(api::flakes::of_experiment),
+        )
+        .route("/flakes", get(api::flakes::of_crate))
+        .route(
             "/experiments/{name}/report",
             get(api::report::list).post(api::report::regenerate),
         )

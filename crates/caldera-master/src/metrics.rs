@@ -29,6 +29,7 @@ pub struct Metrics {
     pub jobs_errored: Counter,
     pub jobs_returned: Counter,
     pub confirmation_runs_queued: Counter,
+    pub flakes_recorded: Counter,
     pub results_rejected: Family<ReasonLabel, Counter>,
     pub lease_expiries: Counter,
     pub workers_connected: Gauge,
@@ -48,6 +49,7 @@ impl Default for Metrics {
             jobs_errored: Counter::default(),
             jobs_returned: Counter::default(),
             confirmation_runs_queued: Counter::default(),
+            flakes_recorded: Counter::default(),
             results_rejected: Family::default(),
             lease_expiries: Counter::default(),
             workers_connected: Gauge::default(),
@@ -76,6 +78,11 @@ impl Default for Metrics {
             "confirmation_runs_queued",
             "Confirmation runs queued for regressed or fixed first runs",
             m.confirmation_runs_queued.clone(),
+        );
+        registry.register(
+            "flakes_recorded",
+            "Sightings of flakes (differences between runs on the same toolchain) recorded",
+            m.flakes_recorded.clone(),
         );
         registry.register(
             "jobs_errored",

@@ -313,15 +313,8 @@ async fn regressions_are_confirmed_on_another_worker_and_flakes_named() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // the second worker, whose sandboxes do not make the flaky test fail
-    let (second, second_exec, second_spool) = docker_worker(
-        &master,
-        &t.worker,
-        dir.path(),
-        store.clone(),
-        "second",
-        &[],
-    )
-    .await;
+    let (second, second_exec, second_spool) =
+        docker_worker(&master, &t.worker, dir.path(), store.clone(), "second", &[]).await;
 
     wait_status(&db.pool, "confirm", "completed", Duration::from_secs(1200)).await;
 
@@ -368,12 +361,19 @@ async fn regressions_are_confirmed_on_another_worker_and_flakes_named() {
             .find(|c| c["crate"].as_str().unwrap().ends_with(&format!("/{name}")))
             .map(|c| c["status"].as_str().unwrap().to_owned())
     };
-    assert_eq!(status_of("regress-on-nightly").as_deref(), Some("confirmed"));
+    assert_eq!(
+        status_of("regress-on-nightly").as_deref(),
+        Some("confirmed")
+    );
     assert_eq!(
         status_of("diagnostics-change-on-nightly").as_deref(),
         Some("confirmed")
     );
-    assert_eq!(status_of("flaky-on-nightly").as_deref(), Some("flaky"), "{conf}");
+    assert_eq!(
+        status_of("flaky-on-nightly").as_deref(),
+        Some("flaky"),
+        "{conf}"
+    );
 
     // results.json and summary.md (exported when the experiment completed)
     let get = |file: &'static str| {
@@ -391,7 +391,11 @@ async fn regressions_are_confirmed_on_another_worker_and_flakes_named() {
                 if resp.status() == 200 {
                     return resp.text().await.unwrap();
                 }
-                assert!(t0.elapsed() < Duration::from_secs(60), "{file}: {}", resp.status());
+                assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "{file}: {}",
+                    resp.status()
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -412,7 +416,10 @@ async fn regressions_are_confirmed_on_another_worker_and_flakes_named() {
     assert!(summary.contains("(confirmed)"), "{summary}");
     assert!(summary.contains("## Flaky (not confirmed)"), "{summary}");
     assert!(summary.contains("## Compiler output changed"), "{summary}");
-    assert!(summary.contains("test-fail:diagnostics-change(1)"), "{summary}");
+    assert!(
+        summary.contains("test-fail:diagnostics-change(1)"),
+        "{summary}"
+    );
 
     // the dashboard's experiment page
     let page = reqwest::Client::new()

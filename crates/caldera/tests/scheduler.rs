@@ -948,6 +948,166 @@ async fn a_single_worker_confirms_its_own_regressions_in_a_calibration_run() {
         (&e["calibration"], &e["start"], &e["end"]),
         (&serde_json::json!(true), &e["end"], &e["start"])
     );
+    // the same toolchain failed to build on one side and passed on the other, twice (run 0 and
+    // its confirmation run): the flaky memory has it from the calibration, with count 2
+    let (status, v) = api(
+        &master.http,
+        &t.operator,
+        Method::GET,
+        "/flakes?crate=fx00000",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let flakes = v["flakes"].as_array().unwrap();
+    assert_eq!(flakes.len(), 1, "{v:#}");
+    assert_eq!(
+        (
+            &flakes[0]["subject"],
+            &flakes[0]["count"],
+            &flakes[0]["last"]["source"]
+        ),
+        (
+            &serde_json::json!("build-fail:compiler-error"),
+            &serde_json::json!(2),
+            &serde_json::json!("calibration")
+        ),
+        "{v:#}"
+    );
+    worker.stop().await;
+    master.stop().await;
+}
+
+/// A test that fails on a first run and passes on its confirmation run is remembered as flaky
+/// (per crate version, with the evidence); the same flake in a later experiment counts again; the
+/// API lists it for the crate and for the experiments whose crates it concerns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flake_seen_in_confirmation_runs_is_remembered_across_experiments() {
+    let db = TestDb::new().await;
+    let t = tokens(&db.pool).await;
+    let master = InProcessMaster::start(db.pool.clone(), fast_config(), None).await;
+    let spool = tempfile::tempdir().unwrap();
+    let flaky = Outcome::TestFail {
+        failed_tests: vec!["net::retries".into()],
+        reason: None,
+    };
+    let exec = FakeExecutor::new().with_crate(
+        "fx00001",
+        FakeBehaviour::outcomes(Outcome::TestPass, flaky.clone())
+            .on_reruns(Outcome::TestPass, Outcome::TestPass),
+    );
+    let worker = InProcessWorker::spawn(
+        worker_config(
+            &master.grpc,
+            &t.worker,
+            "solo",
+            2,
+            &spool.path().join("solo"),
+        ),
+        exec.clone(),
+    );
+    for (round, name) in ["flaky1", "flaky2"].into_iter().enumerate() {
+        start_experiment_with(
+            &master.http,
+            &t.operator,
+            name,
+            &crate_names(3),
+            serde_json::json!({"confirm": 1}),
+        )
+        .await;
+        wait_status(&db.pool, name, "completed", Duration::from_secs(60)).await;
+        let (status, v) = api(
+            &master.http,
+            &t.operator,
+            Method::GET,
+            "/flakes?crate=fx00001",
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        let flakes = v["flakes"].as_array().unwrap();
+        assert_eq!(flakes.len(), 1, "{v:#}");
+        let f = &flakes[0];
+        assert_eq!(
+            (&f["crate"], &f["subject"], &f["count"]),
+            (
+                &serde_json::json!("reg:fx00001@1.0.0"),
+                &serde_json::json!("test:net::retries"),
+                &serde_json::json!(round + 1)
+            ),
+            "{v:#}"
+        );
+        assert_eq!(
+            (
+                &f["last"]["experiment"],
+                &f["last"]["source"],
+                &f["last"]["run"],
+                &f["last"]["side"]
+            ),
+            (
+                &serde_json::json!(name),
+                &serde_json::json!("confirmation"),
+                &serde_json::json!(1),
+                &serde_json::json!("end")
+            ),
+            "{v:#}"
+        );
+        // (the fake executor stores no logs: the evidence's log keys are tested in caldera-db)
+        let (status, v) = api(
+            &master.http,
+            &t.operator,
+            Method::GET,
+            &format!("/experiments/{name}/flakes"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        let crates = v["crates"].as_object().unwrap();
+        assert_eq!(
+            crates.keys().collect::<Vec<_>>(),
+            ["reg:fx00001@1.0.0"],
+            "{v:#}"
+        );
+        assert_eq!(
+            crates["reg:fx00001@1.0.0"][0]["subject"],
+            "test:net::retries"
+        );
+    }
+    // other crates, and a crate name with no flakes
+    let (status, v) = api(
+        &master.http,
+        &t.operator,
+        Method::GET,
+        "/flakes?crate=fx00002",
+        None,
+    )
+    .await;
+    assert_eq!((status, &v["flakes"]), (200, &serde_json::json!([])), "{v}");
+    let (status, v) = api(&master.http, &t.operator, Method::GET, "/flakes", None).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["field"], "crate");
+    let (status, _) = api(
+        &master.http,
+        &t.operator,
+        Method::GET,
+        "/experiments/nope/flakes",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = api(&master.http, "", Method::GET, "/flakes?crate=fx00001", None).await;
+    assert_eq!(status, 401);
+    let metrics = reqwest::get(format!("{}/metrics", master.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("caldera_flakes_recorded_total 2"),
+        "{metrics}"
+    );
+    assert_counts_exact(&db.pool).await;
     worker.stop().await;
     master.stop().await;
 }

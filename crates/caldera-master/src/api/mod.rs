@@ -2,6 +2,7 @@
 
 pub mod crate_lists;
 pub mod experiments;
+pub mod flakes;
 pub mod logs;
 pub mod openapi;
 pub mod report;

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{crate_lists, experiments, logs, report, triage};
+use super::{crate_lists, experiments, flakes, logs, report, triage};
 use crate::error::{ErrorBody, ErrorDetail};
 
 struct BearerAuth;
@@ -26,6 +26,7 @@ impl Modify for BearerAuth {
         experiments::create, experiments::list, experiments::get, experiments::edit, experiments::delete,
         experiments::start, experiments::pause, experiments::resume, experiments::abort,
         experiments::confirmations,
+        flakes::of_crate, flakes::of_experiment,
         logs::get_log,
         crate_lists::create, crate_lists::list, crate_lists::get, crate_lists::delete,
         report::regenerate, report::list, report::file,
@@ -36,6 +37,7 @@ impl Modify for BearerAuth {
     tags(
         (name = "experiments", description = "define and control experiments"),
         (name = "crate-lists", description = "named crate selections"),
+        (name = "flakes", description = "flaky memory: tests and failure kinds seen to come and go between runs that should agree"),
         (name = "health", description = "liveness"),
         (name = "triage", description = "marks on regressions (expected, known issue, ignore), carried to later experiments while the cause stays the same"),
         (name = "reports", description = "exported report files: summary.md, retry.txt, results.json, index.html, logs.tar.zst"),

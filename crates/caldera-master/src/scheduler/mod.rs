@@ -99,6 +99,9 @@ pub(crate) struct Inner {
     /// Called with the name of each experiment the scheduler completes (see
     /// [`Scheduler::on_experiment_completed`]).
     on_completed: Mutex<Option<CompletionHook>>,
+    /// experiment id → whether it is a calibration (A/A) experiment: filled by the dispatcher
+    /// as it reads specs, read by the result writer to find the runs that may show flakes
+    calibration: Mutex<HashMap<Uuid, bool>>,
 }
 
 /// What to do when an experiment completes; must not block (spawn the work).
@@ -134,6 +137,7 @@ impl Scheduler {
             results,
             shutdown,
             on_completed: Mutex::new(None),
+            calibration: Mutex::new(HashMap::new()),
         });
         let s = Scheduler { inner };
         tokio::spawn(s.clone().dispatcher());
@@ -356,7 +360,9 @@ impl Scheduler {
             if specs.len() > 256 {
                 specs.clear();
             }
-            for (id, spec) in caldera_db::experiments::specs(&self.inner.pool, &unknown).await? {
+            let read = caldera_db::experiments::specs(&self.inner.pool, &unknown).await?;
+            self.remember_calibration(read.iter().map(|(id, spec)| (*id, spec.calibration)));
+            for (id, spec) in read {
                 specs.insert(id, Arc::new(spec));
             }
         }
@@ -538,6 +544,7 @@ impl Scheduler {
             for (worker, ids) in by_worker {
                 self.release(worker, ids);
             }
+            self.record_flakes(&mut db, &completions, &out).await;
             if !out.experiments.is_empty() {
                 let finished = match db.get().await {
                     Ok(conn) => jobs::finished_experiments(conn, &out.experiments).await,
@@ -550,6 +557,99 @@ impl Scheduler {
                         db.reset();
                         tracing::warn!(error = %e, "cannot check for finished experiments");
                     }
+                }
+            }
+        }
+    }
+
+    fn remember_calibration(&self, experiments: impl IntoIterator<Item = (Uuid, bool)>) {
+        let mut known = self.inner.calibration.lock().unwrap();
+        if known.len() > 4096 {
+            known.clear();
+        }
+        known.extend(experiments);
+    }
+
+    /// Flaky memory (`caldera_db::flakes`): for the confirmation runs (run > 0) and the runs of
+    /// calibration experiments this batch recorded, what differed from what should have agreed.
+    /// Nothing is read or written for a batch with neither: whether an experiment is a
+    /// calibration is known from the dispatcher's reading of its spec (or read once here, for
+    /// jobs claimed before a restart of the master).
+    async fn record_flakes(
+        &self,
+        db: &mut OwnConnection,
+        batch: &[Completion],
+        out: &jobs::CompletionOutcome,
+    ) {
+        if out.done.is_empty() {
+            return;
+        }
+        let mut unknown: Vec<Uuid> = {
+            let known = self.inner.calibration.lock().unwrap();
+            out.done
+                .iter()
+                .map(|(_, e, _)| *e)
+                .filter(|e| !known.contains_key(e))
+                .collect()
+        };
+        if !unknown.is_empty() {
+            unknown.sort_unstable();
+            unknown.dedup();
+            match caldera_db::experiments::specs(&self.inner.pool, &unknown).await {
+                Ok(read) => {
+                    let mut found: HashMap<Uuid, bool> =
+                        unknown.iter().map(|e| (*e, false)).collect();
+                    found.extend(read.iter().map(|(id, spec)| (*id, spec.calibration)));
+                    self.remember_calibration(found);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read specs; flakes of this batch's calibration runs are not recorded");
+                }
+            }
+        }
+        let finished: Vec<caldera_db::flakes::FinishedRun> = {
+            let known = self.inner.calibration.lock().unwrap();
+            out.done
+                .iter()
+                .filter_map(|(id, experiment, run)| {
+                    let calibration = known.get(experiment).copied().unwrap_or(false);
+                    if *run == 0 && !calibration {
+                        return None;
+                    }
+                    // the first report of the job in the batch is the one recorded
+                    let c = batch.iter().find(|c| c.job_id == *id)?;
+                    Some(caldera_db::flakes::FinishedRun {
+                        job_id: *id,
+                        run: *run,
+                        calibration,
+                        start: (&c.start.outcome, c.start.log_key.as_deref()),
+                        end: (&c.end.outcome, c.end.log_key.as_deref()),
+                    })
+                })
+                .collect()
+        };
+        if finished.is_empty() {
+            return;
+        }
+        // The results are written (and acknowledged) already: a failure here loses these
+        // sightings only, so a few attempts, then a warning.
+        for attempt in 1..=3 {
+            let recorded = match db.get().await {
+                Ok(conn) => caldera_db::flakes::record_finished(conn, &finished, self.now()).await,
+                Err(e) => Err(e),
+            };
+            match recorded {
+                Ok(n) => {
+                    if n > 0 {
+                        self.inner.metrics.flakes_recorded.inc_by(n);
+                        tracing::info!(sightings = n, "flakes recorded");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    db.reset();
+                    tracing::warn!(error = %e, attempt, "cannot record flakes");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }
