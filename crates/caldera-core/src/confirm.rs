@@ -28,6 +28,9 @@ pub enum ConfirmationStatus {
     Flaky,
     /// No finished run disagrees yet, but not every run has finished.
     Pending,
+    /// Not re-run (or not yet decided), but the failure is one an earlier run showed to be
+    /// flaky (the flaky memory): treated like `Flaky`.
+    KnownFlaky,
 }
 
 impl ConfirmationStatus {
@@ -37,6 +40,7 @@ impl ConfirmationStatus {
             ConfirmationStatus::Confirmed => "confirmed",
             ConfirmationStatus::Flaky => "flaky",
             ConfirmationStatus::Pending => "pending",
+            ConfirmationStatus::KnownFlaky => "known-flaky",
         }
     }
 }

@@ -458,18 +458,18 @@ impl Report {
         results: Vec<CrateResult>,
         is_quiet: impl Fn(&CrateId) -> bool,
     ) -> Result<Report, ReportError> {
-        Self::build_with(results, is_quiet, |_| None)
+        Self::build_with(results, is_quiet, |_, _| None)
     }
 
     /// [`Report::build_quiet`], with the confirmation status of each regressed or fixed crate
-    /// that was re-run (`confirmation` is asked about those crates only; `None` = not re-run).
-    /// Flaky crates leave every list of regressions and take no part in root-cause attribution:
-    /// they are listed apart ([`Report::flaky`]), and stay in the counts under their first
-    /// run's comparison.
+    /// (`confirmation` is asked about those crates only, with their comparison; `None` = not
+    /// re-run and not known flaky). Flaky and known-flaky crates leave every list of
+    /// regressions and take no part in root-cause attribution: they are listed apart
+    /// ([`Report::flaky`]), and stay in the counts under their first run's comparison.
     pub fn build_with(
         results: Vec<CrateResult>,
         is_quiet: impl Fn(&CrateId) -> bool,
-        confirmation: impl Fn(&CrateId) -> Option<ConfirmationStatus>,
+        confirmation: impl Fn(&CrateResult, Comparison) -> Option<ConfirmationStatus>,
     ) -> Result<Report, ReportError> {
         let n = results.len();
         if n >= NONE as usize {
@@ -493,7 +493,13 @@ impl Report {
         let (confirmations, flaky) = confirmation_statuses(&results, &comparisons, confirmation);
         let regressed: Vec<Ix> = regressed
             .into_iter()
-            .filter(|&i| confirmations.get(i as usize) != Some(&Some(ConfirmationStatus::Flaky)))
+            .filter(|&i| {
+                !confirmations
+                    .get(i as usize)
+                    .copied()
+                    .flatten()
+                    .is_some_and(is_flaky)
+            })
             .collect();
         // a changed diagnostic breaks no dependent: such crates are no one's root cause
         let (diagnostics, regressed): (Vec<Ix>, Vec<Ix>) = regressed.into_iter().partition(|&i| {
@@ -692,6 +698,7 @@ impl Report {
             match s {
                 ConfirmationStatus::Confirmed => c.confirmed += 1,
                 ConfirmationStatus::Flaky => c.flaky += 1,
+                ConfirmationStatus::KnownFlaky => c.known_flaky += 1,
                 ConfirmationStatus::Pending => c.pending += 1,
             }
         }
@@ -799,6 +806,16 @@ pub struct ConfirmationCounts {
     pub flaky: usize,
     /// Re-runs still to finish.
     pub pending: usize,
+    /// Failures the flaky memory explains (not re-run, or not yet decided).
+    pub known_flaky: usize,
+}
+
+/// Flaky by the re-runs or by the flaky memory.
+fn is_flaky(s: ConfirmationStatus) -> bool {
+    matches!(
+        s,
+        ConfirmationStatus::Flaky | ConfirmationStatus::KnownFlaky
+    )
 }
 
 /// The confirmation status of every regressed or fixed crate (an empty vector when none was
@@ -806,7 +823,7 @@ pub struct ConfirmationCounts {
 fn confirmation_statuses(
     results: &[CrateResult],
     comparisons: &[Comparison],
-    confirmation: impl Fn(&CrateId) -> Option<ConfirmationStatus>,
+    confirmation: impl Fn(&CrateResult, Comparison) -> Option<ConfirmationStatus>,
 ) -> (Vec<Option<ConfirmationStatus>>, Vec<Ix>) {
     let mut statuses = Vec::new();
     let mut flaky = Vec::new();
@@ -814,14 +831,14 @@ fn confirmation_statuses(
         if !crate::confirm::needs_confirmation(c) {
             continue;
         }
-        let Some(status) = confirmation(&r.krate) else {
+        let Some(status) = confirmation(r, c) else {
             continue;
         };
         if statuses.is_empty() {
             statuses = vec![None; results.len()];
         }
         statuses[i as usize] = Some(status);
-        if status == ConfirmationStatus::Flaky {
+        if is_flaky(status) {
             flaky.push(i);
         }
     }
@@ -1425,6 +1442,13 @@ pub fn confirmation_note(report: &Report, reruns: Option<(u64, u64)>) -> Option<
          flaky (listed apart, not regressions), {} pending",
         c.confirmed, c.flaky, c.pending
     );
+    if c.known_flaky > 0 {
+        let _ = write!(
+            note,
+            "; {} known flaky from earlier runs (listed apart)",
+            c.known_flaky
+        );
+    }
     if let Some((runs, ms)) = reruns {
         let _ = write!(
             note,
@@ -1454,9 +1478,14 @@ fn write_flaky(out: &mut String, report: &Report, max: usize) -> fmt::Result {
         "| crate | first run | start | end |\n|---|---|---|---|"
     )?;
     for c in report.flaky().take(max) {
+        let known = if c.confirmation() == Some(ConfirmationStatus::KnownFlaky) {
+            " (known flaky)"
+        } else {
+            ""
+        };
         writeln!(
             out,
-            "| {} | {} | {} | {} |",
+            "| {} | {}{known} | {} | {} |",
             code(&label(c.krate())),
             c.comparison(),
             code(&cut(c.result().start.to_string(), MAX_OUTCOME_CHARS)),
@@ -2911,7 +2940,8 @@ mod tests {
             res("reg:pass@1.0.0", PASS, PASS),
         ];
         let asked = std::cell::RefCell::new(Vec::new());
-        let status = |k: &CrateId| {
+        let status = |r: &CrateResult, _: Comparison| {
+            let k = &r.krate;
             asked.borrow_mut().push(k.to_string());
             match k.to_string().as_str() {
                 "reg:conf@1.0.0" => Some(S::Confirmed),
@@ -2945,7 +2975,8 @@ mod tests {
             ConfirmationCounts {
                 confirmed: 1,
                 flaky: 2,
-                pending: 1
+                pending: 1,
+                known_flaky: 0,
             }
         );
         let json = serde_json::to_value(&report).unwrap();
@@ -2955,7 +2986,7 @@ mod tests {
         );
         assert_eq!(
             json["confirmation"],
-            json!({"confirmed": 1, "flaky": 2, "pending": 1})
+            json!({"confirmed": 1, "flaky": 2, "pending": 1, "known_flaky": 0})
         );
         let by_id = |id: &str| {
             json["crates"]
@@ -3110,7 +3141,7 @@ mod tests {
                 "quiet_regressions": [],
                 "diagnostics_changes": [],
                 "flaky": [],
-                "confirmation": {"confirmed": 0, "flaky": 0, "pending": 0},
+                "confirmation": {"confirmed": 0, "flaky": 0, "pending": 0, "known_flaky": 0},
                 "root_regressions": [
                     {"crate": "reg:a@1.0.0", "end": e0308, "regressions": 2, "dependents": 1, "in_cycle": false},
                     {"crate": "reg:x@1.0.0", "end": dep_xy("reg:y@1.0.0"), "regressions": 2, "dependents": 1, "in_cycle": true},

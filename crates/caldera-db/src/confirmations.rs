@@ -175,7 +175,7 @@ pub async fn of_experiment(pool: &PgPool, experiment_id: Uuid) -> Result<Confirm
         let status = confirm::status(first, &later);
         match status {
             ConfirmationStatus::Confirmed => out.confirmed += 1,
-            ConfirmationStatus::Flaky => out.flaky += 1,
+            ConfirmationStatus::Flaky | ConfirmationStatus::KnownFlaky => out.flaky += 1,
             ConfirmationStatus::Pending => out.pending += 1,
         }
         out.crates.push(CrateConfirmation {

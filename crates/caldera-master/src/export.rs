@@ -20,7 +20,7 @@
 //! on blocking threads into bounded channels that the object store's `put` consumes as it uploads,
 //! and each log is streamed from storage into the archive.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
@@ -29,9 +29,11 @@ use bytes::Bytes;
 use caldera_core::confirm::ConfirmationStatus;
 use caldera_core::crates::CrateId;
 use caldera_core::outcome::Comparison;
+use caldera_core::report::CrateResult;
 use caldera_core::report::{CrateReport, Report, SummaryOptions, summary_markdown};
 use caldera_db::confirmations::Confirmations;
 use caldera_db::experiments::{self, ExperimentRow};
+use caldera_db::flakes::{Flake, KnownFlakes};
 use caldera_db::triage::Mark;
 use caldera_db::{DbError, PgPool};
 use caldera_storage::{
@@ -137,21 +139,81 @@ fn lock_for(name: &str) -> Arc<tokio::sync::Mutex<()>> {
         .clone()
 }
 
-/// A lookup of the confirmation status of a crate, by id (with or without its checksum).
+/// The status the report gives a regressed or fixed crate: its re-runs' verdict when they
+/// confirmed it or found it flaky; otherwise `known-flaky` when its failing side is explained by
+/// the flaky memory (`known`); otherwise its re-runs' status (pending) if it has any.
 pub fn confirmation_lookup(
     confirmations: &Confirmations,
-) -> impl Fn(&CrateId) -> Option<ConfirmationStatus> + Send + 'static {
+    known: KnownFlakes,
+) -> impl Fn(&CrateResult, Comparison) -> Option<ConfirmationStatus> + Send + 'static {
     let by_id: HashMap<String, ConfirmationStatus> = confirmations
         .crates
         .iter()
         .map(|c| (c.krate.clone(), c.status))
         .collect();
-    move |k: &CrateId| {
-        by_id
-            .get(&k.to_string())
-            .or_else(|| by_id.get(&k.without_checksum().to_string()))
-            .copied()
+    move |r: &CrateResult, comparison: Comparison| {
+        let id = r.krate.to_string();
+        let rerun = by_id
+            .get(&id)
+            .or_else(|| by_id.get(&r.krate.without_checksum().to_string()))
+            .copied();
+        if matches!(
+            rerun,
+            Some(ConfirmationStatus::Confirmed | ConfirmationStatus::Flaky)
+        ) {
+            return rerun;
+        }
+        let failing = match comparison {
+            Comparison::Regressed => &r.end,
+            _ => &r.start,
+        };
+        if known.explains(&id, failing) {
+            return Some(ConfirmationStatus::KnownFlaky);
+        }
+        rerun
     }
+}
+
+/// What the report needs besides the results: the confirmation statuses (re-runs and the flaky
+/// memory), the re-runs' count and cost, and the known flakes of the crates called known-flaky.
+pub(crate) struct Confirmation {
+    pub status: Box<dyn Fn(&CrateResult, Comparison) -> Option<ConfirmationStatus> + Send>,
+    pub reruns: Option<(u64, u64)>,
+    pub known: KnownFlakes,
+}
+
+/// Reads an experiment's confirmation runs and its crates' known flakes.
+pub(crate) async fn confirmation(
+    pool: &PgPool,
+    experiment_id: uuid::Uuid,
+) -> Result<Confirmation, DbError> {
+    let (confirmations, known) = futures::try_join!(
+        caldera_db::confirmations::of_experiment(pool, experiment_id),
+        caldera_db::flakes::known_subjects(pool, experiment_id)
+    )?;
+    let reruns = (confirmations.runs_finished > 0).then(|| {
+        (
+            confirmations.runs_finished.max(0) as u64,
+            confirmations.duration_ms.max(0) as u64,
+        )
+    });
+    Ok(Confirmation {
+        status: Box::new(confirmation_lookup(&confirmations, known.clone())),
+        reruns,
+        known,
+    })
+}
+
+/// The known flakes of the crates the report calls known-flaky, by crate id (the evidence).
+fn known_flakes_of(report: &Report, known: &KnownFlakes) -> BTreeMap<String, Vec<Flake>> {
+    report
+        .flaky()
+        .filter(|c| c.confirmation() == Some(ConfirmationStatus::KnownFlaky))
+        .filter_map(|c| {
+            let id = c.krate().to_string();
+            known.crates.get(&id).map(|f| (id, f.clone()))
+        })
+        .collect()
 }
 
 /// Loads the experiment's results and confirmations and builds its report (on a blocking
@@ -161,14 +223,7 @@ pub async fn load_report(
     experiment: &ExperimentRow,
 ) -> Result<(Report, Option<(u64, u64)>), ExportError> {
     let input = caldera_db::results::report_input(pool, experiment.id, true).await?;
-    let confirmations = caldera_db::confirmations::of_experiment(pool, experiment.id).await?;
-    let reruns = (confirmations.runs_finished > 0).then(|| {
-        (
-            confirmations.runs_finished.max(0) as u64,
-            confirmations.duration_ms.max(0) as u64,
-        )
-    });
-    let status = confirmation_lookup(&confirmations);
+    let Confirmation { status, reruns, .. } = confirmation(pool, experiment.id).await?;
     let spec = experiment.spec.clone();
     let report = tokio::task::spawn_blocking(move || {
         Report::build_with(input, |k| spec.is_quiet(k), status)
@@ -189,15 +244,12 @@ pub async fn export(
     let experiment = experiments::get(pool, name).await?;
     let t = Instant::now();
     let input = caldera_db::results::report_input(pool, experiment.id, true).await?;
-    let confirmations = caldera_db::confirmations::of_experiment(pool, experiment.id).await?;
+    let Confirmation {
+        status,
+        reruns,
+        known,
+    } = confirmation(pool, experiment.id).await?;
     let load_seconds = t.elapsed().as_secs_f64();
-    let reruns = (confirmations.runs_finished > 0).then(|| {
-        (
-            confirmations.runs_finished.max(0) as u64,
-            confirmations.duration_ms.max(0) as u64,
-        )
-    });
-    let status = confirmation_lookup(&confirmations);
     let t = Instant::now();
     let spec = experiment.spec.clone();
     let report = tokio::task::spawn_blocking(move || {
@@ -206,6 +258,7 @@ pub async fn export(
     .await
     .map_err(|e| ExportError::Task(e.to_string()))??;
     let marks = crate::triage::marks_for_report(pool, &report).await?;
+    let known = Arc::new(known_flakes_of(&report, &known));
     let build_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut summary = write_files(
@@ -214,6 +267,7 @@ pub async fn export(
         Arc::new(report),
         reruns,
         Arc::new(marks),
+        known,
     )
     .await?;
     summary.load_seconds = load_seconds;
@@ -240,6 +294,7 @@ pub async fn write_files(
     report: Arc<Report>,
     reruns: Option<(u64, u64)>,
     marks: Arc<HashMap<CrateId, Mark>>,
+    known_flakes: Arc<BTreeMap<String, Vec<Flake>>>,
 ) -> Result<ExportSummary, ExportError> {
     let name = experiment.name.clone();
     let start = experiment.spec.start.to_string();
@@ -289,10 +344,12 @@ pub async fn write_files(
         let k = keys::report(&name, "results.json")?;
         let r = report.clone();
         let m = marks.clone();
+        let known = known_flakes.clone();
         let n = put_streamed(&*store, &k, "results.json", true, move |w| {
             let json = ResultsJson {
                 report: &r,
                 triage: m.iter().map(|(id, mark)| (id.to_string(), mark)).collect(),
+                known_flakes: &known,
             };
             serde_json::to_writer(io::BufWriter::with_capacity(CHUNK, w), &json)
                 .map_err(io::Error::other)
@@ -375,12 +432,14 @@ pub async fn write_files(
 }
 
 /// `results.json`: the report's JSON, plus `"triage"`: the mark that applies to each marked
-/// regression, by crate id.
+/// regression, by crate id; and `"known_flakes"`: for each crate the report calls known-flaky,
+/// the flakes that explain it, with the evidence (experiment, run, side, log keys).
 #[derive(Serialize)]
 struct ResultsJson<'a> {
     #[serde(flatten)]
     report: &'a Report,
     triage: std::collections::BTreeMap<String, &'a Mark>,
+    known_flakes: &'a BTreeMap<String, Vec<Flake>>,
 }
 
 /// After the scheduler completes an experiment, export its report in the background (the

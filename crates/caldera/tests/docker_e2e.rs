@@ -404,7 +404,7 @@ async fn regressions_are_confirmed_on_another_worker_and_flakes_named() {
     assert_eq!(results["flaky"], serde_json::json!([flaky_id]), "{results}");
     assert_eq!(
         results["confirmation"],
-        serde_json::json!({"confirmed": 2, "flaky": 1, "pending": 0})
+        serde_json::json!({"confirmed": 2, "flaky": 1, "pending": 0, "known_flaky": 0})
     );
     assert_eq!(
         results["regressions"],

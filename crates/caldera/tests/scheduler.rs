@@ -1073,6 +1073,49 @@ async fn a_flake_seen_in_confirmation_runs_is_remembered_across_experiments() {
             "test:net::retries"
         );
     }
+    // a later experiment without re-runs: the same failure is known flaky, named with its
+    // evidence in results.json and kept out of the regressions
+    start_experiment_with(
+        &master.http,
+        &t.operator,
+        "flaky3",
+        &crate_names(3),
+        serde_json::json!({"confirm": 0}),
+    )
+    .await;
+    wait_status(&db.pool, "flaky3", "completed", Duration::from_secs(60)).await;
+    let t0 = std::time::Instant::now();
+    let results = loop {
+        let resp = reqwest::Client::new()
+            .get(format!(
+                "{}/api/v1/experiments/flaky3/report/results.json",
+                master.http
+            ))
+            .bearer_auth(&t.operator)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break resp.json::<serde_json::Value>().await.unwrap();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", resp.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(results["regressions"], serde_json::json!([]), "{results:#}");
+    assert_eq!(results["flaky"], serde_json::json!(["reg:fx00001@1.0.0"]));
+    assert_eq!(results["confirmation"]["known_flaky"], 1);
+    assert_eq!(
+        results["known_flakes"]["reg:fx00001@1.0.0"][0]["subject"],
+        "test:net::retries"
+    );
+    let entry = results["crates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["crate"] == "reg:fx00001@1.0.0")
+        .unwrap();
+    assert_eq!(entry["confirmation"], "known-flaky");
+
     // other crates, and a crate name with no flakes
     let (status, v) = api(
         &master.http,

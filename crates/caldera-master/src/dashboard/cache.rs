@@ -85,8 +85,9 @@ pub async fn build(pool: &PgPool, experiment_id: Uuid) -> Result<Snapshot, DbErr
     let started = Instant::now();
     let before = caldera_db::results::count(pool, experiment_id).await?;
     let input = caldera_db::results::report_input(pool, experiment_id, false).await?;
-    let confirmations = caldera_db::confirmations::of_experiment(pool, experiment_id).await?;
-    let status = crate::export::confirmation_lookup(&confirmations);
+    let status = crate::export::confirmation(pool, experiment_id)
+        .await?
+        .status;
     // the spec does not change after the start, so a snapshot keyed by the result count stays right
     let spec = caldera_db::experiments::specs(pool, &[experiment_id])
         .await?

@@ -120,6 +120,7 @@ pub fn confirmation_badge(c: Option<caldera_core::confirm::ConfirmationStatus>) 
             Some(S::Confirmed) => { " " span.badge.same title="every re-run agreed" { "confirmed" } }
             Some(S::Flaky) => { " " span.badge.warn title="a re-run disagreed" { "flaky" } }
             Some(S::Pending) => { " " span.badge.same title="re-runs still running" { "confirming…" } }
+            Some(S::KnownFlaky) => { " " span.badge.warn title="an earlier run showed this failure to be flaky" { "known flaky" } }
             None => {}
         }
     }
