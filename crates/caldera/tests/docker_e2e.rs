@@ -444,3 +444,75 @@ async fn regressions_are_confirmed_on_another_worker_and_flakes_named() {
     }
     master.stop().await;
 }
+
+/// A calibration (A/A) run over the fixtures that build (stable on both sides, with
+/// confirmation on): no regression and no fix, so nothing to confirm. The canaries are left out:
+/// they test the sandbox, not the comparison, and cost minutes each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_calibration_run_of_the_fixtures_finds_no_regression() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = caldera_storage::open(&StorageConfig::local(dir.path().join("objects"))).unwrap();
+    let master =
+        InProcessMaster::start_with_store(db.pool.clone(), fast_config(), None, store.clone())
+            .await;
+    let t = tokens(&db.pool).await;
+    let (worker, exec, spool) =
+        docker_worker(&master, &t.worker, dir.path(), store, "aa", &[]).await;
+    let crates: Vec<String> = [
+        "pass",
+        "compile-error",
+        "test-fail",
+        "warnings",
+        "debug-overflow",
+        "broken-path-dep",
+        "regress-on-nightly",
+        "fixed-on-nightly",
+        "diagnostics-change-on-nightly",
+        "flaky-on-nightly",
+        "missing-example",
+        "contaminate-a",
+        "contaminate-b",
+    ]
+    .iter()
+    .map(|c| fixture(c))
+    .collect();
+    start_experiment_with(
+        &master.http,
+        &t.operator,
+        "aa",
+        &crates,
+        serde_json::json!({"end": "stable", "calibration": true, "confirm": 1}),
+    )
+    .await;
+    wait_status(&db.pool, "aa", "completed", Duration::from_secs(1200)).await;
+    let t0 = std::time::Instant::now();
+    let results: serde_json::Value = loop {
+        let resp = reqwest::Client::new()
+            .get(format!(
+                "{}/api/v1/experiments/aa/report/results.json",
+                master.http
+            ))
+            .bearer_auth(&t.operator)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break resp.json().await.unwrap();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{}", resp.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let counts = &results["counts"];
+    assert_eq!(
+        (&counts["regressed"], &counts["fixed"]),
+        (&serde_json::json!(0), &serde_json::json!(0)),
+        "{results:#}"
+    );
+    assert_eq!(results["confirmation"]["confirmed"], 0, "{results:#}");
+    assert_eq!(results["total"], crates.len(), "{results:#}");
+    worker.stop().await;
+    exec.shutdown().await;
+    spool.wait_idle().await;
+    master.stop().await;
+}
