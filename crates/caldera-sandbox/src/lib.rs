@@ -24,7 +24,7 @@ mod spec;
 pub mod toolchain;
 
 pub use container::Container;
-pub use error::{Result, SandboxError};
+pub use error::{ContainerLoss, Result, SandboxError};
 pub use log::{CapturedLog, DEFAULT_LOG_CAP};
 pub use sandbox::{EngineInfo, Sandbox};
 pub use spec::{
