@@ -28,8 +28,8 @@ pub use error::{ContainerLoss, Result, SandboxError};
 pub use log::{CapturedLog, DEFAULT_LOG_CAP};
 pub use sandbox::{EngineInfo, Sandbox};
 pub use spec::{
-    DEFAULT_IMAGE, JobMounts, LABEL_OWNER, LABEL_SANDBOX, Limits, SandboxConfig, StepCommand,
-    StepResult, TimeoutKind, Timeouts, ToolchainMount, paths,
+    DEFAULT_IMAGE, DEFAULT_PIDS, JobMounts, LABEL_OWNER, LABEL_SANDBOX, Limits, SandboxConfig,
+    StepCommand, StepResult, TimeoutKind, Timeouts, ToolchainMount, paths,
 };
 pub use toolchain::{
     InstalledToolchain, RustcVersion, default_rustup_home, list_toolchains, resolve_toolchain,

@@ -95,7 +95,7 @@ pub struct DockerExecutorConfig {
 }
 
 impl DockerExecutorConfig {
-    /// Defaults: one slot, the sandbox's default limits and timeouts (4 GiB, 2 CPUs, 512 pids;
+    /// Defaults: one slot, the sandbox's default limits and timeouts (4 GiB, 2 CPUs, 4096 pids;
     /// 15 min / 5 min), 5 MiB logs, an 80 % high-water mark, 10 minutes for log uploads.
     pub fn new(work_dir: impl Into<PathBuf>, rustup_home: impl Into<PathBuf>) -> Self {
         let work_dir = work_dir.into();

@@ -6,7 +6,7 @@ mod docker_common;
 use std::time::{Duration, Instant};
 
 use caldera_core::experiment::Mode;
-use caldera_core::outcome::{BuildFailReason, Outcome};
+use caldera_core::outcome::{BuildFailReason, Outcome, TestFailReason};
 use caldera_sandbox::{Limits, Timeouts};
 use caldera_worker::docker::ExecutorStats;
 use docker_common::{
@@ -216,22 +216,41 @@ async fn canaries_are_contained_and_classified() {
         ))
     };
 
-    for (name, want) in [
-        ("canary-net-build", BuildFailReason::NetworkAccess),
-        ("canary-net-test", BuildFailReason::NetworkAccess),
-        ("canary-mem-bomb", BuildFailReason::Oom),
-        ("canary-silent-loop", BuildFailReason::NoOutputTimeout),
-    ] {
+    // (a limit hit once test binaries ran is `test-fail` with the limit as its reason; the test
+    // in flight is named when the output shows it)
+    let test_fail_for = |reason: TestFailReason| move |o: &Outcome| matches!(o, Outcome::TestFail { reason: Some(r), .. } if *r == reason);
+    let cases: Vec<(&str, Box<dyn Fn(&Outcome) -> bool>)> = vec![
+        (
+            "canary-net-build",
+            Box::new(|o: &Outcome| *o == Outcome::BuildFail(BuildFailReason::NetworkAccess)),
+        ),
+        (
+            "canary-net-test",
+            Box::new(test_fail_for(TestFailReason::NetworkAccess)),
+        ),
+        (
+            "canary-mem-bomb",
+            Box::new(test_fail_for(TestFailReason::Oom)),
+        ),
+        (
+            "canary-silent-loop",
+            Box::new(test_fail_for(TestFailReason::NoOutputTimeout)),
+        ),
+    ];
+    for (name, want) in cases {
         let t0 = Instant::now();
         let out = run(name).await;
         for side in [&out.start, &out.end] {
             let log = h.log(side.log_key.as_deref()).await;
-            assert_eq!(
-                side.outcome,
-                Outcome::BuildFail(want.clone()),
-                "{name}:\n{}",
-                excerpt(&log)
-            );
+            assert!(want(&side.outcome), "{name}:\n{}", excerpt(&log));
+            if name == "canary-mem-bomb" {
+                // the step line of the header names the limit hit
+                assert!(
+                    log.contains("s  killed by the OOM killer, peak memory"),
+                    "{}",
+                    excerpt(&log)
+                );
+            }
         }
         if name == "canary-silent-loop" {
             // two sides, each ended by the 20 s no-output timeout, not the 240 s total one
@@ -728,6 +747,8 @@ async fn a_container_removed_or_killed_from_outside_is_an_error() {
     // side's killed
     for action in [&["rm", "-f"][..], &["kill"][..]] {
         let id = container_running(&h.owner, "deps/fixture_canary_silent_loop-").await;
+        // (the process shows before its first output; give that a moment to reach the log)
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let out = tokio::process::Command::new("docker")
             .args(action)
             .arg(&id)
@@ -810,4 +831,71 @@ async fn a_container_removed_or_killed_from_outside_is_an_error() {
         (Outcome::TestPass, Outcome::TestPass)
     );
     h.executor.shutdown().await;
+}
+
+/// The default limits let a test suite start a thousand threads (the former default of 512 pids
+/// made it fail or hang), and still stop a fork bomb at the pids limit — and the outcome says so:
+/// `test-fail` with reason `pids-limit` (the bomb is in a test), not a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_limits_fit_a_thousand_threads_and_name_the_pids_limit_a_fork_bomb_hits() {
+    let h = harness("pids", |c| {
+        c.limits = Limits::default();
+        c.timeouts = Timeouts {
+            total: Duration::from_secs(240),
+            no_output: Duration::from_secs(20),
+        };
+        c.sandbox_env = env(&[("CALDERA_SANDBOX_CANARY", "1")]);
+    })
+    .await;
+    let run = |name: &'static str| {
+        h.run(spec(
+            "pids",
+            fixture(name),
+            "stable",
+            "nightly",
+            Mode::BuildAndTest,
+        ))
+    };
+    let out = run("many-threads").await;
+    for side in [&out.start, &out.end] {
+        let log = h.log(side.log_key.as_deref()).await;
+        assert_eq!(side.outcome, Outcome::TestPass, "{}", excerpt(&log));
+        assert!(
+            log.contains("tests::a_thousand_threads_meet_at_a_barrier ... ok"),
+            "{}",
+            excerpt(&log)
+        );
+        assert!(
+            log.contains(&format!("{} pids", caldera_sandbox::DEFAULT_PIDS)),
+            "{}",
+            excerpt(&log)
+        );
+    }
+
+    let t0 = Instant::now();
+    let out = run("canary-fork-bomb").await;
+    for side in [&out.start, &out.end] {
+        let log = h.log(side.log_key.as_deref()).await;
+        // (the test in flight may or may not be named: the bomb's copies print nothing)
+        assert!(
+            matches!(
+                &side.outcome,
+                Outcome::TestFail {
+                    reason: Some(TestFailReason::PidsLimit),
+                    ..
+                }
+            ),
+            "{}",
+            excerpt(&log)
+        );
+        assert!(log.contains(", pids limit hit"), "{}", excerpt(&log));
+    }
+    // each side ended by the 20 s no-output timeout once the bomb went silent at the limit
+    assert!(
+        t0.elapsed() < Duration::from_secs(150),
+        "{:?}",
+        t0.elapsed()
+    );
+    let host = tokio::process::Command::new("true").status().await.unwrap();
+    assert!(host.success());
 }
