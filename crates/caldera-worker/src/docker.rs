@@ -35,8 +35,11 @@
 //!    the job returns; [`SideOutput::log_key`] names it.
 //!
 //! Anything the sandbox or the host could not do ([`SandboxError`], storage, I/O) is an `error`
-//! outcome, which the master retries; never a build failure. Cancellation kills the side's
-//! container at once.
+//! outcome, which the master retries; never a build failure. That includes a container removed or
+//! killed from outside while a step ran ([`SandboxError::ContainerLost`]: its processes die by
+//! SIGKILL, status 137, as in an OOM kill, but only the cgroup's OOM counter makes a step `oom`);
+//! the side's log keeps the steps' output up to the kill and names what happened. Cancellation
+//! kills the side's container at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
