@@ -23,7 +23,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::cgroup::{ContainerCgroup, PeakMeter};
-use crate::error::{Result, SandboxError};
+use crate::error::{ContainerLoss, Result, SandboxError};
 use crate::log::LogCapture;
 use crate::sandbox::docker_client;
 use crate::spec::{StepCommand, StepResult, TimeoutKind, paths};
@@ -38,6 +38,11 @@ const EXIT_POLL_MAX: Duration = Duration::from_millis(25);
 const DRIVER_EXIT_GRACE: Duration = Duration::from_secs(5);
 /// Limit for the clean-up exec between steps.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the engine is given to register that a container whose step driver was killed has
+/// died too (its exec's exit and its init's exit are separate events), and that a stopped one is
+/// being removed; only waited for when a step ended without its marker.
+const LOSS_SETTLE: Duration = Duration::from_secs(1);
+const LOSS_POLL: Duration = Duration::from_millis(50);
 
 /// The environment every step starts from (before [`StepCommand::env`]).
 pub(crate) fn base_env(toolchain: &str) -> Vec<(String, String)> {
@@ -77,6 +82,9 @@ pub struct Container {
     cgroup: Option<ContainerCgroup>,
     /// Tasks in the container's pids cgroup when only PID 1 and its sleep run.
     idle_tasks: Option<u64>,
+    /// The host pid of the container's init in the run the steps started in (another pid means
+    /// it was restarted from outside).
+    init_pid: Option<i64>,
     /// The container was killed (or is in doubt) and must be (re)started before the next step.
     needs_start: bool,
     removed: bool,
@@ -134,6 +142,7 @@ impl Container {
             use_host_cgroups,
             cgroup: None,
             idle_tasks: None,
+            init_pid: None,
             needs_start: true,
             removed: false,
             primed: None,
@@ -190,6 +199,7 @@ impl Container {
                 state.exit_code, state.error
             )));
         }
+        self.init_pid = state.pid.filter(|&p| p > 0);
         self.cgroup = if self.use_host_cgroups {
             ContainerCgroup::locate(state.pid.unwrap_or(0), &self.id).await
         } else {
@@ -213,11 +223,21 @@ impl Container {
     /// Makes sure the container runs before a step: restarts it if it was killed or died.
     async fn ensure_running(&mut self) -> Result<()> {
         if !self.needs_start {
-            let inspect = self
+            let inspect = match self
                 .docker
                 .inspect_container(&self.id, None::<InspectContainerOptions>)
                 .await
-                .map_err(SandboxError::docker("inspect container"))?;
+            {
+                Ok(inspect) => inspect,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {
+                    self.removed = true;
+                    self.primed = None;
+                    return Err(self.gone("was removed from outside before its steps"));
+                }
+                Err(e) => return Err(SandboxError::docker("inspect container")(e)),
+            };
             if inspect.state.and_then(|s| s.running) == Some(true) {
                 return Ok(());
             }
@@ -264,7 +284,9 @@ impl Container {
     /// print one by accident; it is cut out of the captured output. Timeouts, OOM kills, the pids
     /// limit and peak memory are attributed per step at the markers. The steps must share their
     /// environment, working directory and toolchain. An `Err` is always an infrastructure failure;
-    /// one result per step that ran.
+    /// one result per step that ran. A container removed, killed or restarted from outside while a
+    /// step runs is [`SandboxError::ContainerLost`] (with the results so far), never a step that
+    /// exited 137: only the cgroup's or the engine's OOM flag makes a SIGKILL an OOM kill.
     pub async fn exec_steps(&mut self, steps: &[StepCommand]) -> Result<Vec<StepResult>> {
         let Some(first) = steps.first() else {
             return Err(SandboxError::Invalid("no steps to run".into()));
@@ -418,6 +440,9 @@ impl Container {
                             }
                         }
                         Some(Err(e)) => {
+                            if let Some(loss) = self.lost_from_outside(None).await? {
+                                return Err(self.lost(loss, results, meter, &mut scanner).await);
+                            }
                             self.kill().await;
                             return Err(SandboxError::Docker { operation: "read step output", source: e });
                         }
@@ -427,11 +452,20 @@ impl Container {
                 }
             } else {
                 // The output closed; the driver may still run (it can be made to close its stdout).
-                let inspect = self
-                    .docker
-                    .inspect_exec(&exec_id)
-                    .await
-                    .map_err(SandboxError::docker("inspect exec"))?;
+                let inspect = match self.docker.inspect_exec(&exec_id).await {
+                    Ok(inspect) => inspect,
+                    Err(e) => {
+                        if done.is_none()
+                            && let Some(loss) = self.lost_from_outside(None).await?
+                        {
+                            return Err(self.lost(loss, results, meter, &mut scanner).await);
+                        }
+                        return Err(SandboxError::Docker {
+                            operation: "inspect exec",
+                            source: e,
+                        });
+                    }
+                };
                 if inspect.running != Some(true) {
                     exit_code = inspect.exit_code;
                     break;
@@ -472,8 +506,12 @@ impl Container {
             result.duration = duration;
             results.push(result);
         } else if done.is_none() {
-            // The driver ended without the step's marker: it was killed (by the step, or with the
-            // container). Its exit status stands for the step's.
+            // The driver ended without the step's marker: it was killed, by the step (its exit
+            // status then stands for the step's), by the OOM killer, or with the container — from
+            // outside, which says nothing about the crate.
+            if let Some(loss) = self.lost_from_outside(exit_code).await? {
+                return Err(self.lost(loss, results, meter, &mut scanner).await);
+            }
             meter.capture.push(&scanner.finish(), meter.start.elapsed());
             let code = exit_code.filter(|&c| c != 0);
             results.push(meter.finish(code, None).await);
@@ -508,6 +546,97 @@ impl Container {
             }
         }
         Ok(results)
+    }
+
+    /// After a step's driver ended without its marker (or its exec could not be followed): was
+    /// the container removed, killed or restarted from outside? `driver_status` is the driver's
+    /// exit status when known; only a driver that died of a signal (≥ 128) or whose status is
+    /// unknown can have died with its container, and only then is the engine given
+    /// [`LOSS_SETTLE`] to register the container's death. `None`: the container still runs the
+    /// run the step started in (the step killed the driver), or it stopped because the OOM
+    /// killer killed its init (the engine's `OOMKilled`; the caller reads it as an OOM kill).
+    async fn lost_from_outside(
+        &mut self,
+        driver_status: Option<i64>,
+    ) -> Result<Option<ContainerLoss>> {
+        let settle_until = Instant::now()
+            + if driver_status.is_none_or(|c| c >= 128) {
+                LOSS_SETTLE
+            } else {
+                Duration::ZERO
+            };
+        let mut stopped: Option<ContainerLoss> = None;
+        loop {
+            let inspect = match self
+                .docker
+                .inspect_container(&self.id, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(inspect) => inspect,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {
+                    self.removed = true;
+                    self.needs_start = true;
+                    self.primed = None;
+                    return Ok(Some(ContainerLoss::Removed));
+                }
+                Err(e) => return Err(SandboxError::docker("inspect container")(e)),
+            };
+            let state = inspect.state.unwrap_or_default();
+            if state.running == Some(true) {
+                if stopped.is_some() || state.pid.filter(|&p| p > 0) != self.init_pid {
+                    // it stopped under the step and runs again: not the run the step was in
+                    self.kill().await;
+                    return Ok(Some(ContainerLoss::Restarted));
+                }
+            } else {
+                self.needs_start = true;
+                self.primed = None;
+                if state.oom_killed == Some(true) {
+                    // the OOM killer took the container's init: the memory limit, not a loss
+                    return Ok(None);
+                }
+                // (a `docker rm -f` kills first and removes a moment later: the removal is
+                // waited for a little, so that it is named as such)
+                stopped = Some(ContainerLoss::Stopped {
+                    exit_code: state.exit_code,
+                });
+            }
+            if Instant::now() >= settle_until {
+                return Ok(stopped);
+            }
+            tokio::time::sleep(LOSS_POLL).await;
+        }
+    }
+
+    /// The error for a container lost from outside during the step `meter` measures, with the
+    /// results of the steps that ran (the interrupted one last, with its output so far).
+    async fn lost(
+        &self,
+        loss: ContainerLoss,
+        mut results: Vec<StepResult>,
+        mut meter: StepMeter,
+        scanner: &mut MarkerScanner,
+    ) -> SandboxError {
+        meter
+            .capture
+            .push(&std::mem::take(&mut scanner.pending), meter.start.elapsed());
+        // (the counters of a dead container's cgroup are gone; nothing is read from it)
+        let interrupted = meter.into_result((false, false, None), None, None);
+        results.push(interrupted);
+        tracing::warn!(
+            container = self.name,
+            step = results.len(),
+            %loss,
+            "the sandbox container was lost from outside during a step"
+        );
+        SandboxError::ContainerLost {
+            container: self.name.clone(),
+            step: results.len(),
+            loss,
+            steps: results,
+        }
     }
 
     /// Starts a step driver ahead of the next [`exec_steps`](Self::exec_steps) with the default

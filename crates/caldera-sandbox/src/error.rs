@@ -8,6 +8,8 @@
 
 use std::path::PathBuf;
 
+use crate::spec::StepResult;
+
 /// Infrastructure failure of the sandbox.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -40,6 +42,21 @@ pub enum SandboxError {
     /// The container died or disappeared in a way the sandbox could not recover from.
     #[error("sandbox container {container}: {message}")]
     Container { container: String, message: String },
+
+    /// The container was removed, killed or stopped from outside (an operator's `docker rm -f` or
+    /// `docker kill`, a sweep, the engine) while step `step` (1-based, of the steps handed to
+    /// [`Container::exec_steps`](crate::Container::exec_steps)) ran. Its processes died with
+    /// SIGKILL, exactly as an OOM kill ends them, but the crate did nothing: this is never `oom` nor
+    /// a build or test failure. `steps` holds the results of the steps that ran, the interrupted
+    /// one last (its output up to the kill; its exit status is the kill's, and means nothing about
+    /// the crate), for the caller's log.
+    #[error("the sandbox container {container} was {loss} during step {step}")]
+    ContainerLost {
+        container: String,
+        step: usize,
+        loss: ContainerLoss,
+        steps: Vec<StepResult>,
+    },
 
     /// A host directory meant to be mounted is missing or unusable.
     #[error("mount {role} ({path}): {message}")]
@@ -90,6 +107,32 @@ impl SandboxError {
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| SandboxError::Io { context, source }
+    }
+}
+
+/// How a container was lost from outside during a step (see [`SandboxError::ContainerLost`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerLoss {
+    /// The container no longer exists (`docker rm -f`, a sweep of leftover containers).
+    Removed,
+    /// The container stopped (`docker kill`, `docker stop`, the engine stopping or restarting)
+    /// without the engine or the cgroup counting an OOM kill. `exit_code` is the container's, as
+    /// the engine reports it (137 after SIGKILL).
+    Stopped { exit_code: Option<i64> },
+    /// The container runs again, but not the run the step started in (`docker restart`).
+    Restarted,
+}
+
+impl std::fmt::Display for ContainerLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContainerLoss::Removed => f.write_str("removed from outside"),
+            ContainerLoss::Stopped {
+                exit_code: Some(code),
+            } => write!(f, "killed from outside (container exit status {code})"),
+            ContainerLoss::Stopped { exit_code: None } => f.write_str("killed from outside"),
+            ContainerLoss::Restarted => f.write_str("restarted from outside"),
+        }
     }
 }
 

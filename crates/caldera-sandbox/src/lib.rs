@@ -24,12 +24,12 @@ mod spec;
 pub mod toolchain;
 
 pub use container::Container;
-pub use error::{Result, SandboxError};
+pub use error::{ContainerLoss, Result, SandboxError};
 pub use log::{CapturedLog, DEFAULT_LOG_CAP};
 pub use sandbox::{EngineInfo, Sandbox};
 pub use spec::{
-    DEFAULT_IMAGE, JobMounts, LABEL_OWNER, LABEL_SANDBOX, Limits, SandboxConfig, StepCommand,
-    StepResult, TimeoutKind, Timeouts, ToolchainMount, paths,
+    DEFAULT_IMAGE, DEFAULT_PIDS, JobMounts, LABEL_OWNER, LABEL_SANDBOX, Limits, SandboxConfig,
+    StepCommand, StepResult, TimeoutKind, Timeouts, ToolchainMount, paths,
 };
 pub use toolchain::{
     InstalledToolchain, RustcVersion, default_rustup_home, list_toolchains, resolve_toolchain,

@@ -104,18 +104,32 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// CPUs (may be fractional).
     pub cpus: f64,
-    /// Maximum number of tasks (processes and threads).
+    /// Maximum number of tasks (processes and threads); default [`DEFAULT_PIDS`].
     pub pids: u32,
     /// Size of the tmpfs at `/tmp` (counts against the memory limit when used).
     pub tmp_bytes: u64,
 }
+
+/// The default pids limit (tasks: processes and threads) of a sandbox container.
+///
+/// Set from what real builds need, measured as the container's `pids.peak` (docs/benchmarks.md,
+/// "Sandbox pids limit"): a test that starts 1,000 threads meeting at a barrier (the
+/// `many-threads` fixture) peaks at 1,005 tasks, so it failed under the former default of 512;
+/// building caldera-sandbox's tests from scratch (105 crates) peaks at 23 tasks with cargo's
+/// default 2 jobs and at 102 with `-j16`; building and running caldera-core's tests, 22. crater
+/// sets no limit at all, but a fork bomb must still be stopped. 4096 leaves room for four such
+/// thousand-thread tests at once (libtest runs one test per CPU) and a wide build beside them,
+/// and still stops the `canary-fork-bomb` fixture within about 2 s of its start, at 716 MiB
+/// (512: 0.3 s, 120 MiB; 8192: 7.9 s, 1,062 MiB) — well inside the default 4 GiB of memory, so a
+/// bomb ends as `pids-limit`, not `oom`.
+pub const DEFAULT_PIDS: u32 = 4096;
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             memory_bytes: 4 << 30,
             cpus: 2.0,
-            pids: 512,
+            pids: DEFAULT_PIDS,
             tmp_bytes: 1 << 30,
         }
     }

@@ -851,3 +851,100 @@ async fn bad_mounts_and_leftover_containers() {
         "{gone:?}"
     );
 }
+
+/// Runs `sh -c 'echo started; sleep 120'` as the second of two steps and, once it runs, does
+/// `docker <action> <container>` from outside; returns what `exec_steps` made of it, and what the
+/// container does with the next exec.
+async fn step_interrupted_from_outside(
+    test: &str,
+    action: &'static [&'static str],
+) -> (
+    caldera_sandbox::Result<Vec<caldera_sandbox::StepResult>>,
+    caldera_sandbox::Result<caldera_sandbox::StepResult>,
+) {
+    let (_sandbox, _dirs, mut container) = stable_job(test, "pass", test_limits()).await;
+    let id = container.id().to_owned();
+    let outside = tokio::spawn(async move {
+        // once the sleeping step runs
+        for _ in 0..600 {
+            let top = tokio::process::Command::new("docker")
+                .args(["top", &id])
+                .output()
+                .await
+                .unwrap();
+            if String::from_utf8_lossy(&top.stdout).contains("sleep 120") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let out = tokio::process::Command::new("docker")
+            .args(action)
+            .arg(&id)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "docker {action:?} {id}: {out:?}");
+    });
+    let sh = |script: &str| StepCommand::new(["sh", "-c", script]);
+    let results = container
+        .exec_steps(&[sh("echo first"), sh("echo started; sleep 120")])
+        .await;
+    outside.await.unwrap();
+    eprintln!("--- after docker {action:?}: {results:?}");
+    let next = container.exec(&sh("echo next")).await;
+    eprintln!("--- the next exec: {next:?}");
+    (results, next)
+}
+
+/// A container removed or killed from outside ends its step with SIGKILL, like an OOM kill; it is
+/// an infrastructure error naming what happened, with the output so far, never a step result.
+fn assert_lost(
+    results: caldera_sandbox::Result<Vec<caldera_sandbox::StepResult>>,
+    want: &caldera_sandbox::ContainerLoss,
+) {
+    match results {
+        Err(SandboxError::ContainerLost {
+            step, loss, steps, ..
+        }) => {
+            assert_eq!((step, &loss), (2, want));
+            assert_eq!(steps.len(), 2);
+            assert!(steps[0].success(), "{:?}", steps[0]);
+            assert!(steps[1].output.contains("started"), "{:?}", steps[1]);
+            assert!(!steps[1].oom_killed && !steps[1].success());
+        }
+        other => panic!("want the container lost ({want}), got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_container_removed_mid_step_is_an_error_not_oom() {
+    let (results, next) = step_interrupted_from_outside("removed", &["rm", "-f"]).await;
+    let message = results.as_ref().map(|_| ()).unwrap_err().to_string();
+    assert!(
+        message.contains("was removed from outside during step 2"),
+        "{message}"
+    );
+    assert_lost(results, &caldera_sandbox::ContainerLoss::Removed);
+    let next = next.unwrap_err();
+    assert!(next.is_retryable(), "{next}");
+    assert!(next.to_string().contains("removed"), "{next}");
+}
+
+#[tokio::test]
+async fn a_container_killed_mid_step_is_an_error_not_oom() {
+    let (results, next) = step_interrupted_from_outside("killed", &["kill"]).await;
+    let message = results.as_ref().map(|_| ()).unwrap_err().to_string();
+    assert!(
+        message.contains("was killed from outside (container exit status 137) during step 2"),
+        "{message}"
+    );
+    assert_lost(
+        results,
+        &caldera_sandbox::ContainerLoss::Stopped {
+            exit_code: Some(137),
+        },
+    );
+    // the killed container is started again for the next steps
+    let next = next.unwrap();
+    assert!(next.success() && next.output.contains("next"), "{next:?}");
+}

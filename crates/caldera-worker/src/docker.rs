@@ -36,8 +36,11 @@
 //!    the job returns; [`SideOutput::log_key`] names it.
 //!
 //! Anything the sandbox or the host could not do ([`SandboxError`], storage, I/O) is an `error`
-//! outcome, which the master retries; never a build failure. Cancellation kills the side's
-//! container at once.
+//! outcome, which the master retries; never a build failure. That includes a container removed or
+//! killed from outside while a step ran ([`SandboxError::ContainerLost`]: its processes die by
+//! SIGKILL, status 137, as in an OOM kill, but only the cgroup's OOM counter makes a step `oom`);
+//! the side's log keeps the steps' output up to the kill and names what happened. Cancellation
+//! kills the side's container at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -96,7 +99,7 @@ pub struct DockerExecutorConfig {
 }
 
 impl DockerExecutorConfig {
-    /// Defaults: one slot, the sandbox's default limits and timeouts (4 GiB, 2 CPUs, 512 pids;
+    /// Defaults: one slot, the sandbox's default limits and timeouts (4 GiB, 2 CPUs, 4096 pids;
     /// 15 min / 5 min), 5 MiB logs, an 80 % high-water mark, 10 minutes for log uploads.
     pub fn new(work_dir: impl Into<PathBuf>, rustup_home: impl Into<PathBuf>) -> Self {
         let work_dir = work_dir.into();
@@ -1362,10 +1365,50 @@ impl Inner {
             // all steps in one exec: it stops after the first that fails
             let cmds: Vec<StepCommand> = commands.iter().map(|(_, c)| c.clone()).collect();
             let exec_t0 = Instant::now();
-            let step_results = container
-                .exec_steps(&cmds)
-                .await
-                .map_err(|e| sandbox_reason(&e))?;
+            let step_results = match container.exec_steps(&cmds).await {
+                Ok(results) => results,
+                Err(SandboxError::ContainerLost {
+                    step, loss, steps, ..
+                }) => {
+                    // Killed or removed from outside: SIGKILL like an OOM kill, but nothing the
+                    // crate did. The steps that ran go to the log; the side is an `error`.
+                    let kind = commands
+                        .get(step.saturating_sub(1))
+                        .map_or(StepKind::Build, |(k, _)| *k);
+                    let reason =
+                        format!("the sandbox container was {loss} during step {step} ({kind})");
+                    for (i, ((kind, cmd), result)) in commands.iter().zip(&steps).enumerate() {
+                        let name = if attempt == 0 {
+                            kind.as_str().to_owned()
+                        } else {
+                            format!("{kind} (clean re-run)")
+                        };
+                        let end = if i + 1 == steps.len() {
+                            format!("interrupted: the sandbox container was {loss}")
+                        } else {
+                            termination(result).map_or_else(String::new, |t| t.to_string())
+                        };
+                        peak = peak.max(result.peak_memory_bytes.unwrap_or(0));
+                        steps_out.push((name.clone(), result.duration));
+                        step_lines.push(format!(
+                            "{name:<24} {:>8.2} s  {end}{}",
+                            result.duration.as_secs_f64(),
+                            limit_notes(result, true)
+                        ));
+                        write_step_output(body, i, commands.len(), &name, cmd, result, &end);
+                    }
+                    return Ok(SideRun {
+                        outcome: Outcome::Error { reason },
+                        classification: None,
+                        steps: steps_out,
+                        step_lines,
+                        peak_memory_bytes: peak,
+                        body: Vec::new(),
+                        duration: Duration::ZERO,
+                    });
+                }
+                Err(e) => return Err(sandbox_reason(&e)),
+            };
             tracing::debug!(
                 elapsed = ?exec_t0.elapsed(),
                 steps = ?step_results.iter().map(|r| r.duration).collect::<Vec<_>>(),
@@ -1387,42 +1430,18 @@ impl Inner {
                 };
                 steps_out.push((name.clone(), result.duration));
                 step_lines.push(format!(
-                    "{name:<24} {:>8.2} s  {term}{}{}",
+                    "{name:<24} {:>8.2} s  {term}{}",
                     result.duration.as_secs_f64(),
-                    result
-                        .peak_memory_bytes
-                        .map(|p| format!(", peak memory {}", fmt_bytes(p)))
-                        .unwrap_or_default(),
-                    if result.pids_limit_hit {
-                        ", pids limit hit"
-                    } else {
-                        ""
-                    }
+                    limit_notes(&result, true)
                 ));
-                let _ = write!(
-                    LogText(body),
-                    "\n==== step {}/{}: {name}: {} ====\n",
-                    i + 1,
+                write_step_output(
+                    body,
+                    i,
                     commands.len(),
-                    cmd.argv.join(" ")
-                );
-                body.extend_from_slice(result.output.as_bytes());
-                if !result.output.as_bytes().ends_with(b"\n") {
-                    body.push(b'\n');
-                }
-                let _ = writeln!(
-                    LogText(body),
-                    "==== {name}: {term} after {:.2} s{} ====",
-                    result.duration.as_secs_f64(),
-                    if result.output.truncated() {
-                        format!(
-                            ", output truncated ({} of {} bytes omitted)",
-                            result.output.omitted_bytes(),
-                            result.output.output_bytes()
-                        )
-                    } else {
-                        String::new()
-                    }
+                    &name,
+                    cmd,
+                    &result,
+                    &term.to_string(),
                 );
                 let success = term.success();
                 results.push((*kind, term, result));
@@ -1629,6 +1648,63 @@ impl std::fmt::Write for LogText<'_> {
         self.0.extend_from_slice(s.as_bytes());
         Ok(())
     }
+}
+
+/// What a step's line adds to its termination: its peak memory (`with_peak`), and the limits the
+/// cgroup counted it hitting: a failed fork at the pids limit, and an OOM kill in a step that
+/// ended by a timeout (otherwise an OOM kill is the termination itself, "killed by the OOM
+/// killer").
+fn limit_notes(result: &StepResult, with_peak: bool) -> String {
+    let mut notes = String::new();
+    if let Some(p) = result.peak_memory_bytes.filter(|_| with_peak) {
+        let _ = write!(notes, ", peak memory {}", fmt_bytes(p));
+    }
+    if result.oom_killed && result.timed_out.is_some() {
+        // (otherwise the termination itself says "killed by the OOM killer")
+        notes.push_str(", memory limit hit (OOM kill)");
+    }
+    if result.pids_limit_hit {
+        notes.push_str(", pids limit hit");
+    }
+    notes
+}
+
+/// Appends step `i`'s section to a side's log: a header with its command, its output, and a
+/// footer with how it ended.
+fn write_step_output(
+    body: &mut Vec<u8>,
+    i: usize,
+    of: usize,
+    name: &str,
+    cmd: &StepCommand,
+    result: &StepResult,
+    end: &str,
+) {
+    let _ = write!(
+        LogText(body),
+        "\n==== step {}/{of}: {name}: {} ====\n",
+        i + 1,
+        cmd.argv.join(" ")
+    );
+    body.extend_from_slice(result.output.as_bytes());
+    if !result.output.as_bytes().ends_with(b"\n") {
+        body.push(b'\n');
+    }
+    let _ = writeln!(
+        LogText(body),
+        "==== {name}: {end} after {:.2} s{}{} ====",
+        result.duration.as_secs_f64(),
+        limit_notes(result, false),
+        if result.output.truncated() {
+            format!(
+                ", output truncated ({} of {} bytes omitted)",
+                result.output.omitted_bytes(),
+                result.output.output_bytes()
+            )
+        } else {
+            String::new()
+        }
+    );
 }
 
 fn sandbox_reason(e: &SandboxError) -> String {

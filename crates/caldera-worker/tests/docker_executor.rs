@@ -244,6 +244,14 @@ async fn canaries_are_contained_and_classified() {
                 excerpt(&log)
             );
             assert!(side.outcome.is_spurious(), "{name}: {}", side.outcome);
+            if name == "canary-mem-bomb" {
+                // the step line of the header names the limit hit
+                assert!(
+                    log.contains("s  killed by the OOM killer, peak memory"),
+                    "{}",
+                    excerpt(&log)
+                );
+            }
         }
         if name == "canary-silent-loop" {
             // two sides, each ended by the 20 s no-output timeout, not the 240 s total one
@@ -773,4 +781,220 @@ async fn targets_the_package_does_not_ship_are_dropped_not_prepare_fail() {
         // the listed test whose file is shipped was kept, and ran
         assert!(log.contains("shipped_test_runs ... ok"), "{}", excerpt(log));
     }
+}
+
+/// The id of this harness's container whose processes include `needle`, once there is one.
+async fn container_running(owner: &str, needle: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "no container of {owner} ever ran {needle}"
+        );
+        for line in containers_owned_by(owner) {
+            let id = line.rsplit(' ').next().unwrap().to_owned();
+            let top = tokio::process::Command::new("docker")
+                .args(["top", &id])
+                .output()
+                .await
+                .unwrap();
+            if String::from_utf8_lossy(&top.stdout).contains(needle) {
+                return id;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A container removed (`docker rm -f`) or killed (`docker kill`) from outside while a step runs
+/// dies by SIGKILL as an OOM kill would: the side is an `error` naming what happened (the master
+/// retries it), never `oom` nor a test failure, and its log keeps the output so far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_removed_or_killed_from_outside_is_an_error() {
+    let h = harness("lost", |c| {
+        c.timeouts = Timeouts {
+            total: Duration::from_secs(600),
+            no_output: Duration::from_secs(600),
+        };
+    })
+    .await;
+    let job = spec(
+        "lost",
+        fixture("canary-silent-loop"),
+        "stable",
+        "nightly",
+        Mode::BuildAndTest,
+    );
+    let run = tokio::spawn({
+        let h_exec = h.executor.clone();
+        async move {
+            use caldera_worker::Executor;
+            h_exec
+                .run(
+                    caldera_worker::Assignment {
+                        job_id: 1,
+                        lease_token: "t".into(),
+                        attempt: 1,
+                        spec: job,
+                    },
+                    CancellationToken::new(),
+                )
+                .await
+        }
+    });
+    // each side's test spins silently in its container: the start side's is removed, the end
+    // side's killed
+    for action in [&["rm", "-f"][..], &["kill"][..]] {
+        let id = container_running(&h.owner, "deps/fixture_canary_silent_loop-").await;
+        // (the process shows before its first output; give that a moment to reach the log)
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let out = tokio::process::Command::new("docker")
+            .args(action)
+            .arg(&id)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "docker {action:?} {id}: {out:?}");
+        // (the next side's container is found once this one no longer runs the test)
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            let top = tokio::process::Command::new("docker")
+                .args(["top", &id])
+                .output()
+                .await
+                .unwrap();
+            if !String::from_utf8_lossy(&top.stdout).contains("fixture_canary_silent_loop") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let out = run.await.unwrap();
+    for (side, want) in [
+        (
+            &out.start,
+            "the sandbox container was removed from outside during step 3 (test)",
+        ),
+        (
+            &out.end,
+            "the sandbox container was killed from outside (container exit status 137) during \
+             step 3 (test)",
+        ),
+    ] {
+        let log = h.log(side.log_key.as_deref()).await;
+        assert_eq!(
+            side.outcome,
+            Outcome::Error {
+                reason: want.into()
+            },
+            "{}",
+            excerpt(&log)
+        );
+        assert!(
+            log.contains(&format!("outcome:     error — {want}")),
+            "{}",
+            excerpt(&log)
+        );
+        // the steps that ran are in the log, the interrupted one named as such
+        assert!(
+            log.contains("==== step 3/3: test: cargo test"),
+            "{}",
+            excerpt(&log)
+        );
+        assert!(log.contains("running 1 test"), "{}", excerpt(&log));
+        assert!(
+            log.contains("==== test: interrupted: the sandbox container was"),
+            "{}",
+            excerpt(&log)
+        );
+        let names: Vec<&str> = side
+            .steps
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !n.starts_with("prepare:"))
+            .collect();
+        assert_eq!(names, ["build", "test-no-run", "test"]);
+    }
+    // a job after that runs normally
+    let out = h
+        .run(spec(
+            "lost",
+            fixture("pass"),
+            "stable",
+            "nightly",
+            Mode::BuildAndTest,
+        ))
+        .await;
+    assert_eq!(
+        (out.start.outcome, out.end.outcome),
+        (Outcome::TestPass, Outcome::TestPass)
+    );
+    h.executor.shutdown().await;
+}
+
+/// The default limits let a test suite start a thousand threads (the former default of 512 pids
+/// made it fail or hang), and still stop a fork bomb at the pids limit — and the outcome says so:
+/// `test-fail` with reason `pids-limit` (the bomb is in a test), not a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_limits_fit_a_thousand_threads_and_name_the_pids_limit_a_fork_bomb_hits() {
+    let h = harness("pids", |c| {
+        c.limits = Limits::default();
+        c.timeouts = Timeouts {
+            total: Duration::from_secs(240),
+            no_output: Duration::from_secs(20),
+        };
+        c.sandbox_env = env(&[("CALDERA_SANDBOX_CANARY", "1")]);
+    })
+    .await;
+    let run = |name: &'static str| {
+        h.run(spec(
+            "pids",
+            fixture(name),
+            "stable",
+            "nightly",
+            Mode::BuildAndTest,
+        ))
+    };
+    let out = run("many-threads").await;
+    for side in [&out.start, &out.end] {
+        let log = h.log(side.log_key.as_deref()).await;
+        assert_eq!(side.outcome, Outcome::TestPass, "{}", excerpt(&log));
+        assert!(
+            log.contains("tests::a_thousand_threads_meet_at_a_barrier ... ok"),
+            "{}",
+            excerpt(&log)
+        );
+        assert!(
+            log.contains(&format!("{} pids", caldera_sandbox::DEFAULT_PIDS)),
+            "{}",
+            excerpt(&log)
+        );
+    }
+
+    let t0 = Instant::now();
+    let out = run("canary-fork-bomb").await;
+    for side in [&out.start, &out.end] {
+        let log = h.log(side.log_key.as_deref()).await;
+        // (the test in flight may or may not be named: the bomb's copies print nothing)
+        assert!(
+            matches!(
+                &side.outcome,
+                Outcome::TestFail {
+                    reason: Some(TestFailReason::PidsLimit),
+                    ..
+                }
+            ),
+            "{}",
+            excerpt(&log)
+        );
+        assert!(log.contains(", pids limit hit"), "{}", excerpt(&log));
+    }
+    // each side ended by the 20 s no-output timeout once the bomb went silent at the limit
+    assert!(
+        t0.elapsed() < Duration::from_secs(150),
+        "{:?}",
+        t0.elapsed()
+    );
+    let host = tokio::process::Command::new("true").status().await.unwrap();
+    assert!(host.success());
 }

@@ -66,8 +66,9 @@ pub struct ExecutorArgs {
     /// CPUs per sandbox (may be fractional).
     #[arg(long, env = "CALDERA_CPUS", default_value_t = 2.0)]
     pub cpus: f64,
-    /// Most processes and threads per sandbox.
-    #[arg(long, env = "CALDERA_PIDS", default_value_t = 512)]
+    /// Most processes and threads per sandbox (a test suite may start a thousand threads; the
+    /// limit is there to stop fork bombs).
+    #[arg(long, env = "CALDERA_PIDS", default_value_t = caldera_sandbox::DEFAULT_PIDS)]
     pub pids: u32,
     /// Size of each sandbox's /tmp (counts against its memory).
     #[arg(long, env = "CALDERA_TMP_SIZE", default_value = "1GiB", value_parser = parse_size)]
