@@ -743,6 +743,31 @@ async fn dependencies_published_unreadable_are_readable_in_the_sandbox() {
         "{}",
         excerpt(&log)
     );
+    // a farm-provided file the sandbox cannot read (marked done, so nothing fixes it) is the
+    // farm's fault: `error` on both sides, never the crate's build failure
+    let lib = index.join("fnv-1.0.7/lib.rs");
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = h
+        .run(spec(
+            "unreadable-farm",
+            fixture("registry-unreadable-dep"),
+            "stable",
+            "nightly",
+            Mode::CheckOnly,
+        ))
+        .await;
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for side in [&out.start, &out.end] {
+        let log = h.log(side.log_key.as_deref()).await;
+        assert!(
+            matches!(&side.outcome, Outcome::Error { reason }
+                if reason.contains("could not read a path the farm provides")
+                    && reason.contains("Permission denied")),
+            "{}\n{}",
+            side.outcome,
+            excerpt(&log)
+        );
+    }
 }
 
 /// A manifest naming an example the package does not ship is tidied (the entry dropped, and
