@@ -536,8 +536,9 @@ async fn report(
     println!("per crate:");
     for c in report.crates() {
         match c.confirmation() {
+            // the comparison stays the line's last word (scripts read it)
             Some(status) => println!(
-                "  {:<60} {} ({status})",
+                "  {:<60} [{status}] {}",
                 c.krate().to_string(),
                 c.comparison()
             ),
