@@ -1115,6 +1115,21 @@ async fn a_flake_seen_in_confirmation_runs_is_remembered_across_experiments() {
         .find(|c| c["crate"] == "reg:fx00001@1.0.0")
         .unwrap();
     assert_eq!(entry["confirmation"], "known-flaky");
+    // the crate's dashboard page shows what the flaky memory knows, and the badge
+    let page = reqwest::Client::new()
+        .get(format!(
+            "{}/experiments/flaky3/crates/reg%3Afx00001%401.0.0",
+            master.http
+        ))
+        .bearer_auth(&t.operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Known flaky"), "{page}");
+    assert!(page.contains("test:net::retries"), "{page}");
+    assert!(page.contains("known flaky</span>"), "{page}");
 
     // other crates, and a crate name with no flakes
     let (status, v) = api(

@@ -609,6 +609,13 @@ pub async fn krate(
         }
         _ => None,
     };
+    // what the flaky memory knows of this crate version (registry crates)
+    let flakes = match &id {
+        CrateId::Registry { name, version, .. } => {
+            caldera_db::flakes::of_crate(&state.pool, name, Some(&version.to_string())).await?
+        }
+        _ => Vec::new(),
+    };
     let label = crate_label(&id);
     let steps_of = |d: &SideDetail| {
         html! {
@@ -639,6 +646,26 @@ pub async fn krate(
             }
         }
         @if let Some(t) = triage { (t) }
+        @if !flakes.is_empty() {
+            h2 #flakes { "Known flaky" }
+            p.small { "What re-runs and calibration runs of this version saw differ between runs that should have agreed; a later failure these explain is reported known-flaky." }
+            table {
+                thead { tr { th { "subject" } th.num { "times seen" } th { "last seen" } } }
+                tbody {
+                    @for f in &flakes {
+                        tr {
+                            td { code { (f.subject) } }
+                            td.num { (f.count) }
+                            td {
+                                a href=(experiment_href(&f.last.experiment)) { (f.last.experiment) }
+                                " · " (f.last.source.as_str()) " run " (f.last.run) ", " (f.last.side) " side · "
+                                (views::timestamp(f.last_seen))
+                            }
+                        }
+                    }
+                }
+            }
+        }
         h2 { "Runs" }
         table #runs {
             thead { tr { th {} th { "start: " code { (e.spec.start.to_string()) } } th { "end: " code { (e.spec.end.to_string()) } } } }
