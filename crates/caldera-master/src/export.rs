@@ -176,14 +176,14 @@ pub fn confirmation_lookup(
 
 /// What the report needs besides the results: the confirmation statuses (re-runs and the flaky
 /// memory), the re-runs' count and cost, and the known flakes of the crates called known-flaky.
-pub(crate) struct Confirmation {
+pub struct Confirmation {
     pub status: Box<dyn Fn(&CrateResult, Comparison) -> Option<ConfirmationStatus> + Send>,
     pub reruns: Option<(u64, u64)>,
     pub known: KnownFlakes,
 }
 
 /// Reads an experiment's confirmation runs and its crates' known flakes.
-pub(crate) async fn confirmation(
+pub async fn confirmation(
     pool: &PgPool,
     experiment_id: uuid::Uuid,
 ) -> Result<Confirmation, DbError> {

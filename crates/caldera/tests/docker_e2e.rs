@@ -37,56 +37,25 @@ async fn fixtures_through_api_scheduler_worker_and_docker() {
             .await;
     let t = tokens(&db.pool).await;
 
-    // the worker: the Docker executor over its own work dir, uploading to the master's store
-    let spool = Arc::new(
-        Spool::open(
-            store.clone(),
-            SpoolConfig::new(dir.path().join("upload-spool")),
-        )
-        .await
-        .unwrap(),
-    );
-    let sandbox = Sandbox::connect(SandboxConfig {
-        owner: format!("test-e2e-{}", std::process::id()),
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let rustup_home = default_rustup_home().expect("RUSTUP_HOME or HOME");
-    let mut config = DockerExecutorConfig::new(dir.path().join("work"), &rustup_home);
-    config.slots = 2;
-    config.limits = Limits {
-        memory_bytes: 1 << 30,
-        cpus: 1.0,
-        pids: 512,
-        tmp_bytes: 256 << 20,
-    };
-    config.timeouts = Timeouts {
-        total: Duration::from_secs(300),
-        no_output: Duration::from_secs(120),
-    };
-    let executor = Arc::new(DockerExecutor::new(config, sandbox, spool.clone()).unwrap());
-    let mut wconfig = worker_config(
-        &master.grpc,
+    // the worker: the Docker executor over its own work dir, uploading to the master's store;
+    // a fast lease would expire during real builds: keep the fast heartbeats, which renew it
+    let (worker, executor, spool) = docker_worker(
+        &master,
         &t.worker,
+        dir.path(),
+        store.clone(),
         "docker-e2e",
         2,
-        &dir.path().join("spool"),
-    );
-    wconfig.capabilities = caldera_worker::docker::capabilities(&rustup_home)
-        .await
-        .unwrap();
-    assert!(
-        wconfig
-            .capabilities
-            .iter()
-            .any(|c| c == "toolchain:nightly"),
-        "this test needs a nightly toolchain in {}: {:?}",
-        rustup_home.display(),
-        wconfig.capabilities
-    );
-    // a fast lease would expire during real builds: keep the fast heartbeats, which renew it
-    let worker = InProcessWorker::spawn_with(wconfig, executor.clone());
+        |config| {
+            config.limits = Limits {
+                memory_bytes: 1 << 30,
+                cpus: 1.0,
+                pids: 512,
+                tmp_bytes: 256 << 20,
+            };
+        },
+    )
+    .await;
 
     // crate → (start outcome kind, end outcome kind, comparison)
     let expected: BTreeMap<&str, (&str, &str, &str)> = [
@@ -213,15 +182,16 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// A worker with the Docker executor over its own work dir (inside `dir`), uploading to `store`,
-/// with `sandbox_env` added to its sandboxes' environment.
+/// A worker with `slots` slots and the Docker executor over its own work dir (inside `dir`),
+/// uploading to `store`; `tweak` adjusts the executor's configuration.
 async fn docker_worker(
     master: &InProcessMaster,
     token: &str,
     dir: &std::path::Path,
     store: Arc<dyn caldera_storage::ObjectStore>,
     name: &str,
-    sandbox_env: &[(&str, &str)],
+    slots: u32,
+    tweak: impl FnOnce(&mut DockerExecutorConfig),
 ) -> (InProcessWorker, Arc<DockerExecutor>, Arc<Spool>) {
     let dir = dir.join(name);
     let spool = Arc::new(
@@ -237,20 +207,26 @@ async fn docker_worker(
     .unwrap_or_else(|e| panic!("{e}"));
     let rustup_home = default_rustup_home().expect("RUSTUP_HOME or HOME");
     let mut config = DockerExecutorConfig::new(dir.join("work"), &rustup_home);
-    config.slots = 1;
+    config.slots = slots;
     config.timeouts = Timeouts {
         total: Duration::from_secs(300),
         no_output: Duration::from_secs(120),
     };
-    config.sandbox_env = sandbox_env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    tweak(&mut config);
     let executor = Arc::new(DockerExecutor::new(config, sandbox, spool.clone()).unwrap());
-    let mut wconfig = worker_config(&master.grpc, token, name, 1, &dir.join("spool"));
+    let mut wconfig = worker_config(&master.grpc, token, name, slots, &dir.join("spool"));
     wconfig.capabilities = caldera_worker::docker::capabilities(&rustup_home)
         .await
         .unwrap();
+    assert!(
+        wconfig
+            .capabilities
+            .iter()
+            .any(|c| c == "toolchain:nightly"),
+        "these tests need a nightly toolchain in {}: {:?}",
+        rustup_home.display(),
+        wconfig.capabilities
+    );
     let worker = InProcessWorker::spawn_with(wconfig, executor.clone());
     (worker, executor, spool)
 }
@@ -274,7 +250,8 @@ async fn regressions_are_confirmed_on_another_worker_and_flakes_named() {
         dir.path(),
         store.clone(),
         "first",
-        &[("CALDERA_FIXTURE_FLAKY", "1")],
+        1,
+        |c| c.sandbox_env = [("CALDERA_FIXTURE_FLAKY".to_owned(), "1".to_owned())].into(),
     )
     .await;
     // the flaky crate first, so that the only worker connected takes its first run
@@ -313,8 +290,16 @@ async fn regressions_are_confirmed_on_another_worker_and_flakes_named() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // the second worker, whose sandboxes do not make the flaky test fail
-    let (second, second_exec, second_spool) =
-        docker_worker(&master, &t.worker, dir.path(), store.clone(), "second", &[]).await;
+    let (second, second_exec, second_spool) = docker_worker(
+        &master,
+        &t.worker,
+        dir.path(),
+        store.clone(),
+        "second",
+        1,
+        |_| {},
+    )
+    .await;
 
     wait_status(&db.pool, "confirm", "completed", Duration::from_secs(1200)).await;
 
@@ -376,30 +361,7 @@ async fn regressions_are_confirmed_on_another_worker_and_flakes_named() {
     );
 
     // results.json and summary.md (exported when the experiment completed)
-    let get = |file: &'static str| {
-        let url = format!("{}/api/v1/experiments/confirm/report/{file}", master.http);
-        let token = t.operator.clone();
-        async move {
-            let t0 = std::time::Instant::now();
-            loop {
-                let resp = reqwest::Client::new()
-                    .get(&url)
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap();
-                if resp.status() == 200 {
-                    return resp.text().await.unwrap();
-                }
-                assert!(
-                    t0.elapsed() < Duration::from_secs(60),
-                    "{file}: {}",
-                    resp.status()
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let get = |file: &'static str| report_file(&master.http, &t.operator, "confirm", file);
     let results: serde_json::Value = serde_json::from_str(&get("results.json").await).unwrap();
     assert_eq!(results["flaky"], serde_json::json!([flaky_id]), "{results}");
     assert_eq!(
@@ -458,7 +420,7 @@ async fn a_calibration_run_of_the_fixtures_finds_no_regression() {
             .await;
     let t = tokens(&db.pool).await;
     let (worker, exec, spool) =
-        docker_worker(&master, &t.worker, dir.path(), store, "aa", &[]).await;
+        docker_worker(&master, &t.worker, dir.path(), store, "aa", 1, |_| {}).await;
     let crates: Vec<String> = [
         "pass",
         "compile-error",
@@ -486,23 +448,9 @@ async fn a_calibration_run_of_the_fixtures_finds_no_regression() {
     )
     .await;
     wait_status(&db.pool, "aa", "completed", Duration::from_secs(1200)).await;
-    let t0 = std::time::Instant::now();
-    let results: serde_json::Value = loop {
-        let resp = reqwest::Client::new()
-            .get(format!(
-                "{}/api/v1/experiments/aa/report/results.json",
-                master.http
-            ))
-            .bearer_auth(&t.operator)
-            .send()
-            .await
+    let results: serde_json::Value =
+        serde_json::from_str(&report_file(&master.http, &t.operator, "aa", "results.json").await)
             .unwrap();
-        if resp.status() == 200 {
-            break resp.json().await.unwrap();
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "{}", resp.status());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
     let counts = &results["counts"];
     assert_eq!(
         (&counts["regressed"], &counts["fixed"]),

@@ -1084,23 +1084,10 @@ async fn a_flake_seen_in_confirmation_runs_is_remembered_across_experiments() {
     )
     .await;
     wait_status(&db.pool, "flaky3", "completed", Duration::from_secs(60)).await;
-    let t0 = std::time::Instant::now();
-    let results = loop {
-        let resp = reqwest::Client::new()
-            .get(format!(
-                "{}/api/v1/experiments/flaky3/report/results.json",
-                master.http
-            ))
-            .bearer_auth(&t.operator)
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 200 {
-            break resp.json::<serde_json::Value>().await.unwrap();
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "{}", resp.status());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let results: serde_json::Value = serde_json::from_str(
+        &report_file(&master.http, &t.operator, "flaky3", "results.json").await,
+    )
+    .unwrap();
     assert_eq!(results["regressions"], serde_json::json!([]), "{results:#}");
     assert_eq!(results["flaky"], serde_json::json!(["reg:fx00001@1.0.0"]));
     assert_eq!(results["confirmation"]["known_flaky"], 1);

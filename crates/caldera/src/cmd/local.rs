@@ -509,15 +509,8 @@ async fn report(
     let row = experiments::get(pool, name).await?;
     // the first run of every crate (confirmation runs only confirm it)
     let results = caldera_db::results::report_input(pool, row.id, true).await?;
-    let confirmations = caldera_db::confirmations::of_experiment(pool, row.id).await?;
-    let known = caldera_db::flakes::known_subjects(pool, row.id).await?;
-    let reruns = (confirmations.runs_finished > 0).then(|| {
-        (
-            confirmations.runs_finished.max(0) as u64,
-            confirmations.duration_ms.max(0) as u64,
-        )
-    });
-    let status = caldera_master::export::confirmation_lookup(&confirmations, known);
+    let caldera_master::export::Confirmation { status, reruns, .. } =
+        caldera_master::export::confirmation(pool, row.id).await?;
     let report = Report::build_with(results, |k| row.spec.is_quiet(k), status)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let start = row.spec.start.to_string();

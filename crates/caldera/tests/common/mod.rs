@@ -329,3 +329,27 @@ pub async fn assert_counts_exact(pool: &PgPool) {
         "job counts drifted (experiment, kept, counted): {drift:?}"
     );
 }
+
+/// A file of the experiment's exported report (`summary.md`, `results.json`, …), waiting up to a
+/// minute for the export that follows completion.
+pub async fn report_file(http: &str, token: &str, experiment: &str, file: &str) -> String {
+    let url = format!("{http}/api/v1/experiments/{experiment}/report/{file}");
+    let t0 = std::time::Instant::now();
+    loop {
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            return resp.text().await.unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{experiment}/{file}: {}",
+            resp.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
