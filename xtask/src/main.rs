@@ -33,7 +33,8 @@ enum Cmd {
     /// sandbox image, Chromium + ChromeDriver (browser tests).
     Provision,
     /// Run a benchmark and print its `<name>: <value> <unit>` lines: scheduler, report, sandbox
-    /// (a step in the sandbox vs a container per step) or executor (`-- overhead` | `-- reuse`).
+    /// (a step in the sandbox vs a container per step), executor (`-- overhead` | `-- reuse`) or
+    /// trust (`-- ab aa direct compare`: real crates through the farm vs cargo run directly).
     Bench {
         /// Which benchmark.
         name: String,
@@ -162,10 +163,17 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
         "report" => ("caldera-master", "bench_report"),
         "sandbox" => ("caldera-sandbox", "sandbox_overhead"),
         "executor" => ("caldera-worker", "bench_executor"),
+        "trust" => ("caldera", "bench_trust"),
         other => {
-            bail!("unknown benchmark {other:?}; expected scheduler, report, sandbox or executor")
+            bail!(
+                "unknown benchmark {other:?}; expected scheduler, report, sandbox, executor or trust"
+            )
         }
     };
+    if name == "trust" {
+        // the example drives the `caldera` binary
+        run(cargo().args(["build", "--release", "-p", "caldera", "--bin", "caldera"]))?;
+    }
     if name != "scheduler" {
         provision()?;
     } else {
