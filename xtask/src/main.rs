@@ -1,4 +1,5 @@
-//! Developer tasks: `cargo xtask test | provision | demo | lint | validate-deploy`.
+//! Developer tasks: `cargo xtask test | provision | demo | lint | validate-deploy | bench |
+//! bench-smoke`.
 //!
 //! `cargo xtask test` is the one command that proves main works on a fresh Debian/Ubuntu machine:
 //! it provisions what the machine lacks (saying what it does), then runs the checks and the whole
@@ -19,8 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Provision prerequisites, check formatting and lints, run the whole test suite, then
-    /// validate the deployment files (scripts/validate-deploy.sh).
+    /// Provision prerequisites, check formatting and lints, run the whole test suite and every
+    /// benchmark on a tiny input, then validate the deployment files (scripts/validate-deploy.sh).
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]
@@ -29,6 +30,8 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Run every benchmark on a tiny input (`cargo xtask test` does too).
+    BenchSmoke,
     /// Only provision prerequisites: PostgreSQL server binaries, a running Docker engine, the
     /// sandbox image, Chromium + ChromeDriver (browser tests).
     Provision,
@@ -156,9 +159,9 @@ fn provision() -> Result<()> {
     Ok(())
 }
 
-/// Benchmarks: a release build of the program, then the program itself.
-fn bench(name: &str, args: &[String]) -> Result<()> {
-    let (package, example) = match name {
+/// The package and example of a benchmark.
+fn bench_program(name: &str) -> Result<(&'static str, &'static str)> {
+    Ok(match name {
         "scheduler" => ("caldera", "bench_scheduler"),
         "report" => ("caldera-master", "bench_report"),
         "sandbox" => ("caldera-sandbox", "sandbox_overhead"),
@@ -169,7 +172,12 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
                 "unknown benchmark {other:?}; expected scheduler, report, sandbox, executor or trust"
             )
         }
-    };
+    })
+}
+
+/// Benchmarks: a release build of the program, then the program itself.
+fn bench(name: &str, args: &[String]) -> Result<()> {
+    let (package, example) = bench_program(name)?;
     if name == "trust" {
         // the example drives the `caldera` binary
         run(cargo().args(["build", "--release", "-p", "caldera", "--bin", "caldera"]))?;
@@ -192,6 +200,47 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
         .args(args))
 }
 
+/// Every benchmark on a tiny input (a debug build, as `cargo test` left it), so that a change
+/// which breaks a benchmark breaks the test run: name, arguments, environment.
+const SMOKES: &[(&str, &[&str], &[(&str, &str)])] = &[
+    ("scheduler", &["200", "2", "4", "--unsafe-fast"], &[]),
+    ("report", &["2000", "500"], &[]),
+    ("sandbox", &["1"], &[]),
+    (
+        "executor",
+        &["overhead", "reuse"],
+        &[
+            ("BENCH_ITERATIONS", "1"),
+            ("BENCH_OVERHEAD_CRATES", "fixture:pass"),
+            ("BENCH_REUSE_CRATES", "fixture:pass"),
+        ],
+    ),
+    ("trust", &[], &[("BENCH_TRUST_CRATES", "fnv@1.0.7")]),
+];
+
+/// Runs [`SMOKES`]; the trust benchmark gets a fresh work dir (it must never share the real
+/// run's).
+fn bench_smoke() -> Result<()> {
+    let work = std::env::temp_dir().join(format!("caldera-bench-smoke-{}", std::process::id()));
+    for (name, args, envs) in SMOKES {
+        let (package, example) = bench_program(name)?;
+        if *name == "trust" {
+            run(cargo().args(["build", "-p", "caldera", "--bin", "caldera"]))?;
+        }
+        say(&format!("benchmark smoke test: {name}"));
+        let mut cmd = cargo();
+        cmd.args(["run", "--quiet", "-p", package, "--example", example, "--"])
+            .args(*args)
+            .envs(envs.iter().copied())
+            .env("BENCH_WORK_DIR", work.join(name));
+        let result = run(&mut cmd);
+        let _ = std::fs::remove_dir_all(work.join(name));
+        result.with_context(|| format!("the {name} benchmark's smoke test"))?;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
 fn lint() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
@@ -210,6 +259,10 @@ fn main() -> Result<()> {
         Cmd::Provision => provision(),
         Cmd::Bench { name, args } => bench(&name, &args),
         Cmd::Lint => lint(),
+        Cmd::BenchSmoke => {
+            provision()?;
+            bench_smoke()
+        }
         Cmd::ValidateDeploy => script("validate-deploy.sh", &[]),
         Cmd::Test {
             no_lint,
@@ -222,6 +275,7 @@ fn main() -> Result<()> {
             let mut test = cargo();
             test.args(["test", "--workspace"]).args(&cargo_args);
             run(&mut test)?;
+            bench_smoke()?;
             // validate-deploy reads the CLI's options from the binary the tests just built, instead
             // of building the non-test configuration of it
             let target = std::env::var_os("CARGO_TARGET_DIR")

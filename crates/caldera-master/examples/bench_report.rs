@@ -203,7 +203,7 @@ async fn load(pool: &PgPool, name: &str, n: usize, first_id: i64, seed: u64) -> 
         let (cname, version) = nv.split_once('@').unwrap();
         writeln!(c, "{cid}\t{id}\tregistry\t{cname}\t{version}\t{checksum}").unwrap();
         let at = base + chrono::Duration::milliseconds((k as i64 * 10_800_000) / n as i64);
-        writeln!(j, "{}\t{cid}\tdone\t0\t1\t{}", row.id, at.to_rfc3339()).unwrap();
+        writeln!(j, "{}\t{cid}\tdone\t1\t{}", row.id, at.to_rfc3339()).unwrap();
         for (side, tc, o) in [("start", "stable", start), ("end", "beta", end)] {
             let key = caldera_storage::keys::log(name, tc, id).unwrap();
             let json = serde_json::to_string(o).unwrap();
@@ -228,7 +228,7 @@ async fn load(pool: &PgPool, name: &str, n: usize, first_id: i64, seed: u64) -> 
     drop(c);
     copy(
         pool,
-        "COPY jobs (experiment_id, crate_id, state, priority, attempt, updated_at) FROM STDIN",
+        "COPY jobs (experiment_id, crate_id, state, attempt, updated_at) FROM STDIN",
         &j,
     )
     .await;

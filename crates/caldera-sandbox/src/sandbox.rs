@@ -254,6 +254,9 @@ impl Sandbox {
         ]);
         let host_config = HostConfig {
             mounts: Some(binds),
+            // A network namespace with only `lo`; Docker still writes `/etc/hosts` (so
+            // `localhost` resolves, as tests that serve on it expect). `network_disabled` would
+            // leave `/etc/hosts` empty.
             network_mode: Some("none".into()),
             memory: Some(memory),
             memory_swap: Some(memory),
@@ -299,7 +302,6 @@ impl Sandbox {
             user: Some(format!("{uid}:{gid}")),
             working_dir: Some(paths::SOURCE.into()),
             hostname: Some("sandbox".into()),
-            network_disabled: Some(true),
             labels: Some(labels),
             attach_stdin: Some(false),
             attach_stdout: Some(false),

@@ -194,6 +194,31 @@ async fn host_address_seen_from_containers(sandbox: &Sandbox) -> String {
         .unwrap_or_else(|| "127.0.0.1".into())
 }
 
+/// No network is not no loopback: `localhost` resolves and a test can serve and connect on it, as
+/// many real crates' tests do. (A container created with networking disabled has an empty
+/// `/etc/hosts`, and such tests failed as if they had tried the network.)
+#[tokio::test]
+async fn localhost_resolves_and_loopback_works_in_the_sandbox() {
+    let (_sandbox, _dirs, mut container) =
+        stable_job("loopback", "loopback-test", test_limits()).await;
+    let test = run(&mut container, &cargo(&["test", "--offline", "--locked"])).await;
+    assert_eq!(test.exit_code, Some(0), "{}", excerpt(&test));
+    assert!(
+        test.output
+            .contains("test talks_to_itself_over_localhost ... ok"),
+        "{}",
+        excerpt(&test)
+    );
+    let hosts = run(
+        &mut container,
+        &StepCommand::new(["getent", "hosts", "localhost"])
+            .timeouts(Duration::from_secs(30), Duration::from_secs(30)),
+    )
+    .await;
+    assert_eq!(hosts.exit_code, Some(0), "{}", excerpt(&hosts));
+    container.remove().await.unwrap();
+}
+
 #[tokio::test]
 async fn network_is_unreachable_from_build_scripts_and_tests() {
     let listener = TcpListener::bind("0.0.0.0:0").unwrap();

@@ -9,14 +9,16 @@
 //!   confirmed regression there is the farm disagreeing with itself.
 //! * **direct** — every (crate, toolchain) built and tested by cargo directly, outside the farm,
 //!   as an unprivileged user (uid/gid 65534) with its own cargo home: the crate's `.crate` from
-//!   static.crates.io unpacked by that user, the farm's lockfile of the `ab` experiment, the same
+//!   static.crates.io unpacked by that user, the farm's lockfile of the `ab` experiment (waited
+//!   for when `ab` runs alongside; else cargo's own, marked in the table), the same
 //!   cargo commands and `RUSTFLAGS` as the farm's steps (`plan_steps`), one target dir per
 //!   toolchain shared across crates (as the farm's slot shares one per experiment). No sandbox,
 //!   network allowed, no manifest tidying.
 //! * **compare** — each (crate, toolchain) outcome of `ab` against `direct`, printed as a table
 //!   with every disagreement named.
 //!
-//! Phases default to all four, in that order. Run as root (Docker; switching to the unprivileged
+//! Phases default to all four, in that order; `ab`, `aa` (with its own `BENCH_WORK_DIR`) and
+//! `direct` may also run as three processes at once. Run as root (Docker; switching to the unprivileged
 //! user). Files under `BENCH_WORK_DIR` (default `/var/tmp/caldera-bench-trust`): the farm's state
 //! dir, the direct runs' cargo home, toolchains (hard-linked copies readable by that user),
 //! sources, target dirs and logs (`direct/logs/<toolchain>/<crate>.log`). Crates:
@@ -37,8 +39,8 @@ use caldera_core::outcome::{Outcome, TestFailReason};
 use caldera_core::toolchain::Toolchain;
 use caldera_worker::docker::plan_steps;
 
-/// 44 popular crates with dev-dependencies (a few without, as controls), newest versions on the
-/// day of the first run (2026-12-06).
+/// 40 popular crates, most with dev-dependencies (fnv, heck and strsim without, as controls):
+/// the newest versions in the index on the day of the first run (2026-12-06).
 const DEFAULT_CRATES: &str = "anyhow@1.0.105,thiserror@2.0.21,serde_json@1.0.154,itoa@1.0.19,\
 ryu@1.0.23,memchr@2.8.3,aho-corasick@1.1.5,bitflags@2.13.2,either@1.19.0,once_cell@1.21.4,\
 smallvec@1.16.6,semver@1.0.28,byteorder@1.5.0,bytes@1.12.2,log@0.4.35,fnv@1.0.7,\
@@ -46,7 +48,7 @@ hashbrown@0.17.2,indexmap@2.14.2,arrayvec@0.7.9,crc32fast@1.5.6,unicode-segmenta
 walkdir@2.5.1,same-file@1.0.6,glob@0.3.4,tempfile@3.27.0,fastrand@2.5.0,humantime@2.4.0,\
 slab@0.4.12,lazy_static@1.5.1,getrandom@0.4.3,textwrap@0.16.4,paste@1.0.15,quote@1.0.47,\
 proc-macro2@1.0.107,unicode-ident@1.0.27,zeroize@1.9.2,anstyle@1.0.15,hex@0.4.3,heck@0.5.0,\
-strsim@0.11.1,percent-encoding@2.3.2,cfg-if@1.0.5,scopeguard@1.2.0,num-traits@0.2.19";
+strsim@0.11.1";
 
 const AB: &str = "trust-ab";
 const AA: &str = "trust-aa";
@@ -203,7 +205,7 @@ impl Bench {
             format!("{name}-flaky: {flaky} crates"),
             format!("{name}-confirmation-builds: {rerun_min:.1} min"),
             format!(
-                "trust-{name}-confirmation-share: {:.1} %",
+                "{name}-confirmation-share: {:.1} %",
                 100.0 * rerun_min / (wall.as_secs_f64() / 60.0)
             ),
         ])
@@ -292,7 +294,7 @@ impl Bench {
                     version: version.parse()?,
                     checksum: None,
                 };
-                let lockfile = self.farm_lockfile(&store, &krate).await;
+                let lockfile = self.wait_for_farm_lockfile(&store, &krate).await;
                 if let Some(lock) = &lockfile {
                     std::fs::write(root.join("Cargo.lock"), lock)?;
                     status(
@@ -307,7 +309,8 @@ impl Bench {
                     "bench trust: direct {tc_name} {id}: {outcome} ({:.1} s)",
                     started.elapsed().as_secs_f64()
                 );
-                outcomes.push(format!("{tc_name}\t{id}\t{outcome}"));
+                let lock = if lockfile.is_some() { "farm" } else { "own" };
+                outcomes.push(format!("{tc_name}\t{id}\t{outcome}\t{lock}"));
             }
         }
         std::fs::write(dir.join("outcomes.tsv"), outcomes.join("\n") + "\n")?;
@@ -315,6 +318,32 @@ impl Bench {
             "trust-direct-wall: {:.1} min",
             t0.elapsed().as_secs_f64() / 60.0
         )])
+    }
+
+    /// The farm's lockfile, waiting for it while the `ab` phase runs alongside (at most
+    /// `BENCH_TRUST_LOCK_WAIT` seconds, default 180; a crate the farm could not resolve has none).
+    async fn wait_for_farm_lockfile(
+        &self,
+        store: &caldera_storage::LocalStore,
+        krate: &CrateId,
+    ) -> Option<Vec<u8>> {
+        let wait = std::env::var("BENCH_TRUST_LOCK_WAIT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(180);
+        let deadline = Instant::now() + Duration::from_secs(wait);
+        loop {
+            if let Some(lock) = self.farm_lockfile(store, krate).await {
+                return Some(lock);
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "bench trust: direct {krate}: no lockfile from the farm; cargo makes one"
+                );
+                return None;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
     }
 
     /// The farm's lockfile of the crate in the `ab` experiment (both sides ran with it).
@@ -361,13 +390,9 @@ impl Bench {
         if locked {
             steps[0].push("--locked".into());
         }
+        // after the fetch there is a lockfile (cargo wrote one if the farm had none)
         for step in plan_steps(Mode::BuildAndTest, false, tc) {
-            steps.push(
-                step.argv
-                    .into_iter()
-                    .filter(|a| locked || a != "--locked")
-                    .collect(),
-            );
+            steps.push(step.argv);
         }
         let names = ["fetch", "build", "test --no-run", "test"];
         for (i, argv) in steps.iter().enumerate() {
@@ -407,7 +432,7 @@ impl Bench {
             };
             if !code.success() {
                 return Ok(match i {
-                    0 => "prepare-fail".into(),
+                    0 => "fetch-fail".into(),
                     1 | 2 => "build-fail".into(),
                     _ => "test-fail".into(),
                 });
@@ -422,8 +447,8 @@ impl Bench {
         let direct = std::fs::read_to_string(self.direct_dir().join("outcomes.tsv"))?;
         let mut agree = 0;
         let mut total = 0;
-        println!("| crate | toolchain | farm | direct | agree |");
-        println!("|---|---|---|---|---|");
+        println!("| crate | toolchain | farm | direct | lockfile | agree |");
+        println!("|---|---|---|---|---|---|");
         for line in direct.lines() {
             let mut parts = line.split('\t');
             let (Some(tc), Some(id), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
@@ -431,11 +456,15 @@ impl Bench {
             };
             let Some(r) = farm.get(id) else { continue };
             let f = if tc == "stable" { &r.start } else { &r.end };
-            let same = farm_class(f) == d;
+            let lock = parts.next().unwrap_or("farm");
+            let fc = farm_class(f);
+            let same = fc == d
+                || (d == "fetch-fail"
+                    && matches!(f, Outcome::Broken { .. } | Outcome::PrepareFail { .. }));
             total += 1;
             agree += usize::from(same);
             println!(
-                "| {id} | {tc} | {f} | {d} | {} |",
+                "| {id} | {tc} | {f} | {d} | {lock} | {} |",
                 if same { "yes" } else { "**no**" }
             );
         }
