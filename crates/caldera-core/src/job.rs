@@ -128,6 +128,9 @@ impl Default for JobPolicy {
 }
 
 /// Apply `event` to `state` at `now`. Pure; time comes in as a parameter.
+///
+/// The rules the SQL of `caldera_db::jobs` implements; `caldera-db`'s `job_machine` test runs
+/// every state and event of its table through that SQL and compares.
 pub fn transition(
     state: &JobState,
     event: &JobEvent,

@@ -874,7 +874,8 @@ pub struct Reaped {
     pub experiments: Vec<Uuid>,
 }
 
-/// Re-queue jobs whose lease expired before `now`; a job that has had `max_attempts` leases ends
+/// Re-queue jobs whose lease expired by `now` (a lease is over at its expiry, as
+/// `caldera_core::job::transition` says); a job that has had `max_attempts` leases ends
 /// as `error` with an `error` result for both sides, so it is never lost from the report.
 pub async fn reap(pool: &PgPool, now: DateTime<Utc>, max_attempts: i32) -> Result<Reaped, DbError> {
     let mut tx = pool.begin().await?;
@@ -883,7 +884,7 @@ pub async fn reap(pool: &PgPool, now: DateTime<Utc>, max_attempts: i32) -> Resul
     let rows: Vec<(i64, String, Uuid, i64, i32, i16)> = sqlx::query_as(
         "WITH expired AS (
              DELETE FROM leases WHERE id = ANY(ARRAY(
-                 SELECT id FROM leases WHERE expires_at < $1 ORDER BY expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED))
+                 SELECT id FROM leases WHERE expires_at <= $1 ORDER BY expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED))
              RETURNING id, jobs
          ), held AS (
              SELECT e.id AS lease_id, t.job_id FROM expired e, unnest(e.jobs) AS t(job_id)

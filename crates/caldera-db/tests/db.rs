@@ -1,6 +1,8 @@
 //! The database layer against a real private Postgres (one cluster per test binary, one
 //! database per test).
 
+mod job_machine;
+
 use caldera_core::experiment::{ExperimentEdit, ExperimentSpec};
 use caldera_core::lifecycle::{ExperimentAction, ExperimentStatus};
 use caldera_db::testing::TestDb;
