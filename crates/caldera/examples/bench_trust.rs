@@ -182,8 +182,17 @@ impl Bench {
         let results = self.farm_results(name)?;
         let summary = std::fs::read_to_string(self.report_dir(name).join("summary.md"))?;
         let count = |f: &dyn Fn(&FarmResult) -> bool| results.values().filter(|r| f(r)).count();
-        let first = count(&|r| r.comparison == "regressed" || r.confirmation.is_some());
         let regressed = |r: &FarmResult| r.comparison == "regressed";
+        let first = count(&regressed);
+        for (id, r) in results.iter().filter(|(_, r)| r.confirmation.is_some()) {
+            eprintln!(
+                "bench trust: {name}: {id}: {} [{}] ({} / {})",
+                r.comparison,
+                r.confirmation.as_deref().unwrap_or_default(),
+                r.start,
+                r.end
+            );
+        }
         let confirmed = count(&|r| regressed(r) && r.confirmation.as_deref() == Some("confirmed"));
         let flaky = count(&|r| r.confirmation.as_deref() == Some("flaky"));
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -200,7 +209,7 @@ impl Bench {
         Ok(vec![
             format!("{name}-crates: {} crates", results.len()),
             format!("{name}-wall: {:.1} min", wall.as_secs_f64() / 60.0),
-            format!("{name}-regressed-or-fixed-first-run: {first} crates"),
+            format!("{name}-regressed-first-run: {first} crates"),
             format!("{name}-regressed-confirmed: {confirmed} crates"),
             format!("{name}-flaky: {flaky} crates"),
             format!("{name}-confirmation-builds: {rerun_min:.1} min"),
