@@ -1462,7 +1462,14 @@ impl Inner {
                     pids_limit_hit: result.pids_limit_hit,
                 })
                 .collect();
-            let classification = classify_job(spec.mode, &runs, spec.skip_tests);
+            let mut classification = classify_job(spec.mode, &runs, spec.skip_tests);
+            if let Some(free) = crate::system::free_bytes(target.to_owned()).await
+                && let Some(reason) = crate::system::host_disk_full(&classification.outcome, free)
+            {
+                // out of the worker's disk, not of a sandbox limit: the farm's fault
+                let _ = writeln!(LogText(body), "\n==== error: {reason} ====");
+                classification.outcome = Outcome::Error { reason };
+            }
             if classification.contaminated_target_dir && attempt == 0 {
                 let _ = writeln!(
                     LogText(body),
