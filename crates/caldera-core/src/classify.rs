@@ -109,6 +109,7 @@ use serde::Deserialize;
 
 use crate::crates::CrateId;
 use crate::experiment::Mode;
+use crate::logtext::strip_ansi;
 use crate::outcome::{BuildFailReason, Outcome, TestFailReason};
 
 /// Which cargo step produced an output.
@@ -744,55 +745,7 @@ fn is_compiler_command(cmd: &str) -> bool {
 
 /// Removes the sandbox's `[   1.234] ` prefix and a trailing `\r`.
 fn strip_timestamp(line: &str) -> &str {
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    let Some(rest) = line.strip_prefix('[') else {
-        return line;
-    };
-    let Some(close) = rest.find("] ") else {
-        return line;
-    };
-    let stamp = rest[..close].trim_start();
-    let is_stamp = !stamp.is_empty()
-        && stamp.contains('.')
-        && stamp.chars().all(|c| c.is_ascii_digit() || c == '.');
-    if is_stamp { &rest[close + 2..] } else { line }
-}
-
-/// Removes ANSI escape sequences (CSI `ESC [ … final`, OSC `ESC ] … BEL|ESC \`, two-byte `ESC x`).
-fn strip_ansi(line: &str) -> Cow<'_, str> {
-    if !line.contains('\x1b') {
-        return Cow::Borrowed(line);
-    }
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\x1b' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('[') => {
-                for c in chars.by_ref() {
-                    if ('\x40'..='\x7e').contains(&c) {
-                        break;
-                    }
-                }
-            }
-            Some(']') => {
-                while let Some(c) = chars.next() {
-                    if c == '\x07' {
-                        break;
-                    }
-                    if c == '\x1b' && chars.peek() == Some(&'\\') {
-                        chars.next();
-                        break;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Cow::Owned(out)
+    crate::logtext::unstamped(line.strip_suffix('\r').unwrap_or(line))
 }
 
 fn clip(s: &str, max: usize) -> String {

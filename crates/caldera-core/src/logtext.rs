@@ -23,6 +23,21 @@ pub fn stamp_len(line: &str) -> Option<usize> {
     ok.then_some(close + 3)
 }
 
+/// `line` without its stamp `[   1.234] `, if it has one.
+pub fn unstamped(line: &str) -> &str {
+    &line[stamp_len(line).unwrap_or(0)..]
+}
+
+/// `line` without ANSI escape sequences (CSI, OSC, nF and two-character escapes; the
+/// `strip-ansi-escapes` crate's terminal parser) and other control characters but tabs.
+pub fn strip_ansi(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.bytes().all(|b| b >= b' ' || b == b'\t') {
+        std::borrow::Cow::Borrowed(line)
+    } else {
+        std::borrow::Cow::Owned(strip_ansi_escapes::strip_str(line))
+    }
+}
+
 #[derive(Deserialize)]
 struct CargoMessage<'a> {
     #[serde(borrow)]

@@ -1884,9 +1884,7 @@ pub fn first_new_error(start_log: &str, end_log: &str) -> Option<(usize, String)
 }
 
 /// `line` without the sandbox's `[   1.234] ` stamp.
-fn unstamped(line: &str) -> &str {
-    &line[crate::logtext::stamp_len(line).unwrap_or(0)..]
-}
+use crate::logtext::unstamped;
 
 fn is_error_line(l: &str) -> bool {
     l.strip_prefix("error")
@@ -1901,46 +1899,13 @@ fn is_error_line(l: &str) -> bool {
         || (l.starts_with("test ") && l.ends_with(" FAILED"))
 }
 
-/// `line` without ANSI escape sequences (CSI, OSC, nF and two-character escapes) and without anything up
-/// to its last carriage return.
+/// `line` without ANSI escape sequences ([`crate::logtext::strip_ansi`]) and without anything up
+/// to its last carriage return (what a terminal shows of a progress line).
 fn strip_ansi(line: &str, out: &mut String) {
     out.clear();
     let line = line.trim_end_matches('\r');
     let line = line.rsplit('\r').next().unwrap_or(line);
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\x1b' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('[') => {
-                for c in chars.by_ref() {
-                    if ('\x40'..='\x7e').contains(&c) {
-                        break;
-                    }
-                }
-            }
-            Some(']') => {
-                while let Some(c) = chars.next() {
-                    if c == '\x07' {
-                        break;
-                    }
-                    if c == '\x1b' {
-                        chars.next_if_eq(&'\\');
-                        break;
-                    }
-                }
-            }
-            // nF sequences (`ESC ( B`): intermediates, then one final character.
-            Some(c) if (' '..='/').contains(&c) => {
-                while chars.next_if(|c| (' '..='/').contains(c)).is_some() {}
-                chars.next();
-            }
-            // Two-character escapes (`ESC c`, `ESC 7`): already consumed.
-            _ => {}
-        }
-    }
+    out.push_str(&crate::logtext::strip_ansi(line));
 }
 
 fn is_path_byte(b: u8) -> bool {
