@@ -101,7 +101,6 @@
 
 #![warn(missing_docs)]
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
@@ -109,7 +108,7 @@ use serde::Deserialize;
 
 use crate::crates::CrateId;
 use crate::experiment::Mode;
-use crate::logtext::strip_ansi;
+use crate::logtext::{CargoMessage, Diagnostic, strip_ansi};
 use crate::outcome::{BuildFailReason, Outcome, TestFailReason};
 
 /// Which cargo step produced an output.
@@ -769,35 +768,6 @@ fn backticked(line: &str) -> Option<&str> {
 
 // ---------------------------------------------------------------------------------------------
 // JSON shapes
-
-#[derive(Deserialize)]
-struct CargoMessage<'a> {
-    #[serde(borrow)]
-    reason: Cow<'a, str>,
-    #[serde(default, borrow)]
-    package_id: Option<Cow<'a, str>>,
-    #[serde(default)]
-    message: Option<Diagnostic>,
-    #[serde(default)]
-    success: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct Diagnostic {
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    code: Option<DiagnosticCode>,
-    #[serde(default)]
-    level: String,
-    #[serde(default)]
-    children: Vec<Diagnostic>,
-}
-
-#[derive(Deserialize)]
-struct DiagnosticCode {
-    code: String,
-}
 
 #[derive(Deserialize)]
 struct LibtestEvent {

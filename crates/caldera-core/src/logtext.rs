@@ -38,18 +38,40 @@ pub fn strip_ansi(line: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// One of cargo's machine-readable messages (`--message-format=json…`), as far as caldera reads
+/// them: here, for the rendered diagnostics; in `classify`, for errors, codes and packages.
 #[derive(Deserialize)]
-struct CargoMessage<'a> {
+pub(crate) struct CargoMessage<'a> {
     #[serde(borrow)]
-    reason: &'a str,
+    pub reason: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub package_id: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
-    message: Option<Diagnostic>,
+    pub message: Option<Diagnostic>,
+    #[serde(default)]
+    pub success: Option<bool>,
 }
 
+/// A compiler diagnostic inside a `compiler-message`.
 #[derive(Deserialize)]
-struct Diagnostic {
+pub(crate) struct Diagnostic {
     #[serde(default)]
-    rendered: Option<String>,
+    pub message: String,
+    #[serde(default)]
+    pub code: Option<DiagnosticCode>,
+    #[serde(default)]
+    pub level: String,
+    #[serde(default)]
+    pub children: Vec<Diagnostic>,
+    /// The diagnostic as rustc prints it on a terminal (with colours).
+    #[serde(default)]
+    pub rendered: Option<String>,
+}
+
+/// A diagnostic's error code (`E0308`) or lint name.
+#[derive(Deserialize)]
+pub(crate) struct DiagnosticCode {
+    pub code: String,
 }
 
 /// What one log line becomes for a reader.
@@ -68,7 +90,7 @@ fn classify(line: &str) -> Line<'_> {
     let Ok(msg) = serde_json::from_str::<CargoMessage>(body) else {
         return Line::Keep;
     };
-    match msg.reason {
+    match &*msg.reason {
         "compiler-message" => match msg.message.and_then(|m| m.rendered) {
             Some(r) => Line::Rendered(&line[..stamp], r),
             None => Line::Drop,
