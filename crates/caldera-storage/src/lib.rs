@@ -36,6 +36,7 @@
 
 mod config;
 mod error;
+mod frame;
 mod key;
 pub mod keys;
 mod local;

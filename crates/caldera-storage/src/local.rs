@@ -21,16 +21,16 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::error::StorageError;
+use crate::frame::{self, fsync_dir};
 use crate::key::ObjectKey;
 use crate::store::{
-    ByteStream, Capped, GetObject, ObjectInfo, ObjectMeta, ObjectStore, PutOptions, file_stream,
+    ByteStream, GetObject, ObjectInfo, ObjectMeta, ObjectStore, PutOptions, file_stream,
 };
 
 const MAGIC: &[u8; 8] = b"CALDOBJ1";
-const MAX_HEADER_JSON: u32 = 64 * 1024;
 /// Temporary files older than this found at open are left over from a crash and removed.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 
@@ -182,7 +182,7 @@ impl LocalStore {
         &self,
         tmp_path: &Path,
         key: &ObjectKey,
-        mut body: ByteStream,
+        body: ByteStream,
         options: &PutOptions,
     ) -> Result<u64, StorageError> {
         let header = Header {
@@ -190,52 +190,27 @@ impl LocalStore {
             content_encoding: options.content_encoding.clone(),
             metadata: options.metadata.clone(),
         };
-        let json = serde_json::to_vec(&header).expect("header serializes");
         let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(tmp_path)
             .await
             .map_err(self.io_err("create temporary file for", key))?;
-        let mut prefix = Vec::with_capacity(12 + json.len());
-        prefix.extend_from_slice(MAGIC);
-        prefix.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        prefix.extend_from_slice(&json);
-        file.write_all(&prefix)
-            .await
-            .map_err(self.io_err("write", key))?;
-        let mut cap = Capped::new(self.max_object_size);
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|source| StorageError::Body {
-                key: key.to_string(),
-                source,
-            })?;
-            if !cap.add(chunk.len()) {
-                return Err(StorageError::TooLarge {
-                    store: self.label.clone(),
-                    key: key.to_string(),
-                    cap: self.max_object_size,
-                });
-            }
-            file.write_all(&chunk)
-                .await
-                .map_err(self.io_err("write", key))?;
-        }
-        file.flush().await.map_err(self.io_err("write", key))?;
-        file.sync_all().await.map_err(self.io_err("fsync", key))?;
-        Ok(cap.written)
+        frame::write(
+            &mut file,
+            &frame::prefix(MAGIC, &header),
+            body,
+            self.max_object_size,
+            &self.label,
+            key,
+            |op, e| self.io_err(op, key)(e),
+        )
+        .await
     }
 }
 
-fn parse_fixed(fixed: &[u8; 12]) -> Result<u32, String> {
-    if &fixed[..8] != MAGIC {
-        return Err("not a caldera object file (bad magic)".to_owned());
-    }
-    let len = u32::from_le_bytes(fixed[8..].try_into().expect("4 bytes"));
-    if len > MAX_HEADER_JSON {
-        return Err(format!("header length {len} is implausible"));
-    }
-    Ok(len)
+fn parse_fixed(fixed: &[u8; frame::FIXED_LEN]) -> Result<u32, String> {
+    frame::header_len(MAGIC, "a caldera object file", fixed)
 }
 
 fn is_missing(e: &io::Error) -> bool {
@@ -255,10 +230,6 @@ impl Drop for TmpGuard {
             let _ = std::fs::remove_file(path);
         }
     }
-}
-
-async fn fsync_dir(dir: &Path) -> io::Result<()> {
-    tokio::fs::File::open(dir).await?.sync_all().await
 }
 
 fn tmp_name(what: &str) -> String {

@@ -26,20 +26,19 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::StorageError;
+use crate::frame::{self, fsync_dir};
 use crate::key::ObjectKey;
 use crate::log::{LogBody, LogStats, ZSTD_LEVEL, compress, log_put_options};
-use crate::store::{ByteStream, Capped, ObjectStore, PutOptions, bytes_stream, file_stream};
+use crate::store::{ByteStream, ObjectStore, PutOptions, bytes_stream, file_stream};
 
 const MAGIC: &[u8; 8] = b"CALDSPL1";
-const MAX_HEADER_JSON: u32 = 64 * 1024;
 /// Outcomes remembered for [`Spool::wait_durable`]; beyond this, successful ones are forgotten (and
 /// `wait_durable` asks the store instead).
 const MAX_OUTCOMES: usize = 10_000;
@@ -486,15 +485,11 @@ impl Drop for Spool {
     }
 }
 
-async fn fsync_dir(dir: &Path) -> io::Result<()> {
-    tokio::fs::File::open(dir).await?.sync_all().await
-}
-
 async fn write_entry(
     shared: &Shared,
     tmp: &Path,
     key: &ObjectKey,
-    mut body: ByteStream,
+    body: ByteStream,
     options: PutOptions,
 ) -> Result<u64, StorageError> {
     let header = EntryHeader {
@@ -503,42 +498,26 @@ async fn write_entry(
         content_encoding: options.content_encoding,
         metadata: options.metadata,
     };
-    let json = serde_json::to_vec(&header).expect("header serializes");
     let mut file = tokio::fs::File::create(tmp)
         .await
         .map_err(shared.io_err("create an entry for", key))?;
-    let mut prefix = Vec::with_capacity(12 + json.len());
-    prefix.extend_from_slice(MAGIC);
-    prefix.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    prefix.extend_from_slice(&json);
-    file.write_all(&prefix)
-        .await
-        .map_err(shared.io_err("write an entry for", key))?;
-    let cap_bytes = shared.store.max_object_size();
-    let mut cap = Capped::new(cap_bytes);
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|source| StorageError::Body {
-            key: key.to_string(),
-            source,
-        })?;
-        if !cap.add(chunk.len()) {
-            return Err(StorageError::TooLarge {
-                store: shared.store.describe().to_owned(),
-                key: key.to_string(),
-                cap: cap_bytes,
-            });
-        }
-        file.write_all(&chunk)
-            .await
-            .map_err(shared.io_err("write an entry for", key))?;
-    }
-    file.flush()
-        .await
-        .map_err(shared.io_err("write an entry for", key))?;
-    file.sync_all()
-        .await
-        .map_err(shared.io_err("fsync an entry for", key))?;
-    Ok(cap.written)
+    frame::write(
+        &mut file,
+        &frame::prefix(MAGIC, &header),
+        body,
+        shared.store.max_object_size(),
+        shared.store.describe(),
+        key,
+        |op, e| {
+            let op = if op == "fsync" {
+                "fsync an entry for"
+            } else {
+                "write an entry for"
+            };
+            shared.io_err(op, key)(e)
+        },
+    )
+    .await
 }
 
 fn read_header_sync(path: &Path) -> Result<EntryHeader, String> {
@@ -552,15 +531,8 @@ fn read_header_sync(path: &Path) -> Result<EntryHeader, String> {
     serde_json::from_slice(&json).map_err(|e| format!("bad entry header: {e}"))
 }
 
-fn parse_fixed(fixed: &[u8; 12]) -> Result<u32, String> {
-    if &fixed[..8] != MAGIC {
-        return Err("not a spool entry (bad magic)".to_owned());
-    }
-    let len = u32::from_le_bytes(fixed[8..].try_into().expect("4 bytes"));
-    if len > MAX_HEADER_JSON {
-        return Err(format!("entry header length {len} is implausible"));
-    }
-    Ok(len)
+fn parse_fixed(fixed: &[u8; frame::FIXED_LEN]) -> Result<u32, String> {
+    frame::header_len(MAGIC, "a spool entry", fixed)
 }
 
 /// Opens the spool directory: takes the lock, clears `tmp/`, reads the pending entries.
