@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask test | provision | demo | lint | validate-deploy | bench |
+//! Developer tasks: `cargo xtask test | provision | demo | lint | rooms | validate-deploy | bench |
 //! bench-smoke`.
 //!
 //! `cargo xtask test` is the one command that proves main works on a fresh Debian/Ubuntu machine:
@@ -10,6 +10,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod rooms;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "caldera developer tasks")]
@@ -45,8 +47,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// `cargo fmt --check` and `cargo clippy --workspace --all-targets -- -D warnings`.
+    /// `cargo fmt --check`, `cargo clippy --workspace --all-targets -- -D warnings` and `rooms`.
     Lint,
+    /// Check that no non-test source file is over 800 lines and no function over 80.
+    Rooms {
+        /// Also list the 25 biggest files.
+        #[arg(long)]
+        list: bool,
+    },
     /// Validate the deployment files (docker/Dockerfile, deploy/): scripts/validate-deploy.sh.
     ValidateDeploy,
     /// Run the demo experiment on embedded defaults (`caldera local --demo`).
@@ -242,6 +250,7 @@ fn bench_smoke() -> Result<()> {
 }
 
 fn lint() -> Result<()> {
+    rooms::check(&root(), false)?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
@@ -259,6 +268,7 @@ fn main() -> Result<()> {
         Cmd::Provision => provision(),
         Cmd::Bench { name, args } => bench(&name, &args),
         Cmd::Lint => lint(),
+        Cmd::Rooms { list } => rooms::check(&root(), list),
         Cmd::BenchSmoke => {
             provision()?;
             bench_smoke()

@@ -22,7 +22,6 @@
 //!
 //! With the `openapi` feature, every type used in an HTTP body implements `utoipa::ToSchema`.
 
-pub mod classify;
 pub mod confirm;
 pub mod crates;
 pub mod experiment;
@@ -32,7 +31,6 @@ pub mod lifecycle;
 pub mod logtext;
 pub mod outcome;
 pub mod registry;
-pub mod report;
 pub mod selection;
 pub mod toolchain;
 pub mod triage;

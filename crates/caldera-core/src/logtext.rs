@@ -6,11 +6,26 @@
 //! person expects from cargo on a terminal: every `compiler-message` becomes its rendered diagnostic
 //! (with its colours), the bookkeeping messages (`compiler-artifact`, `build-script-executed`,
 //! `build-finished`, `timing-info`) are left out, and every other line is kept as it is.
+//!
+//! The stamp has one owner: [`stamp`] writes it (the sandbox's log capture calls it for every line)
+//! and [`stamp_len`] reads it back, so the two cannot drift apart.
+
+use std::time::Duration;
 
 use serde::Deserialize;
 
-/// The length of a line stamp `[   1.234] ` when the line has one (digits, spaces and one dot
-/// between brackets, then a space).
+/// Width of a stamp's seconds (`   1.234`): right-aligned, so that the stamps of a step's first
+/// 9999.999 s (2 h 46 min) line up; later ones are as wide as their seconds need.
+pub const STAMP_SECONDS_WIDTH: usize = 8;
+
+/// The stamp `[   1.234] ` of a line that began `elapsed` after its step did: the seconds with three
+/// decimals, right-aligned in [`STAMP_SECONDS_WIDTH`] characters, between brackets, then a space.
+pub fn stamp(elapsed: Duration) -> String {
+    format!("[{:>STAMP_SECONDS_WIDTH$.3}] ", elapsed.as_secs_f64())
+}
+
+/// The length of a line stamp `[   1.234] ` (as [`stamp`] writes it) when the line has one
+/// (digits, spaces and one dot between brackets, then a space).
 pub fn stamp_len(line: &str) -> Option<usize> {
     let rest = line.strip_prefix('[')?;
     let close = rest.find("] ")?;
@@ -41,7 +56,7 @@ pub fn strip_ansi(line: &str) -> std::borrow::Cow<'_, str> {
 /// One of cargo's machine-readable messages (`--message-format=json…`), as far as caldera reads
 /// them: here, for the rendered diagnostics; in `classify`, for errors, codes and packages.
 #[derive(Deserialize)]
-pub(crate) struct CargoMessage<'a> {
+pub struct CargoMessage<'a> {
     #[serde(borrow)]
     pub reason: std::borrow::Cow<'a, str>,
     #[serde(default, borrow)]
@@ -54,7 +69,7 @@ pub(crate) struct CargoMessage<'a> {
 
 /// A compiler diagnostic inside a `compiler-message`.
 #[derive(Deserialize)]
-pub(crate) struct Diagnostic {
+pub struct Diagnostic {
     #[serde(default)]
     pub message: String,
     #[serde(default)]
@@ -70,7 +85,7 @@ pub(crate) struct Diagnostic {
 
 /// A diagnostic's error code (`E0308`) or lint name.
 #[derive(Deserialize)]
-pub(crate) struct DiagnosticCode {
+pub struct DiagnosticCode {
     pub code: String,
 }
 
@@ -147,6 +162,26 @@ mod tests {
         ];
         for (line, want) in cases {
             assert_eq!(stamp_len(line), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn written_stamps_are_read_back() {
+        let cases: &[(Duration, &str)] = &[
+            (Duration::ZERO, "[   0.000] "),
+            (Duration::from_millis(250), "[   0.250] "),
+            (Duration::from_micros(1_500_400), "[   1.500] "),
+            (Duration::from_millis(9_999_999), "[9999.999] "),
+            (Duration::from_secs(3 * 3600), "[10800.000] "),
+            (Duration::from_secs(400 * 24 * 3600), "[34560000.000] "),
+            (Duration::from_secs(u64::MAX), "[18446744073709551616.000] "),
+        ];
+        for (elapsed, want) in cases {
+            let written = stamp(*elapsed);
+            assert_eq!(written, *want, "{elapsed:?}");
+            assert_eq!(stamp_len(&written), Some(written.len()), "{written:?}");
+            let line = format!("{written}   Compiling x v0.1.0");
+            assert_eq!(unstamped(&line), "   Compiling x v0.1.0", "{line:?}");
         }
     }
 

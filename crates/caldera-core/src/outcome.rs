@@ -510,6 +510,26 @@ mod openapi {
     impl ToSchema for super::Outcome {}
 }
 
+/// One crate's results on both toolchains, as the report reads them.
+/// JSON: `{"crate": "reg:foo@1.0.0", "start": {...}, "end": {...}, "start_log": "...", "end_log": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrateResult {
+    /// The crate.
+    #[serde(rename = "crate")]
+    pub krate: crate::crates::CrateId,
+    /// Outcome on the start (baseline) toolchain.
+    pub start: Outcome,
+    /// Outcome on the end (candidate) toolchain.
+    pub end: Outcome,
+    /// Object-storage key of the start log, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_log: Option<String>,
+    /// Object-storage key of the end log, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_log: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -296,13 +296,23 @@ impl RegistryListing {
         versions_csv: impl Read,
         downloads_csv: Option<impl Read>,
     ) -> Result<Self, RegistryError> {
-        const CRATES: &str = "crates.csv";
-        const VERSIONS: &str = "versions.csv";
-        const DOWNLOADS: &str = "crate_downloads.csv";
-
         let mut listing = RegistryListing::new();
-        let mut names: HashMap<String, String> = HashMap::new();
+        let names = listing.read_crates_csv(crates_csv)?;
+        if let Some(reader) = downloads_csv {
+            listing.read_downloads_csv(reader, &names)?;
+        }
+        listing.read_versions_csv(versions_csv, &names)?;
+        Ok(listing)
+    }
 
+    /// Reads `crates.csv`: every crate with its downloads. Returns the names by crate id.
+    fn read_crates_csv(
+        &mut self,
+        crates_csv: impl Read,
+    ) -> Result<HashMap<String, String>, RegistryError> {
+        const CRATES: &str = "crates.csv";
+        let listing = self;
+        let mut names: HashMap<String, String> = HashMap::new();
         CsvTable::open(CRATES, crates_csv, &["id", "name"], &["downloads"])?.for_each(
             |line, cells| {
                 let (id, name) = (cells[0].unwrap_or_default(), cells[1].unwrap_or_default());
@@ -320,28 +330,47 @@ impl RegistryListing {
                 Ok(())
             },
         )?;
+        Ok(names)
+    }
 
-        if let Some(reader) = downloads_csv {
-            for entry in listing.crates.values_mut() {
-                entry.downloads = Some(0);
-            }
-            CsvTable::open(DOWNLOADS, reader, &["crate_id", "downloads"], &[])?.for_each(
-                |line, cells| {
-                    let id = cells[0].unwrap_or_default();
-                    let name = names.get(id).ok_or_else(|| RegistryError::UnknownCrateId {
-                        file: DOWNLOADS,
-                        line,
-                        id: id.to_owned(),
-                    })?;
-                    let downloads = parse_downloads(DOWNLOADS, line, cells[1].unwrap_or_default())?;
-                    if let Some(entry) = listing.crates.get_mut(name) {
-                        entry.downloads = Some(downloads);
-                    }
-                    Ok(())
-                },
-            )?;
+    /// Reads `crate_downloads.csv`: the downloads of every crate, which then replace those of
+    /// `crates.csv` (a crate it does not name has none).
+    fn read_downloads_csv(
+        &mut self,
+        reader: impl Read,
+        names: &HashMap<String, String>,
+    ) -> Result<(), RegistryError> {
+        const DOWNLOADS: &str = "crate_downloads.csv";
+        let listing = self;
+        for entry in listing.crates.values_mut() {
+            entry.downloads = Some(0);
         }
+        CsvTable::open(DOWNLOADS, reader, &["crate_id", "downloads"], &[])?.for_each(
+            |line, cells| {
+                let id = cells[0].unwrap_or_default();
+                let name = names.get(id).ok_or_else(|| RegistryError::UnknownCrateId {
+                    file: DOWNLOADS,
+                    line,
+                    id: id.to_owned(),
+                })?;
+                let downloads = parse_downloads(DOWNLOADS, line, cells[1].unwrap_or_default())?;
+                if let Some(entry) = listing.crates.get_mut(name) {
+                    entry.downloads = Some(downloads);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(())
+    }
 
+    /// Reads `versions.csv`: every version that is not yanked, with its checksum.
+    fn read_versions_csv(
+        &mut self,
+        versions_csv: impl Read,
+        names: &HashMap<String, String>,
+    ) -> Result<(), RegistryError> {
+        const VERSIONS: &str = "versions.csv";
+        let listing = self;
         CsvTable::open(
             VERSIONS,
             versions_csv,
@@ -377,33 +406,12 @@ impl RegistryListing {
             }
             Ok(())
         })?;
-        Ok(listing)
+        Ok(())
     }
 
     /// Adds one crate's index file (its full text: one JSON object per line, blank lines
     /// ignored). All lines must name the same crate. Adding a file again changes nothing.
     pub fn add_index_file(&mut self, text: &str) -> Result<(), RegistryError> {
-        #[derive(Deserialize)]
-        struct Line {
-            name: String,
-            vers: String,
-            #[serde(default)]
-            deps: Vec<Dep>,
-            cksum: String,
-            #[serde(default)]
-            yanked: bool,
-        }
-        #[derive(Deserialize)]
-        struct Dep {
-            name: String,
-            #[serde(default)]
-            kind: Option<String>,
-            #[serde(default)]
-            package: Option<String>,
-            #[serde(default)]
-            registry: Option<String>,
-        }
-
         let mut first_name: Option<String> = None;
         let mut candidates = Vec::new();
         for (i, raw) in text.lines().enumerate() {
@@ -412,7 +420,7 @@ impl RegistryListing {
                 continue;
             }
             let err = |message: String| RegistryError::IndexLine { line, message };
-            let entry: Line = serde_json::from_str(raw).map_err(|e| err(e.to_string()))?;
+            let entry: IndexLine = serde_json::from_str(raw).map_err(|e| err(e.to_string()))?;
             validate_crate_name(&entry.name).map_err(|e| err(e.to_string()))?;
             match &first_name {
                 None => first_name = Some(entry.name.clone()),
@@ -428,27 +436,7 @@ impl RegistryListing {
             let version = semver::Version::parse(&entry.vers)
                 .map_err(|e| err(format!("invalid version {:?}: {e}", entry.vers)))?;
             validate_checksum(&entry.cksum).map_err(|e| err(e.to_string()))?;
-            let own = normalize(&entry.name);
-            let mut deps = Vec::new();
-            for dep in &entry.deps {
-                match dep.kind.as_deref() {
-                    None | Some("normal") | Some("build") => {}
-                    Some("dev") => continue,
-                    Some(other) => {
-                        return Err(err(format!(
-                            "dependency {:?} has unknown kind {other:?} (expected normal, build or dev)",
-                            dep.name
-                        )));
-                    }
-                }
-                if dep.registry.is_some() {
-                    continue;
-                }
-                let target = normalize(dep.package.as_deref().unwrap_or(&dep.name));
-                if target != own && !deps.contains(&target) {
-                    deps.push(target);
-                }
-            }
+            let deps = index_deps(&entry, &err)?;
             if !entry.yanked {
                 candidates.push(Candidate {
                     version,
@@ -595,6 +583,59 @@ fn uniform_below(rng: &mut ChaCha8Rng, bound: u64) -> u64 {
             return x % bound;
         }
     }
+}
+
+/// One line of an index file: one version of a crate.
+#[derive(Deserialize)]
+struct IndexLine {
+    name: String,
+    vers: String,
+    #[serde(default)]
+    deps: Vec<IndexDep>,
+    cksum: String,
+    #[serde(default)]
+    yanked: bool,
+}
+/// A dependency of an index line.
+#[derive(Deserialize)]
+struct IndexDep {
+    name: String,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    package: Option<String>,
+    #[serde(default)]
+    registry: Option<String>,
+}
+
+/// The normalised names of the crates an index line's version depends on to build (its normal and
+/// build dependencies from crates.io; dev-dependencies and other registries' crates left out).
+fn index_deps(
+    entry: &IndexLine,
+    err: &impl Fn(String) -> RegistryError,
+) -> Result<Vec<String>, RegistryError> {
+    let own = normalize(&entry.name);
+    let mut deps = Vec::new();
+    for dep in &entry.deps {
+        match dep.kind.as_deref() {
+            None | Some("normal") | Some("build") => {}
+            Some("dev") => continue,
+            Some(other) => {
+                return Err(err(format!(
+                    "dependency {:?} has unknown kind {other:?} (expected normal, build or dev)",
+                    dep.name
+                )));
+            }
+        }
+        if dep.registry.is_some() {
+            continue;
+        }
+        let target = normalize(dep.package.as_deref().unwrap_or(&dep.name));
+        if target != own && !deps.contains(&target) {
+            deps.push(target);
+        }
+    }
+    Ok(deps)
 }
 
 #[cfg(test)]

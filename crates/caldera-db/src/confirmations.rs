@@ -92,24 +92,42 @@ type Row = (
     Option<String>,
 );
 
+/// Every job of the crates of experiment `$1` that have confirmation runs, one row per result
+/// side (one row with no side for a job without results): crate id, run, job state, side,
+/// outcome, log key, duration, worker name.
+const RERUN_CRATES: &str = "WITH rerun AS (
+         SELECT DISTINCT crate_id FROM jobs WHERE experiment_id = $1 AND run > 0
+     )
+     SELECT c.crate_id, j.run, j.state, r.toolchain, r.outcome, r.log_key, r.duration_ms, w.name
+     FROM rerun
+     JOIN jobs j ON j.experiment_id = $1 AND j.crate_id = rerun.crate_id
+     JOIN crates c ON c.id = j.crate_id
+     LEFT JOIN results r ON r.experiment_id = $1 AND r.crate_id = j.crate_id AND r.run = j.run
+     LEFT JOIN workers w ON w.id = r.worker_id
+     ORDER BY c.crate_id, j.run, r.toolchain";
+
 /// Every crate of the experiment that has confirmation runs, with all its runs. Reads the
 /// experiment's jobs once (to find the crates re-run), then those crates' jobs and results.
 pub async fn of_experiment(pool: &PgPool, experiment_id: Uuid) -> Result<Confirmations, DbError> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "WITH rerun AS (
-             SELECT DISTINCT crate_id FROM jobs WHERE experiment_id = $1 AND run > 0
-         )
-         SELECT c.crate_id, j.run, j.state, r.toolchain, r.outcome, r.log_key, r.duration_ms, w.name
-         FROM rerun
-         JOIN jobs j ON j.experiment_id = $1 AND j.crate_id = rerun.crate_id
-         JOIN crates c ON c.id = j.crate_id
-         LEFT JOIN results r ON r.experiment_id = $1 AND r.crate_id = j.crate_id AND r.run = j.run
-         LEFT JOIN workers w ON w.id = r.worker_id
-         ORDER BY c.crate_id, j.run, r.toolchain",
-    )
-    .bind(experiment_id)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<Row> = sqlx::query_as(RERUN_CRATES)
+        .bind(experiment_id)
+        .fetch_all(pool)
+        .await?;
+    let mut out = Confirmations::default();
+    for (krate, runs) in runs_by_crate(rows) {
+        let mut runs: Vec<Run> = runs.into_values().collect();
+        for r in &mut runs {
+            if let (Some(s), Some(e)) = (&r.start, &r.end) {
+                r.comparison = Some(compare(&s.outcome, &e.outcome));
+            }
+        }
+        out.add(krate, runs);
+    }
+    Ok(out)
+}
+
+/// The rows of [`RERUN_CRATES`] as runs, by crate id and run, each with the sides it has.
+fn runs_by_crate(rows: Vec<Row>) -> BTreeMap<String, BTreeMap<i16, Run>> {
     let mut by_crate: BTreeMap<String, BTreeMap<i16, Run>> = BTreeMap::new();
     for (krate, run, state, side, outcome, log_key, duration_ms, worker) in rows {
         let entry = by_crate
@@ -140,21 +158,20 @@ pub async fn of_experiment(pool: &PgPool, experiment_id: Uuid) -> Result<Confirm
             _ => entry.end = Some(rec),
         }
     }
-    let mut out = Confirmations::default();
-    for (krate, runs) in by_crate {
-        let mut runs: Vec<Run> = runs.into_values().collect();
-        for r in &mut runs {
-            if let (Some(s), Some(e)) = (&r.start, &r.end) {
-                r.comparison = Some(compare(&s.outcome, &e.outcome));
-            }
-        }
+    by_crate
+}
+
+impl Confirmations {
+    /// Count a crate's runs (run 0 first, each compared once finished) and where its
+    /// confirmation stands, and list it.
+    fn add(&mut self, krate: String, runs: Vec<Run>) {
         let Some(first) = runs
             .first()
             .filter(|r| r.run == 0)
             .and_then(|r| r.comparison)
         else {
             // run 0 without a result cannot have confirmation runs; a hand-edited database
-            continue;
+            return;
         };
         let later: Vec<Option<Comparison>> = runs
             .iter()
@@ -162,11 +179,11 @@ pub async fn of_experiment(pool: &PgPool, experiment_id: Uuid) -> Result<Confirm
             .map(|r| r.comparison)
             .collect();
         for r in runs.iter().filter(|r| r.run > 0) {
-            out.runs_created += 1;
+            self.runs_created += 1;
             if r.comparison.is_some() {
-                out.runs_finished += 1;
+                self.runs_finished += 1;
             }
-            out.duration_ms += [&r.start, &r.end]
+            self.duration_ms += [&r.start, &r.end]
                 .into_iter()
                 .flatten()
                 .filter_map(|s| s.duration_ms)
@@ -174,16 +191,15 @@ pub async fn of_experiment(pool: &PgPool, experiment_id: Uuid) -> Result<Confirm
         }
         let status = confirm::status(first, &later);
         match status {
-            ConfirmationStatus::Confirmed => out.confirmed += 1,
-            ConfirmationStatus::Flaky | ConfirmationStatus::KnownFlaky => out.flaky += 1,
-            ConfirmationStatus::Pending => out.pending += 1,
+            ConfirmationStatus::Confirmed => self.confirmed += 1,
+            ConfirmationStatus::Flaky | ConfirmationStatus::KnownFlaky => self.flaky += 1,
+            ConfirmationStatus::Pending => self.pending += 1,
         }
-        out.crates.push(CrateConfirmation {
+        self.crates.push(CrateConfirmation {
             krate,
             comparison: first,
             status,
             runs,
         });
     }
-    Ok(out)
 }

@@ -84,95 +84,26 @@ impl PrivatePostgres {
         } else {
             None
         };
-        let dir = options.dir.clone();
-        let data = dir.join("data");
-        let socket = dir.join("socket");
-        let log = dir.join("postgres.log");
-        fs::create_dir_all(&socket).map_err(io_err(&socket))?;
-        // The directory (and its parents) must be reachable by the server's user.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io_err(&dir))?;
-        if let Some((uid, gid)) = run_as {
-            chown_tree(&dir, uid, gid)?;
+        let layout = Layout::of(&options.dir);
+        layout.create(run_as)?;
+        if !layout.data.join("PG_VERSION").exists() {
+            initdb(&bin, &layout.data, run_as, options.unsafe_fast)?;
         }
-
-        if !data.join("PG_VERSION").exists() {
-            let mut initdb = Command::new(bin.join("initdb"));
-            initdb
-                .arg("-D")
-                .arg(&data)
-                .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C"])
-                .arg("--no-instructions");
-            if options.unsafe_fast {
-                initdb.arg("--no-sync");
-            }
-            let out = as_user(&mut initdb, run_as)
-                .stdin(Stdio::null())
-                .output()
-                .map_err(io_err(&bin))?;
-            if !out.status.success() {
-                return Err(EmbeddedError::Command {
-                    step: "initdb",
-                    message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                });
-            }
-        }
-
         let port = if options.port == 0 {
-            free_port().map_err(io_err(&dir))?
+            free_port().map_err(io_err(&layout.dir))?
         } else {
             options.port
         };
-        // A stale pid file from a killed server would stop postgres from starting.
-        let pid_file = data.join("postmaster.pid");
-        if pid_file.exists() && !server_alive(&pid_file) {
-            let _ = fs::remove_file(&pid_file);
-        }
-        let mut extra = String::from("-c max_connections=300 -c shared_buffers=128MB");
-        if options.unsafe_fast {
-            extra.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
-        }
-        if options.statement_stats {
-            extra.push_str(" -c shared_preload_libraries=pg_stat_statements");
-        }
-        let script = r#"
-"$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" -k "$PG_SOCK" -c listen_addresses=127.0.0.1 $PG_EXTRA >>"$PG_LOG" 2>&1 &
-pg=$!
-cleanup() {
-  kill -INT "$pg" 2>/dev/null; wait "$pg" 2>/dev/null
-  if [ "$PG_EPHEMERAL" = 1 ]; then rm -rf "$PG_ROOT"; fi
-  exit 0
-}
-trap cleanup TERM INT HUP
-while [ -d "/proc/$PG_OWNER" ] && kill -0 "$pg" 2>/dev/null; do sleep 0.2; done
-cleanup
-"#;
-        let mut sh = Command::new("/bin/sh");
-        sh.arg("-c")
-            .arg(script)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("PG_BIN", &bin)
-            .env("PG_DATA", &data)
-            .env("PG_PORT", port.to_string())
-            .env("PG_SOCK", &socket)
-            .env("PG_EXTRA", extra)
-            .env("PG_LOG", &log)
-            .env("PG_ROOT", &dir)
-            .env("PG_EPHEMERAL", if options.ephemeral { "1" } else { "0" })
-            .env("PG_OWNER", std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // its own process group: a ^C to the terminal reaches caldera, which then exits,
-            // and the watchdog stops the server cleanly instead of being killed mid-write
-            .process_group(0);
+        remove_stale_pid_file(&layout.data);
+        let mut sh = watchdog(&bin, &layout, port, &options);
         let child = as_user(&mut sh, run_as).spawn().map_err(io_err(&bin))?;
         let this = PrivatePostgres {
-            dir: dir.clone(),
+            dir: layout.dir.clone(),
             port,
             watchdog_pid: child.id(),
         };
-        this.wait_ready(&bin, &log, Duration::from_secs(30)).await?;
+        this.wait_ready(&bin, &layout.log, Duration::from_secs(30))
+            .await?;
         Ok(this)
     }
 
@@ -229,6 +160,128 @@ cleanup
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Where a cluster keeps its files: the data directory, the socket directory and the server's log,
+/// under the cluster's directory.
+struct Layout {
+    dir: PathBuf,
+    data: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Layout {
+    fn of(dir: &Path) -> Layout {
+        Layout {
+            dir: dir.to_owned(),
+            data: dir.join("data"),
+            socket: dir.join("socket"),
+            log: dir.join("postgres.log"),
+        }
+    }
+
+    /// Create the directories, reachable by the server's user (`run_as`, when not this one).
+    fn create(&self, run_as: Option<(u32, u32)>) -> Result<(), EmbeddedError> {
+        fs::create_dir_all(&self.socket).map_err(io_err(&self.socket))?;
+        // The directory (and its parents) must be reachable by the server's user.
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755))
+            .map_err(io_err(&self.dir))?;
+        if let Some((uid, gid)) = run_as {
+            chown_tree(&self.dir, uid, gid)?;
+        }
+        Ok(())
+    }
+}
+
+/// Initialise a cluster in `data`: the [`SUPERUSER`] role, trusted local connections, UTF-8, the
+/// C locale.
+fn initdb(
+    bin: &Path,
+    data: &Path,
+    run_as: Option<(u32, u32)>,
+    unsafe_fast: bool,
+) -> Result<(), EmbeddedError> {
+    let mut initdb = Command::new(bin.join("initdb"));
+    initdb
+        .arg("-D")
+        .arg(data)
+        .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C"])
+        .arg("--no-instructions");
+    if unsafe_fast {
+        initdb.arg("--no-sync");
+    }
+    let out = as_user(&mut initdb, run_as)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_err(bin))?;
+    if !out.status.success() {
+        return Err(EmbeddedError::Command {
+            step: "initdb",
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A stale pid file from a killed server would stop postgres from starting.
+fn remove_stale_pid_file(data: &Path) {
+    let pid_file = data.join("postmaster.pid");
+    if pid_file.exists() && !server_alive(&pid_file) {
+        let _ = fs::remove_file(&pid_file);
+    }
+}
+
+/// The server's settings beyond its defaults (`-c name=value …`), as the options ask.
+fn server_settings(options: &ClusterOptions) -> String {
+    let mut extra = String::from("-c max_connections=300 -c shared_buffers=128MB");
+    if options.unsafe_fast {
+        extra.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+    }
+    if options.statement_stats {
+        extra.push_str(" -c shared_preload_libraries=pg_stat_statements");
+    }
+    extra
+}
+
+/// The watchdog: starts the server, stops it when the owning process (`PG_OWNER`) is gone or on
+/// a signal, and then removes an ephemeral cluster's directory.
+const WATCHDOG: &str = r#"
+"$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" -k "$PG_SOCK" -c listen_addresses=127.0.0.1 $PG_EXTRA >>"$PG_LOG" 2>&1 &
+pg=$!
+cleanup() {
+  kill -INT "$pg" 2>/dev/null; wait "$pg" 2>/dev/null
+  if [ "$PG_EPHEMERAL" = 1 ]; then rm -rf "$PG_ROOT"; fi
+  exit 0
+}
+trap cleanup TERM INT HUP
+while [ -d "/proc/$PG_OWNER" ] && kill -0 "$pg" 2>/dev/null; do sleep 0.2; done
+cleanup
+"#;
+
+/// The command that runs the [`WATCHDOG`] for this cluster, on `port`.
+fn watchdog(bin: &Path, layout: &Layout, port: u16, options: &ClusterOptions) -> Command {
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c")
+        .arg(WATCHDOG)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("PG_BIN", bin)
+        .env("PG_DATA", &layout.data)
+        .env("PG_PORT", port.to_string())
+        .env("PG_SOCK", &layout.socket)
+        .env("PG_EXTRA", server_settings(options))
+        .env("PG_LOG", &layout.log)
+        .env("PG_ROOT", &layout.dir)
+        .env("PG_EPHEMERAL", if options.ephemeral { "1" } else { "0" })
+        .env("PG_OWNER", std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // its own process group: a ^C to the terminal reaches caldera, which then exits,
+        // and the watchdog stops the server cleanly instead of being killed mid-write
+        .process_group(0);
+    sh
 }
 
 fn is_zombie(proc_dir: &Path) -> bool {

@@ -133,6 +133,27 @@ pub struct FinishedRun<'a> {
     pub end: (&'a Outcome, Option<&'a str>),
 }
 
+/// For each job of `$1`: its crate, its experiment's name and, for a confirmation run, one row per
+/// side of its crate's run 0 (that side, its outcome and log key).
+const FINISHED_RUNS: &str = "SELECT j.id, j.crate_id, e.name, r.toolchain, r.outcome, r.log_key
+     FROM unnest($1::bigint[]) AS t(id)
+     JOIN jobs j ON j.id = t.id
+     JOIN experiments e ON e.id = j.experiment_id
+     LEFT JOIN results r ON j.run > 0 AND r.experiment_id = j.experiment_id
+                        AND r.crate_id = j.crate_id AND r.run = 0";
+
+/// One side of a run 0, as a confirmation run is compared with it: its outcome and log key.
+type FirstSide = (Outcome, Option<String>);
+
+/// What a finished run is compared against: its crate (`crates.id`), its experiment's name, and
+/// for a confirmation run its crate's run 0 (start, end).
+struct Context {
+    krate: i64,
+    experiment: String,
+    first_start: Option<FirstSide>,
+    first_end: Option<FirstSide>,
+}
+
 /// Record what the finished runs show: each confirmation run's sides against the same sides of
 /// the crate's run 0, and each calibration run's start against its end. One query reads the
 /// crates, experiments and (for confirmation runs) run 0's results of all of them, one upsert
@@ -145,6 +166,21 @@ pub async fn record_finished(
     if finished.is_empty() {
         return Ok(0);
     }
+    let contexts = contexts(conn, finished).await?;
+    let mut sightings = Vec::new();
+    for f in finished {
+        if let Some(context) = contexts.get(&f.job_id) {
+            sightings.extend(context.sightings(f));
+        }
+    }
+    record(conn, &sightings, now).await
+}
+
+/// The [`Context`] of every finished run, by job id, in one query ([`FINISHED_RUNS`]).
+async fn contexts(
+    conn: &mut sqlx::PgConnection,
+    finished: &[FinishedRun<'_>],
+) -> Result<HashMap<i64, Context>, DbError> {
     let ids: Vec<i64> = finished.iter().map(|f| f.job_id).collect();
     type Row = (
         i64,
@@ -154,37 +190,34 @@ pub async fn record_finished(
         Option<Json<Outcome>>,
         Option<String>,
     );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT j.id, j.crate_id, e.name, r.toolchain, r.outcome, r.log_key
-         FROM unnest($1::bigint[]) AS t(id)
-         JOIN jobs j ON j.id = t.id
-         JOIN experiments e ON e.id = j.experiment_id
-         LEFT JOIN results r ON j.run > 0 AND r.experiment_id = j.experiment_id
-                            AND r.crate_id = j.crate_id AND r.run = 0",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    // job → (crate, experiment, run 0's start, run 0's end)
-    type First = (Outcome, Option<String>);
-    let mut jobs: HashMap<i64, (i64, String, Option<First>, Option<First>)> = HashMap::new();
+    let rows: Vec<Row> = sqlx::query_as(FINISHED_RUNS)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut jobs: HashMap<i64, Context> = HashMap::new();
     for (job, krate, experiment, side, outcome, log_key) in rows {
-        let e = jobs
-            .entry(job)
-            .or_insert_with(|| (krate, experiment, None, None));
+        let e = jobs.entry(job).or_insert_with(|| Context {
+            krate,
+            experiment,
+            first_start: None,
+            first_end: None,
+        });
         if let (Some(side), Some(Json(o))) = (side, outcome) {
             if side == "start" {
-                e.2 = Some((o, log_key));
+                e.first_start = Some((o, log_key));
             } else {
-                e.3 = Some((o, log_key));
+                e.first_end = Some((o, log_key));
             }
         }
     }
-    let mut sightings = Vec::new();
-    for f in finished {
-        let Some((krate, experiment, first_start, first_end)) = jobs.get(&f.job_id) else {
-            continue;
-        };
+    Ok(jobs)
+}
+
+impl Context {
+    /// What run `f` shows: for a confirmation run, each side's differences from the same side
+    /// of run 0; for a calibration run, its end's differences from its start.
+    fn sightings(&self, f: &FinishedRun<'_>) -> Vec<Sighting> {
+        let mut sightings = Vec::new();
         let mut add = |subjects: Vec<String>,
                        source: Source,
                        side: Side,
@@ -192,9 +225,9 @@ pub async fn record_finished(
                        other: Option<&str>| {
             for subject in subjects {
                 sightings.push(Sighting {
-                    crate_id: *krate,
+                    crate_id: self.krate,
                     subject,
-                    experiment: experiment.clone(),
+                    experiment: self.experiment.clone(),
                     source,
                     run: f.run,
                     side,
@@ -205,8 +238,8 @@ pub async fn record_finished(
         };
         if f.run > 0 {
             for (side, first, now_) in [
-                (Side::Start, first_start, f.start),
-                (Side::End, first_end, f.end),
+                (Side::Start, &self.first_start, f.start),
+                (Side::End, &self.first_end, f.end),
             ] {
                 if let Some((o, log)) = first {
                     add(
@@ -228,8 +261,8 @@ pub async fn record_finished(
                 f.end.1,
             );
         }
+        sightings
     }
-    record(conn, &sightings, now).await
 }
 
 /// The evidence of a flake's last sighting.

@@ -19,8 +19,8 @@
 use std::collections::HashMap;
 
 use caldera_core::crates::CrateId;
+use caldera_core::outcome::CrateResult;
 use caldera_core::outcome::Outcome;
-use caldera_core::report::CrateResult;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::Serialize;

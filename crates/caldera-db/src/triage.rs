@@ -464,29 +464,62 @@ pub async fn find_crate(
     else {
         return Ok(Target::NoExperiment);
     };
-    let by_name = |name: &str, version: Option<String>| {
-        sqlx::query_as::<_, (i64, String)>(
-            "SELECT c.id, c.crate_id FROM crates c
-             JOIN jobs j ON j.crate_id = c.id AND j.experiment_id = $1
-             WHERE c.kind = 'registry' AND c.name = $2 AND ($3::text IS NULL OR c.version = $3)
-             ORDER BY c.crate_id LIMIT 5",
-        )
-        .bind(experiment_id)
-        .bind(name.to_owned())
-        .bind(version)
-        .fetch_all(pool)
+    let mut candidates = candidates(pool, experiment_id, krate).await?;
+    let (row, text) = match candidates.len() {
+        0 => return Ok(Target::NoCrate),
+        1 => candidates.remove(0),
+        _ => {
+            return Ok(Target::Ambiguous {
+                candidates: candidates.into_iter().map(|(_, id)| id).collect(),
+            });
+        }
     };
-    let mut candidates: Vec<(i64, String)> = match krate {
-        CrateRef::Id(id) => {
-            let exact: Option<(i64, String)> = sqlx::query_as(
-                "SELECT c.id, c.crate_id FROM crates c
-                 JOIN jobs j ON j.crate_id = c.id AND j.experiment_id = $1
-                 WHERE c.crate_id = $2",
-            )
+    let crate_id: CrateId = text.parse().map_err(|e| DbError::Corrupt {
+        table: "crates",
+        message: format!("crate id {text:?}: {e}"),
+    })?;
+    let (start, end) = outcomes(pool, experiment_id, row).await?;
+    Ok(Target::Found {
+        crate_id,
+        start,
+        end,
+    })
+}
+
+/// The experiment's crates (`$1`) with exactly the crate id `$2`, as (`crates.id`, crate id).
+const CRATE_BY_ID: &str = "SELECT c.id, c.crate_id FROM crates c
+     JOIN jobs j ON j.crate_id = c.id AND j.experiment_id = $1
+     WHERE c.crate_id = $2";
+
+/// The experiment's (`$1`) registry crates named `$2` (of version `$3`, when given), as
+/// (`crates.id`, crate id), at most five.
+const CRATES_BY_NAME: &str = "SELECT c.id, c.crate_id FROM crates c
+     JOIN jobs j ON j.crate_id = c.id AND j.experiment_id = $1
+     WHERE c.kind = 'registry' AND c.name = $2 AND ($3::text IS NULL OR c.version = $3)
+     ORDER BY c.crate_id LIMIT 5";
+
+/// The crates of the experiment that `krate` may mean, as (`crates.id`, crate id): the crate of
+/// that id, else for a registry id without checksum the crates of its name and version (one
+/// resolved with a checksum); for a name, the registry crates of that name.
+async fn candidates(
+    pool: &PgPool,
+    experiment_id: Uuid,
+    krate: &CrateRef,
+) -> Result<Vec<(i64, String)>, DbError> {
+    let by_name = |name: &str, version: Option<String>| {
+        sqlx::query_as::<_, (i64, String)>(CRATES_BY_NAME)
             .bind(experiment_id)
-            .bind(id.to_string())
-            .fetch_optional(pool)
-            .await?;
+            .bind(name.to_owned())
+            .bind(version)
+            .fetch_all(pool)
+    };
+    Ok(match krate {
+        CrateRef::Id(id) => {
+            let exact: Option<(i64, String)> = sqlx::query_as(CRATE_BY_ID)
+                .bind(experiment_id)
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?;
             match (exact, id) {
                 (Some(found), _) => vec![found],
                 (
@@ -501,25 +534,21 @@ pub async fn find_crate(
             }
         }
         CrateRef::Name(name) => by_name(name, None).await?,
-    };
-    let (row, text) = match candidates.len() {
-        0 => return Ok(Target::NoCrate),
-        1 => candidates.remove(0),
-        _ => {
-            return Ok(Target::Ambiguous {
-                candidates: candidates.into_iter().map(|(_, id)| id).collect(),
-            });
-        }
-    };
-    let crate_id: CrateId = text.parse().map_err(|e| DbError::Corrupt {
-        table: "crates",
-        message: format!("crate id {text:?}: {e}"),
-    })?;
+    })
+}
+
+/// The outcomes of a crate (`crates.id`) in an experiment: (start, end), `None` for a side
+/// without a result yet.
+async fn outcomes(
+    pool: &PgPool,
+    experiment_id: Uuid,
+    krate: i64,
+) -> Result<(Option<Outcome>, Option<Outcome>), DbError> {
     let rows: Vec<(String, Json<Outcome>)> = sqlx::query_as(
         "SELECT toolchain, outcome FROM results WHERE experiment_id = $1 AND crate_id = $2",
     )
     .bind(experiment_id)
-    .bind(row)
+    .bind(krate)
     .fetch_all(pool)
     .await?;
     let (mut start, mut end) = (None, None);
@@ -529,9 +558,5 @@ pub async fn find_crate(
             _ => end = Some(outcome),
         }
     }
-    Ok(Target::Found {
-        crate_id,
-        start,
-        end,
-    })
+    Ok((start, end))
 }

@@ -292,11 +292,10 @@ async fn measure_page(url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn caldera_storage::ObjectStore> =
         Arc::new(caldera_storage::LocalStore::open(dir.path(), 64 << 20).unwrap());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let app = caldera_master::router(caldera_master::AppState::new(pool, store, shutdown.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let master = caldera_master::Master::start(caldera_master::MasterConfig::new(pool, store))
+        .await
+        .unwrap();
+    let base = master.http_url();
     let http = reqwest::Client::new();
     let get = |path: String| {
         let http = http.clone();
@@ -350,7 +349,7 @@ async fn measure_page(url: &str) {
     println!("experiment_page_cold: {:.0} ms", cold.as_secs_f64() * 1e3);
     println!("experiment_page_p50: {:.1} ms", pct(0.5));
     println!("experiment_page_p95: {:.1} ms", pct(0.95));
-    shutdown.cancel();
+    let _ = master.stop().await;
 }
 
 #[tokio::main]

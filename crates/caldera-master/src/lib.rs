@@ -11,9 +11,8 @@ pub mod export;
 pub mod metrics;
 pub mod resolve;
 pub mod scheduler;
+mod server;
 pub mod triage;
-
-use std::net::SocketAddr;
 
 use axum::extract::State;
 use axum::routing::get;
@@ -21,6 +20,8 @@ use axum::{Json, Router};
 use caldera_db::PgPool;
 use serde::Serialize;
 use tower_http::trace::TraceLayer;
+
+pub use server::{Master, MasterConfig};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -31,29 +32,6 @@ pub struct AppState {
     pub registry: Option<std::sync::Arc<caldera_core::registry::RegistryListing>>,
     /// Object storage holding logs, lockfiles and report bundles (workers write, the master reads).
     pub store: std::sync::Arc<dyn caldera_storage::ObjectStore>,
-}
-
-impl AppState {
-    /// State with a running scheduler using the system clock and default settings.
-    pub fn new(
-        pool: PgPool,
-        store: std::sync::Arc<dyn caldera_storage::ObjectStore>,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) -> AppState {
-        let scheduler = scheduler::Scheduler::start(
-            pool.clone(),
-            scheduler::SchedulerConfig::default(),
-            std::sync::Arc::new(scheduler::SystemClock),
-            std::sync::Arc::new(metrics::Metrics::default()),
-            shutdown,
-        );
-        AppState {
-            pool,
-            scheduler,
-            registry: None,
-            store,
-        }
-    }
 }
 
 /// Liveness and database reachability.
@@ -185,75 +163,4 @@ pub fn router_with(state: AppState, dashboard: dashboard::DashboardConfig) -> Ro
         .fallback(fallback)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
-}
-
-/// Serve the HTTP API on `http` and the worker service (gRPC) on `grpc` until `shutdown` is cancelled.
-pub async fn serve(
-    state: AppState,
-    http: tokio::net::TcpListener,
-    grpc: tokio::net::TcpListener,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    serve_with(
-        state,
-        dashboard::DashboardConfig::default(),
-        http,
-        grpc,
-        shutdown,
-    )
-    .await
-}
-
-/// [`serve`] with dashboard settings. Completed experiments get their report exported.
-pub async fn serve_with(
-    state: AppState,
-    dashboard: dashboard::DashboardConfig,
-    http: tokio::net::TcpListener,
-    grpc: tokio::net::TcpListener,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    export::install_completion_hook(state.pool.clone(), state.store.clone(), &state.scheduler);
-    tracing::info!(addr = %http.local_addr()?, "master HTTP API listening");
-    tracing::info!(addr = %grpc.local_addr()?, "worker service (gRPC) listening");
-    let service = state.scheduler.service();
-    let grpc_shutdown = shutdown.clone();
-    let grpc_task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                // No Nagle: an assignment or an acknowledgement is a small write that must leave
-                // at once. With Nagle it waits for the ACK of the previous one, which the worker's
-                // kernel delays by up to 40 ms (measured: claim→worker p50 40 ms → see
-                // docs/benchmarks.md). The worker sets the same on its side.
-                tokio_stream::StreamExt::map(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                    |conn| conn.and_then(|c| c.set_nodelay(true).map(|()| c)),
-                ),
-                grpc_shutdown.cancelled_owned(),
-            )
-            .await
-    });
-    let http_shutdown = shutdown.clone();
-    axum::serve(http, router_with(state, dashboard))
-        .with_graceful_shutdown(http_shutdown.cancelled_owned())
-        .await?;
-    shutdown.cancel();
-    match grpc_task.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(std::io::Error::other(format!("gRPC server: {e}"))),
-        Err(e) => Err(std::io::Error::other(format!("gRPC server task: {e}"))),
-    }
-}
-
-/// Bind both listeners (port 0 picks a free port).
-pub async fn bind(
-    http: SocketAddr,
-    grpc: SocketAddr,
-) -> std::io::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
-    Ok((
-        tokio::net::TcpListener::bind(http).await?,
-        tokio::net::TcpListener::bind(grpc).await?,
-    ))
 }

@@ -59,81 +59,103 @@ impl Default for Metrics {
             db_errors: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "jobs_assigned",
-            "Jobs handed to workers",
-            m.jobs_assigned.clone(),
-        );
-        registry.register(
-            "jobs_completed",
-            "Job results accepted",
-            m.jobs_completed.clone(),
-        );
-        registry.register(
-            "jobs_requeued",
-            "Jobs re-queued after their lease expired",
-            m.jobs_requeued.clone(),
-        );
-        registry.register(
-            "confirmation_runs_queued",
-            "Confirmation runs queued for regressed or fixed first runs",
-            m.confirmation_runs_queued.clone(),
-        );
-        registry.register(
-            "flakes_recorded",
-            "Sightings of flakes (differences between runs on the same toolchain) recorded",
-            m.flakes_recorded.clone(),
-        );
-        registry.register(
-            "jobs_errored",
-            "Jobs that used up their attempts",
-            m.jobs_errored.clone(),
-        );
-        registry.register(
-            "jobs_returned",
-            "Jobs handed back by workers without a result",
-            m.jobs_returned.clone(),
-        );
-        registry.register(
-            "results_rejected",
-            "Results rejected (stale lease, duplicate, cancelled)",
-            m.results_rejected.clone(),
-        );
-        registry.register(
-            "lease_expiries",
-            "Leases that expired",
-            m.lease_expiries.clone(),
-        );
-        registry.register(
-            "workers_connected",
-            "Workers with an open session",
-            m.workers_connected.clone(),
-        );
-        registry.register(
-            "queue_depth",
-            "Queued jobs per experiment",
-            m.queue_depth.clone(),
-        );
-        registry.register(
-            "claim_latency_seconds",
-            "Time of one batched queue claim",
-            m.claim_latency.clone(),
-        );
-        registry.register(
-            "claim_to_send_seconds",
-            "Time from the claim's commit until the assignment is on the worker's stream",
-            m.claim_to_send.clone(),
-        );
-        registry.register(
-            "db_errors",
-            "Database errors in the scheduler's loops",
-            m.db_errors.clone(),
-        );
+        // in this order in the exposition
+        m.register_jobs(&mut registry);
+        m.register_farm(&mut registry);
+        m.register_scheduler(&mut registry);
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// What happens to jobs and their results: assigned, accepted, re-queued, confirmed, given up,
+    /// handed back, rejected, and leases that expired.
+    fn register_jobs(&self, registry: &mut Registry) {
+        let counters = [
+            (
+                "jobs_assigned",
+                "Jobs handed to workers",
+                &self.jobs_assigned,
+            ),
+            (
+                "jobs_completed",
+                "Job results accepted",
+                &self.jobs_completed,
+            ),
+            (
+                "jobs_requeued",
+                "Jobs re-queued after their lease expired",
+                &self.jobs_requeued,
+            ),
+            (
+                "confirmation_runs_queued",
+                "Confirmation runs queued for regressed or fixed first runs",
+                &self.confirmation_runs_queued,
+            ),
+            (
+                "flakes_recorded",
+                "Sightings of flakes (differences between runs on the same toolchain) recorded",
+                &self.flakes_recorded,
+            ),
+            (
+                "jobs_errored",
+                "Jobs that used up their attempts",
+                &self.jobs_errored,
+            ),
+            (
+                "jobs_returned",
+                "Jobs handed back by workers without a result",
+                &self.jobs_returned,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "results_rejected",
+            "Results rejected (stale lease, duplicate, cancelled)",
+            self.results_rejected.clone(),
+        );
+        registry.register(
+            "lease_expiries",
+            "Leases that expired",
+            self.lease_expiries.clone(),
+        );
+    }
+
+    /// The farm: workers connected and jobs queued.
+    fn register_farm(&self, registry: &mut Registry) {
+        registry.register(
+            "workers_connected",
+            "Workers with an open session",
+            self.workers_connected.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Queued jobs per experiment",
+            self.queue_depth.clone(),
+        );
+    }
+
+    /// The scheduler's loops: how long claims take and reach the worker, and database errors.
+    fn register_scheduler(&self, registry: &mut Registry) {
+        registry.register(
+            "claim_latency_seconds",
+            "Time of one batched queue claim",
+            self.claim_latency.clone(),
+        );
+        registry.register(
+            "claim_to_send_seconds",
+            "Time from the claim's commit until the assignment is on the worker's stream",
+            self.claim_to_send.clone(),
+        );
+        registry.register(
+            "db_errors",
+            "Database errors in the scheduler's loops",
+            self.db_errors.clone(),
+        );
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -6,10 +6,10 @@ use std::fmt::Write as _;
 
 use caldera_core::crates::CrateId;
 use caldera_core::outcome::{Comparison, Outcome};
-use caldera_core::report::Report;
 use caldera_core::triage::{MarkKind, cause, crate_key};
 use caldera_db::triage::{self, Mark};
 use caldera_db::{DbError, PgPool};
+use caldera_report::Report;
 use maud::{Markup, html};
 
 /// The marks that apply to the regressions of `report`, by crate id.

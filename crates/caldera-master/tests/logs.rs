@@ -2,99 +2,46 @@
 //! objects, through a running master (real TCP, real Postgres) over both storage backends: a local
 //! directory and a real S3-compatible server (`caldera_storage::testing::S3Server`).
 
-use std::sync::Arc;
+mod common;
 
 use caldera_core::crates::CrateId;
 use caldera_db::jobs::{self, Completion, SideRecord};
-use caldera_db::testing::TestDb;
-use caldera_db::tokens::{self, Role};
-use caldera_storage::testing::S3Server;
-use caldera_storage::{ObjectStore, PutOptions, keys};
+use caldera_storage::{PutOptions, keys};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Local,
-    S3,
+use common::{Backend, Setup, TestMaster};
+
+/// The test's master ([`TestMaster`]) and what these tests do with it.
+struct Master(TestMaster);
+
+impl std::ops::Deref for Master {
+    type Target = TestMaster;
+    fn deref(&self) -> &TestMaster {
+        &self.0
+    }
 }
 
-struct Master {
-    base: String,
-    db: TestDb,
-    http: reqwest::Client,
-    operator: String,
-    viewer: String,
-    worker_token: String,
-    worker_token_id: Uuid,
-    store: Arc<dyn ObjectStore>,
-    s3: Option<S3Server>,
-    _dir: tempfile::TempDir,
+impl std::ops::DerefMut for Master {
+    fn deref_mut(&mut self) -> &mut TestMaster {
+        &mut self.0
+    }
 }
 
 impl Master {
     async fn start(backend: Backend) -> Master {
-        let db = TestDb::new().await;
-        let dir = tempfile::tempdir().unwrap();
-        let (store, s3): (Arc<dyn ObjectStore>, _) = match backend {
-            Backend::Local => (
-                caldera_storage::open(&caldera_storage::StorageConfig::local(dir.path())).unwrap(),
-                None,
-            ),
-            Backend::S3 => {
-                let server = S3Server::start().await.unwrap();
-                (
-                    caldera_storage::open(&server.config()).unwrap(),
-                    Some(server),
-                )
-            }
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = caldera_master::router(caldera_master::AppState::new(
-            db.pool.clone(),
-            store.clone(),
-            Default::default(),
-        ));
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let operator = tokens::create(&db.pool, "op", Role::Operator)
-            .await
-            .unwrap()
-            .1;
-        let viewer = tokens::create(&db.pool, "viewer", Role::Viewer)
-            .await
-            .unwrap()
-            .1;
-        let (worker_row, worker_token) = tokens::create(&db.pool, "worker", Role::Worker)
-            .await
-            .unwrap();
-        Master {
-            base,
-            db,
-            http: reqwest::Client::new(),
-            operator,
-            viewer,
-            worker_token,
-            worker_token_id: worker_row.id,
-            store,
-            s3,
-            _dir: dir,
-        }
+        Master(
+            TestMaster::start(Setup {
+                backend,
+                ..Setup::default()
+            })
+            .await,
+        )
     }
 
     async fn call(&self, method: Method, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        self.0.call(method, path, token, None).await
     }
 
     /// GET a log as the viewer: status, content type, body bytes.
@@ -327,7 +274,7 @@ async fn serves_logs(backend: Backend) {
         "authorization",
         "bearer",
     );
-    let (status, body) = m.call(Method::GET, &url, Some(&m.worker_token)).await;
+    let (status, body) = m.call(Method::GET, &url, Some(&m.worker)).await;
     assert_error(
         status,
         &body,
@@ -464,7 +411,7 @@ async fn bad_requests_name_what_is_wrong_or_missing() {
 
     // A result whose object vanished behind the master's back: 404 on `log`, not a 500 or an empty 200.
     let key = keys::log("errs", "stable", "reg:serde@1.0.0").unwrap();
-    std::fs::remove_file(m._dir.path().join("objects").join(key.as_str())).unwrap();
+    std::fs::remove_file(m.dir.path().join("objects").join(key.as_str())).unwrap();
     let (s, body) = get("/errs/results/reg:serde@1.0.0/start/log".into()).await;
     assert_error(
         s,

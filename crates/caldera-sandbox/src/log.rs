@@ -1,14 +1,17 @@
 //! Bounded capture of a step's merged output.
 //!
 //! Output arrives in arbitrary chunks. Every line is prefixed with the time elapsed since the step
-//! started (`[   1.234] `), stamped when the line's first byte arrives, so nothing waits for a newline and
-//! a multi-GiB single line is as harmless as many short ones. The rendered log keeps at most `cap` bytes:
-//! the first half verbatim, the last half in a ring buffer, and between them one marker line saying how
-//! much was cut. Memory use is bounded by the cap whatever the step prints.
+//! started (`[   1.234] `, written by [`caldera_core::logtext::stamp`], next to the code that reads
+//! it back), stamped when the line's first byte arrives, so nothing waits for a newline and a
+//! multi-GiB single line is as harmless as many short ones. The rendered log keeps at most `cap`
+//! bytes: the first half verbatim, the last half in a ring buffer, and between them one marker line
+//! saying how much was cut. Memory use is bounded by the cap whatever the step prints.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
+
+use caldera_core::logtext;
 
 /// Default cap of a step's captured log: 5 MiB.
 pub const DEFAULT_LOG_CAP: usize = 5 * 1024 * 1024;
@@ -132,7 +135,7 @@ impl LogCapture {
         let mut rest = chunk;
         while !rest.is_empty() {
             if self.at_line_start {
-                let stamp = timestamp(elapsed);
+                let stamp = logtext::stamp(elapsed);
                 self.emit(stamp.as_bytes());
                 self.lines += 1;
                 self.at_line_start = false;
@@ -236,10 +239,6 @@ impl Ring {
         out.extend_from_slice(&self.buf[self.start..self.start + first]);
         out.extend_from_slice(&self.buf[..self.len - first]);
     }
-}
-
-fn timestamp(elapsed: Duration) -> String {
-    format!("[{:>8.3}] ", elapsed.as_secs_f64())
 }
 
 #[cfg(test)]

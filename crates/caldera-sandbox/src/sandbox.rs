@@ -198,118 +198,11 @@ impl Sandbox {
                 source: std::io::Error::other(e),
             })??;
 
-        let name = format!(
-            "caldera-{}-{:x}-{}",
-            sanitize_name(&self.config.owner),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_micros())
-                .unwrap_or_default(),
-            CONTAINER_SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = self.container_name();
         let toolchain_names: Vec<String> =
             mounts.toolchains.iter().map(|t| t.name.clone()).collect();
-        let default_toolchain = &toolchain_names[0];
-
-        let bind = |source: &Path, target: String, read_only: bool| Mount {
-            target: Some(target),
-            source: Some(source.to_string_lossy().into_owned()),
-            typ: Some(MountType::BIND),
-            read_only: Some(read_only),
-            bind_options: Some(MountBindOptions {
-                propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let mut binds = vec![
-            bind(&mounts.source, paths::SOURCE.into(), true),
-            bind(&mounts.target, paths::TARGET.into(), false),
-            bind(&mounts.cargo_home, paths::CARGO_HOME.into(), true),
-            bind(
-                &mounts.toolchains[0].path,
-                paths::DEFAULT_TOOLCHAIN.into(),
-                true,
-            ),
-        ];
-        for tc in &mounts.toolchains {
-            binds.push(bind(
-                &tc.path,
-                format!("{}/{}", paths::TOOLCHAINS, tc.name),
-                true,
-            ));
-        }
-
-        let memory = i64::try_from(limits.memory_bytes)
-            .map_err(|_| SandboxError::Invalid("memory limit too large".into()))?;
-        let tmpfs = HashMap::from([
-            (
-                "/tmp".to_owned(),
-                format!("rw,nosuid,nodev,size={},mode=1777", limits.tmp_bytes),
-            ),
-            (
-                paths::HOME.to_owned(),
-                format!("rw,nosuid,nodev,size=67108864,uid={uid},gid={gid},mode=0755"),
-            ),
-        ]);
-        let host_config = HostConfig {
-            mounts: Some(binds),
-            // A network namespace with only `lo`; Docker still writes `/etc/hosts` (so
-            // `localhost` resolves, as tests that serve on it expect). `network_disabled` would
-            // leave `/etc/hosts` empty.
-            network_mode: Some("none".into()),
-            memory: Some(memory),
-            memory_swap: Some(memory),
-            nano_cpus: Some((limits.cpus * 1e9) as i64),
-            pids_limit: Some(i64::from(limits.pids)),
-            cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            readonly_rootfs: Some(true),
-            tmpfs: Some(tmpfs),
-            init: Some(false),
-            privileged: Some(false),
-            ipc_mode: Some("private".into()),
-            restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::NO),
-                maximum_retry_count: None,
-            }),
-            log_config: Some(bollard::models::HostConfigLogConfig {
-                typ: Some("none".into()),
-                config: None,
-            }),
-            ..Default::default()
-        };
-        let labels = HashMap::from([
-            (LABEL_SANDBOX.to_owned(), "1".to_owned()),
-            (LABEL_OWNER.to_owned(), self.config.owner.clone()),
-        ]);
-        let body = ContainerCreateBody {
-            image: Some(self.config.image.clone()),
-            // PID 1 is a shell that only sleeps and reaps orphans. It survives `kill -KILL -1` (the
-            // clean-up between steps), which ends everything else the sandbox user runs.
-            cmd: Some(vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done".into(),
-            ]),
-            entrypoint: Some(vec![]),
-            env: Some(
-                base_env(default_toolchain)
-                    .into_iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect(),
-            ),
-            user: Some(format!("{uid}:{gid}")),
-            working_dir: Some(paths::SOURCE.into()),
-            hostname: Some("sandbox".into()),
-            labels: Some(labels),
-            attach_stdin: Some(false),
-            attach_stdout: Some(false),
-            attach_stderr: Some(false),
-            tty: Some(false),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
+        let host_config = host_config(bind_mounts(&mounts), &limits, uid, gid)?;
+        let body = self.container_body(&toolchain_names[0], host_config);
         let created = self
             .docker
             .create_container(
@@ -339,6 +232,138 @@ impl Sandbox {
         }
         Ok(container)
     }
+
+    /// A name of the container's own: `caldera-<owner>-<µs since the epoch, in hex>-<sequence>`.
+    fn container_name(&self) -> String {
+        format!(
+            "caldera-{}-{:x}-{}",
+            sanitize_name(&self.config.owner),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros())
+                .unwrap_or_default(),
+            CONTAINER_SEQ.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// What the engine is asked to create: the image, PID 1, the default toolchain's environment,
+    /// the sandbox user, the labels that let a sweep find it, and `host_config`.
+    fn container_body(
+        &self,
+        default_toolchain: &str,
+        host_config: HostConfig,
+    ) -> ContainerCreateBody {
+        let (uid, gid) = (self.config.uid, self.config.gid);
+        let labels = HashMap::from([
+            (LABEL_SANDBOX.to_owned(), "1".to_owned()),
+            (LABEL_OWNER.to_owned(), self.config.owner.clone()),
+        ]);
+        ContainerCreateBody {
+            image: Some(self.config.image.clone()),
+            // PID 1 is a shell that only sleeps and reaps orphans. It survives `kill -KILL -1` (the
+            // clean-up between steps), which ends everything else the sandbox user runs.
+            cmd: Some(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done".into(),
+            ]),
+            entrypoint: Some(vec![]),
+            env: Some(
+                base_env(default_toolchain)
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+            ),
+            user: Some(format!("{uid}:{gid}")),
+            working_dir: Some(paths::SOURCE.into()),
+            hostname: Some("sandbox".into()),
+            labels: Some(labels),
+            attach_stdin: Some(false),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            tty: Some(false),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+}
+
+/// The job's host directories as bind mounts: source, cargo home and toolchains read-only (the
+/// first toolchain also at the default toolchain's path), the target dir writable.
+fn bind_mounts(mounts: &JobMounts) -> Vec<Mount> {
+    let bind = |source: &Path, target: String, read_only: bool| Mount {
+        target: Some(target),
+        source: Some(source.to_string_lossy().into_owned()),
+        typ: Some(MountType::BIND),
+        read_only: Some(read_only),
+        bind_options: Some(MountBindOptions {
+            propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut binds = vec![
+        bind(&mounts.source, paths::SOURCE.into(), true),
+        bind(&mounts.target, paths::TARGET.into(), false),
+        bind(&mounts.cargo_home, paths::CARGO_HOME.into(), true),
+        bind(
+            &mounts.toolchains[0].path,
+            paths::DEFAULT_TOOLCHAIN.into(),
+            true,
+        ),
+    ];
+    for tc in &mounts.toolchains {
+        binds.push(bind(
+            &tc.path,
+            format!("{}/{}", paths::TOOLCHAINS, tc.name),
+            true,
+        ));
+    }
+    binds
+}
+
+/// The container's confinement: its mounts, no network, the limits (memory = memory+swap),
+/// no capabilities, a read-only root with tmpfs `/tmp` and `$HOME`, no restarts and no engine log.
+fn host_config(binds: Vec<Mount>, limits: &Limits, uid: u32, gid: u32) -> Result<HostConfig> {
+    let memory = i64::try_from(limits.memory_bytes)
+        .map_err(|_| SandboxError::Invalid("memory limit too large".into()))?;
+    let tmpfs = HashMap::from([
+        (
+            "/tmp".to_owned(),
+            format!("rw,nosuid,nodev,size={},mode=1777", limits.tmp_bytes),
+        ),
+        (
+            paths::HOME.to_owned(),
+            format!("rw,nosuid,nodev,size=67108864,uid={uid},gid={gid},mode=0755"),
+        ),
+    ]);
+    Ok(HostConfig {
+        mounts: Some(binds),
+        // A network namespace with only `lo`; Docker still writes `/etc/hosts` (so
+        // `localhost` resolves, as tests that serve on it expect). `network_disabled` would
+        // leave `/etc/hosts` empty.
+        network_mode: Some("none".into()),
+        memory: Some(memory),
+        memory_swap: Some(memory),
+        nano_cpus: Some((limits.cpus * 1e9) as i64),
+        pids_limit: Some(i64::from(limits.pids)),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(tmpfs),
+        init: Some(false),
+        privileged: Some(false),
+        ipc_mode: Some("private".into()),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
+        log_config: Some(bollard::models::HostConfigLogConfig {
+            typ: Some("none".into()),
+            config: None,
+        }),
+        ..Default::default()
+    })
 }
 
 fn sanitize_name(owner: &str) -> String {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 ///
 /// Every message names the store (`S3 bucket `logs``, `local directory `/srv/objects``) and the key
 /// involved, and the cause as reported by the backend. Use [`StorageError::is_transient`] to decide whether
-/// retrying later can help (the upload [`Spool`](crate::Spool) retries exactly those).
+/// retrying later can help (the worker's upload spool retries exactly those).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {

@@ -13,12 +13,12 @@ use crate::key::ObjectKey;
 use crate::store::{ByteStream, Capped};
 
 /// The magic and header length before the JSON header.
-pub(crate) const FIXED_LEN: usize = 12;
+pub const FIXED_LEN: usize = 12;
 /// A longer header is corruption, not a header.
 const MAX_HEADER_JSON: u32 = 64 * 1024;
 
 /// The bytes before the body: magic, header length, header.
-pub(crate) fn prefix(magic: &[u8; 8], header: &impl serde::Serialize) -> Vec<u8> {
+pub fn prefix(magic: &[u8; 8], header: &impl serde::Serialize) -> Vec<u8> {
     let json = serde_json::to_vec(header).expect("header serializes");
     let mut prefix = Vec::with_capacity(FIXED_LEN + json.len());
     prefix.extend_from_slice(magic);
@@ -29,11 +29,7 @@ pub(crate) fn prefix(magic: &[u8; 8], header: &impl serde::Serialize) -> Vec<u8>
 
 /// The JSON header's length, from the first [`FIXED_LEN`] bytes of a file that must start with
 /// `magic`; `what` names the kind of file in the error.
-pub(crate) fn header_len(
-    magic: &[u8; 8],
-    what: &str,
-    fixed: &[u8; FIXED_LEN],
-) -> Result<u32, String> {
+pub fn header_len(magic: &[u8; 8], what: &str, fixed: &[u8; FIXED_LEN]) -> Result<u32, String> {
     if &fixed[..8] != magic {
         return Err(format!("not {what} (bad magic)"));
     }
@@ -47,7 +43,7 @@ pub(crate) fn header_len(
 /// Writes `prefix`, then at most `cap` bytes of `body`, to `file` and syncs it; returns the body's
 /// length. `io` turns an I/O failure of `"write"` or `"fsync"` into the caller's error; `store`
 /// names the store in a [`StorageError::TooLarge`].
-pub(crate) async fn write(
+pub async fn write(
     file: &mut tokio::fs::File,
     prefix: &[u8],
     mut body: ByteStream,
@@ -78,6 +74,6 @@ pub(crate) async fn write(
 }
 
 /// Makes a directory's entries (a rename, a new file) durable.
-pub(crate) async fn fsync_dir(dir: &Path) -> io::Result<()> {
+pub async fn fsync_dir(dir: &Path) -> io::Result<()> {
     tokio::fs::File::open(dir).await?.sync_all().await
 }

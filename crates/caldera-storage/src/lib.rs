@@ -11,9 +11,8 @@
 //!   [`keys`] module holds the one key scheme caldera uses (`experiments/{experiment}/…`).
 //! * [`put_log`] / [`get_log`]: logs are stored zstd-compressed, compressed and decompressed on blocking
 //!   threads while streaming.
-//! * [`Spool`]: the worker's durable upload queue. Objects are written to local disk first and uploaded
-//!   in the background with exponential backoff; [`Spool::wait_durable`] tells when an object is in the
-//!   store, and pending objects survive a restart.
+//! * [`frame`]: the one on-disk framing (magic, JSON header, body) of the local store's objects and
+//!   of the worker's upload spool entries (the spool itself is `caldera_worker::upload_spool`).
 //!
 //! Every store enforces a per-object size cap (of the stored, compressed bytes): an object over the cap
 //! is refused with [`StorageError::TooLarge`] and nothing is left behind.
@@ -36,30 +35,28 @@
 
 mod config;
 mod error;
-mod frame;
+pub mod frame;
 mod key;
 pub mod keys;
 mod local;
 mod log;
 mod s3;
-mod spool;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use config::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_OBJECT_SIZE, DEFAULT_PART_SIZE, MIN_PART_SIZE, S3Credentials,
-    S3Location, StorageArgs, StorageConfig, StorageLocation, open,
+    S3Location, StorageConfig, StorageLocation, open,
 };
 pub use error::StorageError;
 pub use key::ObjectKey;
 pub use local::LocalStore;
 pub use log::{
-    LOG_CONTENT_ENCODING, LOG_CONTENT_TYPE, LogBody, LogStats, ORIGINAL_SIZE_METADATA, get_log,
-    put_log, read_log,
+    LOG_CONTENT_ENCODING, LOG_CONTENT_TYPE, LogBody, LogStats, ORIGINAL_SIZE_METADATA,
+    compressed_log, get_log, put_log, read_log,
 };
 pub use s3::S3Store;
-pub use spool::{Spool, SpoolBody, SpoolConfig, SpoolEvent};
 pub use store::{
     ByteStream, GetObject, ObjectBody, ObjectInfo, ObjectMeta, ObjectStore, PutOptions,
     bytes_stream, collect_body, file_stream,

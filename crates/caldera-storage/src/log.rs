@@ -269,6 +269,20 @@ pub async fn put_log(
     })
 }
 
+/// A log as [`put_log`] stores it, for writers that keep it elsewhere before the store (the
+/// worker's upload spool): the compressed stream, the put options, and the uncompressed size.
+pub async fn compressed_log(
+    key: &ObjectKey,
+    body: impl Into<LogBody>,
+) -> Result<(ByteStream, PutOptions, u64), StorageError> {
+    let (stream, original_size) = body.into().open(key).await?;
+    Ok((
+        compress(stream, ZSTD_LEVEL),
+        log_put_options(original_size),
+        original_size,
+    ))
+}
+
 pub(crate) fn log_put_options(original_size: u64) -> PutOptions {
     PutOptions {
         content_type: Some(LOG_CONTENT_TYPE.to_owned()),

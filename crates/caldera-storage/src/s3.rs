@@ -1,7 +1,8 @@
 //! The S3 backend (aws-sdk-s3).
 
+mod errors;
+
 use std::collections::HashMap;
-use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +16,8 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
     SharedHttpClient,
 };
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as AwsByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
@@ -183,106 +182,6 @@ impl S3Store {
         match &self.prefix {
             Some(p) => format!("{p}/{key}"),
             None => key.to_string(),
-        }
-    }
-
-    fn error<E>(
-        &self,
-        op: &'static str,
-        key: &ObjectKey,
-        err: SdkError<E, HttpResponse>,
-    ) -> StorageError
-    where
-        E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
-    {
-        let store = self.label.to_string();
-        let key = key.to_string();
-        match &err {
-            SdkError::ServiceError(service) => {
-                let status = service.raw().status().as_u16();
-                let code = err.code().unwrap_or("");
-                let message = err.message().unwrap_or("");
-                let cause = match (code, message) {
-                    ("", "") => format!("HTTP {status}"),
-                    ("", m) => format!("{m} (HTTP {status})"),
-                    (c, "") => format!("{c} (HTTP {status})"),
-                    (c, m) => format!("{c}: {m} (HTTP {status})"),
-                };
-                match (status, code) {
-                    (_, "NoSuchBucket") => StorageError::NoSuchBucket {
-                        store,
-                        op,
-                        key,
-                        cause,
-                    },
-                    (_, "NoSuchKey" | "NotFound") | (404, "") => {
-                        StorageError::NotFound { store, key }
-                    }
-                    (401 | 403, _)
-                    | (
-                        _,
-                        "InvalidAccessKeyId"
-                        | "SignatureDoesNotMatch"
-                        | "ExpiredToken"
-                        | "InvalidToken"
-                        | "AccessDenied"
-                        | "NotSignedUp",
-                    ) => StorageError::Credentials {
-                        store,
-                        op,
-                        key,
-                        cause,
-                    },
-                    (s, c) => StorageError::Backend {
-                        store,
-                        op,
-                        key,
-                        cause,
-                        transient: s >= 500
-                            || s == 429
-                            || matches!(
-                                c,
-                                "SlowDown"
-                                    | "RequestTimeout"
-                                    | "InternalError"
-                                    | "ServiceUnavailable"
-                                    | "Throttling"
-                                    | "ThrottlingException"
-                                    | "RequestTimeTooSkewed"
-                            ),
-                    },
-                }
-            }
-            SdkError::TimeoutError(_)
-            | SdkError::DispatchFailure(_)
-            | SdkError::ResponseError(_) => {
-                let is_user = matches!(&err, SdkError::DispatchFailure(d) if d.is_user());
-                let cause = DisplayErrorContext(&err).to_string();
-                if is_user {
-                    StorageError::Backend {
-                        store,
-                        op,
-                        key,
-                        cause,
-                        transient: false,
-                    }
-                } else {
-                    StorageError::Unavailable {
-                        store,
-                        op,
-                        key,
-                        cause,
-                    }
-                }
-            }
-            // Construction failures (and anything new) are bugs or configuration problems.
-            _ => StorageError::Backend {
-                store,
-                op,
-                key,
-                cause: DisplayErrorContext(&err).to_string(),
-                transient: false,
-            },
         }
     }
 

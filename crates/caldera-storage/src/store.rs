@@ -47,7 +47,7 @@ impl PutOptions {
     }
 
     /// Checks that every backend can store these options faithfully.
-    pub(crate) fn validate(&self, key: &ObjectKey) -> Result<(), StorageError> {
+    pub fn validate(&self, key: &ObjectKey) -> Result<(), StorageError> {
         let err = |reason: String| StorageError::InvalidMetadata {
             key: key.to_string(),
             reason,

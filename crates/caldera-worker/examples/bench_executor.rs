@@ -35,9 +35,10 @@ use caldera_core::experiment::{CapLints, Mode};
 use caldera_core::job::JobSpec;
 use caldera_core::toolchain::Toolchain;
 use caldera_sandbox::{Limits, Sandbox, SandboxConfig, default_rustup_home, resolve_toolchain};
-use caldera_storage::{Spool, SpoolConfig, StorageConfig};
+use caldera_storage::StorageConfig;
 use caldera_worker::docker::{DockerExecutor, DockerExecutorConfig, plan_steps};
 use caldera_worker::prepare::{HostToolchain, PrepareConfig, Preparer};
+use caldera_worker::upload_spool::{UploadSpool, UploadSpoolConfig};
 use caldera_worker::{Assignment, Executor, JobOutput};
 use tokio_util::sync::CancellationToken;
 
@@ -98,9 +99,9 @@ impl Bench {
     async fn new(work: &Path, name: &str, reuse: bool) -> Bench {
         let store = caldera_storage::open(&StorageConfig::local(work.join("objects"))).unwrap();
         let spool = Arc::new(
-            Spool::open(
+            UploadSpool::open(
                 store.clone(),
-                SpoolConfig::new(work.join(format!("spool-{name}"))),
+                UploadSpoolConfig::new(work.join(format!("spool-{name}"))),
             )
             .await
             .unwrap(),
@@ -169,7 +170,6 @@ impl Bench {
             .run(
                 Assignment {
                     job_id: self.next_id,
-                    lease_token: "bench".into(),
                     attempt: 1,
                     spec,
                 },

@@ -292,7 +292,6 @@ mod tests {
         };
         Assignment {
             job_id: id,
-            lease_token: format!("t{id}"),
             attempt: 1,
             spec: JobSpec::try_from(spec).unwrap(),
         }

@@ -16,12 +16,14 @@
 //! * **Jobs.** Assign starts the job on the executor, never more than `slots` at once (one too many
 //!   is answered with JobReturned). Cancel fires the job's cancellation token and drops its result.
 //!   An invalid Assign is handed back with the bad field named.
-//! * **Results** are written durably to the spool ([`spool`], an append-only log in the spool
-//!   directory, group-committed) before they are sent, and dropped from it only when the master
-//!   acknowledges them (accepted or rejected: a rejected result is logged and dropped, never
-//!   retried). After every Welcome every spooled result is sent again — including those of an
-//!   earlier process, so a restart loses no finished work. One worker owns a spool directory at a
-//!   time (a lock file); a second one fails to start with [`WorkerError::Spool`].
+//! * **Results** are written durably to the result spool ([`result_spool`], an append-only log in
+//!   the spool directory, group-committed) before they are sent, and dropped from it only when
+//!   the master acknowledges them (accepted or rejected: a rejected result is logged and dropped,
+//!   never retried). After every Welcome every spooled result is sent again — including those of
+//!   an earlier process, so a restart loses no finished work. One worker owns a spool directory at
+//!   a time (a lock file); a second one fails to start with [`WorkerError::Spool`]. The logs a
+//!   result names went to object storage before it, through the other spool, the upload spool
+//!   ([`upload_spool`]).
 //! * **Reconnects.** When the stream breaks, jobs keep running; the worker reconnects with
 //!   exponential backoff and jitter ([`Backoff`]).
 //! * **Drain** (the `drain` future resolves, or the master sends Drain): no new jobs (Assign is
@@ -44,9 +46,10 @@ mod executor;
 #[cfg(feature = "testing")]
 pub mod fake;
 pub mod prepare;
+pub mod result_spool;
 mod session;
-pub mod spool;
 mod system;
+pub mod upload_spool;
 mod worker;
 
 pub use config::{

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use caldera_proto::v1::worker_service_client::WorkerServiceClient;
 use caldera_proto::v1::{self, master_message, worker_message};
+use caldera_proto::{Heartbeat, Hello, Lease, Welcome};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -69,14 +70,6 @@ pub(crate) enum HandshakeError {
     Retry(String),
 }
 
-/// The master's answer to Hello, checked.
-#[derive(Debug, Clone)]
-pub(crate) struct Welcome {
-    pub worker_id: String,
-    pub lease: Duration,
-    pub heartbeat_interval: Duration,
-}
-
 /// Whether a status from the master means our credentials are refused.
 pub(crate) fn is_auth_failure(status: &tonic::Status) -> bool {
     matches!(
@@ -105,7 +98,7 @@ fn status_error(what: &str, status: tonic::Status) -> HandshakeError {
 pub(crate) async fn handshake(
     endpoint: Endpoint,
     authorization: MetadataValue<Ascii>,
-    hello: v1::Hello,
+    hello: Hello,
     running: Running,
 ) -> Result<(Box<Session>, Welcome), HandshakeError> {
     tokio::time::timeout(
@@ -123,7 +116,7 @@ pub(crate) async fn handshake(
 async fn handshake_inner(
     endpoint: Endpoint,
     authorization: MetadataValue<Ascii>,
-    mut hello: v1::Hello,
+    mut hello: Hello,
     running: Running,
 ) -> Result<(Box<Session>, Welcome), HandshakeError> {
     let channel = endpoint
@@ -135,7 +128,7 @@ async fn handshake_inner(
     let mut client = WorkerServiceClient::new(channel);
     let (tx, rx) = mpsc::unbounded_channel();
     tx.send(v1::WorkerMessage {
-        kind: Some(worker_message::Kind::Hello(hello)),
+        kind: Some(worker_message::Kind::Hello(hello.into())),
     })
     .expect("the receiver is alive: it is right here");
     let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
@@ -158,7 +151,7 @@ async fn handshake_inner(
     };
     let welcome = match first.kind {
         Some(master_message::Kind::Welcome(w)) => {
-            check_welcome(w).map_err(HandshakeError::Retry)?
+            Welcome::try_from(w).map_err(|e| HandshakeError::Retry(e.to_string()))?
         }
         other => {
             return Err(HandshakeError::Retry(format!(
@@ -175,30 +168,6 @@ async fn handshake_inner(
         }),
         welcome,
     ))
-}
-
-/// Validate a Welcome (edge validation: a bad message names its field).
-pub(crate) fn check_welcome(w: v1::Welcome) -> Result<Welcome, String> {
-    let lease = Duration::from_secs(w.lease_seconds.into());
-    let heartbeat_interval = match (w.heartbeat_interval_ms, w.lease_seconds) {
-        (0, 0) => return Err(
-            "invalid welcome.heartbeat_interval_ms: zero, and no lease_seconds to derive it from"
-                .into(),
-        ),
-        // an old or sloppy master: a third of the lease keeps leases alive through two lost beats
-        (0, _) => lease / 3,
-        (ms, _) => Duration::from_millis(ms.into()),
-    };
-    if !lease.is_zero() && heartbeat_interval >= lease {
-        return Err(format!(
-            "invalid welcome.heartbeat_interval_ms: {heartbeat_interval:?} is not shorter than the lease ({lease:?})"
-        ));
-    }
-    Ok(Welcome {
-        worker_id: w.worker_id,
-        lease,
-        heartbeat_interval,
-    })
 }
 
 /// Every `interval` (the first at once), tell the master which leases we hold and how the machine
@@ -219,14 +188,14 @@ async fn heartbeat_loop(
         );
         let running = leases(&running);
         tracing::trace!(running = running.len(), "heartbeat");
-        let beat = v1::Heartbeat {
+        let beat = Heartbeat {
             running,
             free_disk_bytes,
             load_average,
         };
         if tx
             .send(v1::WorkerMessage {
-                kind: Some(worker_message::Kind::Heartbeat(beat)),
+                kind: Some(worker_message::Kind::Heartbeat(beat.into())),
             })
             .is_err()
         {
@@ -236,15 +205,12 @@ async fn heartbeat_loop(
 }
 
 /// The leases of the jobs running now (cancelled ones are not ours any more).
-pub(crate) fn leases(running: &Mutex<crate::worker::RunningJobs>) -> Vec<v1::LeaseRef> {
+pub(crate) fn leases(running: &Mutex<crate::worker::RunningJobs>) -> Vec<Lease> {
     let running = running.lock().unwrap_or_else(|p| p.into_inner());
     running
         .iter()
         .filter(|(_, job)| !job.cancelled)
-        .map(|(key, _)| v1::LeaseRef {
-            job_id: key.job_id,
-            lease_token: key.token.clone(),
-        })
+        .map(|(lease, _)| *lease)
         .collect()
 }
 
@@ -258,36 +224,4 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn welcome_is_checked() {
-        let w = |lease_seconds, heartbeat_interval_ms| v1::Welcome {
-            worker_id: "w".into(),
-            lease_seconds,
-            heartbeat_interval_ms,
-            limits: None,
-        };
-        let ok = check_welcome(w(30, 10_000)).unwrap();
-        assert_eq!(
-            (ok.lease, ok.heartbeat_interval),
-            (Duration::from_secs(30), Duration::from_secs(10))
-        );
-        assert_eq!(
-            check_welcome(w(30, 0)).unwrap().heartbeat_interval,
-            Duration::from_secs(10)
-        );
-        assert_eq!(
-            check_welcome(w(0, 50)).unwrap().heartbeat_interval,
-            Duration::from_millis(50)
-        );
-        for bad in [w(0, 0), w(30, 30_000), w(1, 5_000)] {
-            let e = check_welcome(bad).unwrap_err();
-            assert!(e.contains("welcome.heartbeat_interval_ms"), "{e}");
-        }
-    }
 }

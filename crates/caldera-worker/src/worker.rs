@@ -11,8 +11,8 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use caldera_core::job::JobSpec;
 use caldera_proto::v1::{self, master_message, worker_message};
+use caldera_proto::{Assign, Cancel, Hello, JobReturned, Lease, ResultAck, Welcome};
 use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -22,28 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::executor::{Assignment, Executor, JobOutput, SideOutput};
-use crate::session::{self, HandshakeError, Session, Welcome};
-use crate::spool::Spool;
+use crate::result_spool::ResultSpool;
+use crate::session::{self, HandshakeError, Session};
 use crate::{WorkerConfig, WorkerError};
 
 /// How long to wait, when leaving, for the master to close its side of the stream.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// A job's lease: the job and the fencing token it runs under.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct LeaseKey {
-    pub job_id: u64,
-    pub token: String,
-}
-
-impl LeaseKey {
-    fn of_result(r: &v1::JobResult) -> Self {
-        LeaseKey {
-            job_id: r.job_id,
-            token: r.lease_token.clone(),
-        }
-    }
-}
 
 pub(crate) struct RunningJob {
     cancel: CancellationToken,
@@ -51,13 +35,14 @@ pub(crate) struct RunningJob {
     pub cancelled: bool,
 }
 
-pub(crate) type RunningJobs = BTreeMap<LeaseKey, RunningJob>;
+/// The jobs running, by the lease each runs under.
+pub(crate) type RunningJobs = BTreeMap<Lease, RunningJob>;
 /// Shared with the heartbeat task, which lists the leases.
 pub(crate) type Running = Arc<Mutex<RunningJobs>>;
 
 /// What a job task reports when it ends.
 struct JobDone {
-    key: LeaseKey,
+    lease: Lease,
     /// `None`: the job was cancelled; nothing is reported.
     result: Option<v1::JobResult>,
 }
@@ -107,12 +92,12 @@ pub(crate) struct Worker {
     endpoint: tonic::transport::Endpoint,
     authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     executor: Arc<dyn Executor>,
-    spool: Spool,
+    spool: ResultSpool,
     running: Running,
     tasks: JoinSet<JobDone>,
-    task_keys: HashMap<tokio::task::Id, LeaseKey>,
+    task_leases: HashMap<tokio::task::Id, Lease>,
     /// Finished, spooled, not yet acknowledged.
-    pending: BTreeMap<LeaseKey, v1::JobResult>,
+    pending: BTreeMap<Lease, v1::JobResult>,
     /// Hand-backs that could not be sent while disconnected; sent after the next Welcome.
     unsent_returns: Vec<v1::JobReturned>,
     conn: Conn,
@@ -133,18 +118,8 @@ impl Worker {
             path: config.spool_dir.clone(),
             source,
         };
-        let spool = Spool::open(&config.spool_dir).map_err(spool_error)?;
-        let pending: BTreeMap<_, _> = spool
-            .scan()
-            .into_iter()
-            .map(|r| (LeaseKey::of_result(&r), r))
-            .collect();
-        if !pending.is_empty() {
-            info!(
-                results = pending.len(),
-                "found results of an earlier run in the spool; they are sent once connected"
-            );
-        }
+        let spool = ResultSpool::open(&config.spool_dir).map_err(spool_error)?;
+        let pending = spooled_results(&spool);
         Ok(Worker {
             config,
             endpoint,
@@ -153,7 +128,7 @@ impl Worker {
             spool,
             running: Arc::default(),
             tasks: JoinSet::new(),
-            task_keys: HashMap::new(),
+            task_leases: HashMap::new(),
             pending,
             unsent_returns: Vec::new(),
             conn: Conn::Waiting(Instant::now()),
@@ -208,7 +183,7 @@ impl Worker {
     }
 
     fn handshake(&self) -> BoxFuture<'static, Result<(Box<Session>, Welcome), HandshakeError>> {
-        let hello = v1::Hello {
+        let hello = Hello {
             name: self.config.name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             capabilities: self.config.capabilities.clone(),
@@ -292,7 +267,10 @@ impl Worker {
     fn on_master_message(&mut self, message: v1::MasterMessage) {
         match message.kind {
             Some(master_message::Kind::Assign(a)) => self.assign(a),
-            Some(master_message::Kind::Cancel(c)) => self.cancel(c),
+            Some(master_message::Kind::Cancel(c)) => match Cancel::try_from(c) {
+                Ok(c) => self.cancel(c),
+                Err(e) => debug!("ignoring a cancel: {e}"),
+            },
             Some(master_message::Kind::Drain(d)) => {
                 self.start_drain(&format!("the master asked to drain: {}", d.reason))
             }
@@ -302,54 +280,84 @@ impl Worker {
         }
     }
 
-    fn return_job(&mut self, key: &LeaseKey, reason: String) {
-        info!(job_id = key.job_id, %reason, "handing the job back");
-        let returned = v1::JobReturned {
-            job_id: key.job_id,
-            lease_token: key.token.clone(),
-            reason,
-        };
+    /// Hand a job back without a result: sent now, or after the next Welcome if disconnected.
+    fn hand_back(&mut self, returned: v1::JobReturned) {
+        info!(job_id = returned.job_id, reason = %returned.reason, "handing the job back");
         if !self.send(worker_message::Kind::Returned(returned.clone())) {
             self.unsent_returns.push(returned);
         }
     }
 
+    fn return_job(&mut self, lease: &Lease, reason: String) {
+        let returned = JobReturned {
+            lease: *lease,
+            reason,
+        };
+        self.hand_back(returned.into());
+    }
+
     fn assign(&mut self, a: v1::Assign) {
-        let key = LeaseKey {
-            job_id: a.job_id,
-            token: a.lease_token.clone(),
+        let assign = match Assign::try_from(&a) {
+            Ok(assign) => assign,
+            Err(e) => return self.refuse_invalid(a, e),
         };
-        let spec = match check_assign(&a) {
-            Ok(spec) => spec,
-            Err(e) => {
-                warn!(job_id = a.job_id, "invalid assignment: {e}");
-                return self.return_job(&key, format!("invalid assignment: {e}"));
-            }
-        };
-        if self.task_keys.values().any(|k| *k == key) {
-            debug!(
-                job_id = key.job_id,
-                "ignoring a repeated assignment of a running job"
-            );
+        let lease = assign.lease;
+        if self.already_has(&lease) {
             return;
         }
-        if let Some(result) = self.pending.get(&key) {
+        if self.drain.is_some() {
+            return self.return_job(&lease, "the worker is draining".into());
+        }
+        self.stop_stale_runs(lease.job_id);
+        let busy = self.tasks.len();
+        if busy >= self.config.slots as usize {
+            return self.return_job(
+                &lease,
+                format!("no free slot ({busy} of {} busy)", self.config.slots),
+            );
+        }
+        self.start_job(assign);
+    }
+
+    /// An Assign that does not make sense goes back naming the bad field, under the lease token
+    /// it came with (which may be the bad field).
+    fn refuse_invalid(&mut self, a: v1::Assign, e: caldera_proto::WireError) {
+        warn!(job_id = a.job_id, "invalid assignment: {e}");
+        self.hand_back(v1::JobReturned {
+            job_id: a.job_id,
+            lease_token: a.lease_token,
+            reason: format!("invalid assignment: {e}"),
+        });
+    }
+
+    /// Whether this lease is already taken care of: it runs, or it finished (then its result is
+    /// sent again: the master evidently did not get it).
+    fn already_has(&mut self, lease: &Lease) -> bool {
+        if self.task_leases.values().any(|l| l == lease) {
             debug!(
-                job_id = key.job_id,
+                job_id = lease.job_id,
+                "ignoring a repeated assignment of a running job"
+            );
+            return true;
+        }
+        if let Some(result) = self.pending.get(lease) {
+            debug!(
+                job_id = lease.job_id,
                 "job already finished under this lease; sending its result again"
             );
             let result = result.clone();
             self.send(worker_message::Kind::Result(result));
-            return;
+            return true;
         }
-        if self.drain.is_some() {
-            return self.return_job(&key, "the worker is draining".into());
-        }
-        // the same job under another lease: the master gave it out again, so our lease is dead
+        false
+    }
+
+    /// The same job under another lease: the master gave it out again, so our lease is dead.
+    fn stop_stale_runs(&mut self, job_id: u64) {
         for (old, job) in self
             .lock_running()
             .iter_mut()
-            .filter(|(k, j)| k.job_id == key.job_id && !j.cancelled)
+            .filter(|(l, j)| l.job_id == job_id && !j.cancelled)
         {
             info!(
                 job_id = old.job_id,
@@ -358,69 +366,67 @@ impl Worker {
             job.cancelled = true;
             job.cancel.cancel();
         }
-        let busy = self.tasks.len();
-        if busy >= self.config.slots as usize {
-            return self.return_job(
-                &key,
-                format!("no free slot ({busy} of {} busy)", self.config.slots),
-            );
-        }
+    }
 
+    /// Run the job in a task of its own; it holds a slot and its lease is in `running` (so
+    /// heartbeats list it) until it ends.
+    fn start_job(&mut self, assign: Assign) {
+        let Assign {
+            lease,
+            attempt,
+            spec,
+        } = assign;
         let span = info_span!(
             "job",
-            job_id = a.job_id,
-            attempt = a.attempt,
+            job_id = lease.job_id,
+            attempt,
             experiment = %spec.experiment,
             "crate" = %spec.krate,
         );
         let cancel = CancellationToken::new();
         self.lock_running().insert(
-            key.clone(),
+            lease,
             RunningJob {
                 cancel: cancel.clone(),
                 cancelled: false,
             },
         );
         let assignment = Assignment {
-            job_id: a.job_id,
-            lease_token: a.lease_token,
-            attempt: a.attempt,
+            job_id: lease.job_id,
+            attempt,
             spec,
         };
         let task = run_job(
             self.executor.clone(),
             self.spool.clone(),
             self.running.clone(),
-            key.clone(),
+            lease,
             assignment,
             cancel,
         );
         let handle = self.tasks.spawn(task.instrument(span));
-        self.task_keys.insert(handle.id(), key);
+        self.task_leases.insert(handle.id(), lease);
     }
 
-    fn cancel(&mut self, c: v1::Cancel) {
-        let matches = |key: &LeaseKey| {
-            key.job_id == c.job_id && (c.lease_token.is_empty() || key.token == c.lease_token)
-        };
+    fn cancel(&mut self, c: Cancel) {
         let mut found = false;
-        for (key, job) in self.lock_running().iter_mut().filter(|(k, _)| matches(k)) {
-            info!(job_id = key.job_id, reason = %c.reason, "cancelling the job as the master asked");
+        for (lease, job) in self.lock_running().iter_mut().filter(|(l, _)| c.stops(l)) {
+            info!(job_id = lease.job_id, reason = %c.reason, "cancelling the job as the master asked");
             job.cancelled = true;
             job.cancel.cancel();
             found = true;
         }
         // finished but not yet delivered: drop it too
-        let finished: Vec<LeaseKey> = self
+        let finished: Vec<Lease> = self
             .pending
             .keys()
-            .filter(|k| matches(k))
-            .cloned()
+            .filter(|l| c.stops(l))
+            .copied()
             .collect();
-        for key in finished {
-            info!(job_id = key.job_id, reason = %c.reason, "dropping the finished job's result as the master asked");
-            self.pending.remove(&key);
-            self.spool.remove(key.job_id, &key.token);
+        for lease in finished {
+            info!(job_id = lease.job_id, reason = %c.reason, "dropping the finished job's result as the master asked");
+            self.pending.remove(&lease);
+            unspool(&self.spool, &lease);
             found = true;
         }
         if !found {
@@ -432,43 +438,40 @@ impl Worker {
     }
 
     fn acknowledged(&mut self, a: v1::ResultAck) {
-        let key = LeaseKey {
-            job_id: a.job_id,
-            token: a.lease_token,
+        let job_id = a.job_id;
+        let a = match ResultAck::try_from(a) {
+            Ok(a) if self.pending.remove(&a.lease).is_some() => a,
+            _ => {
+                debug!(job_id, "acknowledgement of a result that is not pending");
+                return;
+            }
         };
-        if self.pending.remove(&key).is_none() {
-            debug!(
-                job_id = key.job_id,
-                "acknowledgement of a result that is not pending"
-            );
-            return;
-        }
         if a.accepted {
-            info!(job_id = key.job_id, "result accepted");
+            info!(job_id, "result accepted");
         } else {
-            warn!(job_id = key.job_id, reason = %a.reason, "result rejected by the master; dropped");
+            warn!(job_id, reason = %a.reason, "result rejected by the master; dropped");
         }
-        self.spool.remove(key.job_id, &key.token);
+        unspool(&self.spool, &a.lease);
     }
 
     fn job_ended(&mut self, joined: Result<(tokio::task::Id, JobDone), tokio::task::JoinError>) {
-        let (key, result) = match joined {
+        let (lease, result) = match joined {
             Ok((id, done)) => {
-                self.task_keys.remove(&id);
-                (done.key, done.result)
+                self.task_leases.remove(&id);
+                (done.lease, done.result)
             }
             Err(e) => {
-                let Some(key) = self.task_keys.remove(&e.id()) else {
+                let Some(lease) = self.task_leases.remove(&e.id()) else {
                     return;
                 };
-                error!(job_id = key.job_id, error = %e, "job task failed; its lease will expire");
-                (key, None)
+                error!(job_id = lease.job_id, error = %e, "job task failed; its lease will expire");
+                (lease, None)
             }
         };
-        self.lock_running().remove(&key);
+        self.lock_running().remove(&lease);
         if let Some(result) = result {
             self.send(worker_message::Kind::Result(result.clone()));
-            self.pending.insert(key, result);
+            self.pending.insert(lease, result);
         }
     }
 
@@ -490,17 +493,17 @@ impl Worker {
             d.deadline_passed = true;
         }
         let mut cancelled = Vec::new();
-        for (key, job) in self.lock_running().iter_mut().filter(|(_, j)| !j.cancelled) {
+        for (lease, job) in self.lock_running().iter_mut().filter(|(_, j)| !j.cancelled) {
             job.cancelled = true;
             job.cancel.cancel();
-            cancelled.push(key.clone());
+            cancelled.push(*lease);
         }
-        for key in cancelled {
+        for lease in cancelled {
             let reason = format!(
                 "the worker is draining and the job did not finish within {:?}",
                 self.config.drain_timeout
             );
-            self.return_job(&key, reason);
+            self.return_job(&lease, reason);
         }
     }
 
@@ -587,29 +590,52 @@ impl Worker {
 /// Before leaving: make the spool's last acknowledgements durable, so that a restart does not
 /// send those results again. (A free function: holding `&Worker` across an await would need
 /// `Worker: Sync`.)
-async fn flush_spool(spool: &Spool) {
+async fn flush_spool(spool: &ResultSpool) {
     if let Err(e) = spool.flush().await {
         warn!(error = %e, "could not sync the result spool; acknowledged results may be sent again after a restart");
     }
 }
 
-/// Edge validation of an Assign: a bad one is handed back with the field named.
-fn check_assign(a: &v1::Assign) -> Result<JobSpec, caldera_proto::WireError> {
-    caldera_proto::parse_lease_token("lease_token", &a.lease_token)?;
-    let spec = a.spec.clone().ok_or_else(|| caldera_proto::WireError {
-        field: "spec",
-        message: "missing".into(),
-    })?;
-    JobSpec::try_from(spec)
+/// The results an earlier run left in the spool, by lease; they are sent once connected. One
+/// whose lease token does not parse could never be accepted: it is dropped.
+fn spooled_results(spool: &ResultSpool) -> BTreeMap<Lease, v1::JobResult> {
+    let mut pending = BTreeMap::new();
+    for r in spool.scan() {
+        match Lease::from_wire(r.job_id, "result.lease_token", &r.lease_token) {
+            Ok(lease) => {
+                pending.insert(lease, r);
+            }
+            Err(e) => {
+                warn!(
+                    job_id = r.job_id,
+                    "dropping a spooled result the master cannot accept: {e}"
+                );
+                spool.remove(r.job_id, &r.lease_token);
+            }
+        }
+    }
+    if !pending.is_empty() {
+        info!(
+            results = pending.len(),
+            "found results of an earlier run in the spool; they are sent once connected"
+        );
+    }
+    pending
+}
+
+/// Forget the spooled result of `lease` (acknowledged, or cancelled). The spool keys results by
+/// the token's text, as the result carries it.
+fn unspool(spool: &ResultSpool, lease: &Lease) {
+    spool.remove(lease.job_id, &lease.token.to_string());
 }
 
 /// One job, in its own task: run it, then — unless it was cancelled — spool the result.
 /// The job leaves `running` (heartbeats, Hello) as soon as the executor is done with it.
 async fn run_job(
     executor: Arc<dyn Executor>,
-    spool: Spool,
+    spool: ResultSpool,
     running: Running,
-    key: LeaseKey,
+    lease: Lease,
     assignment: Assignment,
     cancel: CancellationToken,
 ) -> JobDone {
@@ -621,10 +647,13 @@ async fn run_job(
     running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .remove(&key);
+        .remove(&lease);
     if cancel.is_cancelled() {
         info!("job stopped after being cancelled; its result is dropped");
-        return JobDone { key, result: None };
+        return JobDone {
+            lease,
+            result: None,
+        };
     }
     let output = run.unwrap_or_else(|panic| {
         let what = panic
@@ -642,14 +671,14 @@ async fn run_job(
             end: side,
         }
     });
-    let result = output.to_result(key.job_id, &key.token);
+    let result = output.to_result(&lease);
     if let Err(e) = spool.write(&result).await {
         // still sent: this connection may well deliver it; only a restart before the ack loses it
         error!(error = %e, "could not spool the result");
     }
     info!(start = %output.start.outcome, end = %output.end.outcome, "job finished");
     JobDone {
-        key,
+        lease,
         result: Some(result),
     }
 }

@@ -555,7 +555,6 @@ async fn cancel_kills_the_container_at_once() {
                 .run(
                     caldera_worker::Assignment {
                         job_id: 1,
-                        lease_token: "t".into(),
                         attempt: 1,
                         spec: job,
                     },
@@ -858,7 +857,6 @@ async fn a_container_removed_or_killed_from_outside_is_an_error() {
                 .run(
                     caldera_worker::Assignment {
                         job_id: 1,
-                        lease_token: "t".into(),
                         attempt: 1,
                         spec: job,
                     },

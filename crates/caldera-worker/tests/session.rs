@@ -8,7 +8,7 @@ use caldera_core::outcome::{BuildFailReason, Outcome};
 use caldera_proto::v1::{self, master_message};
 use caldera_worker::WorkerError;
 use caldera_worker::fake::{FakeBehaviour, FakeExecutor};
-use caldera_worker::spool::Spool;
+use caldera_worker::result_spool::ResultSpool;
 use common::{Event, TestMaster, TestWorker, config, eventually, init_tracing, spec, token};
 
 fn outcome(side: &Option<v1::SideResult>) -> Outcome {
@@ -54,7 +54,7 @@ async fn hello_welcome_assign_result_and_ack_removes_it_from_the_spool() {
     assert_eq!(outcome(&result.end), regression);
 
     // spooled before it was sent, kept until acknowledged
-    let spooled = || Spool::read_dir_results(spool_dir.path()).unwrap();
+    let spooled = || ResultSpool::read_dir_results(spool_dir.path()).unwrap();
     assert_eq!(spooled(), vec![result.clone()]);
     master.ack(1, true);
     eventually("the result leaves the spool after the ack", || {
@@ -86,7 +86,7 @@ async fn results_finished_while_the_master_is_down_are_delivered_after_it_comes_
     master.stop().await;
     // job 1 finishes while the master is away: its result waits in the spool
     fake.open_gate("quick");
-    let spooled = || Spool::read_dir_results(spool_dir.path()).unwrap();
+    let spooled = || ResultSpool::read_dir_results(spool_dir.path()).unwrap();
     eventually("job 1's result is spooled", || {
         spooled().iter().any(|r| r.job_id == 1)
     })
@@ -134,7 +134,7 @@ async fn a_spooled_result_from_an_earlier_run_is_delivered_at_startup() {
         }),
     };
     // written by an earlier run, which has ended (the directory has one owner at a time)
-    Spool::open(spool_dir.path())
+    ResultSpool::open(spool_dir.path())
         .unwrap()
         .write_blocking(&earlier)
         .unwrap();
@@ -149,7 +149,7 @@ async fn a_spooled_result_from_an_earlier_run_is_delivered_at_startup() {
     master.expect_hello().await;
     assert_eq!(master.expect_result(9).await, earlier);
     eventually("the result leaves the spool after the ack", || {
-        Spool::read_dir_results(spool_dir.path())
+        ResultSpool::read_dir_results(spool_dir.path())
             .unwrap()
             .is_empty()
     })
@@ -195,7 +195,7 @@ async fn cancel_stops_the_job_and_its_result_is_not_sent() {
         "a cancelled job's result is never sent"
     );
     assert!(
-        Spool::read_dir_results(spool_dir.path())
+        ResultSpool::read_dir_results(spool_dir.path())
             .unwrap()
             .is_empty()
     );
@@ -235,7 +235,7 @@ async fn drain_waits_for_running_jobs_refuses_new_ones_and_returns() {
     assert_eq!(fake.stats().finished, 1);
     assert_eq!(fake.runs(), 1, "job 2 never ran");
     assert!(
-        Spool::read_dir_results(spool_dir.path())
+        ResultSpool::read_dir_results(spool_dir.path())
             .unwrap()
             .is_empty(),
         "the result was acknowledged before leaving"
@@ -408,7 +408,7 @@ async fn a_rejected_result_is_dropped_and_not_sent_again() {
     master.expect_result(1).await;
     master.ack(1, false);
     eventually("the rejected result leaves the spool", || {
-        Spool::read_dir_results(spool_dir.path())
+        ResultSpool::read_dir_results(spool_dir.path())
             .unwrap()
             .is_empty()
     })
@@ -458,7 +458,7 @@ async fn a_drain_with_the_master_away_waits_for_acks_only_so_long_and_keeps_the_
         "gave up on the ack too early: {:?}",
         started.elapsed()
     );
-    let spooled = Spool::read_dir_results(spool_dir.path()).unwrap();
+    let spooled = ResultSpool::read_dir_results(spool_dir.path()).unwrap();
     assert_eq!(
         spooled.iter().map(|r| r.job_id).collect::<Vec<_>>(),
         [1],

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use caldera_core::outcome::Outcome;
 use caldera_db::embedded::{ClusterOptions, PrivatePostgres};
 use caldera_db::tokens::{self, Role};
-use caldera_master::scheduler::{Scheduler, SchedulerConfig, SystemClock};
+use caldera_master::scheduler::SchedulerConfig;
 use caldera_worker::{Assignment, Backoff, Executor, JobOutput, SideOutput, WorkerConfig};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -113,39 +113,22 @@ async fn main() -> anyhow::Result<()> {
     let operator = tokens::create(&pool, "op", Role::Operator).await?.1;
     let worker_token = tokens::create(&pool, "w", Role::Worker).await?.1;
 
-    let shutdown = CancellationToken::new();
-    let config = SchedulerConfig {
-        claim_batch: 256,
-        result_batch: 1024,
-        ..Default::default()
-    };
-    let scheduler = Scheduler::start(
-        pool.clone(),
-        config,
-        Arc::new(SystemClock),
-        Arc::new(caldera_master::metrics::Metrics::default()),
-        shutdown.clone(),
-    );
     let store = Arc::new(caldera_storage::LocalStore::open(
         dir.path().join("objects"),
         1 << 20,
     )?);
-    let state = caldera_master::AppState {
-        pool: pool.clone(),
-        scheduler,
-        registry: None,
-        store,
-    };
-    let (http_l, grpc_l) =
-        caldera_master::bind("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?).await?;
-    let http = format!("http://{}", http_l.local_addr()?);
-    let grpc = format!("http://{}", grpc_l.local_addr()?);
-    tokio::spawn(caldera_master::serve(
-        state,
-        http_l,
-        grpc_l,
-        shutdown.clone(),
-    ));
+    let master = caldera_master::Master::start(caldera_master::MasterConfig {
+        scheduler: SchedulerConfig {
+            claim_batch: 256,
+            result_batch: 1024,
+            ..Default::default()
+        },
+        ..caldera_master::MasterConfig::new(pool.clone(), store)
+    })
+    .await?;
+    let (http, grpc) = (master.http_url(), master.grpc_url());
+    // the workers stop with the master
+    let shutdown = master.shutdown_token();
 
     let exec = Instant0::default();
     for i in 0..workers {

@@ -82,16 +82,11 @@ async fn dashboard_in_headless_chromium() {
     let store: Arc<dyn caldera_storage::ObjectStore> =
         Arc::new(caldera_storage::LocalStore::open(store_dir.path(), 64 << 20).unwrap());
     fixture::create(&db.pool, &store, "beta-fx").await;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let state = caldera_master::AppState::new(db.pool.clone(), store, shutdown.clone());
-    let (http, grpc) = caldera_master::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let base = format!("http://{}", http.local_addr().unwrap());
-    let master = tokio::spawn(caldera_master::serve(state, http, grpc, shutdown.clone()));
+    let master =
+        caldera_master::Master::start(caldera_master::MasterConfig::new(db.pool.clone(), store))
+            .await
+            .unwrap();
+    let base = master.http_url();
 
     // chromedriver on a free port.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -284,6 +279,5 @@ async fn dashboard_in_headless_chromium() {
 
     client.close().await.unwrap();
     let _ = chromedriver.kill().await;
-    shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), master).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), master.stop()).await;
 }

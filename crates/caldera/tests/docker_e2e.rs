@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use caldera_db::testing::TestDb;
 use caldera_sandbox::{Limits, Sandbox, SandboxConfig, Timeouts, default_rustup_home};
-use caldera_storage::{Spool, SpoolConfig, StorageConfig};
+use caldera_storage::StorageConfig;
 use caldera_worker::docker::{DockerExecutor, DockerExecutorConfig};
+use caldera_worker::upload_spool::{UploadSpool, UploadSpoolConfig};
 use common::*;
 
 fn fixture(name: &str) -> String {
@@ -192,10 +193,10 @@ async fn docker_worker(
     name: &str,
     slots: u32,
     tweak: impl FnOnce(&mut DockerExecutorConfig),
-) -> (InProcessWorker, Arc<DockerExecutor>, Arc<Spool>) {
+) -> (InProcessWorker, Arc<DockerExecutor>, Arc<UploadSpool>) {
     let dir = dir.join(name);
     let spool = Arc::new(
-        Spool::open(store, SpoolConfig::new(dir.join("upload-spool")))
+        UploadSpool::open(store, UploadSpoolConfig::new(dir.join("upload-spool")))
             .await
             .unwrap(),
     );

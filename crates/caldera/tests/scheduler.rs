@@ -12,7 +12,7 @@ use caldera_proto::v1::{
     self, master_message, worker_message, worker_service_client::WorkerServiceClient,
 };
 use caldera_worker::fake::{FakeBehaviour, FakeExecutor};
-use caldera_worker::spool::Spool;
+use caldera_worker::result_spool::ResultSpool;
 use common::*;
 use reqwest::Method;
 
@@ -286,7 +286,7 @@ async fn master_process_restart_loses_and_doubles_nothing() {
         w.stop().await;
     }
     for name in ["w0", "w1"] {
-        let left = Spool::read_dir_results(spool.path().join(name)).unwrap();
+        let left = ResultSpool::read_dir_results(spool.path().join(name)).unwrap();
         assert!(
             left.is_empty(),
             "{name}'s spool holds no result: every result was acknowledged: {left:?}"

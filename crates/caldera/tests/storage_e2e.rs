@@ -1,5 +1,5 @@
 //! End to end with object storage: a real worker (`caldera_worker::run`) whose executor uploads its logs
-//! through the durable upload spool (`caldera_storage::Spool`) to a real S3-compatible server, an
+//! through the durable upload spool (`caldera_worker::upload_spool`) to a real S3-compatible server, an
 //! in-process master reading the same bucket, and the S3 server stopped in the middle of a multipart
 //! upload and restarted.
 //!
@@ -12,16 +12,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use caldera_core::job::Side;
 use caldera_core::outcome::Outcome;
 use caldera_db::testing::TestDb;
-use caldera_master::scheduler::{Scheduler, SystemClock};
+use caldera_storage::keys;
 use caldera_storage::testing::S3Server;
-use caldera_storage::{ObjectStore, Spool, SpoolConfig, SpoolEvent, keys};
+use caldera_worker::upload_spool::{UploadEvent, UploadSpool, UploadSpoolConfig};
 use caldera_worker::{Assignment, Executor, JobOutput, SideOutput};
 use common::*;
 use futures::future::BoxFuture;
@@ -57,13 +56,13 @@ fn expected_log(experiment: &str, krate: &str, side: Side) -> Vec<u8> {
 /// and only then returns the output that names the key.
 #[derive(Clone)]
 struct UploadingExecutor {
-    spool: Arc<Spool>,
+    spool: Arc<UploadSpool>,
     runs: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl UploadingExecutor {
     async fn side(
-        spool: &Spool,
+        spool: &UploadSpool,
         job: &Assignment,
         side: Side,
         cancel: &CancellationToken,
@@ -116,38 +115,6 @@ impl Executor for UploadingExecutor {
     }
 }
 
-/// A master like `common::InProcessMaster`, but over the given store.
-async fn start_master(
-    pool: caldera_db::PgPool,
-    store: Arc<dyn ObjectStore>,
-) -> (
-    String,
-    String,
-    CancellationToken,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-) {
-    let shutdown = CancellationToken::new();
-    let scheduler = Scheduler::start(
-        pool.clone(),
-        fast_config(),
-        Arc::new(SystemClock),
-        Arc::new(caldera_master::metrics::Metrics::default()),
-        shutdown.clone(),
-    );
-    let state = caldera_master::AppState {
-        pool,
-        scheduler,
-        registry: None,
-        store,
-    };
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (http, grpc) = caldera_master::bind(any, any).await.unwrap();
-    let http_url = format!("http://{}", http.local_addr().unwrap());
-    let grpc_url = format!("http://{}", grpc.local_addr().unwrap());
-    let task = tokio::spawn(caldera_master::serve(state, http, grpc, shutdown.clone()));
-    (http_url, grpc_url, shutdown, task)
-}
-
 /// Results of the experiment: (crate id, side, log key).
 async fn results(pool: &caldera_db::PgPool, name: &str) -> Vec<(String, String, Option<String>)> {
     sqlx::query_as(
@@ -171,14 +138,16 @@ async fn results_are_reported_only_once_their_logs_are_durable_across_an_s3_outa
     // The master and the worker each open their own client to the same bucket, as in production.
     let master_store = caldera_storage::open(&s3.config()).unwrap();
     let worker_store = caldera_storage::open(&s3.config()).unwrap();
-    let (http, grpc, shutdown, master_task) = start_master(db.pool.clone(), master_store).await;
+    let master =
+        InProcessMaster::start_with_store(db.pool.clone(), fast_config(), None, master_store).await;
+    let (http, grpc) = (master.http.clone(), master.grpc.clone());
 
     let dirs = tempfile::tempdir().unwrap();
-    let mut spool_config = SpoolConfig::new(dirs.path().join("uploads"));
+    let mut spool_config = UploadSpoolConfig::new(dirs.path().join("uploads"));
     spool_config.min_backoff = Duration::from_millis(50);
     spool_config.max_backoff = Duration::from_millis(400);
     let spool = Arc::new(
-        Spool::open(worker_store.clone(), spool_config)
+        UploadSpool::open(worker_store.clone(), spool_config)
             .await
             .unwrap(),
     );
@@ -221,7 +190,7 @@ async fn results_are_reported_only_once_their_logs_are_durable_across_an_s3_outa
             outage.elapsed() < Duration::from_secs(60),
             "no retry of the cut upload was seen"
         );
-        if let Ok(Ok(SpoolEvent::Retrying { key, .. })) =
+        if let Ok(Ok(UploadEvent::Retrying { key, .. })) =
             tokio::time::timeout(Duration::from_millis(100), events.recv()).await
         {
             retried |= key == big_key;
@@ -317,6 +286,5 @@ async fn results_are_reported_only_once_their_logs_are_durable_across_an_s3_outa
         .expect("worker drains")
         .unwrap()
         .unwrap();
-    shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), master_task).await;
+    master.stop().await;
 }

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use caldera_core::crates::CrateId;
-use caldera_core::report::Report;
 use caldera_db::{DbError, PgPool};
+use caldera_report::Report;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 

@@ -75,8 +75,11 @@ fn ce(code: &str) -> Outcome {
     })
 }
 
+/// (start, end, start log, end log) of one crate.
+type Script = (Outcome, Outcome, String, String);
+
 /// (start, end) outcome and (start, end) log of a fixture crate.
-fn script(krate: &str) -> (Outcome, Outcome, String, String) {
+fn script(krate: &str) -> Script {
     let pass_log = |name: &str| {
         format!(
             "   Compiling {name} v1.0.0 (/tmp/.tmpQ1w2e3/{name})\n    Finished `test` profile in 1.52s\n     Running unittests src/lib.rs\n\ntest result: ok. 3 passed; 0 failed\n"
@@ -204,37 +207,12 @@ pub async fn create_with(
 type Row = (String, Outcome, Outcome, String, String);
 
 async fn run(pool: &PgPool, store: &Arc<dyn ObjectStore>, name: &str, rows: Vec<Row>) -> Fixture {
-    let specs: Vec<String> = rows
-        .iter()
-        .map(|r| r.0.strip_prefix("reg:").expect("registry crate").to_owned())
-        .collect();
-    let body = serde_json::json!({
-        "name": name, "start": "stable", "end": "nightly",
-        "crates": {"kind": "list", "crates": specs},
-        // completed by its one run per crate: no confirmation runs
-        "confirm": 0,
-    });
-    let spec = ExperimentSpec::from_json(body.to_string().as_bytes()).expect("fixture spec");
-    let row = experiments::create(pool, &spec)
-        .await
-        .expect("create the fixture experiment");
-    let ids: Vec<CrateId> = rows
-        .iter()
-        .map(|r| r.0.parse().expect("crate id"))
-        .collect();
-    let mut scripts: std::collections::HashMap<String, (Outcome, Outcome, String, String)> = rows
+    let (spec, id, ids) = start_experiment(pool, name, &rows).await;
+    let mut scripts: std::collections::HashMap<String, Script> = rows
         .into_iter()
         .map(|(c, a, b, la, lb)| (c, (a, b, la, lb)))
         .collect();
-    let mut pending = experiments::begin_action(pool, name, ExperimentAction::Start)
-        .await
-        .expect("start the fixture experiment");
-    jobs::create_for_experiment(&mut pending.tx, row.id, &ids)
-        .await
-        .expect("create jobs");
-    pending.commit().await.expect("commit start");
-
-    let worker_name = format!("fixture-worker-{}", &row.id.simple().to_string()[..8]);
+    let worker_name = format!("fixture-worker-{}", &id.simple().to_string()[..8]);
     let (token, _) = tokens::create(pool, &worker_name, Role::Worker)
         .await
         .expect("worker token");
@@ -248,38 +226,10 @@ async fn run(pool: &PgPool, store: &Arc<dyn ObjectStore>, name: &str, rows: Vec<
     assert_eq!(claimed.len(), ids.len(), "every fixture job is claimed");
     let mut completions = Vec::new();
     for (n, c) in claimed.iter().enumerate() {
-        let (start, end, start_log, end_log) = scripts
+        let script = scripts
             .remove(&c.crate_id)
             .expect("a claimed crate of the fixture");
-        let mut sides = Vec::new();
-        for (toolchain, outcome, log, k) in [
-            (spec.start.id(), start, start_log, 1),
-            (spec.end.id(), end, end_log, 2),
-        ] {
-            let key = keys::log(name, &toolchain, &c.crate_id).expect("log key");
-            caldera_storage::put_log(&**store, &key, log)
-                .await
-                .expect("store the log");
-            let build_ms = 1_000 * k + 37 * n as i64;
-            let test_ms = if outcome.built() {
-                2_500 + 11 * n as i64
-            } else {
-                0
-            };
-            let mut steps = vec![("build".to_owned(), build_ms)];
-            if test_ms > 0 {
-                steps.push(("test".to_owned(), test_ms));
-            }
-            sides.push(SideRecord {
-                outcome,
-                log_key: Some(key.to_string()),
-                duration_ms: build_ms + test_ms,
-                peak_memory_bytes: (300 + 50 * k + n as i64) << 20,
-                steps,
-            });
-        }
-        let end = sides.pop().expect("end side");
-        let start = sides.pop().expect("start side");
+        let (start, end) = record_sides(store, name, &spec, &c.crate_id, script, n).await;
         completions.push(Completion {
             job_id: c.job_id,
             lease_token: c.lease_token,
@@ -301,7 +251,85 @@ async fn run(pool: &PgPool, store: &Arc<dyn ObjectStore>, name: &str, rows: Vec<
         .expect("complete the fixture experiment");
     Fixture {
         name: name.to_owned(),
-        id: row.id,
+        id,
         worker: worker_name,
     }
+}
+
+/// Creates the experiment `name` (stable → nightly, no confirmation runs) over the crates of
+/// `rows` and starts it, which queues one job per crate. Returns its spec, id and crate ids.
+async fn start_experiment(
+    pool: &PgPool,
+    name: &str,
+    rows: &[Row],
+) -> (ExperimentSpec, Uuid, Vec<CrateId>) {
+    let specs: Vec<String> = rows
+        .iter()
+        .map(|r| r.0.strip_prefix("reg:").expect("registry crate").to_owned())
+        .collect();
+    let body = serde_json::json!({
+        "name": name, "start": "stable", "end": "nightly",
+        "crates": {"kind": "list", "crates": specs},
+        // completed by its one run per crate: no confirmation runs
+        "confirm": 0,
+    });
+    let spec = ExperimentSpec::from_json(body.to_string().as_bytes()).expect("fixture spec");
+    let row = experiments::create(pool, &spec)
+        .await
+        .expect("create the fixture experiment");
+    let ids: Vec<CrateId> = rows
+        .iter()
+        .map(|r| r.0.parse().expect("crate id"))
+        .collect();
+    let mut pending = experiments::begin_action(pool, name, ExperimentAction::Start)
+        .await
+        .expect("start the fixture experiment");
+    jobs::create_for_experiment(&mut pending.tx, row.id, &ids)
+        .await
+        .expect("create jobs");
+    pending.commit().await.expect("commit start");
+    (spec, row.id, ids)
+}
+
+/// Stores both logs of the `n`th claimed crate and makes up the record of each side: durations
+/// and peak memory that differ by side and crate, and a test step when it built.
+async fn record_sides(
+    store: &Arc<dyn ObjectStore>,
+    name: &str,
+    spec: &ExperimentSpec,
+    krate: &str,
+    script: Script,
+    n: usize,
+) -> (SideRecord, SideRecord) {
+    let (start, end, start_log, end_log) = script;
+    let mut sides = Vec::new();
+    for (toolchain, outcome, log, k) in [
+        (spec.start.id(), start, start_log, 1),
+        (spec.end.id(), end, end_log, 2),
+    ] {
+        let key = keys::log(name, &toolchain, krate).expect("log key");
+        caldera_storage::put_log(&**store, &key, log)
+            .await
+            .expect("store the log");
+        let build_ms = 1_000 * k + 37 * n as i64;
+        let test_ms = if outcome.built() {
+            2_500 + 11 * n as i64
+        } else {
+            0
+        };
+        let mut steps = vec![("build".to_owned(), build_ms)];
+        if test_ms > 0 {
+            steps.push(("test".to_owned(), test_ms));
+        }
+        sides.push(SideRecord {
+            outcome,
+            log_key: Some(key.to_string()),
+            duration_ms: build_ms + test_ms,
+            peak_memory_bytes: (300 + 50 * k + n as i64) << 20,
+            steps,
+        });
+    }
+    let end = sides.pop().expect("end side");
+    let start = sides.pop().expect("start side");
+    (start, end)
 }

@@ -26,7 +26,7 @@
 //!
 //! # Speed
 //!
-//! The experiment and crate pages read the experiment's [`Report`](caldera_core::report::Report)
+//! The experiment and crate pages read the experiment's [`Report`](caldera_report::Report)
 //! from a [`cache::ReportCache`], keyed by experiment and its number of result rows (results are
 //! append-only, so the count changes exactly when they do). See the cache for staleness bounds.
 

@@ -41,13 +41,21 @@ pub fn experiment_href(experiment: &str) -> String {
     format!("/experiments/{}", path_encode(experiment))
 }
 
-/// `foo 1.2.3` for registry crates, the id otherwise.
+/// The comparisons listed apart as spurious and infrastructure results, in the order shown: not
+/// regressions, to retry before believing them.
+pub const SPURIOUS_COMPARISONS: [Comparison; 4] = [
+    Comparison::SpuriousRegressed,
+    Comparison::SpuriousFixed,
+    Comparison::Spurious,
+    Comparison::Error,
+];
+
 /// Quiet crates named per quiet-regressions note.
 const QUIET_SHOWN: usize = 20;
 
 /// The note under a report's headline naming the regressions of crates marked quiet (empty when
 /// there are none): they count, but are in no list of regressions.
-pub fn quiet_note(report: &caldera_core::report::Report) -> Markup {
+pub fn quiet_note(report: &caldera_report::Report) -> Markup {
     let n = report.quiet_regressions().len();
     html! {
         @if n > 0 {
@@ -68,7 +76,7 @@ pub fn quiet_note(report: &caldera_core::report::Report) -> Markup {
 /// The note naming the regressions that are only a diagnostics change (empty when there are
 /// none): tests comparing the compiler's output with stored expectations failed. They count as
 /// regressed but are kept below, and apart from, real breakage.
-pub fn diagnostics_note(report: &caldera_core::report::Report) -> Markup {
+pub fn diagnostics_note(report: &caldera_report::Report) -> Markup {
     let n = report.diagnostics_changes().len();
     html! {
         @if n > 0 {
@@ -91,7 +99,7 @@ pub fn diagnostics_note(report: &caldera_core::report::Report) -> Markup {
 
 /// The section naming the crates whose confirmation runs disagreed with their first run (empty
 /// when there are none): not evidence either way, so in no list of regressions.
-pub fn flaky_note(report: &caldera_core::report::Report) -> Markup {
+pub fn flaky_note(report: &caldera_report::Report) -> Markup {
     let n = report.flaky().len();
     html! {
         @if n > 0 {
@@ -126,6 +134,7 @@ pub fn confirmation_badge(c: Option<caldera_core::confirm::ConfirmationStatus>) 
     }
 }
 
+/// `foo 1.2.3` for registry crates, the id otherwise.
 pub fn crate_label(id: &CrateId) -> String {
     match id {
         CrateId::Registry { name, version, .. } => format!("{name} {version}"),

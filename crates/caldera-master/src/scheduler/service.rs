@@ -1,14 +1,20 @@
 //! The tonic `WorkerService`: one bidirectional stream per worker.
+//!
+//! What comes off the stream is read with `caldera_proto`'s conversions, which reject bad wire
+//! data naming the field; here it becomes the database's records and the scheduler's events.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use caldera_core::outcome::Outcome;
 use caldera_db::jobs::{self, Completion, SideRecord};
 use caldera_db::tokens::{self, Role};
 use caldera_db::workers;
 use caldera_proto::v1::{
     self, master_message, worker_message, worker_service_server::WorkerService,
+};
+use caldera_proto::{
+    Cancel, Heartbeat, Hello, JobResult, JobReturned, Lease, LeaseToken, SideOutput, Welcome,
+    WireError,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,8 +23,6 @@ use uuid::Uuid;
 
 use super::{Outbound, Scheduler, Session, chrono_dur};
 
-/// Most slots one worker may announce.
-pub const MAX_SLOTS: u32 = 4096;
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -37,71 +41,74 @@ fn msg(kind: master_message::Kind) -> Result<v1::MasterMessage, Status> {
     Ok(v1::MasterMessage { kind: Some(kind) })
 }
 
-fn parse_token(field: &str, s: &str) -> Result<Uuid, Status> {
-    Uuid::parse_str(s)
-        .map_err(|_| Status::invalid_argument(format!("{field}: {s:?} is not a lease token")))
+/// Bad wire data: `field: message`, the field's path in the message.
+fn invalid(e: WireError) -> Status {
+    Status::invalid_argument(format!("{}: {}", e.field, e.message))
 }
 
 /// The leases a worker lists (in Hello or a heartbeat), by token (a token listed twice counts
 /// once), and as (job id, token) pairs for [`jobs::renew`].
-fn leases(
-    field: &str,
-    listed: &[v1::LeaseRef],
-) -> Result<(HashMap<Uuid, i64>, Vec<(i64, Uuid)>), Status> {
-    let mut by_token: HashMap<Uuid, i64> = HashMap::new();
-    for r in listed {
-        by_token.insert(parse_token(field, &r.lease_token)?, r.job_id as i64);
-    }
-    let pairs = by_token.iter().map(|(t, id)| (*id, *t)).collect();
-    Ok((by_token, pairs))
+fn leases(listed: &[Lease]) -> (HashMap<LeaseToken, i64>, Vec<(i64, Uuid)>) {
+    let by_token: HashMap<LeaseToken, i64> =
+        listed.iter().map(|l| (l.token, l.job_id as i64)).collect();
+    let pairs = by_token.iter().map(|(t, id)| (*id, (*t).into())).collect();
+    (by_token, pairs)
 }
 
-fn validate_hello(h: &v1::Hello) -> Result<(), Status> {
-    if h.name.is_empty()
-        || h.name.len() > 128
-        || h.name.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(Status::invalid_argument(format!(
-            "hello.name: {:?} must be 1-128 printable characters without spaces",
-            h.name
-        )));
-    }
-    if h.slots == 0 || h.slots > MAX_SLOTS {
-        return Err(Status::invalid_argument(format!(
-            "hello.slots: {} must be 1..={MAX_SLOTS}",
-            h.slots
-        )));
-    }
-    if let Some(bad) = h
-        .capabilities
-        .iter()
-        .find(|c| !caldera_core::experiment::is_valid_requirement(c))
-    {
-        return Err(Status::invalid_argument(format!(
-            "hello.capabilities: invalid capability {bad:?}"
-        )));
-    }
-    Ok(())
+/// The Cancel for a lease the worker listed that is no longer current.
+fn not_current(job_id: i64, token: LeaseToken) -> Result<v1::MasterMessage, Status> {
+    let lease = Lease {
+        job_id: job_id as u64,
+        token,
+    };
+    let cancel = Cancel::lease(lease, "the lease is no longer current");
+    msg(master_message::Kind::Cancel(cancel.into()))
 }
 
-fn side(field: &'static str, s: Option<v1::SideResult>) -> Result<SideRecord, Status> {
-    let s = s.ok_or_else(|| Status::invalid_argument(format!("{field}: missing")))?;
-    let outcome: Outcome = s
-        .outcome
-        .ok_or_else(|| Status::invalid_argument(format!("{field}.outcome: missing")))?
-        .try_into()
-        .map_err(|e: caldera_proto::WireError| Status::invalid_argument(format!("{field}.{e}")))?;
-    Ok(SideRecord {
-        outcome,
-        log_key: (!s.log_key.is_empty()).then_some(s.log_key),
-        duration_ms: s.duration_ms.min(i64::MAX as u64) as i64,
-        peak_memory_bytes: s.peak_memory_bytes.min(i64::MAX as u64) as i64,
-        steps: s
-            .steps
-            .into_iter()
-            .map(|t| (t.name, t.duration_ms.min(i64::MAX as u64) as i64))
-            .collect(),
-    })
+/// The worker token in the request's `authorization: Bearer` metadata, which must be an active
+/// token of role `worker`.
+async fn authenticate<T>(
+    pool: &caldera_db::PgPool,
+    request: &Request<T>,
+) -> Result<tokens::TokenRow, Status> {
+    let secret = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            Status::unauthenticated("missing `authorization: Bearer <worker token>` metadata")
+        })?
+        .trim()
+        .to_owned();
+    let token = tokens::authenticate(pool, &secret)
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot check the token: {e}")))?
+        .ok_or_else(|| Status::unauthenticated("unknown or revoked worker token"))?;
+    if token.role != Role::Worker {
+        return Err(Status::permission_denied(format!(
+            "token {:?} has role {}; the worker stream needs a worker token (`caldera token create --role worker`)",
+            token.name, token.role
+        )));
+    }
+    Ok(token)
+}
+
+/// The stream's first message, which must be a valid Hello, within [`HELLO_TIMEOUT`].
+async fn receive_hello(inbound: &mut Streaming<v1::WorkerMessage>) -> Result<Hello, Status> {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(v1::WorkerMessage {
+            kind: Some(worker_message::Kind::Hello(h)),
+        }))) => h,
+        Ok(Ok(_)) => {
+            return Err(Status::invalid_argument(
+                "the first message on the stream must be hello",
+            ));
+        }
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(Status::deadline_exceeded("no hello within 30 s")),
+    };
+    Hello::try_from(hello).map_err(invalid)
 }
 
 #[tonic::async_trait]
@@ -112,45 +119,13 @@ impl WorkerService for WorkerServiceImpl {
         &self,
         request: Request<Streaming<v1::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let pool = self.scheduler.inner.pool.clone();
-        let secret = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("missing `authorization: Bearer <worker token>` metadata")
-            })?
-            .trim()
-            .to_owned();
-        let token = tokens::authenticate(&pool, &secret)
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot check the token: {e}")))?
-            .ok_or_else(|| Status::unauthenticated("unknown or revoked worker token"))?;
-        if token.role != Role::Worker {
-            return Err(Status::permission_denied(format!(
-                "token {:?} has role {}; the worker stream needs a worker token (`caldera token create --role worker`)",
-                token.name, token.role
-            )));
-        }
-        let mut inbound = request.into_inner();
-        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(v1::WorkerMessage {
-                kind: Some(worker_message::Kind::Hello(h)),
-            }))) => h,
-            Ok(Ok(_)) => {
-                return Err(Status::invalid_argument(
-                    "the first message on the stream must be hello",
-                ));
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(Status::deadline_exceeded("no hello within 30 s")),
-        };
-        validate_hello(&hello)?;
         let s = self.scheduler.clone();
+        let token = authenticate(&s.inner.pool, &request).await?;
+        let mut inbound = request.into_inner();
+        let hello = receive_hello(&mut inbound).await?;
         let now = s.now();
         let worker = workers::connect(
-            &pool,
+            &s.inner.pool,
             &hello.name,
             &hello.version,
             &hello.capabilities,
@@ -161,44 +136,11 @@ impl WorkerService for WorkerServiceImpl {
         .await
         .map_err(|e| Status::unavailable(format!("cannot register the worker: {e}")))?;
 
-        // Jobs the worker still runs from a previous session: keep the current ones, cancel the rest.
-        let (presented, running) = leases("hello.running.lease_token", &hello.running)?;
-        let current = jobs::renew(
-            &pool,
-            worker,
-            &running,
-            now,
-            chrono_dur(s.inner.config.lease),
-        )
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot renew leases: {e}")))?;
-
         let capacity = 256 + hello.slots as usize * 4;
         let (tx, rx) = mpsc::channel(capacity);
-        let welcome = v1::Welcome {
-            worker_id: worker.to_string(),
-            lease_seconds: s.inner.config.lease.as_secs().max(1) as u32,
-            heartbeat_interval_ms: s.inner.config.heartbeat_interval.as_millis() as u32,
-            limits: None,
-        };
-        let _ = tx.send(msg(master_message::Kind::Welcome(welcome))).await;
-        for (token, job_id) in &presented {
-            if !current.contains(token) {
-                let _ = tx
-                    .send(msg(master_message::Kind::Cancel(v1::Cancel {
-                        job_id: *job_id as u64,
-                        lease_token: token.to_string(),
-                        reason: "the lease is no longer current".into(),
-                    })))
-                    .await;
-            }
-        }
+        let in_flight = s.welcome(worker, &hello, now, &tx).await?;
         let session = Uuid::new_v4();
-        let in_flight = current
-            .iter()
-            .filter_map(|t| presented.get(t).map(|id| (*id, *t)))
-            .collect();
-        tracing::info!(worker = %hello.name, id = %worker, slots = hello.slots, resumed = current.len(), "worker connected");
+        tracing::info!(worker = %hello.name, id = %worker, slots = hello.slots, resumed = in_flight.len(), "worker connected");
         s.register(
             worker,
             Session {
@@ -211,7 +153,7 @@ impl WorkerService for WorkerServiceImpl {
             },
         );
         tokio::spawn(async move {
-            let name = hello.name.clone();
+            let name = hello.name;
             let end = serve_stream(&s, worker, token.id, &mut inbound, &tx).await;
             match end {
                 Ok(()) => tracing::info!(worker = %name, "worker disconnected"),
@@ -225,6 +167,57 @@ impl WorkerService for WorkerServiceImpl {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+impl Scheduler {
+    /// Welcome a worker that said `hello`. Jobs it still runs from a previous session: keep the
+    /// current ones (their leases renewed), cancel the rest. Returns the jobs kept, for its
+    /// session.
+    async fn welcome(
+        &self,
+        worker: Uuid,
+        hello: &Hello,
+        now: chrono::DateTime<chrono::Utc>,
+        tx: &Outbound,
+    ) -> Result<HashMap<i64, LeaseToken>, Status> {
+        let (presented, running) = leases(&hello.running);
+        let current = self
+            .renew(worker, &running, now)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot renew leases: {e}")))?;
+
+        let welcome = Welcome {
+            worker_id: worker.to_string(),
+            // whole seconds, and never zero (zero says "no lease" on the wire)
+            lease: Duration::from_secs(self.inner.config.lease.as_secs().max(1)),
+            heartbeat_interval: self.inner.config.heartbeat_interval,
+        };
+        let _ = tx
+            .send(msg(master_message::Kind::Welcome(welcome.into())))
+            .await;
+        for (token, job_id) in &presented {
+            if !current.contains(token) {
+                let _ = tx.send(not_current(*job_id, *token)).await;
+            }
+        }
+        Ok(current
+            .iter()
+            .filter_map(|t| presented.get(t).map(|id| (*id, *t)))
+            .collect())
+    }
+
+    /// Extend the leases `running` (job id, token) that `worker` holds; returns the tokens that
+    /// are still current.
+    async fn renew(
+        &self,
+        worker: Uuid,
+        running: &[(i64, Uuid)],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<LeaseToken>, caldera_db::DbError> {
+        let lease = chrono_dur(self.inner.config.lease);
+        let current = jobs::renew(&self.inner.pool, worker, running, now, lease).await?;
+        Ok(current.into_iter().map(LeaseToken::from).collect())
     }
 }
 
@@ -247,41 +240,8 @@ async fn serve_stream(
             Some(worker_message::Kind::Heartbeat(hb)) => {
                 heartbeat(s, worker, token, hb, tx).await?
             }
-            Some(worker_message::Kind::Result(r)) => {
-                let job_id = r.job_id;
-                let lease_token = r.lease_token.clone();
-                match completion(worker, r) {
-                    Ok(c) => s.submit_result(c, tx.clone()).await,
-                    Err(status) => {
-                        tracing::warn!(job = job_id, error = %status.message(), "malformed result rejected");
-                        s.inner
-                            .metrics
-                            .results_rejected
-                            .get_or_create(&crate::metrics::ReasonLabel {
-                                reason: "malformed".into(),
-                            })
-                            .inc();
-                        let ack = v1::ResultAck {
-                            job_id,
-                            lease_token,
-                            accepted: false,
-                            reason: status.message().to_owned(),
-                        };
-                        let _ = tx.send(msg(master_message::Kind::Ack(ack))).await;
-                    }
-                }
-            }
-            Some(worker_message::Kind::Returned(r)) => {
-                let token = parse_token("returned.lease_token", &r.lease_token)?;
-                let back = jobs::hand_back(&s.inner.pool, r.job_id as i64, token, s.now())
-                    .await
-                    .map_err(|e| Status::unavailable(e.to_string()))?;
-                if back {
-                    s.inner.metrics.jobs_returned.inc();
-                    tracing::info!(job = r.job_id, reason = %r.reason, "job handed back");
-                }
-                s.release(worker, [r.job_id as i64]);
-            }
+            Some(worker_message::Kind::Result(r)) => result(s, worker, r, tx).await,
+            Some(worker_message::Kind::Returned(r)) => returned(s, worker, r).await?,
             Some(worker_message::Kind::Hello(_)) => {
                 return Err(Status::invalid_argument("hello sent twice"));
             }
@@ -290,15 +250,75 @@ async fn serve_stream(
     }
 }
 
+/// A result goes to the result writer; a malformed one is rejected at once.
+async fn result(s: &Scheduler, worker: Uuid, r: v1::JobResult, tx: &Outbound) {
+    let job_id = r.job_id;
+    let lease_token = r.lease_token.clone();
+    match completion(worker, r) {
+        Ok(c) => s.submit_result(c, tx.clone()).await,
+        Err(status) => {
+            tracing::warn!(job = job_id, error = %status.message(), "malformed result rejected");
+            s.inner
+                .metrics
+                .results_rejected
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "malformed".into(),
+                })
+                .inc();
+            // the lease as it came: it may be what is malformed
+            let ack = v1::ResultAck {
+                job_id,
+                lease_token,
+                accepted: false,
+                reason: status.message().to_owned(),
+            };
+            let _ = tx.send(msg(master_message::Kind::Ack(ack))).await;
+        }
+    }
+}
+
+/// A job the worker gives back goes back to the queue, if its lease is still current.
+async fn returned(s: &Scheduler, worker: Uuid, r: v1::JobReturned) -> Result<(), Status> {
+    let r = JobReturned::try_from(r).map_err(invalid)?;
+    let job_id = r.lease.job_id as i64;
+    let back = jobs::hand_back(&s.inner.pool, job_id, r.lease.token.into(), s.now())
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    if back {
+        s.inner.metrics.jobs_returned.inc();
+        tracing::info!(job = r.lease.job_id, reason = %r.reason, "job handed back");
+    }
+    s.release(worker, [job_id]);
+    Ok(())
+}
+
 fn completion(worker: Uuid, r: v1::JobResult) -> Result<Completion, Status> {
+    let job_id = i64::try_from(r.job_id)
+        .map_err(|_| Status::invalid_argument("result.job_id: out of range"))?;
+    let r = JobResult::try_from(r).map_err(invalid)?;
     Ok(Completion {
-        job_id: i64::try_from(r.job_id)
-            .map_err(|_| Status::invalid_argument("result.job_id: out of range"))?,
-        lease_token: parse_token("result.lease_token", &r.lease_token)?,
+        job_id,
+        lease_token: r.lease.token.into(),
         worker,
-        start: side("result.start", r.start)?,
-        end: side("result.end", r.end)?,
+        start: side_record(r.output.start),
+        end: side_record(r.output.end),
     })
+}
+
+/// A side as the database records it: milliseconds and bytes as `bigint`, saturating.
+fn side_record(s: SideOutput) -> SideRecord {
+    let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    SideRecord {
+        outcome: s.outcome,
+        log_key: s.log_key,
+        duration_ms: millis(s.duration),
+        peak_memory_bytes: s.peak_memory_bytes.min(i64::MAX as u64) as i64,
+        steps: s
+            .steps
+            .into_iter()
+            .map(|(name, d)| (name, millis(d)))
+            .collect(),
+    }
 }
 
 async fn heartbeat(
@@ -315,17 +335,10 @@ async fn heartbeat(
         let _ = tx.send(Err(status.clone())).await;
         return Err(status);
     }
-    let (presented, running) = leases("heartbeat.running.lease_token", &hb.running)?;
+    let hb = Heartbeat::try_from(hb).map_err(invalid)?;
+    let (presented, running) = leases(&hb.running);
     let now = s.now();
-    let current = match jobs::renew(
-        &s.inner.pool,
-        worker,
-        &running,
-        now,
-        chrono_dur(s.inner.config.lease),
-    )
-    .await
-    {
+    let current = match s.renew(worker, &running, now).await {
         Ok(c) => c,
         Err(e) => {
             // the database is away: the leases run on; the next heartbeat tries again
@@ -335,7 +348,7 @@ async fn heartbeat(
         }
     };
     let _ = workers::seen(&s.inner.pool, worker, now).await;
-    let stale: Vec<(i64, Uuid)> = presented
+    let stale: Vec<(i64, LeaseToken)> = presented
         .iter()
         .filter(|(t, _)| !current.contains(t))
         .map(|(t, id)| (*id, *t))
@@ -345,12 +358,7 @@ async fn heartbeat(
         let reported: Vec<i64> = stale.iter().map(|(id, _)| *id).collect();
         s.release(worker, reported);
         for (job_id, token) in stale {
-            let cancel = v1::Cancel {
-                job_id: job_id as u64,
-                lease_token: token.to_string(),
-                reason: "the lease is no longer current".into(),
-            };
-            let _ = tx.send(msg(master_message::Kind::Cancel(cancel))).await;
+            let _ = tx.send(not_current(job_id, token)).await;
         }
     }
     Ok(())

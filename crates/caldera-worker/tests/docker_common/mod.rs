@@ -23,8 +23,9 @@ use caldera_core::crates::CrateId;
 use caldera_core::experiment::{CapLints, Mode};
 use caldera_core::job::JobSpec;
 use caldera_sandbox::{Limits, Sandbox, SandboxConfig, Timeouts, default_rustup_home};
-use caldera_storage::{ObjectKey, ObjectStore, Spool, SpoolConfig, StorageConfig};
+use caldera_storage::{ObjectKey, ObjectStore, StorageConfig};
 use caldera_worker::docker::{DockerExecutor, DockerExecutorConfig};
+use caldera_worker::upload_spool::{UploadSpool, UploadSpoolConfig};
 use caldera_worker::{Assignment, Executor, JobOutput};
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +46,7 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub executor: DockerExecutor,
     pub store: Arc<dyn ObjectStore>,
-    pub spool: Arc<Spool>,
+    pub spool: Arc<UploadSpool>,
     /// The sandbox owner label of this harness's containers.
     pub owner: String,
 }
@@ -68,9 +69,13 @@ pub async fn harness(name: &str, tweak: impl FnOnce(&mut DockerExecutorConfig)) 
         .tempdir()
         .unwrap();
     let store = caldera_storage::open(&StorageConfig::local(dir.path().join("objects"))).unwrap();
-    let mut spool_config = SpoolConfig::new(dir.path().join("upload-spool"));
+    let mut spool_config = UploadSpoolConfig::new(dir.path().join("upload-spool"));
     spool_config.min_backoff = Duration::from_millis(50);
-    let spool = Arc::new(Spool::open(store.clone(), spool_config).await.unwrap());
+    let spool = Arc::new(
+        UploadSpool::open(store.clone(), spool_config)
+            .await
+            .unwrap(),
+    );
     let owner = format!(
         "test-exec-{name}-{}-{}",
         std::process::id(),
@@ -135,7 +140,6 @@ impl Harness {
             .run(
                 Assignment {
                     job_id: u64::from(id),
-                    lease_token: format!("lease-{id}"),
                     attempt: 1,
                     spec,
                 },

@@ -221,117 +221,135 @@ fn print_experiment(v: &Value) {
 pub async fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.server)?;
     let json_out = args.server.json;
-    let show = |v: &Value| {
-        if json_out {
-            print_json(v)
-        } else {
-            print_experiment(v)
-        }
-    };
     match args.command {
-        ExperimentCommand::Create(c) => {
-            let mut body = Map::new();
-            if let Some(name) = c.name {
-                body.insert("name".into(), name.into());
-            }
-            let body = c.spec.into_body(body)?;
-            let v = client
-                .call(Method::POST, "/experiments", Some(Value::Object(body)))
-                .await?;
-            if json_out {
-                print_json(&v);
-            } else {
-                println!(
-                    "created experiment {} (queued); start it with `caldera experiment start {}`",
-                    v["name"].as_str().unwrap_or("?"),
-                    v["name"].as_str().unwrap_or("?")
-                );
-            }
+        ExperimentCommand::Create(c) => create(&client, c, json_out).await,
+        ExperimentCommand::List(l) => list(&client, &l, json_out).await,
+        ExperimentCommand::Show(n) => {
+            let path = format!("/experiments/{}", segment(&n.name));
+            show(&client.call(Method::GET, &path, None).await?, json_out);
+            Ok(())
         }
-        ExperimentCommand::List(l) => {
-            let mut path = format!("/experiments?limit={}&offset={}", l.limit, l.offset);
-            if let Some(status) = &l.status {
-                path.push_str(&format!("&status={}", segment(status)));
-            }
-            let v = client.call(Method::GET, &path, None).await?;
-            if json_out {
-                print_json(&v);
-            } else {
-                println!(
-                    "{:<32}  {:<10}  {:<15}  {:<24}  created",
-                    "name", "status", "mode", "start → end"
-                );
-                for e in v["items"].as_array().into_iter().flatten() {
-                    let tc = |k: &str| {
-                        e[k]["toolchain"]
-                            .as_str()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| e[k].to_string())
-                    };
-                    println!(
-                        "{:<32}  {:<10}  {:<15}  {:<24}  {}",
-                        e["name"].as_str().unwrap_or("?"),
-                        e["status"].as_str().unwrap_or("?"),
-                        e["mode"].as_str().unwrap_or("?"),
-                        format!("{} → {}", tc("start"), tc("end")),
-                        e["created_at"]
-                            .as_str()
-                            .unwrap_or("?")
-                            .get(..16)
-                            .unwrap_or("?"),
-                    );
-                }
-                println!(
-                    "({} of {} shown)",
-                    v["items"].as_array().map_or(0, Vec::len),
-                    v["total"]
-                );
-            }
-        }
-        ExperimentCommand::Show(n) => show(
-            &client
-                .call(
-                    Method::GET,
-                    &format!("/experiments/{}", segment(&n.name)),
-                    None,
-                )
-                .await?,
-        ),
-        ExperimentCommand::Edit(e) => {
-            let body = e.spec.into_body(Map::new())?;
-            if body.is_empty() {
-                anyhow::bail!("nothing to change: give at least one option (see --help)");
-            }
-            show(
-                &client
-                    .call(
-                        Method::PATCH,
-                        &format!("/experiments/{}", segment(&e.name)),
-                        Some(Value::Object(body)),
-                    )
-                    .await?,
-            );
-        }
-        ExperimentCommand::Start(n) => action(&client, &n.name, "start", json_out).await?,
-        ExperimentCommand::Pause(n) => action(&client, &n.name, "pause", json_out).await?,
-        ExperimentCommand::Resume(n) => action(&client, &n.name, "resume", json_out).await?,
-        ExperimentCommand::Abort(n) => action(&client, &n.name, "abort", json_out).await?,
-        ExperimentCommand::Delete(n) => {
-            client
-                .call(
-                    Method::DELETE,
-                    &format!("/experiments/{}", segment(&n.name)),
-                    None,
-                )
-                .await?;
-            if !json_out {
-                println!("deleted experiment {}", n.name);
-            }
-        }
+        ExperimentCommand::Edit(e) => edit(&client, e, json_out).await,
+        ExperimentCommand::Start(n) => action(&client, &n.name, "start", json_out).await,
+        ExperimentCommand::Pause(n) => action(&client, &n.name, "pause", json_out).await,
+        ExperimentCommand::Resume(n) => action(&client, &n.name, "resume", json_out).await,
+        ExperimentCommand::Abort(n) => action(&client, &n.name, "abort", json_out).await,
+        ExperimentCommand::Delete(n) => delete(&client, &n.name, json_out).await,
+    }
+}
+
+/// An experiment as JSON, or as the lines of [`print_experiment`].
+fn show(v: &Value, json_out: bool) {
+    if json_out {
+        print_json(v)
+    } else {
+        print_experiment(v)
+    }
+}
+
+/// `caldera experiment create`: the body from the options (and --file), sent as written.
+async fn create(client: &Client, c: CreateArgs, json_out: bool) -> anyhow::Result<()> {
+    let mut body = Map::new();
+    if let Some(name) = c.name {
+        body.insert("name".into(), name.into());
+    }
+    let body = c.spec.into_body(body)?;
+    let v = client
+        .call(Method::POST, "/experiments", Some(Value::Object(body)))
+        .await?;
+    if json_out {
+        print_json(&v);
+    } else {
+        println!(
+            "created experiment {} (queued); start it with `caldera experiment start {}`",
+            v["name"].as_str().unwrap_or("?"),
+            v["name"].as_str().unwrap_or("?")
+        );
     }
     Ok(())
 }
 
+/// `caldera experiment list`: one page of experiments, newest first.
+async fn list(client: &Client, l: &ListArgs, json_out: bool) -> anyhow::Result<()> {
+    let mut path = format!("/experiments?limit={}&offset={}", l.limit, l.offset);
+    if let Some(status) = &l.status {
+        path.push_str(&format!("&status={}", segment(status)));
+    }
+    let v = client.call(Method::GET, &path, None).await?;
+    if json_out {
+        print_json(&v);
+    } else {
+        print_list(&v);
+    }
+    Ok(())
+}
+
+/// A page of `GET /experiments` as a table, one experiment a line.
+fn print_list(v: &Value) {
+    println!(
+        "{:<32}  {:<10}  {:<15}  {:<24}  created",
+        "name", "status", "mode", "start → end"
+    );
+    for e in v["items"].as_array().into_iter().flatten() {
+        let tc = |k: &str| {
+            e[k]["toolchain"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| e[k].to_string())
+        };
+        println!(
+            "{:<32}  {:<10}  {:<15}  {:<24}  {}",
+            e["name"].as_str().unwrap_or("?"),
+            e["status"].as_str().unwrap_or("?"),
+            e["mode"].as_str().unwrap_or("?"),
+            format!("{} → {}", tc("start"), tc("end")),
+            e["created_at"]
+                .as_str()
+                .unwrap_or("?")
+                .get(..16)
+                .unwrap_or("?"),
+        );
+    }
+    println!(
+        "({} of {} shown)",
+        v["items"].as_array().map_or(0, Vec::len),
+        v["total"]
+    );
+}
+
+/// `caldera experiment edit`: only the options given change; none at all is an error.
+async fn edit(client: &Client, e: EditArgs, json_out: bool) -> anyhow::Result<()> {
+    let body = e.spec.into_body(Map::new())?;
+    if body.is_empty() {
+        anyhow::bail!("nothing to change: give at least one option (see --help)");
+    }
+    let v = client
+        .call(
+            Method::PATCH,
+            &format!("/experiments/{}", segment(&e.name)),
+            Some(Value::Object(body)),
+        )
+        .await?;
+    show(&v, json_out);
+    Ok(())
+}
+
+/// `caldera experiment delete`.
+async fn delete(client: &Client, name: &str, json_out: bool) -> anyhow::Result<()> {
+    client
+        .call(
+            Method::DELETE,
+            &format!("/experiments/{}", segment(name)),
+            None,
+        )
+        .await?;
+    if !json_out {
+        println!("deleted experiment {name}");
+    }
+    Ok(())
+}
+
+/// `caldera experiment start|pause|resume|abort`: prints the status the action led to.
 async fn action(client: &Client, name: &str, verb: &str, json_out: bool) -> anyhow::Result<()> {
     let v = client
         .call(

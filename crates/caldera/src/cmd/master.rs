@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use caldera_master::scheduler::SchedulerConfig;
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 
 use super::DbArgs;
+use super::storage_args::StorageArgs;
 
 #[derive(Debug, Args)]
 pub struct MasterArgs {
@@ -48,7 +49,7 @@ pub struct MasterArgs {
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
-    pub storage: caldera_storage::StorageArgs,
+    pub storage: StorageArgs,
 }
 
 pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
@@ -58,6 +59,37 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
             .await
             .context("applying migrations")?;
     }
+    let registry = load_registry(&args).await?;
+    caldera_db::workers::disconnect_all(&pool).await?;
+    let scheduler = scheduler_config(&args)?;
+    let store =
+        caldera_storage::open(&args.storage.to_config()).context("opening object storage")?;
+    tracing::info!(store = store.describe(), "object storage");
+    let master = caldera_master::Master::start(caldera_master::MasterConfig {
+        registry: registry.map(Arc::new),
+        scheduler,
+        dashboard: caldera_master::dashboard::DashboardConfig {
+            auth: args.dashboard_auth,
+            ..Default::default()
+        },
+        http: args.listen,
+        grpc: args.grpc_listen,
+        ..caldera_master::MasterConfig::new(pool, store)
+    })
+    .await
+    .with_context(|| format!("binding {} and {}", args.listen, args.grpc_listen))?;
+    let signal = master.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal.cancel();
+    });
+    master.wait().await.context("serving")
+}
+
+/// The registry listing given by --registry-dump or --registry-index, if any.
+async fn load_registry(
+    args: &MasterArgs,
+) -> anyhow::Result<Option<caldera_core::registry::RegistryListing>> {
     let registry = match (args.registry_dump.clone(), args.registry_index.clone()) {
         (Some(dir), _) => Some(
             tokio::task::spawn_blocking(move || caldera_master::resolve::load_db_dump(&dir))
@@ -74,9 +106,13 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
     if let Some(r) = &registry {
         tracing::info!(crates = r.len(), "registry listing loaded");
     }
-    caldera_db::workers::disconnect_all(&pool).await?;
-    let shutdown = CancellationToken::new();
-    let config = caldera_master::scheduler::SchedulerConfig {
+    Ok(registry)
+}
+
+/// The scheduler's settings from the command line, refused when leases would expire between
+/// heartbeats.
+fn scheduler_config(args: &MasterArgs) -> anyhow::Result<SchedulerConfig> {
+    let config = SchedulerConfig {
         lease: Duration::from_secs(args.lease_secs.max(1)),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(10)),
         max_attempts: args.max_attempts.max(1),
@@ -87,37 +123,7 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
         config.heartbeat_interval * 2 < config.lease,
         "--heartbeat-ms must be less than half of --lease-secs, or leases expire between heartbeats"
     );
-    let scheduler = caldera_master::scheduler::Scheduler::start(
-        pool.clone(),
-        config,
-        Arc::new(caldera_master::scheduler::SystemClock),
-        Arc::new(caldera_master::metrics::Metrics::default()),
-        shutdown.clone(),
-    );
-    let store =
-        caldera_storage::open(&args.storage.to_config()).context("opening object storage")?;
-    tracing::info!(store = store.describe(), "object storage");
-    let state = caldera_master::AppState {
-        pool,
-        scheduler,
-        registry: registry.map(Arc::new),
-        store,
-    };
-    let (http, grpc) = caldera_master::bind(args.listen, args.grpc_listen)
-        .await
-        .with_context(|| format!("binding {} and {}", args.listen, args.grpc_listen))?;
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        signal.cancel();
-    });
-    let dashboard = caldera_master::dashboard::DashboardConfig {
-        auth: args.dashboard_auth,
-        ..Default::default()
-    };
-    caldera_master::serve_with(state, dashboard, http, grpc, shutdown)
-        .await
-        .context("serving")
+    Ok(config)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -3,6 +3,7 @@ pub mod experiment;
 pub mod local;
 pub mod master;
 pub mod migrate;
+mod storage_args;
 pub mod token;
 pub mod triage;
 pub mod worker;

@@ -99,88 +99,102 @@ pub async fn run(args: TriageArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.server)?;
     let json_out = args.server.json;
     match args.command {
-        TriageCommand::Mark(m) => {
-            let mut body = json!({"kind": m.kind});
-            if let Some(link) = &m.link {
-                body["link"] = json!(link);
-            }
-            if let Some(note) = &m.note {
-                body["note"] = json!(note);
-            }
-            let v = client
-                .call(Method::PUT, &path(&m.target), Some(body))
-                .await?;
-            if json_out {
-                print_json(&v);
+        TriageCommand::Mark(m) => mark(&client, &m, json_out).await,
+        TriageCommand::Unmark(t) => unmark(&client, &t, json_out).await,
+        TriageCommand::List(l) => match &l.experiment {
+            Some(e) => list_experiment(&client, e, json_out).await,
+            None => list_marks(&client, l.krate.as_deref(), json_out).await,
+        },
+    }
+}
+
+/// `caldera triage mark`: prints the mark with the cause the server computed.
+async fn mark(client: &Client, m: &MarkArgs, json_out: bool) -> anyhow::Result<()> {
+    let mut body = json!({"kind": m.kind});
+    if let Some(link) = &m.link {
+        body["link"] = json!(link);
+    }
+    if let Some(note) = &m.note {
+        body["note"] = json!(note);
+    }
+    let v = client
+        .call(Method::PUT, &path(&m.target), Some(body))
+        .await?;
+    if json_out {
+        print_json(&v);
+    } else {
+        println!(
+            "marked {} ({}): {}",
+            s(&v["crate_name"]),
+            s(&v["cause"]),
+            describe(&v)
+        );
+    }
+    Ok(())
+}
+
+/// `caldera triage unmark`.
+async fn unmark(client: &Client, t: &TargetArgs, json_out: bool) -> anyhow::Result<()> {
+    client.call(Method::DELETE, &path(t), None).await?;
+    if !json_out {
+        println!(
+            "removed the mark of {} in experiment {}",
+            t.krate, t.experiment
+        );
+    }
+    Ok(())
+}
+
+/// The experiment's regressions, each with its cause and the mark that applies.
+async fn list_experiment(client: &Client, experiment: &str, json_out: bool) -> anyhow::Result<()> {
+    let v = client
+        .call(
+            Method::GET,
+            &format!("/experiments/{}/triage", segment(experiment)),
+            None,
+        )
+        .await?;
+    if json_out {
+        print_json(&v);
+    } else {
+        for r in v["regressions"].as_array().into_iter().flatten() {
+            let mark = if r["mark"].is_null() {
+                "not triaged".to_owned()
             } else {
-                println!(
-                    "marked {} ({}): {}",
-                    s(&v["crate_name"]),
-                    s(&v["cause"]),
-                    describe(&v)
-                );
-            }
+                describe(&r["mark"])
+            };
+            println!("{}  {}  {}", s(&r["crate"]), s(&r["cause"]), mark);
         }
-        TriageCommand::Unmark(t) => {
-            client.call(Method::DELETE, &path(&t), None).await?;
-            if !json_out {
+    }
+    Ok(())
+}
+
+/// The marks (of one crate, with `krate`), each with its history.
+async fn list_marks(client: &Client, krate: Option<&str>, json_out: bool) -> anyhow::Result<()> {
+    let query = krate
+        .map(|k| format!("?crate={}", segment(k)))
+        .unwrap_or_default();
+    let v = client
+        .call(Method::GET, &format!("/triage{query}"), None)
+        .await?;
+    if json_out {
+        print_json(&v);
+    } else {
+        for m in v["marks"].as_array().into_iter().flatten() {
+            println!(
+                "{}  {}  {}",
+                s(&m["crate_name"]),
+                s(&m["cause"]),
+                describe(m)
+            );
+            for h in m["history"].as_array().into_iter().flatten() {
                 println!(
-                    "removed the mark of {} in experiment {}",
-                    t.krate, t.experiment
+                    "    {} {} by {} on {}",
+                    s(&h["at"]),
+                    s(&h["action"]),
+                    s(&h["actor"]),
+                    s(&h["experiment"])
                 );
-            }
-        }
-        TriageCommand::List(l) => {
-            if let Some(e) = &l.experiment {
-                let v = client
-                    .call(
-                        Method::GET,
-                        &format!("/experiments/{}/triage", segment(e)),
-                        None,
-                    )
-                    .await?;
-                if json_out {
-                    print_json(&v);
-                } else {
-                    for r in v["regressions"].as_array().into_iter().flatten() {
-                        let mark = if r["mark"].is_null() {
-                            "not triaged".to_owned()
-                        } else {
-                            describe(&r["mark"])
-                        };
-                        println!("{}  {}  {}", s(&r["crate"]), s(&r["cause"]), mark);
-                    }
-                }
-                return Ok(());
-            }
-            let query = l
-                .krate
-                .as_deref()
-                .map(|k| format!("?crate={}", segment(k)))
-                .unwrap_or_default();
-            let v = client
-                .call(Method::GET, &format!("/triage{query}"), None)
-                .await?;
-            if json_out {
-                print_json(&v);
-            } else {
-                for m in v["marks"].as_array().into_iter().flatten() {
-                    println!(
-                        "{}  {}  {}",
-                        s(&m["crate_name"]),
-                        s(&m["cause"]),
-                        describe(m)
-                    );
-                    for h in m["history"].as_array().into_iter().flatten() {
-                        println!(
-                            "    {} {} by {} on {}",
-                            s(&h["at"]),
-                            s(&h["action"]),
-                            s(&h["actor"]),
-                            s(&h["experiment"])
-                        );
-                    }
-                }
             }
         }
     }

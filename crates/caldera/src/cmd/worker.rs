@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use caldera_sandbox::{Limits, Sandbox, SandboxConfig, Timeouts};
-use caldera_storage::{ObjectStore, Spool, SpoolConfig};
+use caldera_storage::ObjectStore;
 use caldera_worker::docker::{DockerExecutor, DockerExecutorConfig};
+use caldera_worker::upload_spool::{UploadSpool, UploadSpoolConfig};
 use caldera_worker::{Backoff, WorkerConfig};
 use clap::Args;
+
+use super::storage_args::StorageArgs;
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -38,7 +41,7 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub executor: ExecutorArgs,
     #[command(flatten)]
-    pub storage: caldera_storage::StorageArgs,
+    pub storage: StorageArgs,
 }
 
 /// How jobs run: the Docker sandbox, its limits and the toolchains. Shared by `caldera worker` and
@@ -161,7 +164,7 @@ impl ExecutorArgs {
         .context("the Docker sandbox is not usable")?;
         let engine = sandbox.engine().clone();
         let spool = Arc::new(
-            Spool::open(store, SpoolConfig::new(work_dir.join("upload-spool")))
+            UploadSpool::open(store, UploadSpoolConfig::new(work_dir.join("upload-spool")))
                 .await
                 .context("opening the upload spool")?,
         );

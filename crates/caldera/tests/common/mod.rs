@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use caldera_db::PgPool;
 use caldera_db::tokens::{self, Role};
-use caldera_master::scheduler::{Scheduler, SchedulerConfig, SystemClock};
+use caldera_master::scheduler::SchedulerConfig;
+use caldera_master::{Master, MasterConfig};
 use caldera_worker::fake::FakeExecutor;
 use caldera_worker::{Backoff, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -48,13 +48,11 @@ pub async fn tokens(pool: &PgPool) -> Tokens {
     }
 }
 
-/// A master running inside the test process.
+/// A master running inside the test process (started as `caldera master` starts one).
 pub struct InProcessMaster {
     pub http: String,
     pub grpc: String,
-    pub scheduler: Scheduler,
-    pub shutdown: CancellationToken,
-    pub task: JoinHandle<std::io::Result<()>>,
+    pub master: Master,
 }
 
 impl InProcessMaster {
@@ -78,46 +76,23 @@ impl InProcessMaster {
         grpc: Option<SocketAddr>,
         store: Arc<dyn caldera_storage::ObjectStore>,
     ) -> InProcessMaster {
-        let shutdown = CancellationToken::new();
-        let scheduler = Scheduler::start(
-            pool.clone(),
-            config,
-            Arc::new(SystemClock),
-            Arc::new(caldera_master::metrics::Metrics::default()),
-            shutdown.clone(),
-        );
-        let state = caldera_master::AppState {
-            pool,
-            scheduler: scheduler.clone(),
-            registry: None,
-            store,
-        };
-        let (http_l, grpc_l) = caldera_master::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            grpc.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
-        )
+        let defaults = MasterConfig::new(pool, store);
+        let master = Master::start(MasterConfig {
+            scheduler: config,
+            grpc: grpc.unwrap_or(defaults.grpc),
+            ..defaults
+        })
         .await
         .unwrap();
-        let http = format!("http://{}", http_l.local_addr().unwrap());
-        let grpc = format!("http://{}", grpc_l.local_addr().unwrap());
-        let task = tokio::spawn(caldera_master::serve(
-            state,
-            http_l,
-            grpc_l,
-            shutdown.clone(),
-        ));
         InProcessMaster {
-            http,
-            grpc,
-            scheduler,
-            shutdown,
-            task,
+            http: master.http_url(),
+            grpc: master.grpc_url(),
+            master,
         }
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.master.stop()).await;
     }
 }
 

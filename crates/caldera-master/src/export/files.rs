@@ -1,0 +1,159 @@
+//! Writing the report files: `summary.md` and `retry.txt`, `results.json`, and `index.html` with
+//! its `logs.tar.zst`, produced concurrently.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use caldera_core::crates::CrateId;
+use caldera_core::outcome::Comparison;
+use caldera_db::experiments::ExperimentRow;
+use caldera_db::flakes::Flake;
+use caldera_db::triage::Mark;
+use caldera_report::{Report, SummaryOptions, summary_markdown};
+use caldera_storage::{ObjectStore, PutOptions, keys};
+use serde::Serialize;
+
+use super::stream::put_streamed;
+use super::{CHUNK, ExportError, ExportSummary, ExportedFile, FILES, content_type};
+use super::{html, logs_tar};
+
+/// Writes every report file of `report` (the report of `experiment`), with the triage `marks` that
+/// apply to its regressions ([`crate::triage::marks_for_report`]). The files are produced
+/// concurrently: `summary.md` and `retry.txt`; `results.json`; `index.html` then `logs.tar.zst`.
+pub async fn write_files(
+    store: Arc<dyn ObjectStore>,
+    experiment: &ExperimentRow,
+    report: Arc<Report>,
+    reruns: Option<(u64, u64)>,
+    marks: Arc<HashMap<CrateId, Mark>>,
+    known_flakes: Arc<BTreeMap<String, Vec<Flake>>>,
+) -> Result<ExportSummary, ExportError> {
+    let name = experiment.name.clone();
+    let small = write_summary_and_retry(&*store, experiment, &report, reruns, &marks);
+    let json = write_results_json(&*store, &name, &report, &marks, &known_flakes);
+    let html_and_logs = write_index_and_logs(&store, experiment, &report, reruns, &marks);
+    let (a, b, (c, (logs, missing_logs))) = tokio::try_join!(small, json, html_and_logs)?;
+    let mut files: Vec<ExportedFile> = a.into_iter().chain(b).chain(c).collect();
+    files.sort_by_key(|f| FILES.iter().position(|n| *n == f.name));
+    Ok(ExportSummary {
+        experiment: name,
+        crates: report.len(),
+        regressions: report.counts().get(Comparison::Regressed),
+        files,
+        logs,
+        missing_logs,
+        load_seconds: 0.0,
+        build_seconds: 0.0,
+        write_seconds: 0.0,
+    })
+}
+
+/// `summary.md` (the summary, then the triaged regressions) and `retry.txt`, one after the other:
+/// both are small.
+async fn write_summary_and_retry(
+    store: &dyn ObjectStore,
+    experiment: &ExperimentRow,
+    report: &Arc<Report>,
+    reruns: Option<(u64, u64)>,
+    marks: &HashMap<CrateId, Mark>,
+) -> Result<Vec<ExportedFile>, ExportError> {
+    let name = &experiment.name;
+    let (start, end) = (
+        experiment.spec.start.to_string(),
+        experiment.spec.end.to_string(),
+    );
+    let t = Instant::now();
+    let opts = SummaryOptions {
+        reruns,
+        ..SummaryOptions::new(name, &start, &end)
+    };
+    let mut md = summary_markdown(report, &opts);
+    md.push_str(&crate::triage::summary_section(report, marks));
+    let k = keys::report(name, "summary.md")?;
+    let n = store
+        .put_bytes(
+            &k,
+            Bytes::from(md),
+            PutOptions::content_type(content_type("summary.md")),
+        )
+        .await?;
+    let summary = ExportedFile::new("summary.md", &k, n, t);
+    let t = Instant::now();
+    let k = keys::report(name, "retry.txt")?;
+    let r = report.clone();
+    let n = put_streamed(store, &k, "retry.txt", false, move |w| {
+        if let Some(caldera_core::CrateSelection::List(specs)) = r.retry_selection() {
+            for s in specs {
+                writeln!(w, "{s}")?;
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(vec![summary, ExportedFile::new("retry.txt", &k, n, t)])
+}
+
+/// `results.json`: see [`ResultsJson`].
+async fn write_results_json(
+    store: &dyn ObjectStore,
+    name: &str,
+    report: &Arc<Report>,
+    marks: &Arc<HashMap<CrateId, Mark>>,
+    known_flakes: &Arc<BTreeMap<String, Vec<Flake>>>,
+) -> Result<Vec<ExportedFile>, ExportError> {
+    let t = Instant::now();
+    let k = keys::report(name, "results.json")?;
+    let r = report.clone();
+    let m = marks.clone();
+    let known = known_flakes.clone();
+    let n = put_streamed(store, &k, "results.json", true, move |w| {
+        let json = ResultsJson {
+            report: &r,
+            triage: m.iter().map(|(id, mark)| (id.to_string(), mark)).collect(),
+            known_flakes: &known,
+        };
+        serde_json::to_writer(io::BufWriter::with_capacity(CHUNK, w), &json)
+            .map_err(io::Error::other)
+    })
+    .await?;
+    Ok(vec![ExportedFile::new("results.json", &k, n, t)])
+}
+
+/// `index.html`, then `logs.tar.zst` with the logs of the crates the page lists. Also returns
+/// the logs written and missing.
+async fn write_index_and_logs(
+    store: &Arc<dyn ObjectStore>,
+    experiment: &ExperimentRow,
+    report: &Arc<Report>,
+    reruns: Option<(u64, u64)>,
+    marks: &Arc<HashMap<CrateId, Mark>>,
+) -> Result<(Vec<ExportedFile>, (usize, usize)), ExportError> {
+    let t = Instant::now();
+    let notable = html::notable(report);
+    let index = html::write_index(
+        &**store,
+        experiment,
+        report,
+        reruns,
+        marks,
+        notable.clone(),
+        t,
+    )
+    .await?;
+    let (logs, counts) = logs_tar::write_archive(store, &experiment.name, report, &notable).await?;
+    Ok((vec![index, logs], counts))
+}
+
+/// `results.json`: the report's JSON, plus `"triage"`: the mark that applies to each marked
+/// regression, by crate id; and `"known_flakes"`: for each crate the report calls known-flaky,
+/// the flakes that explain it, with the evidence (experiment, run, side, log keys).
+#[derive(Serialize)]
+struct ResultsJson<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    triage: BTreeMap<String, &'a Mark>,
+    known_flakes: &'a BTreeMap<String, Vec<Flake>>,
+}
