@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use caldera_core::outcome::{BuildFailReason as R, Outcome};
 use caldera_db::PgPool;
-use caldera_db::jobs::outcome_kind;
 use sqlx::postgres::PgPoolCopyExt;
 use uuid::Uuid;
 
@@ -211,7 +210,7 @@ async fn load(pool: &PgPool, name: &str, n: usize, first_id: i64, seed: u64) -> 
                 r,
                 "{}\t{cid}\t{side}\t{json}\t{}\t{key}\t{}\t{}\t[{{\"name\": \"build\", \"duration_ms\": 1200}}]",
                 row.id,
-                outcome_kind(o),
+                o.kind(),
                 1200 + k % 5000,
                 (300 + k % 700) << 20
             )

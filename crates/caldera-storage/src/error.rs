@@ -197,6 +197,25 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Turns an I/O error of `op` on `key` in `store` (a directory's label) into
+    /// [`StorageError::Io`]; for `map_err`.
+    pub fn io(
+        store: &str,
+        op: &'static str,
+        key: &crate::ObjectKey,
+    ) -> impl FnOnce(std::io::Error) -> StorageError + use<> {
+        let store = store.to_owned();
+        let key = key.to_string();
+        move |source| StorageError::Io {
+            store,
+            op,
+            key,
+            source,
+        }
+    }
+}
+
+impl StorageError {
     /// Whether the same operation may succeed later without anyone changing anything: the store was
     /// unreachable, timed out, throttled, answered 5xx, or the local disk was full.
     ///

@@ -13,14 +13,13 @@
 //! Temporary files live in `tmp/` (same file system as `objects/`, so `rename` is atomic) rather than
 //! next to their target, so listings never see partial files and no key can collide with a temp name.
 
-use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+
 use tokio::io::AsyncReadExt;
 
 use crate::error::StorageError;
@@ -34,15 +33,8 @@ const MAGIC: &[u8; 8] = b"CALDOBJ1";
 /// Temporary files older than this found at open are left over from a crash and removed.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 
-#[derive(Serialize, Deserialize, Default)]
-struct Header {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    content_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    content_encoding: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    metadata: BTreeMap<String, String>,
-}
+/// The JSON header of a stored object's file.
+type Header = PutOptions;
 
 /// Objects in a directory on local disk: the embedded default backend.
 ///
@@ -110,14 +102,7 @@ impl LocalStore {
     }
 
     fn io_err(&self, op: &'static str, key: &ObjectKey) -> impl FnOnce(io::Error) -> StorageError {
-        let store = self.label.clone();
-        let key = key.to_string();
-        move |source| StorageError::Io {
-            store,
-            op,
-            key,
-            source,
-        }
+        StorageError::io(&self.label, op, key)
     }
 
     fn not_found(&self, key: &ObjectKey) -> StorageError {
@@ -185,11 +170,7 @@ impl LocalStore {
         body: ByteStream,
         options: &PutOptions,
     ) -> Result<u64, StorageError> {
-        let header = Header {
-            content_type: options.content_type.clone(),
-            content_encoding: options.content_encoding.clone(),
-            metadata: options.metadata.clone(),
-        };
+        let header: &Header = options;
         let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

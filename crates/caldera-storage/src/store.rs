@@ -19,15 +19,19 @@ pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
 /// The body of a get: a stream of chunks, failing with a [`StorageError`] naming the store and key.
 pub type ObjectBody = BoxStream<'static, Result<Bytes, StorageError>>;
 
-/// What to record with an object besides its bytes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What to record with an object besides its bytes. Its JSON is the header of a framed file (a
+/// local object, an upload-spool entry; see [`crate::frame`]): absent fields are left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PutOptions {
     /// MIME type, e.g. `text/plain; charset=utf-8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     /// Content encoding, e.g. `zstd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_encoding: Option<String>,
     /// User metadata. Names are lower-case `[a-z0-9-]` (S3 lower-cases them anyway), values printable
     /// ASCII; at most 2 KiB in total, as in S3.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
 }
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::result_rows::{SideRecord, outcome_json, outcome_kind, steps_json};
+use super::result_rows::{SideRecord, outcome_json, steps_json};
 use crate::DbError;
 
 /// A result for a job, fenced by its lease token.
@@ -291,7 +291,7 @@ impl SideColumns {
         self.job.push(job);
         self.side.push(side.as_str());
         self.outcome.push(outcome_json(&rec.outcome));
-        self.kind.push(outcome_kind(&rec.outcome));
+        self.kind.push(rec.outcome.kind());
         self.log_key.push(rec.log_key.clone());
         self.duration.push(rec.duration_ms);
         self.memory.push(rec.peak_memory_bytes);

@@ -37,4 +37,4 @@ pub use lifecycle::{
 pub use progress::{
     Progress, active_experiments, count_drift, finished_experiments, progress, progress_of,
 };
-pub use result_rows::{SideRecord, outcome_kind};
+pub use result_rows::SideRecord;

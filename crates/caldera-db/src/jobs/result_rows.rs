@@ -67,7 +67,7 @@ impl ResultColumns {
         self.side.push(side.as_str());
         self.job.push(job);
         self.outcome.push(outcome_json(&rec.outcome));
-        self.kind.push(outcome_kind(&rec.outcome).to_owned());
+        self.kind.push(rec.outcome.kind().to_owned());
         self.log_key.push(rec.log_key.clone());
         self.duration.push(rec.duration_ms);
         self.memory.push(rec.peak_memory_bytes);
@@ -108,19 +108,5 @@ impl ResultColumns {
         .execute(&mut **tx)
         .await?;
         Ok(())
-    }
-}
-
-/// The `kind` tag of an outcome, as stored in `results.outcome_kind`.
-pub fn outcome_kind(o: &Outcome) -> &'static str {
-    match o {
-        Outcome::TestPass => "test-pass",
-        Outcome::TestFail { .. } => "test-fail",
-        Outcome::TestSkipped => "test-skipped",
-        Outcome::BuildFail(_) => "build-fail",
-        Outcome::PrepareFail { .. } => "prepare-fail",
-        Outcome::Broken { .. } => "broken",
-        Outcome::Skipped => "skipped",
-        Outcome::Error { .. } => "error",
     }
 }

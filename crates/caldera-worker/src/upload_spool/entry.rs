@@ -2,7 +2,6 @@
 //! (magic `CALDSPL1`, the JSON [`EntryHeader`], then the bytes to store), and reading back the
 //! directory an earlier process left.
 
-use std::collections::BTreeMap;
 use std::fs::TryLockError;
 use std::io;
 use std::path::Path;
@@ -20,22 +19,9 @@ const MAGIC: &[u8; 8] = b"CALDSPL1";
 #[derive(Serialize, Deserialize)]
 pub(super) struct EntryHeader {
     pub(super) key: ObjectKey,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    content_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    content_encoding: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    metadata: BTreeMap<String, String>,
-}
-
-impl EntryHeader {
-    pub(super) fn options(&self) -> PutOptions {
-        PutOptions {
-            content_type: self.content_type.clone(),
-            content_encoding: self.content_encoding.clone(),
-            metadata: self.metadata.clone(),
-        }
-    }
+    /// Recorded with the object (the same JSON fields as a local object's header).
+    #[serde(flatten)]
+    pub(super) options: PutOptions,
 }
 
 /// An entry waiting in `pending/`: its sequence number (its file name) and the key it stores.
@@ -65,9 +51,7 @@ pub(super) async fn write_entry(
 ) -> Result<u64, StorageError> {
     let header = EntryHeader {
         key: key.clone(),
-        content_type: options.content_type,
-        content_encoding: options.content_encoding,
-        metadata: options.metadata,
+        options,
     };
     let mut file = tokio::fs::File::create(tmp)
         .await

@@ -178,14 +178,7 @@ impl Shared {
     }
 
     fn io_err(&self, op: &'static str, key: &ObjectKey) -> impl FnOnce(io::Error) -> StorageError {
-        let store = self.label.clone();
-        let key = key.to_string();
-        move |source| StorageError::Io {
-            store,
-            op,
-            key,
-            source,
-        }
+        StorageError::io(&self.label, op, key)
     }
 }
 

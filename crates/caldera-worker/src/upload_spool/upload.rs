@@ -46,7 +46,7 @@ async fn upload_once(shared: &Shared, entry: &Entry) -> Result<(), StorageError>
     let (header, file) = open_entry(shared, entry).await?;
     shared
         .store
-        .put(&header.key, file_stream(file), header.options())
+        .put(&header.key, file_stream(file), header.options.clone())
         .await?;
     Ok(())
 }
