@@ -67,7 +67,7 @@ fn endpoint_of(config: &SandboxConfig) -> String {
         .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned())
 }
 
-fn is_not_found(err: &bollard::errors::Error) -> bool {
+pub(crate) fn is_not_found(err: &bollard::errors::Error) -> bool {
     matches!(
         err,
         bollard::errors::Error::DockerResponseServerError {
@@ -75,6 +75,23 @@ fn is_not_found(err: &bollard::errors::Error) -> bool {
             ..
         }
     )
+}
+
+/// Removes a container and its anonymous volumes, even a running one: `Ok(false)` when it was
+/// already gone.
+pub(crate) async fn force_remove(
+    docker: &Docker,
+    id: &str,
+) -> Result<bool, bollard::errors::Error> {
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 impl Sandbox {
@@ -162,22 +179,11 @@ impl Sandbox {
         let mut removed = 0;
         for summary in list {
             let Some(id) = summary.id else { continue };
-            match self
-                .docker
-                .remove_container(
-                    &id,
-                    Some(
-                        RemoveContainerOptionsBuilder::default()
-                            .force(true)
-                            .v(true)
-                            .build(),
-                    ),
-                )
+            if force_remove(&self.docker, &id)
                 .await
+                .map_err(SandboxError::docker("remove leftover container"))?
             {
-                Ok(()) => removed += 1,
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(SandboxError::docker("remove leftover container")(e)),
+                removed += 1;
             }
         }
         Ok(removed)

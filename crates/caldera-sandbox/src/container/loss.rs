@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::Container;
 use super::run::Run;
 use crate::error::{ContainerLoss, Result, SandboxError};
+use crate::sandbox::is_not_found;
 
 /// How long the engine is given to register that a container whose step driver was killed has
 /// died too (its exec's exit and its init's exit are separate events), and that a stopped one is
@@ -43,9 +44,7 @@ impl Container {
                 .await
             {
                 Ok(inspect) => inspect,
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => {
+                Err(e) if is_not_found(&e) => {
                     self.removed = true;
                     self.needs_start = true;
                     self.primed = None;

@@ -25,13 +25,12 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::query_parameters::{
-    InspectContainerOptions, KillContainerOptionsBuilder, RemoveContainerOptionsBuilder,
-    StartContainerOptions,
+    InspectContainerOptions, KillContainerOptionsBuilder, StartContainerOptions,
 };
 
 use crate::cgroup::ContainerCgroup;
 use crate::error::{Result, SandboxError};
-use crate::sandbox::docker_client;
+use crate::sandbox::{docker_client, force_remove, is_not_found};
 use crate::spec::paths;
 use launch::DriverExec;
 
@@ -194,9 +193,7 @@ impl Container {
                 .await
             {
                 Ok(inspect) => inspect,
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => {
+                Err(e) if is_not_found(&e) => {
                     self.removed = true;
                     self.primed = None;
                     return Err(self.gone("was removed from outside before its steps"));
@@ -243,25 +240,9 @@ impl Container {
         if self.removed {
             return Ok(());
         }
-        match self
-            .docker
-            .remove_container(
-                &self.id,
-                Some(
-                    RemoveContainerOptionsBuilder::default()
-                        .force(true)
-                        .v(true)
-                        .build(),
-                ),
-            )
+        force_remove(&self.docker, &self.id)
             .await
-        {
-            Ok(()) => {}
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
-            Err(e) => return Err(SandboxError::docker("remove container")(e)),
-        }
+            .map_err(SandboxError::docker("remove container"))?;
         self.removed = true;
         Ok(())
     }
@@ -294,17 +275,7 @@ impl Drop for Container {
                     let Ok(docker) = docker.negotiate_version().await else {
                         return;
                     };
-                    let _ = docker
-                        .remove_container(
-                            &id,
-                            Some(
-                                RemoveContainerOptionsBuilder::default()
-                                    .force(true)
-                                    .v(true)
-                                    .build(),
-                            ),
-                        )
-                        .await;
+                    let _ = force_remove(&docker, &id).await;
                 });
             });
         if let Err(e) = spawned {
