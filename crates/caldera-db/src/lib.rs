@@ -60,6 +60,17 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// Postgres refused text because of its characters (`character_not_in_repertoire`, e.g. a NUL;
+    /// `untranslatable_character`): the input's fault, not an outage.
+    pub fn is_unstorable_text(&self) -> bool {
+        let DbError::Sqlx(e) = self else {
+            return false;
+        };
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|code| code == "22021" || code == "22P05")
+    }
+
     pub(crate) fn not_found(what: impl Into<String>) -> Self {
         DbError::NotFound { what: what.into() }
     }

@@ -24,8 +24,10 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<TokenRow, ApiEr
     let secret = header
         .to_str()
         .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|h| h.split_once(' '))
+        // the scheme is case-insensitive (RFC 9110 §11.1)
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, secret)| secret.trim())
         .filter(|s| !s.is_empty())
         .ok_or_else(|| {
             ApiError::unauthorized("malformed Authorization header: expected `Bearer <token>`")

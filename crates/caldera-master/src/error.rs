@@ -25,7 +25,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: `invalid-json`, `invalid-field`, `invalid-path`,
-    /// `unauthorized`, `forbidden`, `not-found`, `conflict`, `unavailable`, `storage-unavailable`,
+    /// `invalid-request`, `unauthorized`, `forbidden`, `not-found`, `method-not-allowed`,
+    /// `conflict`, `too-large`, `unsupported-media-type`, `unavailable`, `storage-unavailable`,
     /// `internal`.
     pub code: String,
     /// Human-readable explanation.
@@ -84,6 +85,14 @@ impl From<DbError> for ApiError {
                 }
             }
             DbError::Invalid { field, message } => ApiError::invalid(field, message),
+            e if e.is_unstorable_text() => {
+                tracing::warn!(error = %e, "refused text the database cannot store");
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid-field",
+                    "the request holds text the database cannot store (a NUL character or invalid UTF-8)",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "database error while serving a request");
                 ApiError::new(

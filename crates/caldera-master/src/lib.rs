@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod dashboard;
+pub mod edge;
 pub mod error;
 pub mod export;
 pub mod metrics;
@@ -83,7 +84,8 @@ async fn metrics_text(State(state): State<AppState>) -> impl axum::response::Int
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            // prometheus-client writes the OpenMetrics text format (`# EOF`, `_total` counters)
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         m.encode(),
     )
@@ -154,13 +156,17 @@ pub fn router_with(state: AppState, dashboard: dashboard::DashboardConfig) -> Ro
         .route(
             "/crate-lists/{name}",
             get(crate_lists::get).delete(crate_lists::delete),
-        );
+        )
+        .layer(axum::middleware::from_fn(edge::require_json))
+        .layer(axum::extract::DefaultBodyLimit::max(edge::MAX_BODY_BYTES));
     Router::new()
         .route("/healthz", get(health))
         .route("/metrics", get(metrics_text))
         .nest("/api/v1", v1)
         .merge(dashboard::routes(dashboard::Dashboard::new(dashboard)))
         .fallback(fallback)
+        .layer(axum::middleware::from_fn(edge::json_errors))
+        .layer(axum::middleware::from_fn(edge::refuse_nul))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

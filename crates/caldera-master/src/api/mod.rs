@@ -14,18 +14,60 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 
 /// Reject bodies that are not JSON at all (400) before the typed parse, which reports the
-/// offending field (422).
+/// offending field (422), and text no field can hold: a NUL character (`\u0000`) is a 422
+/// naming its field, since Postgres text cannot store it.
 pub(crate) fn check_json_syntax(body: &Bytes) -> Result<(), ApiError> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(body)
-        .map(|_| ())
-        .map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "invalid-json",
-                format!("request body is not valid JSON: {e}"),
-            )
-            .with_field("body")
-        })
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid-json",
+            format!("request body is not valid JSON: {e}"),
+        )
+        .with_field("body")
+    })?;
+    // JSON can only carry a NUL escaped, so bodies without the escape are not parsed again
+    if body.windows(6).any(|w| w == b"\\u0000")
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(body)
+        && let Some(field) = nul_field(&value, String::new())
+    {
+        return Err(ApiError::invalid(
+            field,
+            "contains a NUL character (\\u0000), a control character no text field can hold",
+        ));
+    }
+    Ok(())
+}
+
+/// The path (`description`, `crates[2]`, `overrides.serde.skip`) of the first string or key in
+/// `v` that holds a NUL character.
+fn nul_field(v: &serde_json::Value, path: String) -> Option<String> {
+    let here = |path: String| {
+        if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path
+        }
+    };
+    match v {
+        serde_json::Value::String(s) if s.contains('\0') => Some(here(path)),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_field(item, format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(key, item)| {
+            let inner = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            if key.contains('\0') {
+                Some(here(path.clone()))
+            } else {
+                nul_field(item, inner)
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// Parse a JSON body into `T`, naming the field path of the first error.

@@ -754,3 +754,256 @@ async fn skipped_and_broken_crates_are_settled_at_the_start_without_running() {
         .await;
     assert_eq!(body["status"], "completed", "{body}");
 }
+
+/// One raw request: what the framework answers matters here, so nothing is added for the caller.
+async fn raw(
+    m: &Master,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let mut req = m
+        .http
+        .request(method, format!("{}{path}", m.base))
+        .bearer_auth(&m.operator)
+        .body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = req.send().await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let text = resp.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, json)
+}
+
+#[tokio::test]
+async fn edge_errors_are_json_and_change_nothing() {
+    let m = Master::start().await;
+    let (status, _) = m
+        .call(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(&m.admin),
+            Some(VALID),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let before = m.snapshot().await;
+    let with = |key: &str, value: Value| {
+        let mut v: Value = serde_json::from_str(VALID).unwrap();
+        v["name"] = json!("other");
+        v[key] = value;
+        v.to_string().into_bytes()
+    };
+    let json_ct = Some("application/json");
+    let huge = {
+        let mut v = with("description", json!(""));
+        v.truncate(v.len() - 2);
+        v.extend(std::iter::repeat_n(
+            b'a',
+            caldera_master::edge::MAX_BODY_BYTES,
+        ));
+        v.extend(b"\"}");
+        v
+    };
+    type Case<'a> = (&'a str, Method, &'a str, Option<&'a str>, Vec<u8>);
+    let cases: Vec<(Case, StatusCode, &str, Option<&str>, &str)> = vec![
+        (
+            (
+                "NUL in a field",
+                Method::POST,
+                "/api/v1/experiments",
+                json_ct,
+                with("description", json!("a\u{0}b")),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-field",
+            Some("description"),
+            "NUL character",
+        ),
+        (
+            (
+                "NUL in a list entry",
+                Method::POST,
+                "/api/v1/experiments",
+                json_ct,
+                with("crates", json!(["serde@1.0.219", "r\u{0}"])),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-field",
+            Some("crates[1]"),
+            "NUL character",
+        ),
+        (
+            (
+                "NUL in a path segment",
+                Method::GET,
+                "/api/v1/experiments/a%00b",
+                None,
+                Vec::new(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid-path",
+            Some("path"),
+            "NUL character (%00)",
+        ),
+        (
+            (
+                "NUL in a path segment, then a write",
+                Method::POST,
+                "/api/v1/experiments/stable-vs-nightly%00/start",
+                None,
+                Vec::new(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid-path",
+            Some("path"),
+            "NUL character (%00)",
+        ),
+        (
+            (
+                "NUL in the query",
+                Method::GET,
+                "/api/v1/triage?crate=a%00",
+                None,
+                Vec::new(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid-path",
+            Some("query"),
+            "NUL character (%00)",
+        ),
+        (
+            (
+                "not JSON by its content type",
+                Method::POST,
+                "/api/v1/experiments",
+                Some("text/plain"),
+                with("name", json!("other")),
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            Some("content-type"),
+            "`text/plain`",
+        ),
+        (
+            (
+                "no content type",
+                Method::POST,
+                "/api/v1/crate-lists",
+                None,
+                br#"{"name":"l","crates":["serde@1.0.219"]}"#.to_vec(),
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            Some("content-type"),
+            "got none",
+        ),
+        (
+            (
+                "a method the route does not have",
+                Method::PUT,
+                "/api/v1/experiments",
+                json_ct,
+                with("name", json!("other")),
+            ),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            Some("method"),
+            "Allow header",
+        ),
+        (
+            (
+                "a body over the limit",
+                Method::POST,
+                "/api/v1/experiments",
+                json_ct,
+                huge,
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            Some("body"),
+            "larger than",
+        ),
+        (
+            (
+                "no such route",
+                Method::GET,
+                "/api/v1/nothing-here",
+                None,
+                Vec::new(),
+            ),
+            StatusCode::NOT_FOUND,
+            "not-found",
+            None,
+            "no such route",
+        ),
+    ];
+    for ((what, method, path, ct, body), status, code, field, message) in cases {
+        let (got, headers, v) = raw(&m, method, path, ct, body).await;
+        assert_eq!(got, status, "{what}: {v}");
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{what}: {headers:?}"
+        );
+        assert_eq!(v["error"]["code"], code, "{what}: {v}");
+        assert_eq!(v["error"]["field"].as_str(), field, "{what}: {v}");
+        let text = v["error"]["message"].as_str().unwrap();
+        assert!(text.contains(message), "{what}: {text}");
+        if got == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(headers.contains_key("allow"), "{what}: {headers:?}");
+        }
+        assert_eq!(m.snapshot().await, before, "{what} changed something");
+    }
+}
+
+#[tokio::test]
+async fn the_auth_scheme_is_case_insensitive_and_large_lists_fit() {
+    let m = Master::start().await;
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let resp = m
+            .http
+            .get(format!("{}/api/v1/experiments", m.base))
+            .header("authorization", format!("{scheme} {}", m.viewer))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{scheme}");
+    }
+    // the documented maximum of a crate list: 100,000 entries
+    let crates: Vec<String> = (0..100_000).map(|i| format!("crate-{i}@1.0.{i}")).collect();
+    let body = json!({"name": "big", "crates": crates}).to_string();
+    assert!(body.len() > 2 * 1024 * 1024, "over axum's default limit");
+    let (status, v) = m
+        .call(
+            Method::POST,
+            "/api/v1/crate-lists",
+            Some(&m.operator),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+}
+
+#[tokio::test]
+async fn metrics_say_they_are_openmetrics() {
+    let m = Master::start().await;
+    let resp = m
+        .http
+        .get(format!("{}/metrics", m.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = resp.text().await.unwrap();
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+}
