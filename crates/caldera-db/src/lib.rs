@@ -171,6 +171,21 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// How many migrations the database has applied (0 for an empty database).
+pub async fn applied_migrations(pool: &PgPool) -> Result<i64, DbError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(0);
+    }
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
 /// Revert applied migrations down to (but not including) `target` version; `0` reverts all.
 pub async fn migrate_down(pool: &PgPool, target: i64) -> Result<(), DbError> {
     MIGRATOR.undo(pool, target).await?;

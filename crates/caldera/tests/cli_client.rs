@@ -134,3 +134,63 @@ async fn experiment_commands_against_a_master() {
     );
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_mode_is_refused_with_a_suggestion_and_sends_nothing() {
+    let db = TestDb::new().await;
+    let master = InProcessMaster::start(db.pool.clone(), fast_config(), None).await;
+    let t = tokens(&db.pool).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_caldera"))
+        .args([
+            "experiment",
+            "--server",
+            &master.http,
+            "--token",
+            &t.operator,
+        ])
+        .args(["create", "typo", "--start", "stable", "--end", "beta"])
+        .args(["--crates", "serde@1.0.219", "--mode", "chekc-only"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'chekc-only' for '--mode <MODE>'")
+            && stderr.contains("a similar value exists: 'check-only'"),
+        "{stderr}"
+    );
+    assert_eq!(experiment_count(&db.pool).await, 0);
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_says_what_it_applied_and_logs_have_no_colour_in_a_file() {
+    let db = TestDb::empty().await;
+    let migrate = || {
+        Command::new(env!("CARGO_BIN_EXE_caldera"))
+            .args(["migrate", "--database-url", &db.url])
+            .env("CALDERA_LOG", "debug")
+            .output()
+            .unwrap()
+    };
+    let first = migrate();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&first.stdout),
+        String::from_utf8_lossy(&first.stderr),
+    );
+    assert!(first.status.success(), "{stderr}");
+    let applied = caldera_db::applied_migrations(&db.pool).await.unwrap();
+    assert!(applied > 0);
+    assert_eq!(
+        stdout.trim(),
+        format!("applied {applied} migrations; the database is up to date ({applied} in all)")
+    );
+    // stderr is a pipe here, as a file would be: plain text, no escape sequences
+    assert!(stderr.contains("DEBUG"), "debug logs were written: {stderr:?}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+    let again = migrate();
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        format!("database is up to date ({applied} migrations applied before)")
+    );
+}

@@ -3,6 +3,9 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
+use caldera_core::{CapLints, Mode};
+use clap::builder::PossibleValuesParser;
+
 use crate::client::{Client, ServerArgs, print_json, segment};
 
 #[derive(Debug, Args)]
@@ -52,15 +55,15 @@ pub struct SpecArgs {
     /// Candidate toolchain, same forms as --start; must differ from it (unless --calibration).
     #[arg(long, env = "CALDERA_EXPERIMENT_END")]
     pub end: Option<String>,
-    /// What to run: build-and-test, build-only, check-only, clippy, rustdoc or miri.
-    #[arg(long, env = "CALDERA_EXPERIMENT_MODE")]
+    /// What to run (see docs/user-guide.md, "Modes").
+    #[arg(long, env = "CALDERA_EXPERIMENT_MODE", value_parser = names_of(Mode::ALL, Mode::as_str))]
     pub mode: Option<String>,
     /// Crates: `top:N`, `random:N`, `random:N@seed=S`, `all`, `list:NAME` (a crate list), or a
     /// comma-separated list of `name`, `name@version`, `git:URL#rev`, `path:/dir`.
     #[arg(long, env = "CALDERA_EXPERIMENT_CRATES")]
     pub crates: Option<String>,
-    /// Lint cap for dependencies and the crate: allow, warn, deny or forbid.
-    #[arg(long, env = "CALDERA_EXPERIMENT_CAP_LINTS")]
+    /// Lint cap for dependencies and the crate.
+    #[arg(long, env = "CALDERA_EXPERIMENT_CAP_LINTS", value_parser = names_of(CapLints::ALL, CapLints::as_str))]
     pub cap_lints: Option<String>,
     /// Scheduling priority, -1000..=1000 (higher runs first).
     #[arg(
@@ -367,4 +370,10 @@ async fn action(client: &Client, name: &str, verb: &str, json_out: bool) -> anyh
         );
     }
     Ok(())
+}
+
+/// A clap parser accepting the names of `values` (listed in `--help`, with a suggestion for a
+/// near miss): the names are defined once, in caldera-core.
+fn names_of<T: Copy>(values: &[T], name: fn(T) -> &'static str) -> PossibleValuesParser {
+    PossibleValuesParser::new(values.iter().map(|&v| name(v)))
 }

@@ -16,10 +16,22 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let pool = args.db.connect().await?;
     match args.down_to {
         None => {
+            let before = caldera_db::applied_migrations(&pool)
+                .await
+                .context("reading the applied migrations")?;
             caldera_db::migrate(&pool)
                 .await
                 .context("applying migrations")?;
-            println!("database is up to date");
+            let after = caldera_db::applied_migrations(&pool)
+                .await
+                .context("reading the applied migrations")?;
+            match after - before {
+                0 => println!("database is up to date ({after} migrations applied before)"),
+                1 => println!("applied 1 migration; the database is up to date ({after} in all)"),
+                n => {
+                    println!("applied {n} migrations; the database is up to date ({after} in all)")
+                }
+            }
         }
         Some(v) => {
             caldera_db::migrate_down(&pool, v)
