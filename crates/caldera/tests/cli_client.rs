@@ -186,7 +186,10 @@ async fn migrate_says_what_it_applied_and_logs_have_no_colour_in_a_file() {
         format!("applied {applied} migrations; the database is up to date ({applied} in all)")
     );
     // stderr is a pipe here, as a file would be: plain text, no escape sequences
-    assert!(stderr.contains("DEBUG"), "debug logs were written: {stderr:?}");
+    assert!(
+        stderr.contains("DEBUG"),
+        "debug logs were written: {stderr:?}"
+    );
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
     let again = migrate();
     assert_eq!(
