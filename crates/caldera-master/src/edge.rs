@@ -6,6 +6,7 @@
 //! * A request body under `/api/v1` must say it is JSON (`Content-Type: application/json` or
 //!   `…+json`), else 415 naming `content-type`. Requests without a body (`start`, `pause`, …)
 //!   need no content type.
+//! * Dashboard pages carry the security headers of [`DASHBOARD_HEADERS`].
 //! * Errors axum produces on its own — a wrong method (405), a body over [`MAX_BODY_BYTES`]
 //!   (413), a path or query it cannot extract (400) — come as plain text; [`json_errors`] turns
 //!   every such 4xx into the `{"error": {…}}` object of [`ApiError`], keeping the headers
@@ -157,6 +158,32 @@ fn framework_error(status: StatusCode, text: &str) -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED => error.with_field("method"),
         _ => error,
     }
+}
+
+/// The headers every dashboard page carries: no framing by other sites (clickjacking), no
+/// `<base>` or plugin tricks, forms only to this origin, no content-type sniffing, and no full
+/// URLs (experiment and crate names) sent to other sites. The pages' one inline script is not
+/// yet covered by a `script-src` policy.
+pub const DASHBOARD_HEADERS: [(&str, &str); 4] = [
+    (
+        "content-security-policy",
+        "frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'self'",
+    ),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "same-origin"),
+];
+
+/// Adds [`DASHBOARD_HEADERS`] to a response that does not set them itself.
+pub async fn dashboard_headers(req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    for (name, value) in DASHBOARD_HEADERS {
+        if !headers.contains_key(name) {
+            headers.insert(name, header::HeaderValue::from_static(value));
+        }
+    }
+    response
 }
 
 #[cfg(test)]

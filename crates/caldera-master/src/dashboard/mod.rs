@@ -169,6 +169,7 @@ pub fn routes(dashboard: Arc<Dashboard>) -> Router<AppState> {
         .route("/login", get(login_form).post(login))
         .route("/logout", axum::routing::post(logout))
         .layer(axum::Extension(dashboard))
+        .layer(axum::middleware::from_fn(crate::edge::dashboard_headers))
 }
 
 /// An error page.

@@ -821,3 +821,31 @@ async fn results_queries_answer_for_the_fixture() {
 
     assert!(results::queue(&m.db.pool).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn every_page_carries_the_security_headers() {
+    let m = Master::start(DashboardConfig::default()).await;
+    let name = m.name.clone();
+    for path in [
+        "/".to_owned(),
+        format!("/experiments/{name}"),
+        format!("/experiments/{name}/crates/reg:nope@1.0.0"),
+        "/workers".to_owned(),
+        "/login".to_owned(),
+    ] {
+        let resp = m
+            .http
+            .get(format!("{}{path}", m.base))
+            .send()
+            .await
+            .unwrap();
+        for (header, value) in caldera_master::edge::DASHBOARD_HEADERS {
+            assert_eq!(
+                resp.headers().get(header).map(|v| v.to_str().unwrap()),
+                Some(value),
+                "{path} ({})",
+                resp.status()
+            );
+        }
+    }
+}
