@@ -401,3 +401,54 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+// Test data and file listings shared by the storage tests and the worker's upload-spool tests.
+
+/// Every file below `dir`, sorted (none when `dir` does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Deterministic pseudo-random (incompressible) bytes; xorshift, because it is fast even in debug
+/// builds.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        v.extend_from_slice(&state.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A log-like text of about `len` bytes.
+pub fn log_text(len: usize) -> String {
+    let mut s = String::with_capacity(len + 100);
+    let mut i = 0u64;
+    while s.len() < len {
+        s.push_str(&format!(
+            "   Compiling crate-{i} v0.{}.{} (registry+https://example.invalid/index)\n",
+            i % 7,
+            i % 13
+        ));
+        i += 1;
+    }
+    s.truncate(len);
+    s
+}

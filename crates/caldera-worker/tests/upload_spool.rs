@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use caldera_storage::testing::S3Server;
+use caldera_storage::testing::{S3Server, files_under, log_text, random_bytes};
 use caldera_storage::{ObjectKey, ObjectStore, PutOptions, StorageError, keys, read_log};
 use caldera_worker::upload_spool::{UploadBody, UploadEvent, UploadSpool, UploadSpoolConfig};
 use tokio::time::timeout;
@@ -336,54 +336,4 @@ async fn pending_entries_survive_a_restart() {
     }
     assert!(pending_files(spool_dir.path()).is_empty());
     spool.shutdown().await;
-}
-
-// The helpers below are those of caldera-storage's own integration tests (its `tests/common`).
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if entry.file_type().unwrap().is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Deterministic pseudo-random (incompressible) bytes; xorshift, because it is fast even in debug
-/// builds.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        v.extend_from_slice(&state.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-/// A log-like text of about `len` bytes.
-fn log_text(len: usize) -> String {
-    let mut s = String::with_capacity(len + 100);
-    let mut i = 0u64;
-    while s.len() < len {
-        s.push_str(&format!(
-            "   Compiling crate-{i} v0.{}.{} (registry+https://example.invalid/index)\n",
-            i % 7,
-            i % 13
-        ));
-        i += 1;
-    }
-    s.truncate(len);
-    s
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use caldera_storage::testing::S3Server;
+pub use caldera_storage::testing::{files_under, log_text, random_bytes};
 use caldera_storage::{ByteStream, ObjectStore, StorageConfig};
 use futures::StreamExt;
 
@@ -77,38 +78,6 @@ impl Fixture {
     }
 }
 
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if entry.file_type().unwrap().is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Deterministic pseudo-random (incompressible) bytes; xorshift, because it is fast even in debug
-/// builds.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        v.extend_from_slice(&state.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 /// A stream of `data` in chunks of `chunk` bytes (uneven sizes exercise part boundaries).
 pub fn chunked(data: Vec<u8>, chunk: usize) -> ByteStream {
     let data = Bytes::from(data);
@@ -129,20 +98,4 @@ pub fn failing_after(good: Vec<u8>) -> ByteStream {
         )),
     ])
     .boxed()
-}
-
-/// A log-like text of about `len` bytes.
-pub fn log_text(len: usize) -> String {
-    let mut s = String::with_capacity(len + 100);
-    let mut i = 0u64;
-    while s.len() < len {
-        s.push_str(&format!(
-            "   Compiling crate-{i} v0.{}.{} (registry+https://example.invalid/index)\n",
-            i % 7,
-            i % 13
-        ));
-        i += 1;
-    }
-    s.truncate(len);
-    s
 }
