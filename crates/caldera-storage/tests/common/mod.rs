@@ -3,11 +3,13 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use caldera_storage::testing::S3Server;
+// each test binary uses some of these
+#[allow(unused_imports)]
 pub use caldera_storage::testing::{files_under, log_text, random_bytes};
 use caldera_storage::{ByteStream, ObjectStore, StorageConfig};
 use futures::StreamExt;
