@@ -1703,3 +1703,62 @@ async fn flakes_are_recorded_counted_and_read_back() {
         .unwrap();
     assert_eq!(rows, 2);
 }
+
+/// Jobs handed back to the queue while other claims run are never stranded behind the claim
+/// cursor: a claim whose snapshot predates a hand-back must not move the cursor past the job.
+/// (A race of this kind left two jobs queued forever after a Postgres restart in
+/// `pg_restart::postgres_restart_mid_experiment`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_handed_back_during_claims_are_never_stranded() {
+    use caldera_db::jobs;
+    let db = TestDb::new().await;
+    let names: Vec<String> = (0..300).map(|i| format!("c{i}@1.0.0")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let experiment = started_with_jobs(&db, "race", &refs).await;
+    let lease = chrono::Duration::hours(1);
+    let mut tasks = Vec::new();
+    for claimer_no in 0..4 {
+        let pool = db.pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let worker = uuid::Uuid::new_v4();
+            let mut claimer = jobs::Claimer::new(&pool);
+            let mut handed_back = 0;
+            for round in 0..150 {
+                let claimed = claimer
+                    .claim(worker, &[], 3, chrono::Utc::now(), lease)
+                    .await
+                    .unwrap();
+                // hand back most of what was claimed, racing the other claimers' cursor moves
+                for (i, c) in claimed.iter().enumerate() {
+                    if (i + round + claimer_no) % 4 != 0 {
+                        jobs::hand_back(&pool, c.job_id, c.lease_token, chrono::Utc::now())
+                            .await
+                            .unwrap();
+                        handed_back += 1;
+                    }
+                }
+            }
+            handed_back
+        }));
+    }
+    let mut handed_back = 0;
+    for t in tasks {
+        handed_back += t.await.unwrap();
+    }
+    assert!(
+        handed_back > 100,
+        "the test raced hand-backs: {handed_back}"
+    );
+    let stranded: Vec<i64> = sqlx::query_scalar(
+        "SELECT j.id FROM jobs j JOIN job_queues q USING (experiment_id)
+         WHERE j.experiment_id = $1 AND j.state = 'queued' AND j.id < q.next_job ORDER BY 1",
+    )
+    .bind(experiment)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        stranded.is_empty(),
+        "queued jobs behind the cursor: {stranded:?}"
+    );
+}

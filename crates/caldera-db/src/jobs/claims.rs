@@ -63,9 +63,14 @@ const MAX_CLAIM_STATEMENTS: usize = 64;
 /// jobs in the window of `$3` ids from the cursor, skipping the jobs to avoid for worker `$5`.
 /// `held`: the first job so skipped. `lease`: one lease for them, to `$5` until `$6`. `claimed`:
 /// the jobs set running at `$7` with fresh tokens. `advance`: the cursor past what `picked` read,
-/// but not past `held`. One row: see [`ClaimRow`].
+/// but not past `held`, and not at all when `requeued`. One row: see [`ClaimRow`].
 const CLAIM: &str = "WITH q AS (
          SELECT q.experiment_id, e.name, q.next_job, q.last_job,
+                -- a job queued again after this statement's snapshot (the row locked here is
+                -- the newest version; the subquery reads the snapshot's): `picked` cannot see
+                -- it, so the cursor must not move (migration 0008)
+                q.requeues <> (SELECT s.requeues FROM job_queues s
+                               WHERE s.experiment_id = q.experiment_id) AS requeued,
                 -- another connected worker could take this experiment's jobs
                 EXISTS (SELECT 1 FROM jsonb_array_elements($8::jsonb) AS o(caps)
                         WHERE q.requirements <@ o.caps
@@ -85,6 +90,10 @@ const CLAIM: &str = "WITH q AS (
            AND state = 'queued'
            AND (avoid_worker IS NULL OR avoid_worker <> $5 OR NOT (SELECT avoid FROM q))
          ORDER BY id LIMIT $4
+         -- never wait for a job row while holding the cursor row: a statement that queues a job
+         -- again locks the job, then (its trigger) the cursor row; a job locked now is being
+         -- queued again (that trigger then lowers the cursor after this claim) or finished
+         FOR UPDATE SKIP LOCKED
      ), held AS (
          -- the first queued job left for another worker below where the cursor
          -- would move (the ids `picked` read): the cursor must not pass it
@@ -106,10 +115,10 @@ const CLAIM: &str = "WITH q AS (
          RETURNING j.id, j.lease_token, j.attempt, j.crate_id, j.run
      ), advance AS (
          UPDATE job_queues jq
-         SET next_job = least(
+         SET next_job = CASE WHEN q.requeued THEN q.next_job ELSE least(
                  CASE WHEN (SELECT count(*) FROM picked) = $4
                       THEN (SELECT max(id) + 1 FROM picked) ELSE q.next_job + $3 END,
-                 (SELECT id FROM held))
+                 (SELECT id FROM held)) END
          FROM q WHERE jq.experiment_id = q.experiment_id
          RETURNING jq.next_job
      )
