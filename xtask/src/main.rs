@@ -35,7 +35,7 @@ enum Cmd {
     /// Run every benchmark on a tiny input (`cargo xtask test` does too).
     BenchSmoke,
     /// Only provision prerequisites: PostgreSQL server binaries, a running Docker engine, the
-    /// sandbox image, Chromium + ChromeDriver (browser tests).
+    /// sandbox image, Chromium + ChromeDriver (browser tests), the HTTP contract's Python checkers.
     Provision,
     /// Run a benchmark and print its `<name>: <value> <unit>` lines: scheduler, report, sandbox
     /// (a step in the sandbox vs a container per step), executor (`-- overhead` | `-- reuse`) or
@@ -164,6 +164,9 @@ fn provision() -> Result<()> {
     if root().join("scripts/ensure-chromium.sh").exists() {
         script("ensure-chromium.sh", &[])?;
     }
+    // the HTTP contract's checkers (openapi-spec-validator, schemathesis, prometheus_client):
+    // pinned, from PyPI into a venv under /var/tmp/caldera-api-tools, once
+    script("ensure-api-tools.sh", &[])?;
     Ok(())
 }
 

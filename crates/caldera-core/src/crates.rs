@@ -6,6 +6,16 @@
 //!   followed by `#<sha256>` when the registry checksum is known), `git:https://host/repo.git#rev`
 //!   (the rev is required) or `local:/abs/dir`.
 //!
+//! * [`CrateRef`] is how a user names a crate of an experiment: an exact crate, or a bare
+//!   registry name.
+//!
+//! **One spelling in, one spelling out.** Every parser accepts both forms of an exact crate: the
+//! user's (`rand@0.8.5`, `git:URL#rev`, `path:/dir`) and the id's (`reg:rand@0.8.5[#sha256]`,
+//! `git:URL#rev`, `local:/dir`), so whatever caldera printed or the user typed can be pasted
+//! anywhere a crate is taken. What is printed is the id form (`Display` of [`CrateId`]): it is
+//! what Postgres, object keys, `results.json` and the API hold, it says its kind, and it can carry
+//! the registry checksum.
+//!
 //! Both serialize as their string form, and `Display`/`FromStr` round-trip for every valid value.
 //! The validators used here ([`validate_crate_name`], [`validate_git_url`], [`validate_git_rev`],
 //! [`validate_abs_path`], [`validate_checksum`]) are public so other layers apply the same rules.
@@ -16,6 +26,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::serde_util::{first_control_char, string_serde};
+
+mod reference;
+
+pub use reference::CrateRef;
 
 /// Longest crate name the registry accepts.
 pub const MAX_CRATE_NAME_LEN: usize = 64;
@@ -369,6 +383,9 @@ pub enum CrateSpecErrorKind {
     /// The path contains `,`, which separates list entries.
     #[error("path must not contain ','")]
     PathComma,
+    /// A crate id (`reg:…`) that does not parse.
+    #[error(transparent)]
+    Id(CrateIdErrorKind),
 }
 
 /// A [`CrateSpec`] that failed to parse or validate.
@@ -417,6 +434,21 @@ impl CrateSpec {
         Ok(())
     }
 
+    /// The spec that selects exactly `id`: its version, its revision, its directory.
+    pub fn exact(id: &CrateId) -> CrateSpec {
+        match id {
+            CrateId::Registry { name, version, .. } => CrateSpec::Registry {
+                name: name.clone(),
+                version: Some(version.clone()),
+            },
+            CrateId::Git { url, rev } => CrateSpec::Git {
+                url: url.clone(),
+                rev: Some(rev.clone()),
+            },
+            CrateId::Local { path } => CrateSpec::Local { path: path.clone() },
+        }
+    }
+
     /// The registry crate name, for registry specs.
     pub fn registry_name(&self) -> Option<&str> {
         match self {
@@ -438,10 +470,16 @@ impl CrateSpec {
                 url: url.to_owned(),
                 rev,
             }
-        } else if let Some(path) = s.strip_prefix("path:") {
+        } else if let Some(path) = s.strip_prefix("path:").or_else(|| s.strip_prefix("local:")) {
             CrateSpec::Local {
                 path: path.to_owned(),
             }
+        } else if s.starts_with("reg:") {
+            // an id as printed (`reg:NAME@VERSION[#SHA256]`) selects exactly that version; the
+            // checksum is the registry's own for that version, which preparation verifies anyway
+            return CrateId::parse(s)
+                .map(|id| CrateSpec::exact(&id))
+                .map_err(CrateSpecErrorKind::Id);
         } else if let Some((prefix, _)) = s
             .split_once(':')
             .filter(|(p, _)| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric()))
@@ -449,6 +487,11 @@ impl CrateSpec {
             return Err(CrateSpecErrorKind::UnknownPrefix {
                 prefix: prefix.to_owned(),
             });
+        } else if s.contains('#') {
+            // `NAME@VERSION#SHA256`, as the id's spelling without its `reg:`
+            return CrateId::parse(s)
+                .map(|id| CrateSpec::exact(&id))
+                .map_err(CrateSpecErrorKind::Id);
         } else {
             let (name, version) = match s.split_once('@') {
                 Some((name, version)) => (
@@ -533,8 +576,10 @@ pub enum CrateId {
 /// Why a [`CrateId`] is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CrateIdErrorKind {
-    /// The id does not start with `reg:`, `git:` or `local:`.
-    #[error("expected reg:NAME@VERSION[#SHA256], git:URL#REV or local:/ABS/DIR")]
+    /// The id is none of the forms below.
+    #[error(
+        "expected NAME@VERSION, git:URL#REV or path:/ABS/DIR (or the id forms reg:NAME@VERSION[#SHA256] and local:/ABS/DIR)"
+    )]
     UnknownKind,
     /// A registry id without `@VERSION`.
     #[error("registry id needs NAME@VERSION")]
@@ -640,10 +685,13 @@ impl CrateId {
                 url: url.to_owned(),
                 rev: rev.to_owned(),
             }
-        } else if let Some(path) = s.strip_prefix("local:") {
+        } else if let Some(path) = s.strip_prefix("local:").or_else(|| s.strip_prefix("path:")) {
             CrateId::Local {
                 path: path.to_owned(),
             }
+        } else if s.contains('@') && !s.split('@').next().is_some_and(|n| n.contains(':')) {
+            // the user's spelling of a registry crate: `NAME@VERSION[#SHA256]`
+            return CrateId::parse(&format!("reg:{s}"));
         } else {
             return Err(CrateIdErrorKind::UnknownKind);
         };
@@ -953,8 +1001,8 @@ mod tests {
                 r#"invalid crate spec "@1.0.0": crate name is empty"#,
             ),
             (
-                "reg:serde@1.0.0",
-                r#"invalid crate spec "reg:serde@1.0.0": unknown prefix "reg" (expected NAME, NAME@VERSION, git:URL[#REV] or path:/ABS/DIR)"#,
+                "crates:serde@1.0.0",
+                r#"invalid crate spec "crates:serde@1.0.0": unknown prefix "crates" (expected NAME, NAME@VERSION, git:URL[#REV] or path:/ABS/DIR)"#,
             ),
             (
                 "git:https://x#",
@@ -1029,8 +1077,8 @@ mod tests {
     fn crate_id_parse_invalid() {
         let cases: &[(&str, &str)] = &[
             (
-                "serde@1.0.0",
-                r#"invalid crate id "serde@1.0.0": expected reg:NAME@VERSION[#SHA256], git:URL#REV or local:/ABS/DIR"#,
+                "serde",
+                r#"invalid crate id "serde": expected NAME@VERSION, git:URL#REV or path:/ABS/DIR (or the id forms reg:NAME@VERSION[#SHA256] and local:/ABS/DIR)"#,
             ),
             (
                 "reg:serde",

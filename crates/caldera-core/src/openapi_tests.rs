@@ -102,7 +102,7 @@ fn string_or_object_types_document_both_forms() {
         .collect();
     assert_eq!(
         kinds,
-        ["all", "crate-list", "list", "random", "top"]
+        ["all", "crate-list", "list", "random", "rdeps", "top"]
             .map(String::from)
             .into()
     );

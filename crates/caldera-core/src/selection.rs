@@ -9,6 +9,7 @@
 //! | `random:50` | [`CrateSelection::Random`] with seed 0 |
 //! | `random:50@seed=7` | [`CrateSelection::Random`] with seed 7 |
 //! | `list:NAME` | [`CrateSelection::CrateList`], a list stored on the server |
+//! | `rdeps:NAME` | [`CrateSelection::ReverseDeps`], the registry crates that depend on crate NAME |
 //! | `serde,rand@0.8.5,git:https://x#r` | [`CrateSelection::List`], comma-separated [`CrateSpec`]s |
 //! | `crates:all` | [`CrateSelection::List`] with the explicit prefix, for the one-crate list `all` |
 //!
@@ -19,7 +20,7 @@
 //! In JSON a selection is either that string or a tagged object (unknown fields rejected):
 //! `{"kind":"top","n":100}`, `{"kind":"random","n":5,"seed":1}` (`seed` optional, default 0),
 //! `{"kind":"list","crates":["serde","rand@0.8.5"]}`, `{"kind":"crate-list","name":"x"}`,
-//! `{"kind":"all"}`. It is always serialized as the tagged object.
+//! `{"kind":"rdeps","crate":"serde"}`, `{"kind":"all"}`. It is always serialized as the tagged object.
 //!
 //! Bounds: `n >= 1`; an explicit list has 1 to [`MAX_LIST_LEN`] entries and no entry twice (two
 //! entries are duplicates when they are the same spec; `serde` and `serde@1.0.0` are different specs).
@@ -33,7 +34,7 @@ use std::str::FromStr;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::crates::{CrateSpec, CrateSpecError};
+use crate::crates::{CrateNameError, CrateSpec, CrateSpecError, validate_crate_name};
 
 /// Most entries an explicit list may have.
 pub const MAX_LIST_LEN: usize = 100_000;
@@ -64,6 +65,12 @@ pub enum CrateSelection {
     },
     /// Every registry crate.
     All,
+    /// The registry crates whose newest version depends on this crate (see
+    /// [`crate::registry::RegistryListing::rdeps`]).
+    ReverseDeps {
+        /// The crate depended on (a valid crate name).
+        krate: String,
+    },
 }
 
 /// What is wrong with a selection.
@@ -124,6 +131,9 @@ pub enum SelectionErrorKind {
         /// What is wrong with it.
         error: CrateSpecError,
     },
+    /// `rdeps:` followed by something that is not a crate name.
+    #[error("{0}")]
+    CrateName(CrateNameError),
     /// An entry given twice.
     #[error("crate {spec:?} is listed more than once")]
     Duplicate {
@@ -242,6 +252,9 @@ impl CrateSelection {
             CrateSelection::CrateList { name } => validate_list_name(name),
             CrateSelection::Top { n } | CrateSelection::Random { n, .. } => check_count(*n),
             CrateSelection::All => Ok(()),
+            CrateSelection::ReverseDeps { krate } => {
+                validate_crate_name(krate).map_err(Kind::CrateName)
+            }
         }
     }
 
@@ -253,6 +266,7 @@ impl CrateSelection {
             CrateSelection::Top { .. } => "top",
             CrateSelection::Random { .. } => "random",
             CrateSelection::All => "all",
+            CrateSelection::ReverseDeps { .. } => "rdeps",
         }
     }
 
@@ -290,6 +304,12 @@ impl CrateSelection {
                 seed,
             });
         }
+        if let Some(name) = s.strip_prefix("rdeps:") {
+            validate_crate_name(name).map_err(Kind::CrateName)?;
+            return Ok(CrateSelection::ReverseDeps {
+                krate: name.to_owned(),
+            });
+        }
         if let Some(name) = s.strip_prefix("list:") {
             validate_list_name(name)?;
             return Ok(CrateSelection::CrateList {
@@ -310,6 +330,7 @@ impl fmt::Display for CrateSelection {
             CrateSelection::Random { n, seed: 0 } => write!(f, "random:{n}"),
             CrateSelection::Random { n, seed } => write!(f, "random:{n}@seed={seed}"),
             CrateSelection::CrateList { name } => write!(f, "list:{name}"),
+            CrateSelection::ReverseDeps { krate } => write!(f, "rdeps:{krate}"),
             CrateSelection::List(specs) => {
                 let ambiguous = matches!(specs.as_slice(), [CrateSpec::Registry { name, version: None }] if name == "all");
                 if ambiguous {
@@ -348,6 +369,7 @@ enum SelectionKind {
     Top,
     Random,
     All,
+    Rdeps,
 }
 
 /// The tagged JSON object as read: every field optional, checked against the kind afterwards so
@@ -364,6 +386,8 @@ struct SelectionObjectIn {
     crates: Option<Vec<CrateSpec>>,
     #[serde(default, deserialize_with = "de_list_name")]
     name: Option<String>,
+    #[serde(default, rename = "crate", deserialize_with = "de_crate_name")]
+    krate: Option<String>,
 }
 
 fn bare(kind: Kind) -> SelectionError {
@@ -394,6 +418,14 @@ fn de_list_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
     Ok(name)
 }
 
+fn de_crate_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let name = Option::<String>::deserialize(d)?;
+    if let Some(name) = &name {
+        validate_crate_name(name).map_err(|e| de::Error::custom(bare(Kind::CrateName(e))))?;
+    }
+    Ok(name)
+}
+
 impl SelectionObjectIn {
     fn into_selection(self) -> Result<CrateSelection, String> {
         let kind = match self.kind {
@@ -402,6 +434,7 @@ impl SelectionObjectIn {
             SelectionKind::Top => "top",
             SelectionKind::Random => "random",
             SelectionKind::All => "all",
+            SelectionKind::Rdeps => "rdeps",
         };
         let allowed: &[&str] = match self.kind {
             SelectionKind::List => &["crates"],
@@ -409,12 +442,14 @@ impl SelectionObjectIn {
             SelectionKind::Top => &["n"],
             SelectionKind::Random => &["n", "seed"],
             SelectionKind::All => &[],
+            SelectionKind::Rdeps => &["crate"],
         };
         for (field, present) in [
             ("n", self.n.is_some()),
             ("seed", self.seed.is_some()),
             ("crates", self.crates.is_some()),
             ("name", self.name.is_some()),
+            ("crate", self.krate.is_some()),
         ] {
             if present && !allowed.contains(&field) {
                 return Err(format!(
@@ -438,6 +473,9 @@ impl SelectionObjectIn {
                 seed: self.seed.unwrap_or(0),
             },
             SelectionKind::All => CrateSelection::All,
+            SelectionKind::Rdeps => CrateSelection::ReverseDeps {
+                krate: self.krate.ok_or_else(|| missing("crate"))?,
+            },
         })
     }
 }
@@ -472,6 +510,12 @@ enum SelectionObjectOut<'a> {
     },
     /// Every registry crate.
     All,
+    /// The registry crates whose newest version depends on this crate (normal, build or dev
+    /// dependency); needs the master's registry listing.
+    Rdeps {
+        #[serde(rename = "crate")]
+        krate: &'a str,
+    },
 }
 
 impl Serialize for CrateSelection {
@@ -482,6 +526,7 @@ impl Serialize for CrateSelection {
             CrateSelection::Top { n } => SelectionObjectOut::Top { n: *n },
             CrateSelection::Random { n, seed } => SelectionObjectOut::Random { n: *n, seed: *seed },
             CrateSelection::All => SelectionObjectOut::All,
+            CrateSelection::ReverseDeps { krate } => SelectionObjectOut::Rdeps { krate },
         }
         .serialize(serializer)
     }
@@ -495,7 +540,7 @@ impl<'de> Deserialize<'de> for CrateSelection {
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
-                    "a crate selection string (all, top:N, random:N[@seed=S], list:NAME or a comma-separated crate list) or an object with a \"kind\" field",
+                    "a crate selection string (all, top:N, random:N[@seed=S], list:NAME, rdeps:NAME or a comma-separated crate list) or an object with a \"kind\" field",
                 )
             }
 
@@ -527,7 +572,7 @@ mod openapi {
                 .schema_type(Type::String)
                 .description(Some(
                     "Compact form: all, top:N, random:N, random:N@seed=S (seed defaults to 0), \
-                     list:NAME, or a comma-separated list of crate specs (optionally prefixed \
+                     list:NAME, rdeps:NAME (the crates depending on crate NAME), or a comma-separated list of crate specs (optionally prefixed \
                      with crates:).",
                 ))
                 .examples([serde_json::json!("top:100")]);
@@ -594,6 +639,20 @@ mod tests {
                     name: "my-list.v2".into(),
                 },
                 "list:my-list.v2",
+            ),
+            (
+                "rdeps:serde_json",
+                CrateSelection::ReverseDeps {
+                    krate: "serde_json".into(),
+                },
+                "rdeps:serde_json",
+            ),
+            (
+                " rdeps:Inflector ",
+                CrateSelection::ReverseDeps {
+                    krate: "Inflector".into(),
+                },
+                "rdeps:Inflector",
             ),
             ("serde", CrateSelection::List(vec![reg("serde")]), "serde"),
             (
@@ -687,6 +746,14 @@ mod tests {
             (
                 "list:",
                 r#"invalid crate selection "list:": invalid list name "": expected 1 to 64 characters of lowercase letters, digits, '.', '_' and '-', starting with a letter or digit"#,
+            ),
+            (
+                "rdeps:",
+                r#"invalid crate selection "rdeps:": crate name is empty"#,
+            ),
+            (
+                "rdeps:serde,rand",
+                r#"invalid crate selection "rdeps:serde,rand": invalid crate name "serde,rand": character ',' is not allowed (only ASCII letters, digits, '-' and '_')"#,
             ),
             (
                 "serde,,rand",
@@ -788,6 +855,13 @@ mod tests {
                 CrateSelection::All,
                 json!({"kind": "all"}),
             ),
+            (
+                json!({"kind": "rdeps", "crate": "serde"}),
+                CrateSelection::ReverseDeps {
+                    krate: "serde".into(),
+                },
+                json!({"kind": "rdeps", "crate": "serde"}),
+            ),
         ];
         for (input, expected, serialized) in cases {
             let parsed: CrateSelection = serde_json::from_value(input.clone()).unwrap();
@@ -827,17 +901,32 @@ mod tests {
             (
                 json!({"kind": "everything"}),
                 "kind",
-                "unknown variant `everything`, expected one of `list`, `crate-list`, `top`, `random`, `all`",
+                "unknown variant `everything`, expected one of `list`, `crate-list`, `top`, `random`, `all`, `rdeps`",
             ),
             (
                 json!({"kind": "top", "n": 1, "extra": true}),
                 "extra",
-                "unknown field `extra`, expected one of `kind`, `n`, `seed`, `crates`, `name`",
+                "unknown field `extra`, expected one of `kind`, `n`, `seed`, `crates`, `name`, `crate`",
             ),
             (
                 json!({"kind": "list", "crates": ["serde", "9x"]}),
                 "crates[1]",
                 r#"invalid crate spec "9x": invalid crate name "9x": must start with an ASCII letter"#,
+            ),
+            (
+                json!({"kind": "rdeps", "crate": "9x"}),
+                "crate",
+                r#"invalid crate selection: invalid crate name "9x": must start with an ASCII letter"#,
+            ),
+            (
+                json!({"kind": "rdeps"}),
+                ".",
+                "invalid crate selection: kind \"rdeps\" requires field `crate`",
+            ),
+            (
+                json!({"kind": "rdeps", "crate": "a", "name": "b"}),
+                ".",
+                "invalid crate selection: field `name` is not allowed for kind \"rdeps\"",
             ),
             (
                 json!({"kind": "list", "crates": []}),

@@ -14,6 +14,7 @@ pub mod crate_lists;
 pub mod embedded;
 pub mod experiments;
 pub mod flakes;
+pub mod history;
 pub mod jobs;
 pub mod logs;
 pub mod results;

@@ -172,3 +172,16 @@ pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<(), DbError> {
     }
     Ok(())
 }
+
+/// Revoke a token by id and return it (as it is now: revoked). Revoking twice keeps the first
+/// revocation's time. `NotFound` for an unknown id.
+pub async fn revoke_returning(pool: &PgPool, id: Uuid) -> Result<TokenRow, DbError> {
+    let raw: Option<Raw> = sqlx::query_as(
+        "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
+         RETURNING id, name, role, created_at, last_used_at, revoked_at",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    from_raw(raw.ok_or_else(|| DbError::not_found(format!("token {id}")))?)
+}

@@ -424,14 +424,8 @@ fn audit_from_raws(raws: Vec<AuditRaw>) -> Vec<AuditEntry> {
         .collect()
 }
 
-/// How a crate of an experiment is named in a triage request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CrateRef {
-    /// A full crate id; a registry id without checksum also matches one resolved with it.
-    Id(CrateId),
-    /// A registry crate name: the experiment's one crate of that name.
-    Name(String),
-}
+/// How a crate of an experiment is named in a request (parsed once, in caldera-core).
+pub use caldera_core::crates::CrateRef;
 
 /// What [`find_crate`] found.
 #[derive(Debug, Clone, PartialEq)]

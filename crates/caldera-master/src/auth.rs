@@ -71,3 +71,24 @@ impl FromRequestParts<AppState> for Writer {
         Ok(Writer(token))
     }
 }
+
+/// A caller allowed to administer the installation (tokens): an admin token.
+#[derive(Debug, Clone)]
+pub struct Admin(pub TokenRow);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = authenticate(parts, state).await?;
+        if token.role != Role::Admin {
+            return Err(ApiError::forbidden(format!(
+                "token {:?} has role {}; this request needs an admin token",
+                token.name, token.role
+            )));
+        }
+        Ok(Admin(token))
+    }
+}

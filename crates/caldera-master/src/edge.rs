@@ -160,19 +160,25 @@ fn framework_error(status: StatusCode, text: &str) -> ApiError {
     }
 }
 
-/// The headers every dashboard page carries: no framing by other sites (clickjacking), no
-/// `<base>` or plugin tricks, forms only to this origin, no content-type sniffing, and no full
-/// URLs (experiment and crate names) sent to other sites. The pages' one inline script is not
-/// yet covered by a `script-src` policy.
+/// The headers every dashboard page carries: scripts only from the master itself (the pages
+/// have no inline script; [`REPORT_CSP`] is the exception), no framing by other sites
+/// (clickjacking), no `<base>` or plugin tricks, forms only to this origin, no content-type
+/// sniffing, and no full URLs (experiment and crate names) sent to other sites.
 pub const DASHBOARD_HEADERS: [(&str, &str); 4] = [
     (
         "content-security-policy",
-        "frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'self'",
+        "script-src 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'self'",
     ),
     ("x-frame-options", "DENY"),
     ("x-content-type-options", "nosniff"),
     ("referrer-policy", "same-origin"),
 ];
+
+/// The policy of the exported report files served by the dashboard: the static `index.html`
+/// carries its script inline (it is browsable without the master), so it is [`DASHBOARD_HEADERS`]'
+/// policy without `script-src`.
+pub const REPORT_CSP: &str =
+    "frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'self'";
 
 /// Adds [`DASHBOARD_HEADERS`] to a response that does not set them itself.
 pub async fn dashboard_headers(req: Request, next: Next) -> Response {

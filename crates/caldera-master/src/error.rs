@@ -27,7 +27,7 @@ pub struct ErrorDetail {
     /// Stable machine-readable code: `invalid-json`, `invalid-field`, `invalid-path`,
     /// `invalid-request`, `unauthorized`, `forbidden`, `not-found`, `method-not-allowed`,
     /// `conflict`, `too-large`, `unsupported-media-type`, `unavailable`, `storage-unavailable`,
-    /// `internal`.
+    /// `registry-unavailable`, `internal`.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,

@@ -13,6 +13,8 @@ pub mod metrics;
 pub mod resolve;
 pub mod scheduler;
 mod server;
+pub mod sparse;
+pub mod tls;
 pub mod triage;
 
 use axum::extract::State;
@@ -23,14 +25,18 @@ use serde::Serialize;
 use tower_http::trace::TraceLayer;
 
 pub use server::{Master, MasterConfig};
+pub use tls::ServerTls;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub scheduler: scheduler::Scheduler,
-    /// A listing of the whole registry, for unversioned names, `top:N`, `random:N` and `all`.
+    /// A listing of the whole registry, for `top:N`, `random:N`, `all` and `rdeps:NAME` (and
+    /// unversioned names when there is no live index).
     pub registry: Option<std::sync::Arc<caldera_core::registry::RegistryListing>>,
+    /// The live registry index, to check and pin crate names when they are given.
+    pub index: Option<std::sync::Arc<sparse::SparseIndex>>,
     /// Object storage holding logs, lockfiles and report bundles (workers write, the master reads).
     pub store: std::sync::Arc<dyn caldera_storage::ObjectStore>,
 }
@@ -46,7 +52,7 @@ pub struct Health {
 }
 
 /// Liveness: 200 when the database answers, 503 otherwise.
-#[utoipa::path(get, path = "/healthz", tag = "health",
+#[utoipa::path(get, path = "/healthz", tag = "health", operation_id = "health",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn health(State(state): State<AppState>) -> (axum::http::StatusCode, Json<Health>) {
     let version = env!("CARGO_PKG_VERSION");
@@ -109,6 +115,7 @@ pub fn router(state: AppState) -> Router {
 pub fn router_with(state: AppState, dashboard: dashboard::DashboardConfig) -> Router {
     use api::{crate_lists, experiments, logs};
     use axum::routing::post;
+    let dashboard = dashboard::Dashboard::new(dashboard);
     let v1 = Router::new()
         .route("/openapi.json", get(openapi_json))
         .route(
@@ -139,6 +146,7 @@ pub fn router_with(state: AppState, dashboard: dashboard::DashboardConfig) -> Ro
             get(api::report::list).post(api::report::regenerate),
         )
         .route("/experiments/{name}/report/{file}", get(api::report::file))
+        .route("/experiments/{name}/pr-comment", get(api::pr::comment))
         .route(
             "/experiments/{name}/results/{crate}/{toolchain}/log",
             get(logs::get_log),
@@ -157,13 +165,19 @@ pub fn router_with(state: AppState, dashboard: dashboard::DashboardConfig) -> Ro
             "/crate-lists/{name}",
             get(crate_lists::get).delete(crate_lists::delete),
         )
+        .route("/workers", get(api::farm::workers))
+        .route("/queue", get(api::farm::queue))
+        .route("/tokens", get(api::tokens::list))
+        .route("/tokens/{id}", axum::routing::delete(api::tokens::revoke))
         .layer(axum::middleware::from_fn(edge::require_json))
-        .layer(axum::extract::DefaultBodyLimit::max(edge::MAX_BODY_BYTES));
+        .layer(axum::extract::DefaultBodyLimit::max(edge::MAX_BODY_BYTES))
+        // the pull-request comment reads the dashboard's cached reports
+        .layer(axum::Extension(dashboard.clone()));
     Router::new()
         .route("/healthz", get(health))
         .route("/metrics", get(metrics_text))
         .nest("/api/v1", v1)
-        .merge(dashboard::routes(dashboard::Dashboard::new(dashboard)))
+        .merge(dashboard::routes(dashboard))
         .fallback(fallback)
         .layer(axum::middleware::from_fn(edge::json_errors))
         .layer(axum::middleware::from_fn(edge::refuse_nul))

@@ -359,10 +359,40 @@ async fn bad_requests_name_what_is_wrong_or_missing() {
             "has no log",
         ),
         (
-            "/errs/results/serde@1.0.0/end/log",
+            "/errs/results/crates:serde@1.0.0/end/log",
             StatusCode::BAD_REQUEST,
             "crate",
-            "expected reg:NAME@VERSION",
+            "expected NAME@VERSION, git:URL#REV or path:/ABS/DIR",
+        ),
+        (
+            "/errs/results/serde@9.9.9/end/log",
+            StatusCode::NOT_FOUND,
+            "crate",
+            "`reg:serde@9.9.9` is not part of experiment",
+        ),
+        (
+            "/errs/results/tokio/end/log",
+            StatusCode::NOT_FOUND,
+            "crate",
+            "experiment \"errs\" has no registry crate named `tokio`",
+        ),
+        (
+            "/nope/results/serde/end/log",
+            StatusCode::NOT_FOUND,
+            "name",
+            "experiment \"nope\" not found",
+        ),
+        (
+            "/nope/results/reg:serde@1.0.0/stable/log",
+            StatusCode::NOT_FOUND,
+            "name",
+            "experiment \"nope\" not found",
+        ),
+        (
+            "/errs/results/reg:serde@1.0.0/beta/log",
+            StatusCode::BAD_REQUEST,
+            "toolchain",
+            "unknown side \"beta\"; expected `start`, `end`, or a side's toolchain (`stable` for start, `nightly` for end)",
         ),
         (
             "/errs/results/reg:serde/end/log",
@@ -386,7 +416,7 @@ async fn bad_requests_name_what_is_wrong_or_missing() {
             "/errs/results/reg:serde@1.0.0/middle/log",
             StatusCode::BAD_REQUEST,
             "toolchain",
-            "expected `start` or `end`",
+            "expected `start`, `end`, or a side's toolchain",
         ),
         (
             "/errs/results/reg:serde@1.0.0/Start/log",
@@ -405,9 +435,9 @@ async fn bad_requests_name_what_is_wrong_or_missing() {
         assert_error(s, &body, status, field, has);
         assert!(body["error"]["code"].is_string(), "{body}");
     }
-    // A crate id that does not parse is refused before the experiment is even looked up.
-    let (s, body) = get("/nope/results/nonsense/end/log".into()).await;
-    assert_error(s, &body, StatusCode::BAD_REQUEST, "crate", "nonsense");
+    // A crate that does not parse is refused before the experiment is even looked up.
+    let (s, body) = get("/nope/results/non%20sense/end/log".into()).await;
+    assert_error(s, &body, StatusCode::BAD_REQUEST, "crate", "non sense");
 
     // A result whose object vanished behind the master's back: 404 on `log`, not a 500 or an empty 200.
     let key = keys::log("errs", "stable", "reg:serde@1.0.0").unwrap();
@@ -441,6 +471,66 @@ async fn bad_requests_name_what_is_wrong_or_missing() {
     let (s, body) = get("/errs/results/reg:serde@1.0.0/end/log".into()).await;
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(!body.to_string().contains("other's log"), "{body}");
+}
+
+/// Every spelling of a crate finds its log: as typed in the crate list (`serde@1.0.0`), as
+/// printed (`reg:serde@1.0.0`), or by its bare name; and the side by `start`/`end` or its
+/// toolchain's name. When both sides use the same toolchain, its name is ambiguous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_a_crate_and_a_side_finds_the_log() {
+    let _serial = SERIAL.lock().await;
+    let m = Master::start(Backend::Local).await;
+    m.experiment("spell", &["serde@1.0.0", "rand@0.8.5"]).await;
+    m.run_jobs(
+        |krate, side| Some(format!("{krate} {side}\n").into_bytes()),
+        |_| true,
+    )
+    .await;
+    for (krate, side, want) in [
+        ("reg:serde@1.0.0", "end", "reg:serde@1.0.0 end\n"),
+        ("serde@1.0.0", "end", "reg:serde@1.0.0 end\n"),
+        ("serde", "end", "reg:serde@1.0.0 end\n"),
+        ("rand", "start", "reg:rand@0.8.5 start\n"),
+        ("serde", "stable", "reg:serde@1.0.0 start\n"),
+        ("rand@0.8.5", "nightly", "reg:rand@0.8.5 end\n"),
+        ("reg:rand@0.8.5", "stable", "reg:rand@0.8.5 start\n"),
+    ] {
+        let (status, _, body) = m
+            .log(&format!(
+                "/experiments/spell/results/{}/{side}/log",
+                enc(krate)
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{krate} {side}");
+        assert_eq!(String::from_utf8_lossy(&body), want, "{krate} {side}");
+    }
+
+    // a calibration: stable on both sides, so `stable` names no one side
+    let body = json!({"name": "calib", "start": "stable", "end": "stable", "calibration": true,
+        "crates": {"kind": "list", "crates": ["serde@1.0.0"]}});
+    let resp = m
+        .http
+        .post(format!("{}/api/v1/experiments", m.base))
+        .bearer_auth(&m.operator)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let (s, v) = m
+        .call(
+            Method::GET,
+            "/api/v1/experiments/calib/results/serde/stable/log",
+            Some(&m.viewer),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::BAD_REQUEST,
+        "toolchain",
+        "both sides use the toolchain \"stable\"; say `start` or `end`",
+    );
 }
 
 /// A registry id without its checksum finds the crate an experiment resolved with one; with two

@@ -21,7 +21,9 @@
 //!
 //! The report serializes to the JSON of `results.json` (see [`Report`]'s `Serialize`), and
 //! [`summary_markdown`] renders a bounded summary to paste in a GitHub issue. [`first_new_error`]
-//! finds the first error line of an end log that the start log does not have.
+//! finds the first error line of an end log that the start log does not have, and [`log_diff`]
+//! aligns both logs and returns the sections where they diverge ("what changed"). [`pr_comment`]
+//! renders the Markdown comment for a pull request, within GitHub's 65,536-character limit.
 //!
 //! # Root-cause attribution
 //!
@@ -73,8 +75,10 @@ pub use caldera_core::outcome::CrateResult;
 mod attribution;
 mod confirmation;
 mod deps;
+mod diff;
 mod json;
 mod logdiff;
+mod pr;
 mod summary;
 
 use attribution::*;
@@ -83,7 +87,9 @@ use deps::*;
 
 pub use confirmation::ConfirmationCounts;
 
+pub use diff::{DiffLine, DiffOptions, LogDiff, Section, log_diff};
 pub use logdiff::first_new_error;
+pub use pr::{GITHUB_COMMENT_LIMIT, PrCommentOptions, pr_comment};
 pub use summary::{
     DEFAULT_MAX_ENTRIES, SummaryOptions, confirmation_note, quiet_note, summary_markdown,
 };
@@ -765,5 +771,7 @@ fn spec_of(id: &CrateId) -> CrateSpec {
     }
 }
 
+#[cfg(test)]
+mod diff_tests;
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,12 @@ use caldera_core::logtext::unstamped;
 /// * hex hashes of 8 or more digits with at least one decimal digit (`foo-1a2b3c4d5e6f7a8b`,
 ///   `/rustc/<commit>/`) become `$HASH`, symbol hashes `h<16 hex>` become `h$HASH`, and `0x`
 ///   addresses of 6 or more digits become `0x$HEX`;
-/// * durations (`1.23s`, `[2.3s]`, `150ms`, `2min`) become `$DUR`.
+/// * durations (`1.23s`, `[2.3s]`, `150ms`, `2min`, `0.62 s`) become `$DUR`;
+/// * dates and times (`2026-12-06`, `2026-12-06T19:25:00.123Z`, `19:25:00`) become `$DATE` and
+///   `$TIME`;
+/// * toolchain names (`stable`, `beta`, `nightly`, `nightly-2026-01-01`,
+///   `1.95.0-x86_64-unknown-linux-gnu`, with or without a target triple) become `$TOOLCHAIN`, and
+///   the version after a tool's name (`rustc 1.95.0-nightly`, `cargo 1.95.0`) `$VERSION`.
 pub fn first_new_error(start_log: &str, end_log: &str) -> Option<(usize, String)> {
     let mut clean = String::new();
     let mut norm = String::new();
@@ -95,7 +100,9 @@ pub(crate) fn normalize_line(line: &str, out: &mut String) {
             continue;
         }
         if b[i].is_ascii_alphanumeric() && prev.is_none_or(|p| !p.is_ascii_alphanumeric()) {
-            if let Some((len, replacement)) = volatile_token(&b[i..]) {
+            if let Some((len, replacement)) =
+                tool_version(&b[i..]).or_else(|| volatile_token(&b[i..]))
+            {
                 out.push_str(&s[copied..i]);
                 out.push_str(replacement);
                 i += len;
@@ -186,9 +193,164 @@ pub(crate) fn digit_run(b: &[u8]) -> usize {
     b.iter().take_while(|c| c.is_ascii_digit()).count()
 }
 
-/// For a word at the start of `b`: a hash, an address or a duration to replace, its length and
-/// replacement.
+/// `rustc 1.95.0-nightly` (a tool's name, a space and its version) at the start of `b`: its length
+/// and replacement.
+pub(crate) fn tool_version(b: &[u8]) -> Option<(usize, &'static str)> {
+    const TOOLS: &[(&str, &str)] = &[
+        ("rustc ", "rustc $VERSION"),
+        ("cargo ", "cargo $VERSION"),
+        ("rustdoc ", "rustdoc $VERSION"),
+        ("clippy ", "clippy $VERSION"),
+        ("rustfmt ", "rustfmt $VERSION"),
+        ("rustup ", "rustup $VERSION"),
+    ];
+    let &(tool, replacement) = TOOLS.iter().find(|(t, _)| b.starts_with(t.as_bytes()))?;
+    let n = version_len(&b[tool.len()..])?;
+    Some((tool.len() + n, replacement))
+}
+
+/// The length of a Rust release version (`1.95.0`, `1.96.0-nightly`, `1.95.0-beta.3`) at the
+/// start of `b`: three dotted numbers and an optional pre-release of letters, digits and dots.
+fn version_len(b: &[u8]) -> Option<usize> {
+    let mut n = version_core_len(b)?;
+    if b.get(n) == Some(&b'-') && is_alnum_at(b, n + 1) {
+        n += 1 + b[n + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_alphanumeric() || **c == b'.')
+            .count();
+    }
+    (!is_alnum_at(b, n)).then_some(n)
+}
+
+/// The length of three dotted numbers (`1.95.0`) at the start of `b`.
+fn version_core_len(b: &[u8]) -> Option<usize> {
+    let mut n = 0;
+    for part in 0..3 {
+        let d = digit_run(&b[n..]);
+        if d == 0 {
+            return None;
+        }
+        n += d;
+        if part < 2 {
+            if b.get(n) != Some(&b'.') {
+                return None;
+            }
+            n += 1;
+        }
+    }
+    Some(n)
+}
+
+/// `YYYY-MM-DD` at the start of `b`.
+fn is_date(b: &[u8]) -> bool {
+    b.len() >= 10
+        && digit_run(b) == 4
+        && b[4] == b'-'
+        && digit_run(&b[5..]) == 2
+        && b[7] == b'-'
+        && digit_run(&b[8..]) == 2
+}
+
+/// `HH:MM:SS` with optional fraction at the start of `b`: its length.
+fn time_len(b: &[u8]) -> Option<usize> {
+    let ok = b.len() >= 8
+        && digit_run(b) == 2
+        && b[2] == b':'
+        && digit_run(&b[3..]) == 2
+        && b[5] == b':'
+        && digit_run(&b[6..]) == 2;
+    if !ok {
+        return None;
+    }
+    let mut n = 8;
+    if b.get(n) == Some(&b'.') && digit_run(&b[n + 1..]) > 0 {
+        n += 1 + digit_run(&b[n + 1..]);
+    }
+    Some(n)
+}
+
+/// A date with an optional time and zone (`2026-12-06`, `2026-12-06T19:25:00.5Z`,
+/// `2026-12-06 19:25:00+01:00`) at the start of `b`: its length.
+fn date_time_len(b: &[u8]) -> Option<usize> {
+    if !is_date(b) {
+        return None;
+    }
+    let mut n = 10;
+    if matches!(b.get(n), Some(b'T' | b' '))
+        && let Some(t) = time_len(&b[n + 1..])
+    {
+        n += 1 + t;
+        if b.get(n) == Some(&b'Z') {
+            n += 1;
+        } else if matches!(b.get(n), Some(b'+' | b'-')) && digit_run(&b[n + 1..]) == 2 {
+            let zone = &b[n + 3..];
+            n += 3 + match zone {
+                [b':', ..] if digit_run(&zone[1..]) == 2 => 3,
+                _ if digit_run(zone) == 2 => 2,
+                _ => 0,
+            };
+        }
+    }
+    Some(n)
+}
+
+/// A target triple after a toolchain name (`-x86_64-unknown-linux-gnu`) at the start of `b`:
+/// its length, when the word has at least two more dashes and names a vendor or system.
+fn triple_len(b: &[u8]) -> usize {
+    if b.first() != Some(&b'-') || !is_alnum_at(b, 1) {
+        return 0;
+    }
+    let n = b
+        .iter()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+        .count();
+    let word = &b[..n];
+    let dashes = word.iter().filter(|c| **c == b'-').count();
+    const SYSTEMS: &[&str] = &[
+        "-unknown", "-linux", "-apple", "-pc-", "-windows", "-darwin", "-none", "-wasi",
+    ];
+    let named = SYSTEMS
+        .iter()
+        .any(|s| word.windows(s.len()).any(|w| w == s.as_bytes()));
+    if dashes >= 2 && named { n } else { 0 }
+}
+
+/// A toolchain name at the start of `b` (`nightly`, `beta`, `stable`, each with an optional
+/// `-YYYY-MM-DD` and target triple; `1.95.0-x86_64-unknown-linux-gnu`): its length.
+fn toolchain_len(b: &[u8]) -> Option<usize> {
+    for channel in ["nightly", "stable", "beta"] {
+        if let Some(rest) = b.strip_prefix(channel.as_bytes()) {
+            let mut n = channel.len();
+            if rest.first() == Some(&b'-') && is_date(&rest[1..]) {
+                n += 11;
+            }
+            n += triple_len(&b[n..]);
+            return (!is_alnum_at(b, n)).then_some(n);
+        }
+    }
+    let core = version_core_len(b)?;
+    match triple_len(&b[core..]) {
+        0 => {
+            let v = version_len(b)?;
+            let t = triple_len(&b[v..]);
+            (t > 0).then_some(v + t)
+        }
+        t => Some(core + t),
+    }
+}
+
+/// For a word at the start of `b`: a hash, an address, a date, a time, a toolchain or a duration
+/// to replace, its length and replacement.
 pub(crate) fn volatile_token(b: &[u8]) -> Option<(usize, &'static str)> {
+    if let Some(n) = toolchain_len(b) {
+        return Some((n, "$TOOLCHAIN"));
+    }
+    if let Some(n) = date_time_len(b) {
+        return Some((n, "$DATE"));
+    }
+    if let Some(n) = time_len(b) {
+        return Some((n, "$TIME"));
+    }
     if let Some(rest) = b.strip_prefix(b"0x") {
         let n = hex_run(rest);
         if n >= 6 && !is_alnum_at(b, 2 + n) {
@@ -219,8 +381,19 @@ pub(crate) fn volatile_token(b: &[u8]) -> Option<(usize, &'static str)> {
         "seconds", "minutes", "secs", "mins", "sec", "min", "ms", "us", "ns", "µs", "μs", "s", "m",
         "h",
     ];
-    UNITS
+    if let Some(u) = UNITS
         .iter()
         .find(|u| b[n..].starts_with(u.as_bytes()) && !is_alnum_at(b, n + u.len()))
-        .map(|u| (n + u.len(), "$DUR"))
+    {
+        return Some((n + u.len(), "$DUR"));
+    }
+    // `0.62 s`: a space before the unit, for the units that cannot be a word of their own
+    const SPACED: &[&str] = &[
+        "seconds", "minutes", "secs", "mins", "sec", "min", "ms", "us", "ns", "µs", "μs", "s",
+    ];
+    let rest = b[n..].strip_prefix(b" ")?;
+    SPACED
+        .iter()
+        .find(|u| rest.starts_with(u.as_bytes()) && !is_alnum_at(rest, u.len()))
+        .map(|u| (n + 1 + u.len(), "$DUR"))
 }

@@ -1466,7 +1466,7 @@ impl SplitMix {
 // 1M benchmark
 
 /// The synthetic experiment: its results and the number of regressions planted.
-fn synthetic(n: usize, seed: u64) -> (Vec<CrateResult>, usize) {
+pub(crate) fn synthetic(n: usize, seed: u64) -> (Vec<CrateResult>, usize) {
     const CODES: &[&str] = &[
         "E0308", "E0599", "E0277", "E0425", "E0433", "E0412", "E0432", "E0061", "E0282", "E0106",
         "E0382", "E0502", "E0499", "E0505", "E0507", "E0597", "E0716", "E0658", "E0554", "E0034",

@@ -39,9 +39,12 @@ pub struct SandboxConfig {
     pub docker_host: Option<String>,
     /// The sandbox image.
     pub image: String,
-    /// Who owns the containers this sandbox creates (e.g. the worker's name). Containers are labelled
-    /// with it, and [`Sandbox::connect`](crate::Sandbox::connect) removes leftovers with the same owner
-    /// when `sweep_on_connect` is set. Two processes sharing one engine need different owners.
+    /// Who owns the containers this sandbox creates (`caldera worker` and `caldera local` pass
+    /// their work dir's instance id). Containers are labelled with it, and
+    /// [`Sandbox::connect`](crate::Sandbox::connect) removes leftovers with the same owner when
+    /// `sweep_on_connect` is set, and no others. Two processes sharing one engine need different
+    /// owners, and a sweeping process must be the only one with its owner (the worker holds its
+    /// work dir's lock before it connects).
     pub owner: String,
     /// Remove this owner's leftover containers (from a crash) when connecting.
     pub sweep_on_connect: bool,

@@ -7,6 +7,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 
 use crate::WorkerError;
+use crate::tls::MasterEndpoint;
 
 /// HTTP/2 keepalive ping interval on the connection to the master. Well under a minute, so that
 /// idle-connection reapers (load balancers, NAT) never see the session as idle and a dead master
@@ -22,8 +23,15 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Everything a worker needs to know.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// The master's gRPC endpoint, e.g. `http://127.0.0.1:9090`.
+    /// The master's gRPC endpoint, e.g. `https://master.example:9090`; `http://` (plain TCP) only to
+    /// a loopback address or with [`insecure_plaintext`](Self::insecure_plaintext).
     pub master: String,
+    /// For `https://`: the CA certificates (PEM) the master's certificate must chain to, instead
+    /// of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Allows `http://` to a master that is not on loopback: the token and all traffic cross the
+    /// network in clear text.
+    pub insecure_plaintext: bool,
     /// The worker token, sent as `authorization: Bearer <token>` metadata on the stream.
     pub token: String,
     /// A stable name for this worker (the host name by default).
@@ -54,6 +62,8 @@ impl WorkerConfig {
     ) -> Self {
         WorkerConfig {
             master: master.into(),
+            ca_file: None,
+            insecure_plaintext: false,
             token: token.into(),
             name: name.into(),
             slots: 1,
@@ -82,34 +92,38 @@ impl WorkerConfig {
         Ok(())
     }
 
-    /// The tonic endpoint for `master`, with keepalive and connect timeout set.
-    pub(crate) fn endpoint(&self) -> Result<Endpoint, WorkerError> {
+    /// The way to `master`: the tonic endpoint with keepalive and connect timeout set, and for
+    /// `https://` the TLS configuration (the CA file is read here).
+    pub(crate) fn endpoint(&self) -> Result<MasterEndpoint, WorkerError> {
         let endpoint = Endpoint::from_shared(self.master.clone())
             .map_err(|e| config("master", format!("{:?} is not a URI: {e}", self.master)))?;
-        match endpoint.uri().scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(config(
-                    "master",
-                    "https is not supported by this build (no TLS in the worker); use http:// behind a TLS-terminating proxy or a private network",
-                ));
+        let Some(host) = endpoint.uri().host() else {
+            return Err(config("master", format!("{:?} has no host", self.master)));
+        };
+        let tls = match endpoint.uri().scheme_str() {
+            Some("https") => Some(std::sync::Arc::new(
+                crate::tls::client_config(self.ca_file.as_deref(), &[b"h2"])
+                    .map_err(|e| config("ca_file", e))?,
+            )),
+            Some("http") => {
+                crate::tls::check_plaintext(host, self.insecure_plaintext)
+                    .map_err(|e| config("master", e))?;
+                None
             }
             _ => {
                 return Err(config(
                     "master",
-                    format!("{:?} must start with http://", self.master),
+                    format!("{:?} must start with https:// or http://", self.master),
                 ));
             }
-        }
-        if endpoint.uri().host().is_none() {
-            return Err(config("master", format!("{:?} has no host", self.master)));
-        }
-        Ok(endpoint
+        };
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
-            .tcp_nodelay(true))
+            .tcp_nodelay(true);
+        Ok(MasterEndpoint { endpoint, tls })
     }
 
     /// The `authorization` metadata value.
@@ -266,7 +280,14 @@ mod tests {
             ("master", Box::new(|c| c.master = "not a uri".into())),
             (
                 "master",
-                Box::new(|c| c.master = "https://master:9090".into()),
+                Box::new(|c| c.master = "http://master:9090".into()),
+            ),
+            (
+                "ca_file",
+                Box::new(|c| {
+                    c.master = "https://master:9090".into();
+                    c.ca_file = Some("/nonexistent/ca.pem".into());
+                }),
             ),
             ("master", Box::new(|c| c.master = "ftp://master".into())),
             ("token", Box::new(|c| c.token.clear())),
@@ -289,5 +310,14 @@ mod tests {
             }
         }
         assert_eq!(good.authorization().unwrap(), "Bearer tok");
+        // plain TCP beyond loopback only when asked for; https needs no flag
+        let mut remote = good.clone();
+        remote.master = "http://master:9090".into();
+        remote.insecure_plaintext = true;
+        remote.validate().unwrap();
+        for local in ["http://localhost:9090", "http://[::1]:9090"] {
+            let c = WorkerConfig::new(local, "tok", "w1", "/tmp/spool");
+            c.validate().unwrap();
+        }
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! ## Behaviour
 //!
-//! * **Session.** Connect (HTTP/2 keepalive every 20 s, also while idle), open the stream with
+//! * **Session.** Connect (TLS for `https://`, see [`tls`]; HTTP/2 keepalive every 20 s, also
+//!   while idle), open the stream with
 //!   `authorization: Bearer <token>`, send Hello (name, version, capabilities, slots, and the leases
 //!   of jobs still running from before a reconnect), wait for Welcome. Refused credentials
 //!   (`Unauthenticated`, `PermissionDenied`) end [`run`] with [`WorkerError::Unauthorized`].
@@ -49,7 +50,9 @@ pub mod prepare;
 pub mod result_spool;
 mod session;
 mod system;
+pub mod tls;
 pub mod upload_spool;
+pub mod workdir;
 mod worker;
 
 pub use config::{
@@ -78,6 +81,12 @@ pub enum WorkerError {
         "the master refused this worker's token ({code}: {message}); check the worker token the master issued"
     )]
     Unauthorized { code: String, message: String },
+    /// The master's certificate does not verify against the roots this worker trusts (the
+    /// system's, or its CA file). Nothing was sent to it; retrying cannot help.
+    #[error(
+        "the master's TLS certificate for {host} does not verify ({message}); check the master's certificate and this worker's --ca-file"
+    )]
+    Certificate { host: String, message: String },
 }
 
 /// Run the worker until it has drained (`Ok`) or cannot go on (`Err`). `drain` resolving starts a

@@ -14,11 +14,12 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::task::AbortOnDropHandle;
 use tonic::Streaming;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::WorkerError;
 use crate::config::HANDSHAKE_TIMEOUT;
+use crate::tls::MasterEndpoint;
 use crate::worker::Running;
 
 /// An established session.
@@ -96,7 +97,7 @@ fn status_error(what: &str, status: tonic::Status) -> HandshakeError {
 /// Connect, open the stream with our credentials, send `hello` and wait for Welcome. Hello's
 /// `running` is filled from `running` once connected, so it is as fresh as it can be.
 pub(crate) async fn handshake(
-    endpoint: Endpoint,
+    endpoint: MasterEndpoint,
     authorization: MetadataValue<Ascii>,
     hello: Hello,
     running: Running,
@@ -114,15 +115,12 @@ pub(crate) async fn handshake(
 }
 
 async fn handshake_inner(
-    endpoint: Endpoint,
+    endpoint: MasterEndpoint,
     authorization: MetadataValue<Ascii>,
     mut hello: Hello,
     running: Running,
 ) -> Result<(Box<Session>, Welcome), HandshakeError> {
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| HandshakeError::Retry(format!("connect: {}", error_chain(&e))))?;
+    let channel = endpoint.connect().await.map_err(connect_error)?;
     hello.running = leases(&running);
     tracing::debug!(running = hello.running.len(), "connected; sending Hello");
     let mut client = WorkerServiceClient::new(channel);
@@ -212,6 +210,18 @@ pub(crate) fn leases(running: &Mutex<crate::worker::RunningJobs>) -> Vec<Lease> 
         .filter(|(_, job)| !job.cancelled)
         .map(|(lease, _)| *lease)
         .collect()
+}
+
+/// A certificate that does not verify is fatal (retrying cannot help, and the worker must not
+/// send its token to whoever answered); anything else is tried again.
+fn connect_error(e: tonic::transport::Error) -> HandshakeError {
+    match crate::tls::certificate_rejected(&e) {
+        Some(rejected) => HandshakeError::Fatal(WorkerError::Certificate {
+            host: rejected.host.clone(),
+            message: rejected.cause.to_string(),
+        }),
+        None => HandshakeError::Retry(format!("connect: {}", error_chain(&e))),
+    }
 }
 
 /// `error: cause: cause`, since tonic's transport errors hide the useful part in their sources.

@@ -89,7 +89,7 @@ struct DrainState {
 
 pub(crate) struct Worker {
     config: WorkerConfig,
-    endpoint: tonic::transport::Endpoint,
+    endpoint: crate::tls::MasterEndpoint,
     authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     executor: Arc<dyn Executor>,
     spool: ResultSpool,

@@ -294,7 +294,13 @@ async fn canaries_are_contained_and_classified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_dirs_are_reused_decontaminated_and_purged_per_experiment() {
-    let h = harness("reuse", |c| c.slots = 1).await;
+    // reuse is what this test is about: a full disk on the test machine (past the default
+    // high-water mark) must not purge the slot (`a_disk_past_the_high_water_mark_purges_the_slot`)
+    let h = harness("reuse", |c| {
+        c.slots = 1;
+        c.disk_high_water = 1.0;
+    })
+    .await;
     let stable: caldera_core::toolchain::Toolchain = "stable".parse().unwrap();
     let target = h.executor.target_dir(0, &stable);
     let has_artifact = |prefix: &str| {
@@ -409,7 +415,13 @@ async fn target_dirs_are_reused_decontaminated_and_purged_per_experiment() {
 /// its spares again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirmation_run_builds_from_fresh_target_dirs() {
-    let h = harness("fresh", |c| c.slots = 1).await;
+    // reuse is what this test is about: a full disk on the test machine (past the default
+    // high-water mark) must not purge the slot (`a_disk_past_the_high_water_mark_purges_the_slot`)
+    let h = harness("fresh", |c| {
+        c.slots = 1;
+        c.disk_high_water = 1.0;
+    })
+    .await;
     let stable: caldera_core::toolchain::Toolchain = "stable".parse().unwrap();
     let target = h.executor.target_dir(0, &stable);
     let fresh = target.parent().unwrap().parent().unwrap().join("fresh-0");

@@ -49,8 +49,12 @@ enum Command {
     /// Manage API tokens (talks to the database directly; use it to bootstrap the first admin).
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),
-    /// Define, inspect and control experiments through a running master.
+    /// Define, inspect, follow and control experiments through a running master.
     Experiment(cmd::experiment::ExperimentArgs),
+    /// Print an experiment's report (Markdown summary, JSON, HTML or the retry list).
+    Report(cmd::report::ReportArgs),
+    /// Print the build logs of one crate of an experiment (both sides, or one).
+    Logs(cmd::report::LogsArgs),
     /// Manage named crate lists through a running master.
     CrateList(cmd::crate_list::CrateListArgs),
     /// Mark regressions (expected, known issue, ignore) through a running master; a mark follows
@@ -61,6 +65,18 @@ enum Command {
     /// Run one experiment on this machine with embedded defaults: a private Postgres, local-disk
     /// storage, the master and a worker in this process (`--demo` for the demo experiment).
     Local(Box<cmd::local::LocalArgs>),
+    /// Make a private CA and certificates for a fleet, for TLS on the master's ports.
+    #[command(subcommand)]
+    Cert(cmd::cert::CertCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// `caldera completions bash > /etc/bash_completion.d/caldera`, `caldera completions zsh >
+    /// "${fpath[1]}/_caldera"`, `caldera completions fish > ~/.config/fish/completions/caldera.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn init_tracing(format: LogFormat, filter: &str) {
@@ -95,9 +111,26 @@ async fn main() -> std::process::ExitCode {
         Command::Triage(args) => cmd::triage::run(args).await,
         Command::Worker(args) => cmd::worker::run(args).await,
         Command::Local(args) => cmd::local::run(*args).await,
+        Command::Report(args) => cmd::report::report(args).await,
+        Command::Cert(cmd) => cmd::cert::run(cmd),
+        Command::Logs(args) => cmd::report::logs(args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "caldera",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // a command that has said all it had to say and only sets the exit status
+        Err(e) if e.downcast_ref::<cmd::Exit>().is_some() => {
+            std::process::ExitCode::from(e.downcast_ref::<cmd::Exit>().map_or(1, |x| x.0))
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -2,8 +2,12 @@
 //! WebDriver with `fantoccini`): a real master (HTTP and gRPC, scheduler running) serving a
 //! fixture experiment with regressions; the test opens the home page, the experiment, filters by
 //! category (the server-side form, then the script's as-you-type filter), opens a crate page and
-//! sees both logs with the first new error marked. Screenshots of each step are saved under
-//! `$CARGO_TARGET_DIR/screenshots/` (the target directory of the test binary).
+//! sees both logs with the first new error marked; then, at 1366×768, 1920×1080 and a phone's
+//! 390×844, checks that both logs are on the page within the viewport's width (side by side on
+//! the wide screens, stacked on the phone) and the highlight is dark text on light yellow; opens
+//! the log diff, the crate's history and the pull-request comment with its copy button.
+//! Screenshots of each step are saved under `$CARGO_TARGET_DIR/browser-artifacts/` (the target
+//! directory of the test binary), and their paths printed.
 //!
 //! Needs `scripts/ensure-chromium.sh` to have run; without Chromium it fails and says so, unless
 //! `CALDERA_SKIP_BROWSER=1`. `CALDERA_CHROMIUM` and `CALDERA_CHROMEDRIVER` override the paths.
@@ -28,7 +32,7 @@ fn screenshot_dir() -> PathBuf {
                 .and_then(|p| p.ancestors().nth(3).map(PathBuf::from))
         })
         .unwrap_or_else(|| PathBuf::from("target"));
-    let dir = target.join("screenshots");
+    let dir = target.join("browser-artifacts");
     std::fs::create_dir_all(&dir).expect("create the screenshot directory");
     dir
 }
@@ -57,6 +61,74 @@ async fn wait_text(client: &fantoccini::Client, css: &str, want: &str) -> String
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// At `w`×`h`: both logs of the crate page are displayed, inside the viewport's width, side by
+/// side when wide and stacked when narrow, the page does not scroll sideways, and the first new
+/// error is dark text on light yellow.
+async fn logs_fit(client: &fantoccini::Client, url: &str, w: u32, h: u32, name: &str) {
+    client.set_window_size(w, h).await.unwrap();
+    client.goto(url).await.unwrap();
+    wait_text(client, "h1", "root-a 1.0.0").await;
+    let got = client
+        .execute(
+            r#"const rect = s => { const r = document.querySelector(s).getBoundingClientRect();
+                 return {left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width}; };
+               const mark = document.querySelector('mark#first-new-error');
+               const inner = mark.querySelector('span') || mark;
+               return {start: rect('#log-start pre.log'), end: rect('#log-end pre.log'),
+                 viewport: document.documentElement.clientWidth,
+                 scroll: document.documentElement.scrollWidth,
+                 mark_bg: getComputedStyle(mark).backgroundColor,
+                 mark_fg: getComputedStyle(inner).color};"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    let num = |side: &str, k: &str| got[side][k].as_f64().unwrap();
+    let viewport = got["viewport"].as_f64().unwrap();
+    for side in ["start", "end"] {
+        assert!(
+            num(side, "left") >= 0.0 && num(side, "right") <= viewport + 0.5,
+            "{name}: the {side} log is outside the viewport: {got}"
+        );
+        assert!(
+            num(side, "width") > 150.0,
+            "{name}: the {side} log is too narrow: {got}"
+        );
+        let log = client
+            .find(Locator::Css(&format!("#log-{side} pre.log")))
+            .await
+            .unwrap();
+        assert!(
+            log.is_displayed().await.unwrap(),
+            "{name}: {side} log hidden"
+        );
+    }
+    assert!(
+        got["scroll"].as_f64().unwrap() <= viewport + 0.5,
+        "{name}: the page scrolls sideways: {got}"
+    );
+    if w >= 1280 {
+        assert_eq!(
+            num("start", "top"),
+            num("end", "top"),
+            "{name}: side by side: {got}"
+        );
+        assert!(num("start", "right") <= num("end", "left"), "{name}: {got}");
+    } else {
+        assert!(
+            num("end", "top") >= num("start", "bottom"),
+            "{name}: stacked: {got}"
+        );
+    }
+    assert_eq!(got["mark_bg"], "rgb(255, 241, 168)", "{name}: {got}");
+    assert_eq!(got["mark_fg"], "rgb(27, 31, 36)", "{name}: {got}");
+    client
+        .execute("document.getElementById('logs').scrollIntoView();", vec![])
+        .await
+        .unwrap();
+    shot(client, &format!("05-crate-{name}.png")).await;
 }
 
 #[tokio::test]
@@ -276,6 +348,77 @@ async fn dashboard_in_headless_chromium() {
         .unwrap();
     assert_eq!(mark, fixture::NEW_ERROR);
     shot(&client, "04-crate.png").await;
+    let crate_url = client.current_url().await.unwrap();
+    for (w, h, name) in [
+        (1366, 768, "1366x768"),
+        (1920, 1080, "1920x1080"),
+        (390, 844, "phone-390x844"),
+    ] {
+        logs_fit(&client, crate_url.as_str(), w, h, name).await;
+    }
+    client.set_window_size(1400, 1000).await.unwrap();
+
+    // The log diff: the first divergent section has the new error as an added line.
+    client.goto(crate_url.as_str()).await.unwrap();
+    client
+        .find(Locator::Css("a#diff-link"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&client, "h1", "What changed").await;
+    let first = client
+        .find(Locator::Css("#section-1 + .diff-wrap"))
+        .await
+        .unwrap();
+    let added = first
+        .find(Locator::Css("tr.add"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(added.contains(fixture::NEW_ERROR), "{added}");
+    for changed in client
+        .find_all(Locator::Css("tr.add, tr.del"))
+        .await
+        .unwrap()
+    {
+        let text = changed.text().await.unwrap();
+        assert!(
+            !text.contains("Compiling"),
+            "paths are no difference: {text}"
+        );
+    }
+    shot(&client, "08-diff.png").await;
+
+    // The pull-request comment: the static script shows the copy button.
+    client
+        .goto(&format!("{base}/experiments/beta-fx/pr-comment"))
+        .await
+        .unwrap();
+    let copy = client
+        .find(Locator::Css("button[data-copy=pr-comment]"))
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    while !copy.is_displayed().await.unwrap() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no copy button");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let md = client
+        .find(Locator::Css("textarea#pr-comment"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(md.contains("#### Regressions by root cause"), "{md}");
+    copy.click().await.unwrap();
+    wait_text(&client, "[data-copy-status]", "Copied.").await;
+    shot(&client, "09-pr-comment.png").await;
 
     client.close().await.unwrap();
     let _ = chromedriver.kill().await;

@@ -95,7 +95,7 @@ async fn a_completed_experiment_gets_its_report() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let retry = resp.text().await.unwrap();
-    assert_eq!(retry, "fx00001@1.0.0\n");
+    assert_eq!(retry, "reg:fx00001@1.0.0\n");
     worker.stop().await;
     master.stop().await;
 }

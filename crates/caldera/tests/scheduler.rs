@@ -205,6 +205,9 @@ async fn master_process_restart_loses_and_doubles_nothing() {
                 &http.to_string(),
                 "--grpc-listen",
                 &grpc.to_string(),
+                // the fixture names are in no index: no live lookups
+                "--registry-url",
+                "none",
             ])
             .args([
                 "--lease-secs",

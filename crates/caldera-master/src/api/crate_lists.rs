@@ -24,11 +24,15 @@ pub const MAX_LIST_LEN: usize = 100_000;
 #[serde(deny_unknown_fields)]
 pub struct NewCrateList {
     /// Slug: lowercase letters, digits and `-`, 1–64 characters, starting with a letter or digit.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,63}$")]
     pub name: String,
+    /// At most 4096 bytes.
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub description: String,
-    /// Crate specs: `name`, `name@version`, `git:URL#rev` or `path:/abs/dir`.
-    #[schema(value_type = Vec<String>)]
+    /// Crate specs: `name`, `name@version`, `git:URL#rev` or `path:/abs/dir`; 1 to 100,000, no
+    /// duplicates.
+    #[schema(value_type = Vec<String>, min_items = 1, max_items = 100_000)]
     pub crates: Vec<CrateSpec>,
 }
 
@@ -85,7 +89,7 @@ impl From<CrateListSummary> for CrateListSummaryView {
 }
 
 /// Create a crate list.
-#[utoipa::path(post, path = "/api/v1/crate-lists", tag = "crate-lists",
+#[utoipa::path(post, path = "/api/v1/crate-lists", tag = "crate-lists", operation_id = "create_crate_list",
     request_body = NewCrateList,
     responses((status = 201, body = CrateListView), (status = 400, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
@@ -132,13 +136,15 @@ pub async fn create(
             "description is longer than 4096 bytes",
         ));
     }
+    // every registry entry must name a crate (and version) the live index lists
+    crate::resolve::check_specs(state.index.as_deref(), &new.crates).await?;
     let list = crate_lists::create(&state.pool, &new.name, &new.description, &new.crates).await?;
     tracing::info!(list = %list.name, len = list.crates.len(), token = %caller.name, "crate list created");
     Ok((StatusCode::CREATED, Json(list.into())))
 }
 
 /// All crate lists.
-#[utoipa::path(get, path = "/api/v1/crate-lists", tag = "crate-lists",
+#[utoipa::path(get, path = "/api/v1/crate-lists", tag = "crate-lists", operation_id = "list_crate_lists",
     responses((status = 200, body = Vec<CrateListSummaryView>)),
     security(("bearer" = [])))]
 pub async fn list(
@@ -155,8 +161,8 @@ pub async fn list(
 }
 
 /// One crate list with its entries.
-#[utoipa::path(get, path = "/api/v1/crate-lists/{name}", tag = "crate-lists",
-    params(("name" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/crate-lists/{name}", tag = "crate-lists", operation_id = "get_crate_list",
+    params(("name" = String, Path, description = "the crate list's name")),
     responses((status = 200, body = CrateListView), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
@@ -168,8 +174,8 @@ pub async fn get(
 }
 
 /// Delete a crate list no queued experiment refers to.
-#[utoipa::path(delete, path = "/api/v1/crate-lists/{name}", tag = "crate-lists",
-    params(("name" = String, Path)),
+#[utoipa::path(delete, path = "/api/v1/crate-lists/{name}", tag = "crate-lists", operation_id = "delete_crate_list",
+    params(("name" = String, Path, description = "the crate list's name")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete(

@@ -89,7 +89,7 @@ fn validation(e: caldera_core::experiment::ValidationError) -> ApiError {
 }
 
 /// Create an experiment (status `queued`).
-#[utoipa::path(post, path = "/api/v1/experiments", tag = "experiments",
+#[utoipa::path(post, path = "/api/v1/experiments", tag = "experiments", operation_id = "create_experiment",
     request_body(content = ExperimentSpec, description = "the experiment; toolchains and crate selections accept their compact string forms"),
     responses(
         (status = 201, body = ExperimentView),
@@ -105,18 +105,20 @@ pub async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<ExperimentView>), ApiError> {
     check_json_syntax(&body)?;
-    let spec = ExperimentSpec::from_json(&body).map_err(validation)?;
+    let mut spec = ExperimentSpec::from_json(&body).map_err(validation)?;
+    // unknown crates and versions are refused here, and bare names pinned (see `resolve`)
+    crate::resolve::pin_selection(state.index.as_deref(), &mut spec.crates).await?;
     let row = experiments::create(&state.pool, &spec).await?;
     tracing::info!(experiment = %row.name, token = %caller.name, "experiment created");
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
 /// List experiments, optionally filtered by status.
-#[utoipa::path(get, path = "/api/v1/experiments", tag = "experiments",
+#[utoipa::path(get, path = "/api/v1/experiments", tag = "experiments", operation_id = "list_experiments",
     params(
         ("status" = Option<ExperimentStatus>, Query, description = "only experiments in this status"),
-        ("limit" = Option<i64>, Query, description = "page size, 1–500 (default 50)"),
-        ("offset" = Option<i64>, Query, description = "items to skip (default 0)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "page size, 1–500 (default 50)"),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "items to skip (default 0)"),
     ),
     responses((status = 200, body = ExperimentPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -159,8 +161,8 @@ pub async fn list(
 }
 
 /// One experiment.
-#[utoipa::path(get, path = "/api/v1/experiments/{name}", tag = "experiments",
-    params(("name" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/experiments/{name}", tag = "experiments", operation_id = "get_experiment",
+    params(("name" = String, Path, description = "the experiment's name")),
     responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
@@ -176,8 +178,8 @@ pub async fn get(
 }
 
 /// Edit a queued experiment: any field but `name`; the result is validated as a whole.
-#[utoipa::path(patch, path = "/api/v1/experiments/{name}", tag = "experiments",
-    params(("name" = String, Path)),
+#[utoipa::path(patch, path = "/api/v1/experiments/{name}", tag = "experiments", operation_id = "edit_experiment",
+    params(("name" = String, Path, description = "the experiment's name")),
     request_body(content = ExperimentEdit),
     responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody),
         (status = 409, description = "not queued", body = ErrorBody), (status = 422, body = ErrorBody)),
@@ -189,7 +191,10 @@ pub async fn edit(
     body: Bytes,
 ) -> Result<Json<ExperimentView>, ApiError> {
     check_json_syntax(&body)?;
-    let edit = ExperimentEdit::from_json(&body).map_err(validation)?;
+    let mut edit = ExperimentEdit::from_json(&body).map_err(validation)?;
+    if let Some(crates) = &mut edit.crates {
+        crate::resolve::pin_selection(state.index.as_deref(), crates).await?;
+    }
     let row = experiments::edit(&state.pool, &name, edit).await?;
     tracing::info!(experiment = %row.name, token = %caller.name, "experiment edited");
     Ok(Json(row.into()))
@@ -202,8 +207,8 @@ pub async fn edit(
 /// failure leaves unreferenced objects (a leak), never a result pointing at a missing log. That
 /// failure is a 503 saying so; sending DELETE again finishes the cleanup (an experiment without rows
 /// but with objects left is answered 204 once they are deleted, 404 only when there is nothing left).
-#[utoipa::path(delete, path = "/api/v1/experiments/{name}", tag = "experiments",
-    params(("name" = String, Path)),
+#[utoipa::path(delete, path = "/api/v1/experiments/{name}", tag = "experiments", operation_id = "delete_experiment",
+    params(("name" = String, Path, description = "the experiment's name")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 503, description = "the rows are deleted but storage could not delete the objects; retry", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -261,9 +266,8 @@ async fn action(
                 // let the transition produce the precise error
                 experiments::apply_action(&state.pool, name, action).await?
             } else {
-                let crates =
-                    crate::resolve::resolve(&state.pool, state.registry.as_deref(), &current.spec)
-                        .await?;
+                let registry = crate::resolve::Registry::of(state);
+                let crates = crate::resolve::resolve(&state.pool, registry, &current.spec).await?;
                 let mut pending = experiments::begin_action(&state.pool, name, action).await?;
                 let n = jobs::create_for_experiment(&mut pending.tx, pending.current.id, &crates)
                     .await?;
@@ -327,8 +331,8 @@ async fn action(
 }
 
 /// Start a queued experiment.
-#[utoipa::path(post, path = "/api/v1/experiments/{name}/start", tag = "experiments",
-    params(("name" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/experiments/{name}/start", tag = "experiments", operation_id = "start_experiment",
+    params(("name" = String, Path, description = "the experiment's name")),
     responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn start(
@@ -340,8 +344,8 @@ pub async fn start(
 }
 
 /// Pause a running experiment: no new jobs are handed out; running jobs finish.
-#[utoipa::path(post, path = "/api/v1/experiments/{name}/pause", tag = "experiments",
-    params(("name" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/experiments/{name}/pause", tag = "experiments", operation_id = "pause_experiment",
+    params(("name" = String, Path, description = "the experiment's name")),
     responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn pause(
@@ -353,8 +357,8 @@ pub async fn pause(
 }
 
 /// Resume a paused experiment.
-#[utoipa::path(post, path = "/api/v1/experiments/{name}/resume", tag = "experiments",
-    params(("name" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/experiments/{name}/resume", tag = "experiments", operation_id = "resume_experiment",
+    params(("name" = String, Path, description = "the experiment's name")),
     responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn resume(
@@ -366,8 +370,8 @@ pub async fn resume(
 }
 
 /// Abort an experiment: pending jobs are cancelled and running ones stopped.
-#[utoipa::path(post, path = "/api/v1/experiments/{name}/abort", tag = "experiments",
-    params(("name" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/experiments/{name}/abort", tag = "experiments", operation_id = "abort_experiment",
+    params(("name" = String, Path, description = "the experiment's name")),
     responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn abort(
@@ -477,8 +481,8 @@ impl ConfirmationsView {
 }
 
 /// The confirmation runs of an experiment's regressions and fixes, and their statuses.
-#[utoipa::path(get, path = "/api/v1/experiments/{name}/confirmations", tag = "experiments",
-    params(("name" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/experiments/{name}/confirmations", tag = "experiments", operation_id = "experiment_confirmations",
+    params(("name" = String, Path, description = "the experiment's name")),
     responses((status = 200, body = ConfirmationsView), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]

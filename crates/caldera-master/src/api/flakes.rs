@@ -83,7 +83,7 @@ pub struct CrateFlakesView {
 /// sighting.
 #[utoipa::path(get, path = "/api/v1/flakes", tag = "flakes", operation_id = "flakes_of_crate",
     params(
-        ("crate" = String, Query, description = "the crate's name"),
+        ("crate" = String, Query, min_length = 1, description = "the crate's name"),
         ("version" = Option<String>, Query, description = "only this version"),
     ),
     responses((status = 200, body = CrateFlakesView), (status = 400, body = ErrorBody),

@@ -2,10 +2,13 @@
 
 pub mod crate_lists;
 pub mod experiments;
+pub mod farm;
 pub mod flakes;
 pub mod logs;
 pub mod openapi;
+pub mod pr;
 pub mod report;
+pub mod tokens;
 pub mod triage;
 
 use bytes::Bytes;

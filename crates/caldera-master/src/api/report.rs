@@ -48,7 +48,7 @@ fn storage_error(e: caldera_storage::StorageError) -> ApiError {
 
 /// Regenerate every report file of an experiment (any status: a running experiment gets a report
 /// of the results so far). Answers when the files are written.
-#[utoipa::path(post, path = "/api/v1/experiments/{name}/report", tag = "reports",
+#[utoipa::path(post, path = "/api/v1/experiments/{name}/report", tag = "reports", operation_id = "regenerate_report",
     params(("name" = String, Path)),
     responses((status = 200, body = ExportSummary), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
@@ -82,7 +82,7 @@ pub struct ReportFiles {
 }
 
 /// List the report files of an experiment.
-#[utoipa::path(get, path = "/api/v1/experiments/{name}/report", tag = "reports",
+#[utoipa::path(get, path = "/api/v1/experiments/{name}/report", tag = "reports", operation_id = "list_report_files",
     params(("name" = String, Path)),
     responses((status = 200, body = ReportFiles), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -119,7 +119,7 @@ pub async fn list(
 /// One report file, streamed from object storage: `summary.md`, `retry.txt`, `results.json`,
 /// `index.html` or `logs.tar.zst`. `results.json` and `index.html` are sent zstd-encoded to
 /// clients whose `Accept-Encoding` has `zstd`, and decompressed for the others.
-#[utoipa::path(get, path = "/api/v1/experiments/{name}/report/{file}", tag = "reports",
+#[utoipa::path(get, path = "/api/v1/experiments/{name}/report/{file}", tag = "reports", operation_id = "get_report_file",
     params(("name" = String, Path), ("file" = String, Path, description = "summary.md, retry.txt, results.json, index.html or logs.tar.zst")),
     responses((status = 200, description = "the file"), (status = 401, body = ErrorBody),
         (status = 404, description = "unknown experiment or file, or not generated yet", body = ErrorBody)),

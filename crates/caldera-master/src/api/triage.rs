@@ -9,8 +9,9 @@
 //! * `GET /api/v1/triage[?crate=NAME][&limit=N]` lists every mark with its history, and the audit
 //!   trail (removals included).
 //!
-//! `{crate}` is a crate id, percent-encoded (`reg%3Aserde%401.0.0`), or a registry crate name
-//! (`serde`) when the experiment holds one version of it.
+//! `{crate}` is a crate, percent-encoded, in any spelling (`serde@1.0.0`, `reg%3Aserde%401.0.0`,
+//! `path%3A%2Fdir`, `local%3A%2Fdir`, `git%3AURL%23REV`), or a registry crate name (`serde`) when
+//! the experiment holds one version of it.
 
 use std::collections::HashMap;
 
@@ -19,7 +20,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
-use caldera_core::crates::{CrateId, validate_crate_name};
+use caldera_core::crates::CrateId;
 use caldera_core::outcome::{Comparison, compare};
 use caldera_core::triage::{MarkKind, MarkRequest, cause, crate_key};
 use caldera_db::experiments;
@@ -174,22 +175,11 @@ fn path_error(e: PathRejection) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid-path", e.body_text()).with_field("path")
 }
 
-/// A crate id (it has a `:`) or a registry name.
+/// A crate as users write it (`rand@0.8.5`, `reg:rand@0.8.5`, `git:URL#REV`, `path:/DIR`,
+/// `local:/DIR`) or a bare registry name: [`CrateRef`]'s one parser.
 pub(crate) fn parse_crate_ref(s: &str) -> Result<CrateRef, ApiError> {
-    if s.contains(':') {
-        s.parse::<CrateId>()
-            .map(CrateRef::Id)
-            .map_err(|e| ApiError::bad_request("crate", e.to_string()))
-    } else {
-        validate_crate_name(s)
-            .map(|()| CrateRef::Name(s.to_owned()))
-            .map_err(|e| {
-                ApiError::bad_request(
-                    "crate",
-                    format!("{e}; give a crate id (reg:NAME@VERSION, git:URL#REV, local:/DIR) or a registry crate name"),
-                )
-            })
-    }
+    s.parse::<CrateRef>()
+        .map_err(|e| ApiError::bad_request("crate", e.to_string()))
 }
 
 /// The regression a triage request is about: the crate, its key and its cause. Errors: 404 on
@@ -415,8 +405,8 @@ pub async fn experiment(
 #[utoipa::path(get, path = "/api/v1/triage", tag = "triage",
     operation_id = "triage_list",
     params(
-        ("crate" = Option<String>, Query, description = "only this crate: registry name, `git:URL` or `local:/DIR`"),
-        ("limit" = Option<i64>, Query, description = "audit entries, 1–1000 (default 200)"),
+        ("crate" = Option<String>, Query, min_length = 1, max_length = 4096, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$", description = "only this crate: registry name, `git:URL` or `local:/DIR` (at most 4096 bytes, no control characters)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "audit entries, 1–1000 (default 200)"),
     ),
     responses((status = 200, body = TriageList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]

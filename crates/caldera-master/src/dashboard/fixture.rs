@@ -46,6 +46,9 @@ pub const XSS_TEST: &str = "tests::<script>alert('xss')</script>";
 pub const NEW_ERROR: &str = "error[E0308]: mismatched types";
 /// A line both of `root-a`'s logs have (machine-specific parts differ and are normalised).
 pub const OLD_ERROR: &str = "error: could not compile `root-a` (lib) due to 1 previous error";
+/// A warning of ~240 characters in both of `root-a`'s logs, as long lines are in real logs:
+/// the crate page must keep both logs on screen anyway.
+pub const LONG_LINE: &str = "warning: unused variable: `configuration_value_that_nobody_reads` --> src/configuration/loaders/environment/variables/with/a/deeply/nested/module/path/and_a_long_file_name_for_wide_logs.rs:123:45 (prefix it with an underscore: `_configuration_value_that_nobody_reads`)";
 
 /// Every crate of the fixture, in the order given to the experiment.
 pub fn crates() -> Vec<&'static str> {
@@ -90,10 +93,10 @@ fn script(krate: &str) -> Script {
             Outcome::TestPass,
             ce("E0308"),
             format!(
-                "\x1b[1m\x1b[32m   Compiling\x1b[0m root-a v1.0.0 (/tmp/.tmpAAA111/root-a)\nwarning: unused import\n{OLD_ERROR}\nnote: an old, known failure of a build script at /home/alice/x (2.3s)\n\x1b[1m\x1b[32m    Finished\x1b[0m `test` profile in 4.10s\ntest result: ok. 12 passed; 0 failed\n"
+                "\x1b[1m\x1b[32m   Compiling\x1b[0m root-a v1.0.0 (/tmp/.tmpAAA111/root-a)\nwarning: unused import\n{LONG_LINE}\n{OLD_ERROR}\nnote: an old, known failure of a build script at /home/alice/x (2.3s)\n\x1b[1m\x1b[32m    Finished\x1b[0m `test` profile in 4.10s\ntest result: ok. 12 passed; 0 failed\n"
             ),
             format!(
-                "\x1b[1m\x1b[32m   Compiling\x1b[0m root-a v1.0.0 (/tmp/.tmpBBB222/root-a)\nwarning: unused import\n\x1b[1m\x1b[31merror[E0308]\x1b[0m\x1b[1m: mismatched types\x1b[0m\n  --> src/lib.rs:3:5\n{OLD_ERROR}\n"
+                "\x1b[1m\x1b[32m   Compiling\x1b[0m root-a v1.0.0 (/tmp/.tmpBBB222/root-a)\nwarning: unused import\n{LONG_LINE}\n\x1b[1m\x1b[31merror[E0308]\x1b[0m\x1b[1m: mismatched types\x1b[0m\n  --> src/lib.rs:3:5\n{OLD_ERROR}\n"
             ),
         ),
         "reg:dep-b@2.0.0" => (

@@ -106,7 +106,7 @@ pub fn render(text: &str, highlight: Option<usize>, mark_id: &str) -> Markup {
         None
     });
     match split {
-        None => html! { pre.log { (ansi(text)) } },
+        None => html! { pre.log tabindex="0" { (ansi(text)) } },
         Some((a, b)) => {
             let line = &text[a..b];
             let (line, eol) = match line.strip_suffix('\n') {
@@ -114,7 +114,7 @@ pub fn render(text: &str, highlight: Option<usize>, mark_id: &str) -> Markup {
                 None => (line, ""),
             };
             html! {
-                pre.log {
+                pre.log tabindex="0" {
                     (ansi(&text[..a]))
                     mark id=(mark_id) { (ansi(line)) }
                     (eol)
@@ -151,7 +151,10 @@ mod tests {
             html.contains("<mark id=\"first\">b &lt;x&gt;</mark>\n"),
             "{html}"
         );
-        assert!(html.starts_with("<pre class=\"log\">a\r\n"), "{html}");
+        assert!(
+            html.starts_with("<pre class=\"log\" tabindex=\"0\">a\r\n"),
+            "{html}"
+        );
         assert!(html.ends_with("c\n</pre>"), "{html}");
         // past the end: nothing marked
         let html = render(text, Some(9), "first").into_string();

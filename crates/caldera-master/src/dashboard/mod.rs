@@ -4,7 +4,10 @@
 //! | --- | --- |
 //! | `/` | experiments with status, toolchains, mode, progress bar, throughput and ETA |
 //! | `/experiments/{name}` | counts per comparison, regressions grouped by root cause, error groups, spurious results; filters `category`, `code`, `q` (crate name), `root`, `page` |
-//! | `/experiments/{name}/crates/{crate}` | both runs side by side (outcome, reason, steps, durations, peak memory) and both logs with ANSI colours, the first error only in the end log highlighted |
+//! | `/experiments/{name}/crates/{crate}` | both runs side by side (outcome, reason, steps, durations, peak memory) and both logs with ANSI colours, the first error only in the end log highlighted; the crate's history across experiments |
+//! | `/experiments/{name}/crates/{crate}/diff` | what changed between the two logs: the divergent sections after normalisation |
+//! | `/experiments/{name}/pr-comment` | the pull-request comment with a copy button |
+//! | `/assets/dashboard.js` | the pages' one script (row filter, copy button) |
 //! | `/workers` | workers, slots, running jobs, last heartbeat |
 //! | `/queue` | queued, running and paused experiments by priority, with queued job counts |
 //!
@@ -164,12 +167,29 @@ pub fn routes(dashboard: Arc<Dashboard>) -> Router<AppState> {
             axum::routing::post(triage::submit),
         )
         .route("/experiments/{name}/report/{file}", get(pages::report_file))
+        .route("/experiments/{name}/crates/{crate}/diff", get(pages::diff))
+        .route("/experiments/{name}/pr-comment", get(pages::pr_comment))
+        .route(views::SCRIPT_PATH, get(script))
         .route("/workers", get(pages::workers))
         .route("/queue", get(pages::queue))
         .route("/login", get(login_form).post(login))
         .route("/logout", axum::routing::post(logout))
         .layer(axum::Extension(dashboard))
         .layer(axum::middleware::from_fn(crate::edge::dashboard_headers))
+}
+
+/// The dashboard's script (static; no token needed: it holds no data).
+async fn script() -> impl IntoResponse {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        views::script(),
+    )
 }
 
 /// An error page.

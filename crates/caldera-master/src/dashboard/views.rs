@@ -353,10 +353,42 @@ form.filters { display: flex; flex-wrap: wrap; gap: .6rem; align-items: end; mar
 form.filters label { display: flex; flex-direction: column; font-size: 12px; color: var(--muted); }
 .roots li { margin: .2rem 0; }
 .deps { color: var(--muted); font-size: 12.5px; }
-.side-by-side { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
-@media (max-width: 1000px) { .side-by-side { grid-template-columns: 1fr; } }
-.log { background: #0d1117; color: #e6edf3; padding: .6rem; overflow: auto; max-height: 70vh; white-space: pre; border-radius: 4px; margin: 0; }
-.log mark { background: #bf8700; color: #fff; outline: 2px solid #ffd33d; }
+/* Both logs side by side where there is room, stacked below 1100px; a column never grows with
+   its longest line (minmax(0, 1fr), min-width: 0): each log scrolls on its own. */
+.side-by-side { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 1rem; }
+.side-by-side > * { min-width: 0; }
+@media (max-width: 1100px) { .side-by-side { grid-template-columns: minmax(0, 1fr); } }
+main { min-width: 0; }
+/* narrow screens: wide tables scroll on their own, long words wrap, the page never scrolls sideways */
+@media (max-width: 700px) {
+  main { padding: .6rem .6rem 2rem; }
+  header.top { flex-wrap: wrap; gap: .6rem; }
+  table { display: block; overflow-x: auto; max-width: 100%; }
+  p, li, td, h1, h2, h3, .new-error { overflow-wrap: anywhere; }
+  .progress { width: 120px; }
+}
+.log { background: #0d1117; color: #e6edf3; padding: .6rem; overflow: auto; max-height: 70vh; white-space: pre; border-radius: 4px; margin: 0; max-width: 100%; }
+.log:focus { outline: 2px solid var(--accent); outline-offset: 2px; }
+/* the first new error: dark text on light yellow (contrast > 12:1), whatever the ANSI colours say,
+   and a marker so that colour is not the only signal */
+.log mark { background: #fff1a8; color: #1b1f24; outline: 2px solid #d4a72c; font-weight: 600; }
+.log mark * { color: inherit !important; background: none !important; }
+.log mark::before { content: "\25B6  "; color: var(--bad); }
+.ext a { margin-right: .5rem; font-size: 12px; }
+.lists h3 { font-size: 1rem; margin: .8rem 0 .2rem; }
+.lists p { margin: 0 0 .4rem; }
+table.diff { border-collapse: collapse; width: max-content; min-width: 100%; margin: 0; }
+table.diff th, table.diff td { border: 0; padding: 0 .4rem; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12.5px; white-space: pre; }
+table.diff th { background: #f6f8fa; font-family: inherit; }
+table.diff .ln { width: 4.5em; text-align: right; color: var(--muted); user-select: none; }
+table.diff .sign { width: 1.6em; text-align: center; font-weight: 700; }
+table.diff tr.add td { background: #dafbe1; } table.diff tr.add td.sign { color: var(--good); }
+table.diff tr.del td { background: #ffebe9; } table.diff tr.del td.sign { color: var(--bad); }
+table.diff tr.sep td { background: #ddf4ff; color: var(--muted); padding: .2rem .4rem; }
+.diff-wrap { overflow-x: auto; border: 1px solid var(--line); border-radius: 4px; margin: .4rem 0 1rem; }
+textarea.pr { width: 100%; min-height: 24rem; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12.5px; }
+a:focus-visible, button:focus-visible, select:focus-visible, input:focus-visible, textarea:focus-visible { outline: 2px solid var(--accent); outline-offset: 2px; }
+.skip { position: absolute; left: -9999px; } .skip:focus { left: .5rem; top: .5rem; background: #fff; padding: .3rem; z-index: 10; }
 .new-error { border-left: 4px solid var(--bad); background: #ffebe9; padding: .5rem .8rem; margin: .6rem 0; }
 .pager a, .pager span { margin-right: .6rem; }
 tr.hidden { display: none; }
@@ -378,6 +410,60 @@ document.querySelectorAll('input[data-filter-rows]').forEach(function (input) {
 });
 "#;
 
+/// The copy button of the pull-request comment page: `<button data-copy="ID">` copies the text of
+/// the element `ID` (a textarea) to the clipboard and says so in `[data-copy-status]`.
+const COPY_JS: &str = r#"
+document.querySelectorAll('button[data-copy]').forEach(function (button) {
+  var source = document.getElementById(button.getAttribute('data-copy'));
+  var status = document.querySelector('[data-copy-status]');
+  if (!source) return;
+  button.hidden = false;
+  button.addEventListener('click', function () {
+    var say = function (text) { if (status) status.textContent = text; };
+    var manual = function () { say('Select the text and copy it (Ctrl+C).'); };
+    source.focus(); source.select();
+    var ok = false;
+    try { ok = document.execCommand('copy'); } catch (e) { ok = false; }
+    if (ok) { say('Copied.'); return; }
+    if (navigator.clipboard) {
+      navigator.clipboard.writeText(source.value).then(function () { say('Copied.'); }, manual);
+    } else {
+      manual();
+    }
+  });
+});
+"#;
+
+/// The path of the dashboard's script ([`script`]).
+pub const SCRIPT_PATH: &str = "/assets/dashboard.js";
+
+/// The dashboard's script, served at [`SCRIPT_PATH`] (a file of the master's own, so the pages
+/// need no inline script): the as-you-type row filter and the copy button.
+pub fn script() -> String {
+    format!("{JS}{COPY_JS}")
+}
+
+/// Links to a crate's pages elsewhere: crates.io and docs.rs for registry crates, the repository
+/// for git crates.
+pub fn external_links(id: &CrateId) -> Markup {
+    html! {
+        span.ext {
+            @match id {
+                CrateId::Registry { name, version, .. } => {
+                    a href=(format!("https://crates.io/crates/{}/{}", path_encode(name), path_encode(&version.to_string()))) rel="noopener" { "crates.io" }
+                    a href=(format!("https://docs.rs/{}/{}", path_encode(name), path_encode(&version.to_string()))) rel="noopener" { "docs.rs" }
+                }
+                CrateId::Git { url, .. } => {
+                    @if url.starts_with("https://") || url.starts_with("http://") {
+                        a href=(url) rel="noopener" { "repository" }
+                    }
+                }
+                CrateId::Local { .. } => {}
+            }
+        }
+    }
+}
+
 /// The dashboard's page frame. `active` names the navigation entry to mark (`experiments`,
 /// `workers`, `queue`).
 pub fn layout(title: &str, active: Option<&str>, body: Markup) -> Markup {
@@ -396,14 +482,15 @@ pub fn layout(title: &str, active: Option<&str>, body: Markup) -> Markup {
                 style { (PreEscaped(CSS)) }
             }
             body {
+                a.skip href="#content" { "Skip to the content" }
                 header.top {
                     a.brand href="/" { "caldera" }
                     @for (href, key, label) in nav {
                         a href=(href) class=[(active == Some(key)).then_some("active")] { (label) }
                     }
                 }
-                main { (body) }
-                script { (PreEscaped(JS)) }
+                main #content { (body) }
+                script src=(SCRIPT_PATH) defer {}
             }
         }
     }

@@ -85,10 +85,9 @@ async fn write_summary_and_retry(
     let k = keys::report(name, "retry.txt")?;
     let r = report.clone();
     let n = put_streamed(store, &k, "retry.txt", false, move |w| {
-        if let Some(caldera_core::CrateSelection::List(specs)) = r.retry_selection() {
-            for s in specs {
-                writeln!(w, "{s}")?;
-            }
+        // ids, as everything else prints them (selections read them back as they are)
+        for id in r.retry_list() {
+            writeln!(w, "{}", id.without_checksum())?;
         }
         Ok(())
     })

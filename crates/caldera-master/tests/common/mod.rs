@@ -34,6 +34,9 @@ pub struct Setup {
     /// A fixture experiment of this name (`caldera_master::dashboard::fixture::create`), made
     /// before the master starts.
     pub fixture: Option<&'static str>,
+    /// The live registry index and the registry listing (none by default: nothing looked up).
+    pub index: Option<Arc<caldera_master::sparse::SparseIndex>>,
+    pub registry: Option<Arc<caldera_core::registry::RegistryListing>>,
 }
 
 /// A running master with its database, its storage and a token of every role.
@@ -66,6 +69,8 @@ impl TestMaster {
         }
         let master = Master::start(MasterConfig {
             dashboard: setup.dashboard,
+            index: setup.index,
+            registry: setup.registry,
             ..MasterConfig::new(db.pool.clone(), store.clone())
         })
         .await

@@ -8,4 +8,7 @@ mod common;
 
 mod api;
 mod dashboard;
+mod farm;
+mod registry;
+mod review;
 mod triage;

@@ -69,6 +69,7 @@ use tokio_util::sync::CancellationToken;
 use crate::executor::{Assignment, Executor, JobOutput, SideOutput};
 use crate::prepare::{HostToolchain, PrepareConfig, Preparer};
 use crate::upload_spool::UploadSpool;
+use crate::workdir::WorkDirLock;
 
 use spares::Spare;
 use targets::delete_trash;
@@ -112,6 +113,9 @@ pub struct DockerExecutorConfig {
     /// How long to wait for a log to reach object storage before the side is reported as `error`.
     pub log_upload_timeout: Duration,
     pub prepare: PrepareConfig,
+    /// The work dir's lock, held as long as the executor lives (`caldera worker` and `caldera
+    /// local` take it before connecting to the engine; see [`crate::workdir`]).
+    pub work_dir_lock: Option<Arc<WorkDirLock>>,
 }
 
 impl DockerExecutorConfig {
@@ -131,6 +135,7 @@ impl DockerExecutorConfig {
             reuse_target_dirs: true,
             sandbox_env: BTreeMap::new(),
             log_upload_timeout: Duration::from_secs(600),
+            work_dir_lock: None,
         }
     }
 

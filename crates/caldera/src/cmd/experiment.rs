@@ -3,10 +3,14 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use caldera_core::{CapLints, Mode};
+use caldera_core::{CapLints, ExperimentStatus, Mode};
 use clap::builder::PossibleValuesParser;
+use futures::StreamExt;
 
 use crate::client::{Client, ServerArgs, print_json, segment};
+
+mod retry;
+mod watch;
 
 #[derive(Debug, Args)]
 pub struct ExperimentArgs {
@@ -24,6 +28,12 @@ pub enum ExperimentCommand {
     List(ListArgs),
     /// Show one experiment.
     Show(NameArg),
+    /// Follow a running experiment until it ends: a progress bar (plain lines when not on a
+    /// terminal), then the summary and the report's address.
+    Watch(watch::WatchArgs),
+    /// Create the follow-up experiment of a finished one: the same toolchains and options, over
+    /// the crates of its retry list (regressions, spurious results, errors).
+    Retry(retry::RetryArgs),
     /// Change a queued experiment; only the given options change.
     Edit(EditArgs),
     /// Start a queued experiment.
@@ -58,8 +68,9 @@ pub struct SpecArgs {
     /// What to run (see docs/user-guide.md, "Modes").
     #[arg(long, env = "CALDERA_EXPERIMENT_MODE", value_parser = names_of(Mode::ALL, Mode::as_str))]
     pub mode: Option<String>,
-    /// Crates: `top:N`, `random:N`, `random:N@seed=S`, `all`, `list:NAME` (a crate list), or a
-    /// comma-separated list of `name`, `name@version`, `git:URL#rev`, `path:/dir`.
+    /// Crates: `top:N`, `random:N`, `random:N@seed=S`, `all`, `rdeps:NAME` (the crates that
+    /// depend on NAME), `list:NAME` (a crate list), or a comma-separated list of `name` (pinned to
+    /// its newest version when created), `name@version`, `git:URL#rev`, `path:/dir`.
     #[arg(long, env = "CALDERA_EXPERIMENT_CRATES")]
     pub crates: Option<String>,
     /// Lint cap for dependencies and the crate.
@@ -111,8 +122,9 @@ pub struct EditArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only experiments in this status: queued, running, paused, completed, aborted.
-    #[arg(long, env = "CALDERA_EXPERIMENT_STATUS")]
+    /// Only experiments in this status.
+    #[arg(long, env = "CALDERA_EXPERIMENT_STATUS",
+        value_parser = names_of(ExperimentStatus::ALL, ExperimentStatus::as_str))]
     pub status: Option<String>,
     /// Page size (1–500).
     #[arg(long, env = "CALDERA_LIMIT", default_value_t = 50)]
@@ -232,6 +244,8 @@ pub async fn run(args: ExperimentArgs) -> anyhow::Result<()> {
             show(&client.call(Method::GET, &path, None).await?, json_out);
             Ok(())
         }
+        ExperimentCommand::Watch(w) => watch::run(&client, w).await,
+        ExperimentCommand::Retry(r) => retry::run(&client, r, json_out).await,
         ExperimentCommand::Edit(e) => edit(&client, e, json_out).await,
         ExperimentCommand::Start(n) => action(&client, &n.name, "start", json_out).await,
         ExperimentCommand::Pause(n) => action(&client, &n.name, "pause", json_out).await,
@@ -282,18 +296,52 @@ async fn list(client: &Client, l: &ListArgs, json_out: bool) -> anyhow::Result<(
     if json_out {
         print_json(&v);
     } else {
-        print_list(&v);
+        let progress = progress_of(client, &v).await;
+        print_list(&v, &progress);
     }
     Ok(())
 }
 
+/// The job counts of each experiment of a page (the list leaves them out), a few requests at
+/// a time; `Null` for one that could not be read (deleted meanwhile).
+async fn progress_of(client: &Client, page: &Value) -> Vec<Value> {
+    let names: Vec<String> = page["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    futures::stream::iter(names)
+        .map(|name| async move {
+            let path = format!("/experiments/{}", segment(&name));
+            match client.call(Method::GET, &path, None).await {
+                Ok(mut v) => v["progress"].take(),
+                Err(_) => Value::Null,
+            }
+        })
+        .buffered(8)
+        .collect()
+        .await
+}
+
+/// `78/80 97%`: jobs finished (done, error or cancelled) of all, or `-` before the start.
+pub(crate) fn progress_cell(p: &Value) -> String {
+    let n = |k: &str| p[k].as_i64().unwrap_or(0);
+    let total = n("total");
+    if total == 0 {
+        return "-".into();
+    }
+    let finished = n("done") + n("error") + n("cancelled");
+    format!("{finished}/{total} {}%", finished * 100 / total)
+}
+
 /// A page of `GET /experiments` as a table, one experiment a line.
-fn print_list(v: &Value) {
+fn print_list(v: &Value, progress: &[Value]) {
     println!(
-        "{:<32}  {:<10}  {:<15}  {:<24}  created",
-        "name", "status", "mode", "start → end"
+        "{:<32}  {:<10}  {:<14}  {:<15}  {:<24}  created",
+        "name", "status", "progress", "mode", "start → end"
     );
-    for e in v["items"].as_array().into_iter().flatten() {
+    for (i, e) in v["items"].as_array().into_iter().flatten().enumerate() {
         let tc = |k: &str| {
             e[k]["toolchain"]
                 .as_str()
@@ -301,9 +349,10 @@ fn print_list(v: &Value) {
                 .unwrap_or_else(|| e[k].to_string())
         };
         println!(
-            "{:<32}  {:<10}  {:<15}  {:<24}  {}",
+            "{:<32}  {:<10}  {:<14}  {:<15}  {:<24}  {}",
             e["name"].as_str().unwrap_or("?"),
             e["status"].as_str().unwrap_or("?"),
+            progress_cell(progress.get(i).unwrap_or(&Value::Null)),
             e["mode"].as_str().unwrap_or("?"),
             format!("{} → {}", tc("start"), tc("end")),
             e["created_at"]

@@ -34,8 +34,21 @@ pub struct MasterArgs {
     /// How often the reaper looks for expired leases (milliseconds).
     #[arg(long, env = "CALDERA_REAP_INTERVAL_MS", default_value_t = 5_000)]
     pub reap_interval_ms: u64,
-    /// The registry's database dump (a directory with crates.csv and versions.csv), for
-    /// unversioned crate names, `top:N`, `random:N` and `all`.
+    /// The registry's live index (cargo's sparse protocol over HTTP; a mirror's URL works too).
+    /// When an experiment or a crate list is created, every registry crate it names is looked up:
+    /// an unknown crate or version is refused, and in an experiment a name without a version is
+    /// pinned to its newest version. `none` turns lookups off (an air-gapped master): then a name
+    /// needs a version, or a listing (--registry-dump / --registry-index).
+    #[arg(
+        long,
+        env = "CALDERA_REGISTRY_URL",
+        value_name = "URL|none",
+        default_value = caldera_master::sparse::DEFAULT_URL
+    )]
+    pub registry_url: String,
+    /// The registry's database dump (a directory with crates.csv and versions.csv, and
+    /// crate_downloads.csv and dependencies.csv when present), for `top:N`, `random:N`, `all` and
+    /// `rdeps:NAME` (and unversioned crate names with --registry-url none).
     #[arg(long, env = "CALDERA_REGISTRY_DUMP", conflicts_with = "registry_index")]
     pub registry_dump: Option<PathBuf>,
     /// A checkout of the registry index, instead of --registry-dump.
@@ -47,12 +60,50 @@ pub struct MasterArgs {
     #[arg(long, env = "CALDERA_DASHBOARD_AUTH", default_value = "open")]
     pub dashboard_auth: caldera_master::dashboard::DashboardAuth,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
 
+/// TLS of both ports (docs/operator-guide.md, "TLS").
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Certificate chain (PEM, the master's own certificate first) served on both ports: the
+    /// HTTP API becomes https:// and workers connect with TLS. Read again when the file changes
+    /// and on SIGHUP. `caldera cert` makes a private CA and a certificate for a test fleet.
+    #[arg(
+        long,
+        env = "CALDERA_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "CALDERA_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// How often the certificate files are checked for changes, in seconds (SIGHUP reloads at once).
+    #[arg(long, env = "CALDERA_TLS_RELOAD_SECS", default_value_t = 5)]
+    pub tls_reload_secs: u64,
+    /// Serve plain TCP without --tls-cert on an address that is not loopback: API and worker
+    /// tokens then cross the network in clear text. Without a certificate the master otherwise
+    /// only listens on loopback addresses.
+    #[arg(long, env = "CALDERA_INSECURE_PLAINTEXT", conflicts_with = "tls_cert")]
+    pub insecure_plaintext: bool,
+}
+
 pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
+    // first: a master that may not serve is refused before it touches anything
+    let tls = server_tls(&args)?;
+    if let Some(tls) = &tls {
+        reload_on_hangup(tls.clone())?;
+    }
     let pool = args.db.connect().await?;
     if !args.no_migrate {
         caldera_db::migrate(&pool)
@@ -60,13 +111,15 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
             .context("applying migrations")?;
     }
     let registry = load_registry(&args).await?;
+    let index = live_index(&args.registry_url)?;
     caldera_db::workers::disconnect_all(&pool).await?;
     let scheduler = scheduler_config(&args)?;
     let store =
-        caldera_storage::open(&args.storage.to_config()).context("opening object storage")?;
+        caldera_storage::open(&args.storage.to_config()?).context("opening object storage")?;
     tracing::info!(store = store.describe(), "object storage");
     let master = caldera_master::Master::start(caldera_master::MasterConfig {
         registry: registry.map(Arc::new),
+        index,
         scheduler,
         dashboard: caldera_master::dashboard::DashboardConfig {
             auth: args.dashboard_auth,
@@ -74,6 +127,7 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
         },
         http: args.listen,
         grpc: args.grpc_listen,
+        tls: tls.clone(),
         ..caldera_master::MasterConfig::new(pool, store)
     })
     .await
@@ -84,6 +138,62 @@ pub async fn run(args: MasterArgs) -> anyhow::Result<()> {
         signal.cancel();
     });
     master.wait().await.context("serving")
+}
+
+/// The certificate of --tls-cert/--tls-key; `None` for plain TCP, which needs loopback addresses
+/// or --insecure-plaintext.
+fn server_tls(args: &MasterArgs) -> anyhow::Result<Option<Arc<caldera_master::ServerTls>>> {
+    let tls = &args.tls;
+    if let (Some(cert), Some(key)) = (&tls.tls_cert, &tls.tls_key) {
+        let loaded = caldera_master::ServerTls::load(cert, key)
+            .context("--tls-cert/--tls-key")?
+            .with_poll(Duration::from_secs(tls.tls_reload_secs.max(1)));
+        tracing::info!(cert = %cert.display(), "TLS on both ports");
+        return Ok(Some(Arc::new(loaded)));
+    }
+    let exposed: Vec<String> = [args.listen, args.grpc_listen]
+        .iter()
+        .filter(|a| !a.ip().is_loopback())
+        .map(ToString::to_string)
+        .collect();
+    if exposed.is_empty() {
+        tracing::info!("plain TCP on loopback only (no --tls-cert)");
+    } else if tls.insecure_plaintext {
+        tracing::warn!(
+            addresses = exposed.join(" "),
+            "serving plain TCP beyond loopback (--insecure-plaintext): tokens cross the network in clear text"
+        );
+    } else {
+        anyhow::bail!(
+            "{} is not a loopback address and there is no certificate: pass --tls-cert and \
+             --tls-key (`caldera cert` makes them for a test fleet), or --insecure-plaintext to \
+             send tokens in clear text",
+            exposed.join(" and ")
+        );
+    }
+    Ok(None)
+}
+
+/// From now on, every SIGHUP reads the certificate files again (the handler is in place when this
+/// returns, so a SIGHUP no longer ends the process).
+fn reload_on_hangup(tls: Arc<caldera_master::ServerTls>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!(
+                    cert = %tls.cert_path().display(),
+                    "SIGHUP: TLS certificate reloaded"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "SIGHUP: the certificate does not load; still serving the previous one"
+                ),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// The registry listing given by --registry-dump or --registry-index, if any.
@@ -107,6 +217,19 @@ async fn load_registry(
         tracing::info!(crates = r.len(), "registry listing loaded");
     }
     Ok(registry)
+}
+
+/// The live index of --registry-url, or `None` for `none`.
+fn live_index(url: &str) -> anyhow::Result<Option<Arc<caldera_master::sparse::SparseIndex>>> {
+    if url == "none" {
+        tracing::info!("no live registry index (--registry-url none)");
+        return Ok(None);
+    }
+    let index = caldera_master::sparse::SparseIndex::new(url)
+        .map_err(anyhow::Error::msg)
+        .context("--registry-url")?;
+    tracing::info!(url = index.url(), "live registry index");
+    Ok(Some(Arc::new(index)))
 }
 
 /// The scheduler's settings from the command line, refused when leases would expire between

@@ -1,8 +1,10 @@
+pub mod cert;
 pub mod crate_list;
 pub mod experiment;
 pub mod local;
 pub mod master;
 pub mod migrate;
+pub mod report;
 mod storage_args;
 pub mod token;
 pub mod triage;
@@ -10,6 +12,20 @@ pub mod worker;
 
 use anyhow::Context;
 use clap::Args;
+
+/// Ends the program with this exit status and no further message (the command printed what it
+/// had to say): `caldera experiment watch --fail-on-regression` found regressions (1), or was
+/// interrupted (130).
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 /// How to reach Postgres.
 #[derive(Debug, Clone, Args)]

@@ -31,7 +31,8 @@ pub enum TriageCommand {
 pub struct TargetArgs {
     /// The experiment.
     pub experiment: String,
-    /// The crate: a registry name (`serde`) or a crate id (`reg:serde@1.0.0`, `git:URL#REV`).
+    /// The crate: a registry name (`serde`), or the crate as written in a list or as printed
+    /// (`serde@1.0.0`, `reg:serde@1.0.0`, `git:URL#REV`, `path:/DIR`, `local:/DIR`).
     #[arg(name = "CRATE")]
     pub krate: String,
 }

@@ -10,19 +10,36 @@ use caldera_sandbox::{Limits, Sandbox, SandboxConfig, Timeouts};
 use caldera_storage::ObjectStore;
 use caldera_worker::docker::{DockerExecutor, DockerExecutorConfig};
 use caldera_worker::upload_spool::{UploadSpool, UploadSpoolConfig};
+use caldera_worker::workdir::{WorkDirError, WorkDirLock};
 use caldera_worker::{Backoff, WorkerConfig};
 use clap::Args;
 
-use super::storage_args::StorageArgs;
+use super::storage_args::{SecretOption, StorageArgs};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// The master's worker service (gRPC) endpoint.
+    /// The master's worker service (gRPC) endpoint. An https:// master's certificate is checked
+    /// against the system's roots or the CA file; http:// is plain TCP, for a loopback address
+    /// (elsewhere it needs the insecure-plaintext option).
     #[arg(long, env = "CALDERA_MASTER", default_value = "http://127.0.0.1:9090")]
     pub master: String,
-    /// This worker's token, as issued by the master's operator.
+    /// CA certificates (PEM) the master's certificate must chain to, instead of the system's roots
+    /// (e.g. the ca.pem of `caldera cert ca`). A master whose certificate does not verify is
+    /// refused: the worker stops without sending its token.
+    #[arg(long, env = "CALDERA_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Allow http:// to a master that is not on loopback: the worker token and all job traffic
+    /// cross the network in clear text.
+    #[arg(long, env = "CALDERA_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+    /// This worker's token, as issued by the master's operator. On the command line it shows in
+    /// the process list of every local user: prefer a file (`--token-file`) or the variable.
     #[arg(long, env = "CALDERA_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: Option<String>,
+    /// A file holding this worker's token (one line; keep it mode 0600 — a file other users can
+    /// read is warned about). Not together with the token itself (`--token`, `CALDERA_TOKEN`).
+    #[arg(long, env = "CALDERA_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// A stable name for this worker [default: the host name].
     #[arg(long, env = "CALDERA_WORKER_NAME")]
     pub name: Option<String>,
@@ -129,9 +146,18 @@ impl ExecutorArgs {
         work_dir: &Path,
         store: Arc<dyn ObjectStore>,
     ) -> anyhow::Result<Arc<DockerExecutor>> {
-        std::fs::create_dir_all(work_dir)
-            .with_context(|| format!("creating the work dir {}", work_dir.display()))?;
-        let work_dir = work_dir.canonicalize()?;
+        self.build_locked(WorkDirLock::acquire(work_dir)?, store)
+            .await
+    }
+
+    /// [`build`](Self::build) over a work dir already locked: the lock comes before any Docker
+    /// call, so a second process on the same work dir fails before it touches a container.
+    pub async fn build_locked(
+        &self,
+        lock: WorkDirLock,
+        store: Arc<dyn ObjectStore>,
+    ) -> anyhow::Result<Arc<DockerExecutor>> {
+        let work_dir = lock.dir().to_owned();
         let rustup_home = self
             .rustup_home
             .clone()
@@ -146,17 +172,12 @@ impl ExecutorArgs {
             rustup_home.display()
         );
 
-        // containers are labelled with an owner, and leftovers of the same owner are removed at
-        // start: one owner per work dir, so two workers on one engine never sweep each other
-        let owner = format!(
-            "{}-{}",
-            host_name(),
-            &hex_digest(work_dir.to_string_lossy().as_bytes())[..8]
-        );
+        // containers are labelled with the work dir's instance id, and only this instance's
+        // leftovers are removed at start: two workers on one engine never sweep each other
         let sandbox = Sandbox::connect(SandboxConfig {
             docker_host: self.docker_host.clone(),
             image: self.image.clone(),
-            owner,
+            owner: lock.instance().to_owned(),
             sweep_on_connect: true,
             ..SandboxConfig::default()
         })
@@ -186,6 +207,7 @@ impl ExecutorArgs {
         config.reuse_target_dirs = !self.no_target_reuse;
         config.sandbox_env = self.sandbox_env.iter().cloned().collect::<BTreeMap<_, _>>();
         config.prepare.command_timeout = Duration::from_secs(self.prepare_timeout_secs.max(1));
+        config.work_dir_lock = Some(Arc::new(lock));
         let executor =
             DockerExecutor::new(config, sandbox, spool).context("setting up the executor")?;
         tracing::info!(
@@ -199,16 +221,6 @@ impl ExecutorArgs {
         let _ = self.capabilities.set(capabilities);
         Ok(Arc::new(executor))
     }
-}
-
-fn hex_digest(bytes: &[u8]) -> String {
-    // FNV-1a: a stable short tag, not a security boundary
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
 }
 
 /// `4GiB`, `512MiB`, `64KiB`, `1G`, `100M` or plain bytes.
@@ -265,22 +277,58 @@ fn default_slots() -> u32 {
     u32::try_from(cores / 2).unwrap_or(u32::MAX).max(1)
 }
 
+/// The worker token's options.
+const TOKEN: SecretOption = SecretOption {
+    what: "the worker's token",
+    flag: "--token",
+    env: "CALDERA_TOKEN",
+    file_flag: "--token-file",
+    file_env: "CALDERA_TOKEN_FILE",
+};
+
+impl WorkerArgs {
+    /// The token, from --token / CALDERA_TOKEN or from --token-file / CALDERA_TOKEN_FILE.
+    pub fn token(&self) -> anyhow::Result<String> {
+        TOKEN
+            .resolve(self.token.as_deref(), self.token_file.as_deref())?
+            .context(
+                "the worker needs its token: --token-file FILE (or CALDERA_TOKEN_FILE), or \
+                 CALDERA_TOKEN",
+            )
+    }
+}
+
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let name = args.name.clone().unwrap_or_else(host_name);
-    let store = caldera_storage::open(&args.storage.to_config()).context("opening storage")?;
-    let executor = args.executor.build(&args.work_dir, store).await?;
-
+    // what was given is checked first, then the work dir is locked: before storage, before Docker
     let mut worker = WorkerConfig::new(
         args.master.clone(),
-        args.token.clone(),
+        args.token()?,
         name.clone(),
         args.work_dir.join("result-spool"),
     );
+    worker.ca_file = args.ca_file.clone();
+    worker.insecure_plaintext = args.insecure_plaintext;
     worker.slots = args.executor.slots();
-    worker.capabilities = args.executor.capabilities();
     worker.reconnect = Backoff::default();
     worker.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
     worker.validate()?;
+    if args.master.starts_with("http://") && args.insecure_plaintext {
+        tracing::warn!(
+            master = args.master,
+            "plain TCP (--insecure-plaintext): off loopback, the worker token crosses the network in clear text"
+        );
+    }
+    let storage = args.storage.to_config()?;
+    let lock = WorkDirLock::acquire(&args.work_dir).map_err(|e| match e {
+        WorkDirError::Busy { .. } => {
+            anyhow::anyhow!("{e}; give each worker on this host its own --work-dir")
+        }
+        e => e.into(),
+    })?;
+    let store = caldera_storage::open(&storage).context("opening storage")?;
+    let executor = args.executor.build_locked(lock, store).await?;
+    worker.capabilities = args.executor.capabilities();
     tracing::info!(worker = name, master = args.master, "worker starting");
 
     let result =
@@ -315,6 +363,52 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("4XB").is_err());
         assert!(parse_size("0").is_err());
+    }
+
+    fn token_of(args: &[&str]) -> anyhow::Result<String> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            worker: WorkerArgs,
+        }
+        let argv = std::iter::once("x").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .unwrap()
+            .worker
+            .token()
+    }
+
+    #[test]
+    fn the_token_comes_from_an_option_or_a_file_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w1.token");
+        std::fs::write(&file, "cldr_abc\n").unwrap();
+        let file = file.to_str().unwrap();
+        assert_eq!(token_of(&["--token", "cldr_x"]).unwrap(), "cldr_x");
+        assert_eq!(token_of(&["--token-file", file]).unwrap(), "cldr_abc");
+        let err = token_of(&["--token", "cldr_x", "--token-file", file])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the worker's token is given twice")
+                && err.contains("--token (or CALDERA_TOKEN)")
+                && err.contains("--token-file (or CALDERA_TOKEN_FILE)"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("cldr_x"),
+            "the message shows no secret: {err}"
+        );
+        let err = token_of(&[]).unwrap_err().to_string();
+        assert!(err.contains("the worker needs its token"), "{err}");
+        let err = format!(
+            "{:#}",
+            token_of(&["--token-file", "/nonexistent/t"]).unwrap_err()
+        );
+        assert!(
+            err.contains("reading the worker's token from /nonexistent/t"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -105,6 +105,7 @@ fn exports_note(snap: &Snapshot, name: &str) -> Markup {
             }
             " (written when the experiment completes, or on " code { "POST /api/v1/experiments/" (name) "/report" } ")."
         }
+        p.small { a #pr-comment-link href=(format!("{}/pr-comment", experiment_href(name))) { "Pull-request comment" } " — a Markdown summary to paste into a pull request, with a copy button." }
     }
 }
 
@@ -201,9 +202,16 @@ fn pager(f: &Filters, experiment: &str, total: usize, per_page: usize) -> Markup
 
 fn crate_row(experiment: &str, c: CrateReport<'_>, marks: &Marks) -> Markup {
     let r = c.result();
+    let page = crate_href(experiment, c.krate());
     html! {
         tr {
-            td { a href=(crate_href(experiment, c.krate())) { (crate_label(c.krate())) } }
+            td {
+                a href=(page) { (crate_label(c.krate())) }
+                @if matches!(c.comparison(), Comparison::Regressed | Comparison::Fixed) {
+                    " " a.small href=(format!("{page}/diff")) aria-label=(format!("what changed in {}", crate_label(c.krate()))) { "diff" }
+                }
+                br; (views::external_links(c.krate()))
+            }
             td { (comparison_badge(c.comparison())) (views::confirmation_badge(c.confirmation())) @if let Some(m) = marks.get(c.krate()) { " " (crate::triage::badge(m)) } }
             td { code { (r.start.to_string()) } }
             td { code { (r.end.to_string()) } }
@@ -228,6 +236,9 @@ fn filtered(snap: &Snapshot, f: &Filters, experiment: &str, marks: &Marks) -> Ma
     html! {
         h2 #results { (matches.len()) " matching " (if matches.len() == 1 { "crate" } else { "crates" })
             @if let Some(r) = &f.root { " (" code { (crate_label(r)) } " and the regressions through it)" } }
+        @if f.category.is_some_and(|c| views::SPURIOUS_COMPARISONS.contains(&c) || c == Comparison::Regressed) {
+            p.small { "To run these again: the report's " a href=(format!("{}/report/retry.txt", experiment_href(experiment))) { "retry.txt" } " (regressions, spurious results and errors) is a crate list; see the commands in the " a href=(format!("{}/pr-comment", experiment_href(experiment))) { "pull-request comment" } "." }
+        }
         @if matches.is_empty() {
             p { "No crate matches these filters." }
         } @else {
@@ -254,6 +265,7 @@ fn overview(snap: &Snapshot, f: &Filters, experiment: &str, marks: &Marks) -> Ma
             (pager(f, experiment, roots, ROOTS_PER_PAGE))
             (error_groups(report, experiment))
         }
+        (super::lists::section(report, experiment))
         (views::diagnostics_note(report))
         (views::flaky_note(report))
         @if views::SPURIOUS_COMPARISONS.iter().any(|&c| report.counts().get(c) > 0) {
@@ -288,6 +300,7 @@ fn root_item(root: CrateReport<'_>, deps: &[CrateId], experiment: &str, marks: &
         li {
             a href=(crate_href(experiment, root.krate())) { strong { (crate_label(root.krate())) } }
             " " code { (root.result().end.to_string()) }
+            " " a.small href=(format!("{}/diff", crate_href(experiment, root.krate()))) aria-label=(format!("what changed in {}", crate_label(root.krate()))) { "diff" }
             " — " (root.regressions_through()) " " (if root.regressions_through() == 1 { "regression" } else { "regressions" })
             @if root.in_cycle() { " " span.badge.warn { "cycle" } }
             (views::confirmation_badge(root.confirmation()))

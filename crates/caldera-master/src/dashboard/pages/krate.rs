@@ -62,16 +62,18 @@ pub async fn krate(
         _ => None,
     };
     let flakes = known_flakes(&state.pool, &id).await?;
+    let history = super::history::load(&state.pool, &id, &stored).await?;
     let label = crate_label(&id);
     let body = html! {
         p.small { a href=(experiment_href(&name)) { "← experiment " (name) } }
         h1 { (label) " " @if let Some(c) = comparison { (comparison_badge(c)) } (views::confirmation_badge(view.and_then(|v| v.confirmation()))) }
-        p.small { code { (stored) } @if let Some(s) = &detail.job_state { " · job " (s) } @if let Some(a) = detail.attempt { " · attempt " (a) } }
+        p.small { code { (stored) } @if let Some(s) = &detail.job_state { " · job " (s) } @if let Some(a) = detail.attempt { " · attempt " (a) } " · " (views::external_links(&id)) }
         @if let Some(v) = view { (regression_note(&name, v)) }
         @if let Some(t) = triage { (t) }
         (flakes_section(&flakes))
         (runs_table(&e, start, end))
-        (logs_section(&start_log, &end_log, new_error.as_ref()))
+        (logs_section(&start_log, &end_log, new_error.as_ref(), &format!("{}/diff", crate_href(&name, &id))))
+        (super::history::section(&history, &name, &stored))
     };
     Ok(views::layout(
         &format!("{label} in {name}"),
@@ -81,7 +83,7 @@ pub async fn krate(
 }
 
 /// Both logs of the crate, read concurrently (up to [`logview::LOG_VIEW_CAP`] each).
-async fn read_logs(
+pub(super) async fn read_logs(
     store: &dyn ObjectStore,
     start: Option<&SideDetail>,
     end: Option<&SideDetail>,
@@ -231,6 +233,7 @@ fn logs_section(
     start_log: &LogText,
     end_log: &LogText,
     new_error: Option<&(usize, String)>,
+    diff_href: &str,
 ) -> Markup {
     html! {
         @if let Some((line, text)) = new_error {
@@ -239,10 +242,11 @@ fn logs_section(
                 a href="#first-new-error" { code { (text) } }
             }
         }
-        h2 { "Logs" }
+        h2 #logs { "Logs" }
+        p { a #diff-link href=(diff_href) { "What changed between the two logs" } " — both aligned, what always differs (timestamps, paths, durations, toolchains, hashes) removed." }
         div.side-by-side {
             @for (side, log, highlight) in [("start", start_log, None), ("end", end_log, new_error.map(|(l, _)| *l))] {
-                section id=(format!("log-{side}")) {
+                section id=(format!("log-{side}")) aria-label=(format!("{side} log")) {
                     h3 { (side) " log" }
                     @if let Some(m) = &log.missing { p.muted { (m) } }
                     @else {
