@@ -1,5 +1,5 @@
 //! Developer tasks: `cargo xtask test | provision | demo | lint | rooms | validate-deploy | bench |
-//! bench-smoke`.
+//! bench-smoke | fleet`.
 //!
 //! `cargo xtask test` is the one command that proves main works on a fresh Debian/Ubuntu machine:
 //! it provisions what the machine lacks (saying what it does), then runs the checks and the whole
@@ -11,6 +11,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod fleet;
 mod rooms;
 
 #[derive(Parser)]
@@ -38,8 +39,9 @@ enum Cmd {
     /// sandbox image, Chromium + ChromeDriver (browser tests), the HTTP contract's Python checkers.
     Provision,
     /// Run a benchmark and print its `<name>: <value> <unit>` lines: scheduler, report, sandbox
-    /// (a step in the sandbox vs a container per step), executor (`-- overhead` | `-- reuse`) or
-    /// trust (`-- ab aa direct compare`: real crates through the farm vs cargo run directly).
+    /// (a step in the sandbox vs a container per step), executor (`-- overhead` | `-- reuse`),
+    /// trust (`-- ab aa direct compare`: real crates through the farm vs cargo run directly) or
+    /// fleet (200 workers and 50 API clients against one `caldera master`; `-- --smoke` tiny).
     Bench {
         /// Which benchmark.
         name: String,
@@ -57,6 +59,11 @@ enum Cmd {
     },
     /// Validate the deployment files (docker/Dockerfile, deploy/): scripts/validate-deploy.sh.
     ValidateDeploy,
+    /// The deploy stack on this machine, offline (deploy/fleet/compose.yaml, images from
+    /// scripts/build-fleet-images.sh): Postgres, S3, the master with TLS and three workers run an
+    /// experiment while a worker is killed, Postgres restarted and S3 stopped; then checks that
+    /// every crate has one result per side and readable logs, and tears it all down.
+    Fleet(fleet::FleetArgs),
     /// Run the demo experiment on embedded defaults (`caldera local --demo`).
     Demo {
         /// Extra arguments for `caldera local` (e.g. `--demo-crates 2`, `--serve`).
@@ -150,6 +157,30 @@ fn provision_postgres() -> Result<()> {
     Ok(())
 }
 
+/// The command-line tools the operator guide's commands use (its test runs them as written).
+fn provision_guide_tools() -> Result<()> {
+    let wanted = [
+        ("curl", "curl"),
+        ("jq", "jq"),
+        ("openssl", "openssl"),
+        ("pg_dump", "postgresql-client"),
+    ];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(tool, _)| !have(tool))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        say("the operator guide's tools (curl, jq, openssl, pg_dump): present");
+        return Ok(());
+    }
+    say(&format!(
+        "the operator guide's tools missing: installing Debian's {}",
+        missing.join(", ")
+    ));
+    apt_install(&missing)
+}
+
 fn script(name: &str, args: &[&str]) -> Result<()> {
     let path = root().join("scripts").join(name);
     run(Command::new("bash").arg(path).args(args))
@@ -157,6 +188,7 @@ fn script(name: &str, args: &[&str]) -> Result<()> {
 
 fn provision() -> Result<()> {
     provision_postgres()?;
+    provision_guide_tools()?;
     // the sandbox: a Docker engine and the builder image (built offline by debootstrap + docker import)
     script("ensure-docker.sh", &[])?;
     script("build-sandbox-image.sh", &[])?;
@@ -178,9 +210,10 @@ fn bench_program(name: &str) -> Result<(&'static str, &'static str)> {
         "sandbox" => ("caldera-sandbox", "sandbox_overhead"),
         "executor" => ("caldera-worker", "bench_executor"),
         "trust" => ("caldera", "bench_trust"),
+        "fleet" => ("caldera", "bench_fleet"),
         other => {
             bail!(
-                "unknown benchmark {other:?}; expected scheduler, report, sandbox, executor or trust"
+                "unknown benchmark {other:?}; expected scheduler, report, sandbox, executor, trust or fleet"
             )
         }
     })
@@ -189,11 +222,11 @@ fn bench_program(name: &str) -> Result<(&'static str, &'static str)> {
 /// Benchmarks: a release build of the program, then the program itself.
 fn bench(name: &str, args: &[String]) -> Result<()> {
     let (package, example) = bench_program(name)?;
-    if name == "trust" {
+    if name == "trust" || name == "fleet" {
         // the example drives the `caldera` binary
         run(cargo().args(["build", "--release", "-p", "caldera", "--bin", "caldera"]))?;
     }
-    if name != "scheduler" {
+    if name != "scheduler" && name != "fleet" {
         provision()?;
     } else {
         provision_postgres()?;
@@ -227,6 +260,7 @@ const SMOKES: &[(&str, &[&str], &[(&str, &str)])] = &[
         ],
     ),
     ("trust", &[], &[("BENCH_TRUST_CRATES", "fnv@1.0.7")]),
+    ("fleet", &["--smoke"], &[]),
 ];
 
 /// Runs [`SMOKES`]; the trust benchmark gets a fresh work dir (it must never share the real
@@ -235,7 +269,7 @@ fn bench_smoke() -> Result<()> {
     let work = std::env::temp_dir().join(format!("caldera-bench-smoke-{}", std::process::id()));
     for (name, args, envs) in SMOKES {
         let (package, example) = bench_program(name)?;
-        if *name == "trust" {
+        if *name == "trust" || *name == "fleet" {
             run(cargo().args(["build", "-p", "caldera", "--bin", "caldera"]))?;
         }
         say(&format!("benchmark smoke test: {name}"));
@@ -277,6 +311,10 @@ fn main() -> Result<()> {
             bench_smoke()
         }
         Cmd::ValidateDeploy => script("validate-deploy.sh", &[]),
+        Cmd::Fleet(args) => {
+            provision()?;
+            fleet::run(&root(), &args)
+        }
         Cmd::Test {
             no_lint,
             cargo_args,

@@ -260,6 +260,9 @@ impl ToolchainError {
 type Kind = ToolchainErrorKind;
 
 mod check;
+mod identity;
+
+pub use identity::{MissingLine, PinVerdict, ToolchainIdentity, pin_verdict};
 
 use check::{check_flags, check_rustup_name, check_target};
 

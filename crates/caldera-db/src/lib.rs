@@ -1,7 +1,8 @@
 //! caldera's Postgres layer. Only the master talks to Postgres.
 //!
 //! * [`MIGRATOR`] embeds `migrations/` (reversible `NNNN_name.{up,down}.sql`).
-//! * One module per aggregate: [`experiments`], [`crate_lists`], [`tokens`], [`triage`];
+//! * One module per aggregate: [`experiments`], [`crate_lists`], [`tokens`], [`triage`],
+//!   [`toolchains`] (the build each side of an experiment is pinned to);
 //!   [`confirmations`] reads back the runs that confirm regressions and fixes.
 //! * [`embedded`] starts a private Postgres cluster from the system binaries (tests, `caldera local`).
 //!
@@ -19,6 +20,7 @@ pub mod jobs;
 pub mod logs;
 pub mod results;
 pub mod tokens;
+pub mod toolchains;
 pub mod triage;
 pub mod workers;
 

@@ -2,6 +2,7 @@
 //! database per test).
 
 mod job_machine;
+mod toolchains;
 
 use caldera_core::experiment::{ExperimentEdit, ExperimentSpec};
 use caldera_core::lifecycle::{ExperimentAction, ExperimentStatus};
@@ -37,6 +38,7 @@ async fn migrations_apply_revert_and_reapply() {
             "crate_list_entries",
             "crate_lists",
             "crates",
+            "experiment_toolchains",
             "experiments",
             "flakes",
             "job_counts",

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub queue_depth: Family<ExperimentLabel, Gauge>,
     pub claim_latency: Histogram,
     pub claim_to_send: Histogram,
+    pub heartbeat_lateness: Histogram,
+    pub heartbeat_handling: Histogram,
     pub db_errors: Counter<u64, AtomicU64>,
 }
 
@@ -56,6 +58,8 @@ impl Default for Metrics {
             queue_depth: Family::default(),
             claim_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             claim_to_send: Histogram::new(exponential_buckets(0.00001, 2.0, 20)),
+            heartbeat_lateness: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            heartbeat_handling: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             db_errors: Counter::default(),
             registry: Registry::default(),
         };
@@ -137,7 +141,8 @@ impl Metrics {
         );
     }
 
-    /// The scheduler's loops: how long claims take and reach the worker, and database errors.
+    /// The scheduler's loops: how long claims take and reach the worker, how late heartbeats are
+    /// handled, and database errors.
     fn register_scheduler(&self, registry: &mut Registry) {
         registry.register(
             "claim_latency_seconds",
@@ -148,6 +153,17 @@ impl Metrics {
             "claim_to_send_seconds",
             "Time from the claim's commit until the assignment is on the worker's stream",
             self.claim_to_send.clone(),
+        );
+        registry.register(
+            "heartbeat_lateness_seconds",
+            "How much later than the heartbeat interval a worker's heartbeat was handled, after \
+             the previous one on its stream (0 when on time)",
+            self.heartbeat_lateness.clone(),
+        );
+        registry.register(
+            "heartbeat_handling_seconds",
+            "Time to handle one heartbeat (token check, lease renewal, last seen)",
+            self.heartbeat_handling.clone(),
         );
         registry.register(
             "db_errors",

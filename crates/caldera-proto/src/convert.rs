@@ -6,8 +6,10 @@
 //!
 //! Worker → master: [`Hello`], [`Heartbeat`], [`JobResult`] (with [`JobOutput`] and
 //! [`SideOutput`]), [`JobReturned`]. Master → worker: [`Welcome`], [`Assign`] (with its
-//! `JobSpec`), [`Cancel`], [`ResultAck`].
+//! `JobSpec`), [`Cancel`], [`ResultAck`]. Both ways: a toolchain's resolved identity
+//! (`caldera_core::toolchain::ToolchainIdentity`, in `identity`).
 
+mod identity;
 mod job;
 mod outcome;
 mod result;
@@ -15,4 +17,4 @@ mod session;
 
 pub use job::Assign;
 pub use result::{JobOutput, JobResult, JobReturned, ResultAck, SideOutput};
-pub use session::{Cancel, Heartbeat, Hello, MAX_SLOTS, Welcome};
+pub use session::{Cancel, Heartbeat, Hello, MAX_SLOTS, MAX_TOOLCHAINS, Welcome};

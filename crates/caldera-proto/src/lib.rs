@@ -20,8 +20,8 @@ pub mod convert;
 mod lease;
 
 pub use convert::{
-    Assign, Cancel, Heartbeat, Hello, JobOutput, JobResult, JobReturned, MAX_SLOTS, ResultAck,
-    SideOutput, Welcome,
+    Assign, Cancel, Heartbeat, Hello, JobOutput, JobResult, JobReturned, MAX_SLOTS, MAX_TOOLCHAINS,
+    ResultAck, SideOutput, Welcome,
 };
 pub use lease::{Lease, LeaseToken};
 

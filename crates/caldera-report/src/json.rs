@@ -1,6 +1,28 @@
 //! The JSON of `results.json`: [`Report`]'s `Serialize`.
 
+use caldera_core::toolchain::ToolchainIdentity;
+
 use super::*;
+
+/// The build each side of the experiment ran with (its pinned toolchain identities), for the
+/// summary's header and `results.json`'s `"toolchains"`: `{"start": {"toolchain": "nightly",
+/// "commit_hash": …, "commit_date": …, "host": …, "release": …, "cargo": …}, "end": …}`, each
+/// `null` when unknown (an experiment run before identities were recorded, or by workers that
+/// do not report them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Toolchains<'a> {
+    /// The start (baseline) side's build.
+    pub start: Option<&'a ToolchainIdentity>,
+    /// The end (candidate) side's build.
+    pub end: Option<&'a ToolchainIdentity>,
+}
+
+impl Toolchains<'_> {
+    /// Whether either side is known.
+    pub fn any(&self) -> bool {
+        self.start.is_some() || self.end.is_some()
+    }
+}
 
 struct IdList<'a>(&'a Report, &'a [Ix]);
 

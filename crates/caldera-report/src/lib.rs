@@ -88,6 +88,7 @@ use deps::*;
 pub use confirmation::ConfirmationCounts;
 
 pub use diff::{DiffLine, DiffOptions, LogDiff, Section, log_diff};
+pub use json::Toolchains;
 pub use logdiff::first_new_error;
 pub use pr::{GITHUB_COMMENT_LIMIT, PrCommentOptions, pr_comment};
 pub use summary::{

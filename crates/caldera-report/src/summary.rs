@@ -1,5 +1,7 @@
 //! The Markdown summary to paste in a GitHub issue, and the notes the pages share with it.
 
+use caldera_core::toolchain::ToolchainIdentity;
+
 use super::*;
 
 /// The sentence naming the regressions of quiet crates (up to `max` of them), if there are any:
@@ -152,6 +154,8 @@ pub struct SummaryOptions<'a> {
     /// The confirmation runs made (finished runs, and their build time in milliseconds, both
     /// sides), when the caller knows them.
     pub reruns: Option<(u64, u64)>,
+    /// The build each side ran with, when known: shown under the toolchains.
+    pub toolchains: Toolchains<'a>,
 }
 
 impl<'a> SummaryOptions<'a> {
@@ -163,6 +167,7 @@ impl<'a> SummaryOptions<'a> {
             end_toolchain,
             max_entries: DEFAULT_MAX_ENTRIES,
             reruns: None,
+            toolchains: Toolchains::default(),
         }
     }
 }
@@ -228,6 +233,7 @@ fn write_headline(
         code(opts.end_toolchain),
         plural(report.len(), "crate", "crates")
     )?;
+    write_builds(out, &opts.toolchains)?;
     match report.root_regressions().next() {
         None if report.quiet.is_empty() && report.diagnostics.is_empty() => {
             writeln!(out, "**No regressions.**\n")?
@@ -472,6 +478,25 @@ pub(crate) fn one_line(s: &str) -> String {
 
 /// `s` as a Markdown code span that is safe in a table cell: on one line, delimited by more
 /// backticks than it contains in a row, with `|` escaped.
+/// The builds the sides ran with, under the toolchains: "Builds: start `1.95.0 (abc… 2026-11-30,
+/// x86_64-…)`, cargo `…`; end …". Nothing when neither is known.
+fn write_builds(out: &mut String, toolchains: &Toolchains<'_>) -> fmt::Result {
+    if !toolchains.any() {
+        return Ok(());
+    }
+    let side = |t: Option<&ToolchainIdentity>| match t {
+        Some(t) if t.cargo.is_empty() => code(&t.describe()),
+        Some(t) => format!("{}, cargo {}", code(&t.describe()), code(&t.cargo)),
+        None => "not recorded".to_owned(),
+    };
+    writeln!(
+        out,
+        "Builds (every result of a side ran with this build): start {}; end {}.\n",
+        side(toolchains.start),
+        side(toolchains.end)
+    )
+}
+
 pub(crate) fn code(s: &str) -> String {
     let s = one_line(s).replace('|', "\\|");
     let mut longest = 0;

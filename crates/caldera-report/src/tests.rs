@@ -1697,3 +1697,39 @@ fn bench_1m() {
     println!("report_1m: {:.2} s", build_s + summary_s + json_s);
     println!("report_1m_peak: {peak_mib:.0} MiB");
 }
+
+#[test]
+fn summary_header_names_the_build_of_each_side() {
+    use caldera_core::toolchain::ToolchainIdentity;
+    let report = build(vec![reg("a@1.0.0", ce(&["E0308"]))]);
+    let nightly = ToolchainIdentity {
+        toolchain: "nightly".into(),
+        commit_hash: "0123456789abcdef0123456789abcdef01234567".into(),
+        commit_date: "2026-11-30".into(),
+        host: "x86_64-unknown-linux-gnu".into(),
+        release: "1.95.0-nightly".into(),
+        cargo: "1.95.0-nightly (fedcba987 2026-11-29)".into(),
+    };
+    let plain = summary_markdown(&report, &SummaryOptions::new("x", "stable", "nightly"));
+    assert!(!plain.contains("Builds"), "no identity, no line: {plain}");
+    let opts = SummaryOptions {
+        toolchains: Toolchains {
+            start: None,
+            end: Some(&nightly),
+        },
+        ..SummaryOptions::new("x", "stable", "nightly")
+    };
+    let md = summary_markdown(&report, &opts);
+    assert!(
+        md.contains(
+            "`stable` (start) → `nightly` (end), 1 crate.\n\nBuilds (every result of a side ran \
+             with this build): start not recorded; end `1.95.0-nightly (0123456789ab 2026-11-30, \
+             x86_64-unknown-linux-gnu)`, cargo `1.95.0-nightly (fedcba987 2026-11-29)`.\n"
+        ),
+        "{md}"
+    );
+    let json = serde_json::to_value(opts.toolchains).unwrap();
+    assert_eq!(json["start"], serde_json::Value::Null);
+    assert_eq!(json["end"]["commit_hash"], nightly.commit_hash.as_str());
+    assert_eq!(json["end"]["cargo"], nightly.cargo.as_str());
+}

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use caldera_core::toolchain::ToolchainIdentity;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 
@@ -40,6 +41,9 @@ pub struct WorkerConfig {
     pub slots: u32,
     /// What this worker offers, e.g. `toolchain:stable`, `docker`, `arch:x86_64`.
     pub capabilities: Vec<String>,
+    /// The build of each toolchain it has (`rustc -vV`, `cargo -V`), sent in Hello: an
+    /// experiment pins the build each side ran with and then only goes to workers with it.
+    pub toolchains: Vec<ToolchainIdentity>,
     /// Finished results that the master has not acknowledged yet live here, one file each.
     pub spool_dir: PathBuf,
     /// Delay between reconnect attempts.
@@ -68,6 +72,7 @@ impl WorkerConfig {
             name: name.into(),
             slots: 1,
             capabilities: Vec::new(),
+            toolchains: Vec::new(),
             spool_dir: spool_dir.into(),
             reconnect: Backoff::default(),
             drain_timeout: Duration::from_secs(600),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use caldera_core::crates::CrateId;
 use caldera_core::outcome::Outcome;
+use caldera_core::toolchain::{Toolchain, ToolchainIdentity, ToolchainSource};
 use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -96,6 +97,8 @@ struct Inner {
     stats: Mutex<FakeStats>,
     changed: Notify,
     gates: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// toolchain name → the build this fake reports for it
+    toolchains: Mutex<HashMap<String, ToolchainIdentity>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -126,6 +129,7 @@ impl FakeExecutor {
                 stats: Mutex::new(FakeStats::default()),
                 changed: Notify::new(),
                 gates: Mutex::new(HashMap::new()),
+                toolchains: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -146,6 +150,31 @@ impl FakeExecutor {
     /// [`with_crate`](Self::with_crate) on a shared executor.
     pub fn set_crate(&self, krate: &str, behaviour: FakeBehaviour) {
         lock(&self.inner.per_crate).insert(krate.to_owned(), behaviour);
+    }
+
+    /// Report `identity` as the build of the toolchain `identity.toolchain` (its rustup name, or
+    /// its path): each side run with that toolchain carries it in its result. Give a worker
+    /// running this fake the same identities in `WorkerConfig::toolchains` (see
+    /// [`identities`](Self::identities)).
+    pub fn with_toolchain(self, identity: ToolchainIdentity) -> Self {
+        lock(&self.inner.toolchains).insert(identity.toolchain.clone(), identity);
+        self
+    }
+
+    /// The builds given with [`with_toolchain`](Self::with_toolchain), by name.
+    pub fn identities(&self) -> Vec<ToolchainIdentity> {
+        let mut all: Vec<ToolchainIdentity> =
+            lock(&self.inner.toolchains).values().cloned().collect();
+        all.sort_by(|a, b| a.toolchain.cmp(&b.toolchain));
+        all
+    }
+
+    fn identity(&self, tc: &Toolchain) -> Option<ToolchainIdentity> {
+        let name = match &tc.source {
+            ToolchainSource::Rustup(name) => name,
+            ToolchainSource::Path(path) => path,
+        };
+        lock(&self.inner.toolchains).get(name).cloned()
     }
 
     /// Let every run gated by `name` (waiting now or later) finish.
@@ -251,7 +280,7 @@ impl Executor for FakeExecutor {
                     end: side,
                 };
             }
-            let side = |outcome: Outcome| SideOutput {
+            let side = |outcome: Outcome, tc: &Toolchain| SideOutput {
                 outcome,
                 steps: vec![
                     ("build".to_owned(), duration / 2),
@@ -260,14 +289,15 @@ impl Executor for FakeExecutor {
                 peak_memory_bytes: 64 << 20,
                 log_key: None,
                 duration,
+                toolchain: this.identity(tc),
             };
             let (start, end) = match behaviour.reruns {
                 Some(outcomes) if job.spec.run > 0 => outcomes,
                 _ => (behaviour.start, behaviour.end),
             };
             JobOutput {
-                start: side(start),
-                end: side(end),
+                start: side(start, &job.spec.start),
+                end: side(end, &job.spec.end),
             }
         })
     }

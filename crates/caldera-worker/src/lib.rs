@@ -9,7 +9,8 @@
 //!
 //! * **Session.** Connect (TLS for `https://`, see [`tls`]; HTTP/2 keepalive every 20 s, also
 //!   while idle), open the stream with
-//!   `authorization: Bearer <token>`, send Hello (name, version, capabilities, slots, and the leases
+//!   `authorization: Bearer <token>`, send Hello (name, version, capabilities, slots, the build of
+//!   each toolchain (`WorkerConfig::toolchains`), and the leases
 //!   of jobs still running from before a reconnect), wait for Welcome. Refused credentials
 //!   (`Unauthenticated`, `PermissionDenied`) end [`run`] with [`WorkerError::Unauthorized`].
 //! * **Heartbeats** come from a task of their own every `heartbeat_interval_ms`, listing the

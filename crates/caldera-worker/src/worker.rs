@@ -189,6 +189,7 @@ impl Worker {
             capabilities: self.config.capabilities.clone(),
             slots: self.config.slots,
             running: Vec::new(), // filled in once connected
+            toolchains: self.config.toolchains.clone(),
         };
         debug!("connecting to {}", self.config.master);
         session::handshake(

@@ -36,6 +36,7 @@ impl Executor for Instant0 {
             peak_memory_bytes: 0,
             log_key: None,
             duration: Duration::ZERO,
+            toolchain: None,
         };
         Box::pin(async move {
             JobOutput {

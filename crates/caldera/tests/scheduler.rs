@@ -314,6 +314,7 @@ async fn raw_session(
         capabilities: vec![],
         slots: 1,
         running: vec![],
+        toolchains: vec![],
     };
     tx.send(v1::WorkerMessage {
         kind: Some(worker_message::Kind::Hello(hello)),
@@ -335,6 +336,73 @@ async fn next(inbound: &mut tonic::Streaming<v1::MasterMessage>) -> master_messa
         .unwrap()
         .kind
         .unwrap()
+}
+
+/// The master measures how late each heartbeat comes after the previous one on its stream (the
+/// margin a lease loses): the first heartbeat of a stream has nothing to compare with, a
+/// heartbeat 400 ms after the interval is 400 ms late, and every heartbeat's handling is timed.
+#[tokio::test]
+async fn heartbeat_lateness_is_measured_per_stream() {
+    let db = TestDb::new().await;
+    let t = tokens(&db.pool).await;
+    let config = fast_config();
+    let master = InProcessMaster::start(db.pool.clone(), config.clone(), None).await;
+    let beat = || v1::WorkerMessage {
+        kind: Some(worker_message::Kind::Heartbeat(v1::Heartbeat::default())),
+    };
+    let (a, mut a_in) = raw_session(&master.grpc, &t.worker).await;
+    let (b, mut b_in) = raw_session(&master.grpc, &t.worker).await;
+    for inbound in [&mut a_in, &mut b_in] {
+        assert!(matches!(
+            next(inbound).await,
+            master_message::Kind::Welcome(_)
+        ));
+    }
+    // one heartbeat on each stream: nothing to be late after
+    a.send(beat()).await.unwrap();
+    b.send(beat()).await.unwrap();
+    tokio::time::sleep(config.heartbeat_interval + Duration::from_millis(400)).await;
+    a.send(beat()).await.unwrap();
+
+    let metric = |text: &str, key: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = reqwest::get(format!("{}/metrics", master.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&text, "caldera_heartbeat_handling_seconds_count") == 3.0 {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "3 heartbeats handled:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let lateness = "caldera_heartbeat_lateness_seconds";
+    assert_eq!(metric(&text, &format!("{lateness}_count")), 1.0, "{text}");
+    // about 0.4 s: not in the buckets up to 0.256 s, in the one up to 2.048 s
+    assert_eq!(
+        metric(&text, &format!("{lateness}_bucket{{le=\"0.256\"}}")),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, &format!("{lateness}_bucket{{le=\"2.048\"}}")),
+        1.0,
+        "{text}"
+    );
+    let late = metric(&text, &format!("{lateness}_sum"));
+    assert!((0.35..2.0).contains(&late), "{late} s late:\n{text}");
+    drop((a, b));
+    master.stop().await;
 }
 
 fn result(job_id: u64, token: &str, end: Outcome) -> v1::WorkerMessage {

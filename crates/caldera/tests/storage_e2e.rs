@@ -94,6 +94,7 @@ impl UploadingExecutor {
             peak_memory_bytes: 0,
             log_key: Some(key.to_string()),
             duration: t0.elapsed(),
+            toolchain: None,
         }
     }
 }

@@ -79,7 +79,11 @@ pub async fn create_for_experiment(
                 coalesce((SELECT (e.spec->>'confirm')::smallint FROM experiments e WHERE e.id = $1), $2)
          FROM jobs j WHERE j.experiment_id = $1
          ON CONFLICT (experiment_id) DO UPDATE SET next_job = excluded.next_job, last_job = excluded.last_job,
-                                                   requirements = excluded.requirements,
+                                                   -- keeping the toolchain builds pinned (0009)
+                                                   requirements = excluded.requirements || coalesce(
+                                                       (SELECT jsonb_agg(t.capability) FROM experiment_toolchains t
+                                                        WHERE t.experiment_id = $1 AND t.capability IS NOT NULL),
+                                                       '[]'::jsonb),
                                                    confirm = excluded.confirm",
     )
     .bind(experiment_id)

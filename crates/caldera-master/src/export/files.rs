@@ -11,8 +11,9 @@ use caldera_core::crates::CrateId;
 use caldera_core::outcome::Comparison;
 use caldera_db::experiments::ExperimentRow;
 use caldera_db::flakes::Flake;
+use caldera_db::toolchains::Pins;
 use caldera_db::triage::Mark;
-use caldera_report::{Report, SummaryOptions, summary_markdown};
+use caldera_report::{Report, SummaryOptions, Toolchains, summary_markdown};
 use caldera_storage::{ObjectStore, PutOptions, keys};
 use serde::Serialize;
 
@@ -30,11 +31,12 @@ pub async fn write_files(
     reruns: Option<(u64, u64)>,
     marks: Arc<HashMap<CrateId, Mark>>,
     known_flakes: Arc<BTreeMap<String, Vec<Flake>>>,
+    pins: Arc<Pins>,
 ) -> Result<ExportSummary, ExportError> {
     let name = experiment.name.clone();
-    let small = write_summary_and_retry(&*store, experiment, &report, reruns, &marks);
-    let json = write_results_json(&*store, &name, &report, &marks, &known_flakes);
-    let html_and_logs = write_index_and_logs(&store, experiment, &report, reruns, &marks);
+    let small = write_summary_and_retry(&*store, experiment, &report, reruns, &marks, &pins);
+    let json = write_results_json(&*store, &name, &report, &marks, &known_flakes, &pins);
+    let html_and_logs = write_index_and_logs(&store, experiment, &report, (reruns, &pins), &marks);
     let (a, b, (c, (logs, missing_logs))) = tokio::try_join!(small, json, html_and_logs)?;
     let mut files: Vec<ExportedFile> = a.into_iter().chain(b).chain(c).collect();
     files.sort_by_key(|f| FILES.iter().position(|n| *n == f.name));
@@ -59,6 +61,7 @@ async fn write_summary_and_retry(
     report: &Arc<Report>,
     reruns: Option<(u64, u64)>,
     marks: &HashMap<CrateId, Mark>,
+    pins: &Pins,
 ) -> Result<Vec<ExportedFile>, ExportError> {
     let name = &experiment.name;
     let (start, end) = (
@@ -68,6 +71,7 @@ async fn write_summary_and_retry(
     let t = Instant::now();
     let opts = SummaryOptions {
         reruns,
+        toolchains: toolchains(pins),
         ..SummaryOptions::new(name, &start, &end)
     };
     let mut md = summary_markdown(report, &opts);
@@ -102,15 +106,18 @@ async fn write_results_json(
     report: &Arc<Report>,
     marks: &Arc<HashMap<CrateId, Mark>>,
     known_flakes: &Arc<BTreeMap<String, Vec<Flake>>>,
+    pins: &Arc<Pins>,
 ) -> Result<Vec<ExportedFile>, ExportError> {
     let t = Instant::now();
     let k = keys::report(name, "results.json")?;
     let r = report.clone();
     let m = marks.clone();
     let known = known_flakes.clone();
+    let pins = pins.clone();
     let n = put_streamed(store, &k, "results.json", true, move |w| {
         let json = ResultsJson {
             report: &r,
+            toolchains: toolchains(&pins),
             triage: m.iter().map(|(id, mark)| (id.to_string(), mark)).collect(),
             known_flakes: &known,
         };
@@ -127,7 +134,7 @@ async fn write_index_and_logs(
     store: &Arc<dyn ObjectStore>,
     experiment: &ExperimentRow,
     report: &Arc<Report>,
-    reruns: Option<(u64, u64)>,
+    header: (Option<(u64, u64)>, &Pins),
     marks: &Arc<HashMap<CrateId, Mark>>,
 ) -> Result<(Vec<ExportedFile>, (usize, usize)), ExportError> {
     let t = Instant::now();
@@ -136,7 +143,7 @@ async fn write_index_and_logs(
         &**store,
         experiment,
         report,
-        reruns,
+        header,
         marks,
         notable.clone(),
         t,
@@ -147,12 +154,22 @@ async fn write_index_and_logs(
 }
 
 /// `results.json`: the report's JSON, plus `"triage"`: the mark that applies to each marked
-/// regression, by crate id; and `"known_flakes"`: for each crate the report calls known-flaky,
-/// the flakes that explain it, with the evidence (experiment, run, side, log keys).
+/// regression, by crate id; `"known_flakes"`: for each crate the report calls known-flaky,
+/// the flakes that explain it, with the evidence (experiment, run, side, log keys); and
+/// `"toolchains"`: the build each side ran with (see [`Toolchains`]; `null` sides when unknown).
 #[derive(Serialize)]
 struct ResultsJson<'a> {
     #[serde(flatten)]
     report: &'a Report,
+    toolchains: Toolchains<'a>,
     triage: BTreeMap<String, &'a Mark>,
     known_flakes: &'a BTreeMap<String, Vec<Flake>>,
+}
+
+/// The pinned builds, as the report files show them.
+fn toolchains(pins: &Pins) -> Toolchains<'_> {
+    Toolchains {
+        start: pins.start.as_ref(),
+        end: pins.end.as_ref(),
+    }
 }

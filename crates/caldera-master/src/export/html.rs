@@ -10,6 +10,7 @@ use std::time::Instant;
 use caldera_core::crates::CrateId;
 use caldera_core::outcome::Comparison;
 use caldera_db::experiments::ExperimentRow;
+use caldera_db::toolchains::Pins;
 use caldera_db::triage::Mark;
 use caldera_report::{CrateReport, Report};
 use caldera_storage::{ObjectStore, keys};
@@ -62,12 +63,18 @@ pub(super) async fn write_index(
     store: &dyn ObjectStore,
     experiment: &ExperimentRow,
     report: &Arc<Report>,
-    reruns: Option<(u64, u64)>,
+    (reruns, pins): (Option<(u64, u64)>, &Pins),
     marks: &Arc<HashMap<CrateId, Mark>>,
     listed: Vec<usize>,
     started: Instant,
 ) -> Result<ExportedFile, ExportError> {
     let k = keys::report(&experiment.name, "index.html")?;
+    let build = |t: Option<&caldera_core::toolchain::ToolchainIdentity>| match t {
+        Some(t) => format!("{}, cargo {}", t.describe(), t.cargo),
+        None => "not recorded".to_owned(),
+    };
+    let builds = (pins.start.is_some() || pins.end.is_some())
+        .then(|| (build(pins.start.as_ref()), build(pins.end.as_ref())));
     let ctx = BundleContext {
         experiment: experiment.name.clone(),
         start: experiment.spec.start.to_string(),
@@ -76,6 +83,7 @@ pub(super) async fn write_index(
         status: experiment.status.as_str().to_owned(),
         generated_at: Utc::now(),
         reruns,
+        builds,
     };
     let r = report.clone();
     let m = marks.clone();
@@ -94,6 +102,8 @@ struct BundleContext {
     status: String,
     generated_at: chrono::DateTime<Utc>,
     reruns: Option<(u64, u64)>,
+    /// the build each side ran with (start, end), when known
+    builds: Option<(String, String)>,
 }
 
 /// The anchor of a crate in the bundle.
@@ -197,6 +207,9 @@ fn top(report: &Report, ctx: &BundleContext) -> Markup {
         h1 { "Report of experiment " code { (ctx.experiment) } }
         table {
             tr { th { "toolchains" } td { code { (ctx.start) } " (start) → " code { (ctx.end) } " (end)" } }
+            @if let Some((start, end)) = &ctx.builds {
+                tr { th { "builds" } td { "start " code { (start) } "; end " code { (end) } } }
+            }
             tr { th { "mode" } td { (ctx.mode) } }
             tr { th { "status" } td { (ctx.status) } }
             tr { th { "crates" } td { (report.len()) } }

@@ -193,6 +193,7 @@ pub async fn export(
     let report = build_report(&experiment, input, status).await?;
     let marks = crate::triage::marks_for_report(pool, &report).await?;
     let known = Arc::new(confirm::known_flakes_of(&report, &known));
+    let pins = Arc::new(caldera_db::toolchains::of_experiment(pool, experiment.id).await?);
     let build_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut summary = write_files(
@@ -202,6 +203,7 @@ pub async fn export(
         reruns,
         Arc::new(marks),
         known,
+        pins,
     )
     .await?;
     summary.load_seconds = load_seconds;

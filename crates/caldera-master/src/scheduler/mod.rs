@@ -18,6 +18,7 @@
 
 pub mod clock;
 mod dispatch;
+mod pins;
 mod reaper;
 mod results;
 mod service;

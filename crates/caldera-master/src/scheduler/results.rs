@@ -12,11 +12,14 @@ use caldera_proto::v1::{self, master_message};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::pins::RanWith;
 use super::{Outbound, Scheduler, wire_lease};
 
 /// A result waiting for the result writer.
 pub(super) struct PendingResult {
     completion: Completion,
+    /// the build each side ran with, checked against the experiment's pin (`pins`)
+    ran: RanWith,
     tx: Outbound,
 }
 
@@ -37,11 +40,15 @@ async fn next_batch(
 }
 
 impl Scheduler {
-    pub(crate) async fn submit_result(&self, completion: Completion, tx: Outbound) {
+    pub(crate) async fn submit_result(&self, completion: Completion, ran: RanWith, tx: Outbound) {
         if self
             .inner
             .results
-            .send(PendingResult { completion, tx })
+            .send(PendingResult {
+                completion,
+                ran,
+                tx,
+            })
             .await
             .is_err()
         {
@@ -60,7 +67,12 @@ impl Scheduler {
                 _ = self.inner.shutdown.cancelled() => return,
                 b = next_batch(&mut rx, max) => match b { Some(b) => b, None => return },
             };
-            let completions: Vec<Completion> = batch.iter().map(|p| p.completion.clone()).collect();
+            let mut completions: Vec<Completion> =
+                batch.iter().map(|p| p.completion.clone()).collect();
+            let ran: Vec<&RanWith> = batch.iter().map(|p| &p.ran).collect();
+            if !self.check_pins(&mut db, &mut completions, &ran).await {
+                return;
+            }
             let Some(out) = self.write_batch(&mut db, &completions).await else {
                 return;
             };

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
+use super::pins::RanWith;
 use super::{Outbound, Scheduler, Session, chrono_dur};
 
 /// How long a new stream may take to say hello.
@@ -123,12 +124,14 @@ impl WorkerService for WorkerServiceImpl {
         let token = authenticate(&s.inner.pool, &request).await?;
         let mut inbound = request.into_inner();
         let hello = receive_hello(&mut inbound).await?;
+        // with `toolchain-id:…` for each toolchain build it reported (what pinned experiments require)
+        let capabilities = hello.all_capabilities();
         let now = s.now();
         let worker = workers::connect(
             &s.inner.pool,
             &hello.name,
             &hello.version,
-            &hello.capabilities,
+            &capabilities,
             hello.slots as i32,
             token.id,
             now,
@@ -145,7 +148,7 @@ impl WorkerService for WorkerServiceImpl {
             worker,
             Session {
                 session,
-                capabilities: hello.capabilities.clone(),
+                capabilities,
                 slots: hello.slots as usize,
                 in_flight,
                 draining: false,
@@ -228,6 +231,8 @@ async fn serve_stream(
     inbound: &mut Streaming<v1::WorkerMessage>,
     tx: &Outbound,
 ) -> Result<(), Status> {
+    // when the previous heartbeat on this stream was handled, for its lateness
+    let mut last_beat: Option<std::time::Instant> = None;
     loop {
         let message = tokio::select! {
             _ = s.inner.shutdown.cancelled() => return Ok(()),
@@ -238,7 +243,11 @@ async fn serve_stream(
         };
         match message.kind {
             Some(worker_message::Kind::Heartbeat(hb)) => {
-                heartbeat(s, worker, token, hb, tx).await?
+                let at = std::time::Instant::now();
+                observe_lateness(s, last_beat.replace(at), at);
+                heartbeat(s, worker, token, hb, tx).await?;
+                let handling = at.elapsed().as_secs_f64();
+                s.inner.metrics.heartbeat_handling.observe(handling);
             }
             Some(worker_message::Kind::Result(r)) => result(s, worker, r, tx).await,
             Some(worker_message::Kind::Returned(r)) => returned(s, worker, r).await?,
@@ -255,7 +264,7 @@ async fn result(s: &Scheduler, worker: Uuid, r: v1::JobResult, tx: &Outbound) {
     let job_id = r.job_id;
     let lease_token = r.lease_token.clone();
     match completion(worker, r) {
-        Ok(c) => s.submit_result(c, tx.clone()).await,
+        Ok((c, ran)) => s.submit_result(c, ran, tx.clone()).await,
         Err(status) => {
             tracing::warn!(job = job_id, error = %status.message(), "malformed result rejected");
             s.inner
@@ -292,17 +301,23 @@ async fn returned(s: &Scheduler, worker: Uuid, r: v1::JobReturned) -> Result<(),
     Ok(())
 }
 
-fn completion(worker: Uuid, r: v1::JobResult) -> Result<Completion, Status> {
+/// The completion of a result, and the build each side ran with.
+fn completion(worker: Uuid, r: v1::JobResult) -> Result<(Completion, RanWith), Status> {
     let job_id = i64::try_from(r.job_id)
         .map_err(|_| Status::invalid_argument("result.job_id: out of range"))?;
-    let r = JobResult::try_from(r).map_err(invalid)?;
-    Ok(Completion {
+    let mut r = JobResult::try_from(r).map_err(invalid)?;
+    let ran = [
+        r.output.start.toolchain.take(),
+        r.output.end.toolchain.take(),
+    ];
+    let completion = Completion {
         job_id,
         lease_token: r.lease.token.into(),
         worker,
         start: side_record(r.output.start),
         end: side_record(r.output.end),
-    })
+    };
+    Ok((completion, ran))
 }
 
 /// A side as the database records it: milliseconds and bytes as `bigint`, saturating.
@@ -318,6 +333,20 @@ fn side_record(s: SideOutput) -> SideRecord {
             .into_iter()
             .map(|(name, d)| (name, millis(d)))
             .collect(),
+    }
+}
+
+/// How much later than the heartbeat interval this heartbeat came after the previous one on
+/// its stream (the first has nothing to compare with). A late heartbeat is a lease renewed late:
+/// what eats the margin between the interval and the lease.
+fn observe_lateness(s: &Scheduler, previous: Option<std::time::Instant>, now: std::time::Instant) {
+    if let Some(previous) = previous {
+        let gap = now.saturating_duration_since(previous);
+        let late = gap.saturating_sub(s.inner.config.heartbeat_interval);
+        s.inner
+            .metrics
+            .heartbeat_lateness
+            .observe(late.as_secs_f64());
     }
 }
 

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use caldera_core::outcome::Outcome;
+use caldera_core::toolchain::ToolchainIdentity;
 
 use crate::lease::Lease;
 use crate::v1;
@@ -20,6 +21,8 @@ pub struct SideOutput {
     /// Object-storage key of the side's log, once it is durably stored.
     pub log_key: Option<String>,
     pub duration: Duration,
+    /// The build of the toolchain the side ran with, when the executor knows it.
+    pub toolchain: Option<ToolchainIdentity>,
 }
 
 impl SideOutput {
@@ -33,6 +36,7 @@ impl SideOutput {
             peak_memory_bytes: 0,
             log_key: None,
             duration,
+            toolchain: None,
         }
     }
 }
@@ -76,6 +80,7 @@ impl From<&SideOutput> for v1::SideResult {
             peak_memory_bytes: s.peak_memory_bytes,
             log_key: s.log_key.clone().unwrap_or_default(),
             duration_ms: millis(s.duration),
+            toolchain: s.toolchain.as_ref().map(Into::into),
         }
     }
 }
@@ -95,6 +100,10 @@ impl TryFrom<v1::SideResult> for SideOutput {
             peak_memory_bytes: s.peak_memory_bytes,
             log_key: (!s.log_key.is_empty()).then_some(s.log_key),
             duration: Duration::from_millis(s.duration_ms),
+            toolchain: s
+                .toolchain
+                .map(|t| ToolchainIdentity::try_from(t).map_err(|e| e.within("toolchain")))
+                .transpose()?,
         })
     }
 }
@@ -208,6 +217,7 @@ mod tests {
                 peak_memory_bytes: 42,
                 log_key: Some("logs/e/c/start.log.zst".into()),
                 duration: Duration::from_secs(4),
+                toolchain: None,
             },
             end: SideOutput::error("docker went away", Duration::MAX),
         };
@@ -274,6 +284,14 @@ mod tests {
                 peak_memory_bytes: 42,
                 log_key: Some("logs/e/c/start.log.zst".into()),
                 duration: Duration::from_secs(4),
+                toolchain: Some(ToolchainIdentity {
+                    toolchain: "nightly".into(),
+                    commit_hash: "0123456789abcdef0123456789abcdef01234567".into(),
+                    commit_date: "2026-11-30".into(),
+                    host: "x86_64-unknown-linux-gnu".into(),
+                    release: "1.95.0-nightly".into(),
+                    cargo: "1.95.0-nightly (fedcba987 2026-11-29)".into(),
+                }),
             },
             end: SideOutput::error("docker went away", Duration::from_millis(3)),
         };
@@ -313,6 +331,19 @@ mod tests {
                     start: Some(v1::SideResult {
                         outcome: broken_outcome,
                         ..Default::default()
+                    }),
+                    ..wire.clone()
+                },
+            ),
+            (
+                "result.start.toolchain.host",
+                v1::JobResult {
+                    start: wire.start.clone().map(|s| v1::SideResult {
+                        toolchain: s.toolchain.map(|t| v1::ToolchainIdentity {
+                            host: String::new(),
+                            ..t
+                        }),
+                        ..s
                     }),
                     ..wire.clone()
                 },

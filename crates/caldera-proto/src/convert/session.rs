@@ -3,12 +3,16 @@
 
 use std::time::Duration;
 
+use caldera_core::toolchain::ToolchainIdentity;
+
 use crate::lease::{Lease, LeaseToken};
 use crate::v1;
 use crate::{WireError, wire};
 
 /// Most slots one worker may announce.
 pub const MAX_SLOTS: u32 = 4096;
+/// Most toolchain identities one worker may announce.
+pub const MAX_TOOLCHAINS: usize = 512;
 
 impl From<&Lease> for v1::LeaseRef {
     fn from(l: &Lease) -> Self {
@@ -41,6 +45,23 @@ pub struct Hello {
     pub slots: u32,
     /// Jobs still running on the worker from before this session (after a reconnect).
     pub running: Vec<Lease>,
+    /// The build of each toolchain the worker has (none from an older worker).
+    pub toolchains: Vec<ToolchainIdentity>,
+}
+
+impl Hello {
+    /// What the scheduler matches requirements against: the announced capabilities plus
+    /// `toolchain-id:<name>=<hash>` for each toolchain identity (see
+    /// [`ToolchainIdentity::capability`]).
+    pub fn all_capabilities(&self) -> Vec<String> {
+        let mut caps = self.capabilities.clone();
+        for cap in self.toolchains.iter().filter_map(|t| t.capability()) {
+            if !caps.contains(&cap) {
+                caps.push(cap);
+            }
+        }
+        caps
+    }
 }
 
 impl From<Hello> for v1::Hello {
@@ -51,6 +72,7 @@ impl From<Hello> for v1::Hello {
             capabilities: h.capabilities,
             slots: h.slots,
             running: h.running.iter().map(Into::into).collect(),
+            toolchains: h.toolchains.iter().map(Into::into).collect(),
         }
     }
 }
@@ -86,7 +108,26 @@ impl TryFrom<v1::Hello> for Hello {
                 format!("invalid capability {bad:?}"),
             ));
         }
+        if h.toolchains.len() > MAX_TOOLCHAINS {
+            return Err(wire(
+                "hello.toolchains",
+                format!(
+                    "{} identities, at most {MAX_TOOLCHAINS}",
+                    h.toolchains.len()
+                ),
+            ));
+        }
+        let toolchains = h
+            .toolchains
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                ToolchainIdentity::try_from(t)
+                    .map_err(|e| e.within(&format!("hello.toolchains[{i}]")))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Hello {
+            toolchains,
             running: leases("hello.running.lease_token", &h.running)?,
             name: h.name,
             version: h.version,
@@ -270,11 +311,21 @@ mod tests {
                 job_id: 7,
                 lease_token: TOKEN.into(),
             }],
+            toolchains: vec![(&nightly()).into()],
         };
         let hello = Hello::try_from(good.clone()).unwrap();
         assert_eq!(
             hello.running,
             [Lease::from_wire(7, "lease_token", TOKEN).unwrap()]
+        );
+        assert_eq!(hello.toolchains, [nightly()]);
+        assert_eq!(
+            hello.all_capabilities(),
+            [
+                "docker",
+                "toolchain:stable",
+                "toolchain-id:nightly=0123456789ab"
+            ]
         );
         assert_eq!(v1::Hello::from(hello), good, "round trip");
         for (field, bad) in [
@@ -330,8 +381,39 @@ mod tests {
                     ..good.clone()
                 },
             ),
+            (
+                "hello.toolchains[1].commit_hash",
+                v1::Hello {
+                    toolchains: vec![
+                        (&nightly()).into(),
+                        v1::ToolchainIdentity {
+                            commit_hash: String::new(),
+                            ..(&nightly()).into()
+                        },
+                    ],
+                    ..good.clone()
+                },
+            ),
+            (
+                "hello.toolchains",
+                v1::Hello {
+                    toolchains: vec![(&nightly()).into(); MAX_TOOLCHAINS + 1],
+                    ..good.clone()
+                },
+            ),
         ] {
             assert_eq!(Hello::try_from(bad).unwrap_err().field, field);
+        }
+    }
+
+    fn nightly() -> ToolchainIdentity {
+        ToolchainIdentity {
+            toolchain: "nightly".into(),
+            commit_hash: "0123456789abcdef0123456789abcdef01234567".into(),
+            commit_date: "2026-11-30".into(),
+            host: "x86_64-unknown-linux-gnu".into(),
+            release: "1.95.0-nightly".into(),
+            cargo: "1.95.0-nightly (fedcba987 2026-11-29)".into(),
         }
     }
 

@@ -74,6 +74,10 @@ impl Inner {
         let t0 = Instant::now();
         let slot = self.take_slot().await;
         let sides = self.resolve_sides(spec).await;
+        let ran = [
+            self.side_identity(&sides[0]).await,
+            self.side_identity(&sides[1]).await,
+        ];
         let start_host = match &sides[0] {
             Ok(tc) => self.host_toolchain(&tc.dir).await,
             Err(reason) => Err(PrepareError::Infra(reason.clone())),
@@ -127,8 +131,15 @@ impl Inner {
         drop(prepared);
         drop(slot);
         tracing::debug!(elapsed = ?t0.elapsed(), "job finished");
-        let end = outputs.pop()?;
-        let start = outputs.pop()?;
+        let [start_ran, end_ran] = ran;
+        let end = SideOutput {
+            toolchain: end_ran,
+            ..outputs.pop()?
+        };
+        let start = SideOutput {
+            toolchain: start_ran,
+            ..outputs.pop()?
+        };
         Some(JobOutput { start, end })
     }
 
@@ -465,5 +476,6 @@ fn side_output(run: SideRun, stored: Result<ObjectKey, String>) -> SideOutput {
         peak_memory_bytes: run.peak_memory_bytes,
         log_key,
         duration: run.duration,
+        toolchain: None, // set with the job's output
     }
 }

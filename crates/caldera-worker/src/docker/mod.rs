@@ -76,7 +76,7 @@ use targets::delete_trash;
 use toolchains::toolchain_dir_key;
 
 pub use steps::{PlannedStep, plan_steps};
-pub use toolchains::capabilities;
+pub use toolchains::{capabilities, toolchain_identities};
 
 mod job;
 mod log;

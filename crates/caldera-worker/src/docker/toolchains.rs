@@ -1,11 +1,12 @@
 //! The toolchains a side runs with: resolved in the worker's rustup home (or a path), probed once
 //! on the host, mounted read-only into the side's container under a tame name; Miri's sysroot is
-//! built once per toolchain; and the capabilities a worker announces for what it has.
+//! built once per toolchain; and the capabilities and toolchain builds (identities) a worker
+//! announces for what it has.
 
 use std::path::{Path, PathBuf};
 
 use caldera_core::experiment::Mode;
-use caldera_core::toolchain::{Toolchain, ToolchainSource};
+use caldera_core::toolchain::{Toolchain, ToolchainIdentity, ToolchainSource};
 use caldera_sandbox::{SandboxError, paths, resolve_toolchain};
 use sha2::{Digest, Sha256};
 
@@ -75,7 +76,61 @@ pub async fn capabilities(rustup_home: &Path) -> Result<Vec<String>, SandboxErro
     Ok(caps)
 }
 
+/// The build of each installed toolchain that has a `rustc` (see [`HostToolchain::probe`]), under
+/// both names a job may use for it: `<name>` and `<dir name>` (e.g. `nightly` and
+/// `nightly-x86_64-unknown-linux-gnu`). What the worker reports in Hello; resolved once, when it
+/// starts. A toolchain whose `rustc -vV` cannot be read is left out (a pinned experiment then
+/// does not come to this worker).
+pub async fn toolchain_identities(
+    rustup_home: &Path,
+) -> Result<Vec<ToolchainIdentity>, SandboxError> {
+    let mut identities = Vec::new();
+    for tc in caldera_sandbox::list_toolchains(rustup_home).await? {
+        let Some(identity) = HostToolchain::probe(&tc.path)
+            .await
+            .ok()
+            .and_then(|h| h.identity)
+        else {
+            continue;
+        };
+        for name in [&tc.name, &tc.dir_name] {
+            if !identities
+                .iter()
+                .any(|i: &ToolchainIdentity| &i.toolchain == name)
+            {
+                identities.push(ToolchainIdentity {
+                    toolchain: name.clone(),
+                    ..identity.clone()
+                });
+            }
+        }
+    }
+    Ok(identities)
+}
+
+/// The name a toolchain's identity goes by: its rustup name, or its path.
+fn identity_name(tc: &Toolchain) -> &str {
+    match &tc.source {
+        ToolchainSource::Rustup(name) => name,
+        ToolchainSource::Path(path) => path,
+    }
+}
+
 impl Inner {
+    /// The build a side runs with, under the name the job gives its toolchain; `None` when the
+    /// toolchain did not resolve or rustc cannot tell.
+    pub(super) async fn side_identity(
+        &self,
+        side: &Result<SideToolchain, String>,
+    ) -> Option<ToolchainIdentity> {
+        let tc = side.as_ref().ok()?;
+        let host = self.host_toolchain(&tc.dir).await.ok()?;
+        Some(ToolchainIdentity {
+            toolchain: identity_name(&tc.spec).to_owned(),
+            ..host.identity?
+        })
+    }
+
     pub(super) async fn resolve_side(
         &self,
         tc: &Toolchain,
@@ -204,6 +259,53 @@ mod tests {
                 "toolchain:stable".into(),
                 "toolchain:stable-x86_64-unknown-linux-gnu".into(),
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn identities_are_read_from_rustc_and_cargo_under_both_names() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(
+            home.path().join("settings.toml"),
+            "default_host_triple = \"x86_64-unknown-linux-gnu\"\n",
+        )
+        .unwrap();
+        let script = |dir: &str, tool: &str, body: &str| {
+            let bin = home.path().join("toolchains").join(dir).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            let path = bin.join(tool);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        let nightly = "nightly-x86_64-unknown-linux-gnu";
+        script(
+            nightly,
+            "cargo",
+            "echo 'cargo 1.95.0-nightly (fedcba987 2026-11-29)'",
+        );
+        script(
+            nightly,
+            "rustc",
+            "printf 'rustc 1.95.0-nightly\\ncommit-hash: 0123456789abcdef\\ncommit-date: \
+             2026-11-30\\nhost: x86_64-unknown-linux-gnu\\nrelease: 1.95.0-nightly\\n'",
+        );
+        // a rustc that cannot tell: left out, the worker still starts
+        script(
+            "stable-x86_64-unknown-linux-gnu",
+            "cargo",
+            "echo 'cargo 1.95.0 (x 2026-11-01)'",
+        );
+        script("stable-x86_64-unknown-linux-gnu", "rustc", "exit 1");
+        let ids = toolchain_identities(home.path()).await.unwrap();
+        let names: Vec<&str> = ids.iter().map(|i| i.toolchain.as_str()).collect();
+        assert_eq!(names, ["nightly", nightly]);
+        assert_eq!(ids[0].commit_hash, "0123456789abcdef");
+        assert_eq!(ids[0].cargo, "1.95.0-nightly (fedcba987 2026-11-29)");
+        assert!(ids[0].same_build(&ids[1]));
+        assert_eq!(
+            ids[0].capability().as_deref(),
+            Some("toolchain-id:nightly=0123456789ab")
         );
     }
 

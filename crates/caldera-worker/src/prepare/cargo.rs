@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use caldera_core::toolchain::ToolchainIdentity;
+
 use super::failures::classify_cargo_failure;
 use super::{PrepareError, PrepareReport, Preparer};
 
@@ -13,10 +15,14 @@ pub struct HostToolchain {
     pub path: PathBuf,
     /// What `cargo -V` says, e.g. `1.95.0`.
     pub cargo_version: semver::Version,
+    /// The build, from `rustc -vV` and `cargo -V` (its `toolchain` is the directory); `None`
+    /// when `rustc -vV` cannot be read.
+    pub identity: Option<ToolchainIdentity>,
 }
 
 impl HostToolchain {
-    /// Runs `<dir>/bin/cargo -V` to learn the cargo version.
+    /// Runs `<dir>/bin/cargo -V` to learn the cargo version, and `<dir>/bin/rustc -vV` for the
+    /// build's identity.
     pub async fn probe(dir: &Path) -> Result<HostToolchain, PrepareError> {
         let cargo = dir.join("bin/cargo");
         let out = tokio::process::Command::new(&cargo)
@@ -39,11 +45,38 @@ impl HostToolchain {
                     text.trim()
                 ))
             })?;
+        let identity = rustc_identity(dir, &text).await;
         Ok(HostToolchain {
             path: dir.to_owned(),
             cargo_version: version,
+            identity,
         })
     }
+}
+
+/// The identity of the toolchain in `dir` from its `rustc -vV` (and `cargo_v`, what `cargo -V`
+/// printed); `None`, with a warning, when rustc cannot tell.
+async fn rustc_identity(dir: &Path, cargo_v: &str) -> Option<ToolchainIdentity> {
+    let rustc = dir.join("bin/rustc");
+    let out = tokio::process::Command::new(&rustc)
+        .arg("-vV")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .kill_on_drop(true)
+        .output()
+        .await;
+    let parsed = match out {
+        Ok(out) if out.status.success() => ToolchainIdentity::parse(
+            &dir.display().to_string(),
+            &String::from_utf8_lossy(&out.stdout),
+            cargo_v,
+        )
+        .map_err(|e| e.to_string()),
+        Ok(out) => Err(format!("exited with {}", out.status)),
+        Err(e) => Err(e.to_string()),
+    };
+    parsed
+        .inspect_err(|e| tracing::warn!(rustc = %rustc.display(), error = %e, "cannot read the toolchain's identity (rustc -vV)"))
+        .ok()
 }
 
 /// Environment variables of the worker that host-side cargo and git may see (network set-up).

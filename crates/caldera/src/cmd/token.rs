@@ -80,7 +80,8 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                     println!(
                         "{:<36}  {:<8}  {:<20}  {:<8}  {}",
                         r.id,
-                        r.role,
+                        // padded: `Role`'s Display ignores the width
+                        r.role.to_string(),
                         r.name,
                         state,
                         r.created_at.format("%Y-%m-%d %H:%M")

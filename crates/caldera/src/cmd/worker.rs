@@ -120,6 +120,9 @@ pub struct ExecutorArgs {
     /// Filled by [`ExecutorArgs::build`].
     #[arg(skip)]
     capabilities: OnceLock<Vec<String>>,
+    /// Filled by [`ExecutorArgs::build`]: the build of each installed toolchain.
+    #[arg(skip)]
+    toolchains: OnceLock<Vec<caldera_core::toolchain::ToolchainIdentity>>,
 }
 
 impl ExecutorArgs {
@@ -136,6 +139,12 @@ impl ExecutorArgs {
                 format!("arch:{}", std::env::consts::ARCH),
             ]
         })
+    }
+
+    /// The build of each installed toolchain (`rustc -vV`, `cargo -V`), for Hello. Known once
+    /// [`build`](Self::build) ran; empty before.
+    pub fn toolchains(&self) -> Vec<caldera_core::toolchain::ToolchainIdentity> {
+        self.toolchains.get().cloned().unwrap_or_default()
     }
 
     /// Checks the engine and the image, lists the toolchains and builds the executor over
@@ -163,14 +172,7 @@ impl ExecutorArgs {
             .clone()
             .or_else(caldera_sandbox::default_rustup_home)
             .context("no rustup home: pass --rustup-home or set RUSTUP_HOME or HOME")?;
-        let capabilities = caldera_worker::docker::capabilities(&rustup_home)
-            .await
-            .with_context(|| format!("listing the toolchains in {}", rustup_home.display()))?;
-        anyhow::ensure!(
-            capabilities.iter().any(|c| c.starts_with("toolchain:")),
-            "no toolchain is installed in {}; install one with rustup",
-            rustup_home.display()
-        );
+        let (capabilities, toolchains) = installed_toolchains(&rustup_home).await?;
 
         // containers are labelled with the work dir's instance id, and only this instance's
         // leftovers are removed at start: two workers on one engine never sweep each other
@@ -219,8 +221,38 @@ impl ExecutorArgs {
             "Docker executor ready"
         );
         let _ = self.capabilities.set(capabilities);
+        let _ = self.toolchains.set(toolchains);
         Ok(Arc::new(executor))
     }
+}
+
+/// What the toolchains of `rustup_home` offer (capabilities) and the build of each (resolved
+/// once per start of the worker, sent in Hello); at least one toolchain must be installed.
+async fn installed_toolchains(
+    rustup_home: &Path,
+) -> anyhow::Result<(Vec<String>, Vec<caldera_core::toolchain::ToolchainIdentity>)> {
+    let capabilities = caldera_worker::docker::capabilities(rustup_home)
+        .await
+        .with_context(|| format!("listing the toolchains in {}", rustup_home.display()))?;
+    anyhow::ensure!(
+        capabilities.iter().any(|c| c.starts_with("toolchain:")),
+        "no toolchain is installed in {}; install one with rustup",
+        rustup_home.display()
+    );
+    // each toolchain's build, resolved once per start of the worker
+    let toolchains = caldera_worker::docker::toolchain_identities(rustup_home)
+        .await
+        .with_context(|| format!("listing the toolchains in {}", rustup_home.display()))?;
+
+    for t in &toolchains {
+        tracing::info!(
+            toolchain = t.toolchain,
+            build = t.describe(),
+            cargo = t.cargo,
+            "toolchain"
+        );
+    }
+    Ok((capabilities, toolchains))
 }
 
 /// `4GiB`, `512MiB`, `64KiB`, `1G`, `100M` or plain bytes.
@@ -329,6 +361,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let store = caldera_storage::open(&storage).context("opening storage")?;
     let executor = args.executor.build_locked(lock, store).await?;
     worker.capabilities = args.executor.capabilities();
+    worker.toolchains = args.executor.toolchains();
     tracing::info!(worker = name, master = args.master, "worker starting");
 
     let result =

@@ -184,6 +184,7 @@ impl LocalWorker {
             caldera_worker::WorkerConfig::new(grpc_url, token, "local", state.join("worker/spool"));
         wconfig.slots = args.executor.slots();
         wconfig.capabilities = args.executor.capabilities();
+        wconfig.toolchains = args.executor.toolchains();
         wconfig.drain_timeout = Duration::from_secs(5);
         let (drain, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(caldera_worker::run(wconfig, executor.clone(), async move {
