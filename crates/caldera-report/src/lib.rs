@@ -734,7 +734,7 @@ impl Report {
     pub fn retry_selection(&self) -> Option<CrateSelection> {
         let specs: Vec<CrateSpec> = self
             .retry_indices()
-            .map(|i| spec_of(&self.results[i as usize].krate))
+            .map(|i| CrateSpec::exact(&self.results[i as usize].krate))
             .collect();
         (!specs.is_empty()).then_some(CrateSelection::List(specs))
     }
@@ -754,21 +754,6 @@ impl Report {
     /// Gives the results back, in input order.
     pub fn into_results(self) -> Vec<CrateResult> {
         self.results
-    }
-}
-
-/// A `CrateId` as the spec that selects exactly it.
-fn spec_of(id: &CrateId) -> CrateSpec {
-    match id {
-        CrateId::Registry { name, version, .. } => CrateSpec::Registry {
-            name: name.clone(),
-            version: Some(version.clone()),
-        },
-        CrateId::Git { url, rev } => CrateSpec::Git {
-            url: url.clone(),
-            rev: Some(rev.clone()),
-        },
-        CrateId::Local { path } => CrateSpec::Local { path: path.clone() },
     }
 }
 
