@@ -47,7 +47,7 @@ pub struct FleetArgs {
     #[arg(long, default_value_t = REGISTRY_CRATES.len())]
     pub registry_crates: usize,
     /// How long the S3 server stays stopped (seconds).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = S3_OUTAGE_SECS)]
     pub s3_outage_secs: u64,
     /// Run the experiment without injecting faults.
     #[arg(long)]
@@ -59,8 +59,25 @@ pub struct FleetArgs {
     #[arg(long)]
     pub down: bool,
     /// Give up when the experiment has not completed after this many seconds.
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = TIMEOUT_SECS)]
     pub timeout_secs: u64,
+}
+
+const S3_OUTAGE_SECS: u64 = 60;
+const TIMEOUT_SECS: u64 = 1800;
+
+/// The defaults of the command line: the whole run, every fault.
+impl Default for FleetArgs {
+    fn default() -> Self {
+        FleetArgs {
+            registry_crates: REGISTRY_CRATES.len(),
+            s3_outage_secs: S3_OUTAGE_SECS,
+            no_faults: false,
+            keep: false,
+            down: false,
+            timeout_secs: TIMEOUT_SECS,
+        }
+    }
 }
 
 /// The whole run; the stack is torn down whatever happens unless `--keep`.

@@ -24,11 +24,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Provision prerequisites, check formatting and lints, run the whole test suite and every
-    /// benchmark on a tiny input, then validate the deployment files (scripts/validate-deploy.sh).
+    /// benchmark on a tiny input, validate the deployment files (scripts/validate-deploy.sh), then
+    /// run the deploy stack with its faults (`cargo xtask fleet`).
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the deploy stack run (`cargo xtask fleet`).
+        #[arg(long)]
+        no_fleet: bool,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         cargo_args: Vec<String>,
@@ -317,6 +321,7 @@ fn main() -> Result<()> {
         }
         Cmd::Test {
             no_lint,
+            no_fleet,
             cargo_args,
         } => {
             provision()?;
@@ -336,7 +341,12 @@ fn main() -> Result<()> {
             if target.join("debug/caldera").is_file() {
                 validate.env("CALDERA_BIN", target.join("debug/caldera"));
             }
-            run(&mut validate)
+            run(&mut validate)?;
+            if no_fleet {
+                return Ok(());
+            }
+            // the whole deploy stack with its faults, from the binary the tests just built
+            fleet::run(&root(), &fleet::FleetArgs::default())
         }
         Cmd::Demo { demo_args } => {
             provision()?;

@@ -47,6 +47,7 @@ pub mod docker;
 mod executor;
 #[cfg(feature = "testing")]
 pub mod fake;
+mod pending;
 pub mod prepare;
 pub mod result_spool;
 mod session;

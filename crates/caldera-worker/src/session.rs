@@ -2,7 +2,6 @@
 //! the heartbeat task.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use caldera_proto::v1::worker_service_client::WorkerServiceClient;
@@ -19,6 +18,7 @@ use tracing::Instrument;
 
 use crate::WorkerError;
 use crate::config::HANDSHAKE_TIMEOUT;
+use crate::pending::Unacknowledged;
 use crate::tls::MasterEndpoint;
 use crate::worker::Running;
 
@@ -38,11 +38,11 @@ impl Session {
         self.tx.send(v1::WorkerMessage { kind: Some(kind) }).is_ok()
     }
 
-    /// Start sending heartbeats every `interval`, listing the leases in `running`.
-    pub fn start_heartbeats(&mut self, interval: Duration, running: Running, spool_dir: PathBuf) {
+    /// Start sending heartbeats every `interval`, listing the leases `held`.
+    pub fn start_heartbeats(&mut self, interval: Duration, held: HeldLeases, spool_dir: PathBuf) {
         let tx = self.tx.clone();
         let task =
-            heartbeat_loop(tx, interval, running, spool_dir).instrument(tracing::Span::current());
+            heartbeat_loop(tx, interval, held, spool_dir).instrument(tracing::Span::current());
         self.heartbeat = Some(AbortOnDropHandle::new(tokio::spawn(task)));
     }
 
@@ -100,11 +100,11 @@ pub(crate) async fn handshake(
     endpoint: MasterEndpoint,
     authorization: MetadataValue<Ascii>,
     hello: Hello,
-    running: Running,
+    held: HeldLeases,
 ) -> Result<(Box<Session>, Welcome), HandshakeError> {
     tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake_inner(endpoint, authorization, hello, running),
+        handshake_inner(endpoint, authorization, hello, held),
     )
     .await
     .unwrap_or_else(|_| {
@@ -118,10 +118,10 @@ async fn handshake_inner(
     endpoint: MasterEndpoint,
     authorization: MetadataValue<Ascii>,
     mut hello: Hello,
-    running: Running,
+    held: HeldLeases,
 ) -> Result<(Box<Session>, Welcome), HandshakeError> {
     let channel = endpoint.connect().await.map_err(connect_error)?;
-    hello.running = leases(&running);
+    hello.running = held.list();
     tracing::debug!(running = hello.running.len(), "connected; sending Hello");
     let mut client = WorkerServiceClient::new(channel);
     let (tx, rx) = mpsc::unbounded_channel();
@@ -173,7 +173,7 @@ async fn handshake_inner(
 async fn heartbeat_loop(
     tx: mpsc::UnboundedSender<v1::WorkerMessage>,
     interval: Duration,
-    running: Running,
+    held: HeldLeases,
     spool_dir: PathBuf,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -184,8 +184,8 @@ async fn heartbeat_loop(
             crate::system::free_disk_bytes(spool_dir.clone()),
             crate::system::load_average()
         );
-        let running = leases(&running);
-        tracing::trace!(running = running.len(), "heartbeat");
+        let running = held.list();
+        tracing::trace!(held = running.len(), "heartbeat");
         let beat = Heartbeat {
             running,
             free_disk_bytes,
@@ -202,14 +202,31 @@ async fn heartbeat_loop(
     }
 }
 
-/// The leases of the jobs running now (cancelled ones are not ours any more).
-pub(crate) fn leases(running: &Mutex<crate::worker::RunningJobs>) -> Vec<Lease> {
-    let running = running.lock().unwrap_or_else(|p| p.into_inner());
-    running
-        .iter()
-        .filter(|(_, job)| !job.cancelled)
-        .map(|(lease, _)| *lease)
-        .collect()
+/// The leases a worker holds, as Hello and every heartbeat list them: its running jobs' (cancelled
+/// ones are not ours any more) and its unacknowledged results' (see [`crate::pending`]).
+#[derive(Clone)]
+pub(crate) struct HeldLeases {
+    pub running: Running,
+    pub unacknowledged: Unacknowledged,
+}
+
+impl HeldLeases {
+    pub fn list(&self) -> Vec<Lease> {
+        let mut leases: std::collections::BTreeSet<Lease> = {
+            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            running
+                .iter()
+                .filter(|(_, job)| !job.cancelled)
+                .map(|(lease, _)| *lease)
+                .collect()
+        };
+        let unacknowledged = self
+            .unacknowledged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        leases.extend(unacknowledged.iter());
+        leases.into_iter().collect()
+    }
 }
 
 /// A certificate that does not verify is fatal (retrying cannot help, and the worker must not

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::executor::{Assignment, Executor, JobOutput, SideOutput};
+use crate::pending::Pending;
 use crate::result_spool::ResultSpool;
 use crate::session::{self, HandshakeError, Session};
 use crate::{WorkerConfig, WorkerError};
@@ -97,7 +98,7 @@ pub(crate) struct Worker {
     tasks: JoinSet<JobDone>,
     task_leases: HashMap<tokio::task::Id, Lease>,
     /// Finished, spooled, not yet acknowledged.
-    pending: BTreeMap<Lease, v1::JobResult>,
+    pending: Pending,
     /// Hand-backs that could not be sent while disconnected; sent after the next Welcome.
     unsent_returns: Vec<v1::JobReturned>,
     conn: Conn,
@@ -119,7 +120,7 @@ impl Worker {
             source,
         };
         let spool = ResultSpool::open(&config.spool_dir).map_err(spool_error)?;
-        let pending = spooled_results(&spool);
+        let pending = Pending::from_spool(&spool);
         Ok(Worker {
             config,
             endpoint,
@@ -196,7 +197,7 @@ impl Worker {
             self.endpoint.clone(),
             self.authorization.clone(),
             hello,
-            self.running.clone(),
+            self.held_leases(),
         )
         .boxed()
     }
@@ -238,17 +239,17 @@ impl Worker {
             worker_id = %welcome.worker_id,
             lease = ?welcome.lease,
             heartbeat = ?welcome.heartbeat_interval,
-            running = session::leases(&self.running).len(),
+            held = self.held_leases().list().len(),
             unacknowledged = self.pending.len(),
             "connected to the master",
         );
         self.attempt = 0;
         session.start_heartbeats(
             welcome.heartbeat_interval,
-            self.running.clone(),
+            self.held_leases(),
             self.config.spool_dir.clone(),
         );
-        for result in self.pending.values() {
+        for result in self.pending.results() {
             session.send(worker_message::Kind::Result(result.clone()));
         }
         for returned in self.unsent_returns.drain(..) {
@@ -418,12 +419,7 @@ impl Worker {
             found = true;
         }
         // finished but not yet delivered: drop it too
-        let finished: Vec<Lease> = self
-            .pending
-            .keys()
-            .filter(|l| c.stops(l))
-            .copied()
-            .collect();
+        let finished = self.pending.leases_where(|l| c.stops(l));
         for lease in finished {
             info!(job_id = lease.job_id, reason = %c.reason, "dropping the finished job's result as the master asked");
             self.pending.remove(&lease);
@@ -583,6 +579,14 @@ impl Worker {
         }
     }
 
+    /// The leases heartbeats list: running jobs' and unacknowledged results'.
+    fn held_leases(&self) -> session::HeldLeases {
+        session::HeldLeases {
+            running: self.running.clone(),
+            unacknowledged: self.pending.leases(),
+        }
+    }
+
     fn lock_running(&self) -> std::sync::MutexGuard<'_, RunningJobs> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -595,33 +599,6 @@ async fn flush_spool(spool: &ResultSpool) {
     if let Err(e) = spool.flush().await {
         warn!(error = %e, "could not sync the result spool; acknowledged results may be sent again after a restart");
     }
-}
-
-/// The results an earlier run left in the spool, by lease; they are sent once connected. One
-/// whose lease token does not parse could never be accepted: it is dropped.
-fn spooled_results(spool: &ResultSpool) -> BTreeMap<Lease, v1::JobResult> {
-    let mut pending = BTreeMap::new();
-    for r in spool.scan() {
-        match Lease::from_wire(r.job_id, "result.lease_token", &r.lease_token) {
-            Ok(lease) => {
-                pending.insert(lease, r);
-            }
-            Err(e) => {
-                warn!(
-                    job_id = r.job_id,
-                    "dropping a spooled result the master cannot accept: {e}"
-                );
-                spool.remove(r.job_id, &r.lease_token);
-            }
-        }
-    }
-    if !pending.is_empty() {
-        info!(
-            results = pending.len(),
-            "found results of an earlier run in the spool; they are sent once connected"
-        );
-    }
-    pending
 }
 
 /// Forget the spooled result of `lease` (acknowledged, or cancelled). The spool keys results by

@@ -97,8 +97,8 @@ async fn results_finished_while_the_master_is_down_are_delivered_after_it_comes_
     let hello = master.expect_hello().await;
     assert_eq!(
         hello.running,
-        [lease(2)],
-        "the new Hello lists the job still running"
+        [lease(1), lease(2)],
+        "the new Hello lists the job still running and the result not yet acknowledged"
     );
     let result = master.expect_result(1).await;
     assert_eq!(outcome(&result.end), Outcome::TestPass);
@@ -333,6 +333,69 @@ async fn heartbeats_list_the_running_leases() {
         })
         .await;
     worker.drain_and_join().await.unwrap();
+}
+
+/// A finished job's lease is listed until its result is acknowledged: as far as the master's
+/// reaper knows the job still runs until the result is written, and a result writer that falls
+/// behind by more than a lease must not see the lease expire under a result it already holds.
+#[tokio::test]
+async fn heartbeats_keep_listing_a_finished_job_until_its_result_is_acknowledged() {
+    init_tracing();
+    let mut master = TestMaster::start().await;
+    master.set_auto_ack(false);
+    let spool_dir = tempfile::tempdir().unwrap();
+    let fake = FakeExecutor::new();
+    let worker = TestWorker::spawn(config(&master, spool_dir.path()), fake.clone());
+    master.expect_hello().await;
+    master.assign(8, "reg:quick@1.0.0");
+    master.expect_result(8).await;
+
+    // the result is in; the next heartbeats still list its lease
+    for _ in 0..2 {
+        let beat = master
+            .expect("a heartbeat after the result", |e| match e {
+                Event::Heartbeat(h) => Some(h.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(beat.running, [lease(8)], "unacknowledged: still held");
+    }
+
+    master.ack(8, true);
+    master
+        .expect("a heartbeat listing no job once acknowledged", |e| {
+            matches!(e, Event::Heartbeat(h) if h.running.is_empty()).then_some(())
+        })
+        .await;
+    worker.drain_and_join().await.unwrap();
+    assert_eq!(master.results_for(8), 1, "sent once");
+}
+
+/// The master answers a heartbeat that lists a lease whose result it already wrote with a
+/// Cancel: the worker drops the result (it was delivered) and stops listing the lease.
+#[tokio::test]
+async fn a_cancel_for_an_unacknowledged_result_drops_it_and_its_lease() {
+    init_tracing();
+    let mut master = TestMaster::start().await;
+    master.set_auto_ack(false);
+    let spool_dir = tempfile::tempdir().unwrap();
+    let worker = TestWorker::spawn(config(&master, spool_dir.path()), FakeExecutor::new());
+    master.expect_hello().await;
+    master.assign(9, "reg:quick@1.0.0");
+    master.expect_result(9).await;
+    master.cancel(9);
+    let spooled = || ResultSpool::read_dir_results(spool_dir.path()).unwrap();
+    eventually("the cancelled result leaves the spool", || {
+        spooled().is_empty()
+    })
+    .await;
+    master
+        .expect("a heartbeat listing no job once cancelled", |e| {
+            matches!(e, Event::Heartbeat(h) if h.running.is_empty()).then_some(())
+        })
+        .await;
+    worker.drain_and_join().await.unwrap();
+    assert_eq!(master.results_for(9), 1, "not sent again");
 }
 
 #[tokio::test]
