@@ -111,6 +111,12 @@ use caldera_core::experiment::Mode;
 use caldera_core::logtext::{CargoMessage, Diagnostic, strip_ansi};
 use caldera_core::outcome::{BuildFailReason, Outcome, TestFailReason};
 
+/// The classifier's version, part of every result-cache fingerprint
+/// (`caldera_core::fingerprint::Environment::classifier`): **bump it when a change can change an
+/// outcome** (a new phrase, a changed rule in `decide`, a new outcome kind), so that results
+/// classified by the old rules are no longer reused. Workers advertise it in `Hello`.
+pub const CLASSIFIER_VERSION: u32 = 1;
+
 mod decide;
 mod package;
 mod phrases;

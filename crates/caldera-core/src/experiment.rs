@@ -19,7 +19,8 @@
 //!   "requirements": ["linux", "mem:16g"],     // [] deduplicated, first occurrence kept
 //!   "overrides": {"serde": {"skip_tests": true, "extra_timeout_secs": 600}},  // [{}]
 //!   "confirm": 2,                             // 0..=5 [2]: re-runs of each regressed/fixed crate
-//!   "calibration": false                      // [false]: true allows start == end (an A/A run)
+//!   "calibration": false,                     // [false]: true allows start == end (an A/A run)
+//!   "cache": true                             // [true]: sides may be settled from the result cache
 //! }
 //! ```
 //!
@@ -28,6 +29,8 @@
 //! comparison is confirmed when every run agrees, flaky otherwise (see [`crate::confirm`]).
 //! `calibration`: an A/A experiment, the same toolchain on both sides, to measure the farm's own
 //! noise; without it, equal toolchains are refused.
+//! `cache`: when the experiment starts, a side whose fingerprint (see [`crate::fingerprint`]) has
+//! a trustworthy earlier result is settled from it without running; `false` runs every side.
 
 #![warn(missing_docs)]
 
@@ -38,9 +41,15 @@ use serde::de::{self, DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::crates::validate_crate_name;
+
+mod checks;
 use crate::selection::CrateSelection;
 use crate::serde_util::{MapOnly, first_control_char, string_enum};
 use crate::toolchain::{Toolchain, ToolchainSource};
+use checks::{
+    check_confirm, check_crates, check_distinct, check_miri, check_name, check_priority,
+    check_toolchain,
+};
 
 /// Lowest accepted priority.
 pub const MIN_PRIORITY: i32 = -1000;
@@ -59,6 +68,10 @@ pub const MAX_CONFIRM: u32 = 5;
 
 fn default_confirm() -> u32 {
     DEFAULT_CONFIRM
+}
+
+fn default_cache() -> bool {
+    true
 }
 
 string_enum! {
@@ -199,6 +212,10 @@ pub struct ExperimentSpec {
     /// otherwise start and end must differ).
     #[cfg_attr(feature = "openapi", schema(required = false, default = false))]
     pub calibration: bool,
+    /// Whether sides may be settled from the result cache at the start (default true; `false`
+    /// runs every side).
+    #[cfg_attr(feature = "openapi", schema(required = false, default = true))]
+    pub cache: bool,
 }
 
 /// A partial update of an [`ExperimentSpec`]: every present field replaces the spec's. The name
@@ -239,6 +256,9 @@ pub struct ExperimentEdit {
     /// Whether the experiment is a calibration (A/A) run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calibration: Option<bool>,
+    /// Whether sides may be settled from the result cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 /// Invalid input, naming the field: Display is `field: message` (or just `message` when the whole
@@ -313,104 +333,6 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Validat
     de.end()
         .map_err(|e| ValidationError::new("", format!("invalid JSON: {e}")))?;
     Ok(value)
-}
-
-fn check_name(name: &str) -> Result<(), ValidationError> {
-    let ok = name.len() <= 64
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ValidationError::new(
-            "name",
-            format!(
-                "invalid experiment name {name:?}: must be 1 to 64 characters of lowercase ASCII \
-                 letters, digits and '-', starting with a letter or digit"
-            ),
-        ))
-    }
-}
-
-fn check_toolchain(field: &str, toolchain: &Toolchain) -> Result<(), ValidationError> {
-    toolchain
-        .validate()
-        .map_err(|e| ValidationError::new(field, e.to_string()))
-}
-
-fn check_distinct(
-    field: &str,
-    start: &Toolchain,
-    end: &Toolchain,
-    calibration: bool,
-) -> Result<(), ValidationError> {
-    if start == end && !calibration {
-        Err(ValidationError::new(
-            field,
-            format!(
-                "the start and end toolchains must differ (both are {:?})",
-                start.id()
-            ),
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-/// Miri ships only with nightly toolchains: a miri experiment whose rustup toolchain is another
-/// channel could never run, so it is refused when it is defined (a `path:` toolchain may have
-/// Miri; workers advertise `miri:<name>` for the toolchains that do).
-fn check_miri(mode: Mode, start: &Toolchain, end: &Toolchain) -> Result<(), ValidationError> {
-    if mode != Mode::Miri {
-        return Ok(());
-    }
-    for (field, tc) in [("start", start), ("end", end)] {
-        if let ToolchainSource::Rustup(name) = &tc.source
-            && !name.starts_with("nightly")
-        {
-            return Err(ValidationError::new(
-                field,
-                format!(
-                    "miri runs only on nightly toolchains, and {name:?} is not one \
-                     (use nightly or nightly-YYYY-MM-DD, or another mode)"
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_crates(crates: &CrateSelection) -> Result<(), ValidationError> {
-    crates
-        .validate()
-        .map_err(|e| ValidationError::new("crates", e.to_string()))
-}
-
-fn check_confirm(confirm: u32) -> Result<(), ValidationError> {
-    if confirm <= MAX_CONFIRM {
-        Ok(())
-    } else {
-        Err(ValidationError::new(
-            "confirm",
-            format!("must be between 0 and {MAX_CONFIRM} (got {confirm})"),
-        ))
-    }
-}
-
-fn check_priority(priority: i32) -> Result<(), ValidationError> {
-    if (MIN_PRIORITY..=MAX_PRIORITY).contains(&priority) {
-        Ok(())
-    } else {
-        Err(ValidationError::new(
-            "priority",
-            format!("must be between {MIN_PRIORITY} and {MAX_PRIORITY} (got {priority})"),
-        ))
-    }
 }
 
 /// Validates a worker capability string: 1 to 64 characters of `[a-z0-9._:=-]`, starting with a
@@ -542,6 +464,8 @@ struct SpecIn {
     confirm: u32,
     #[serde(default)]
     calibration: bool,
+    #[serde(default = "default_cache")]
+    cache: bool,
 }
 
 impl SpecIn {
@@ -558,6 +482,7 @@ impl SpecIn {
             overrides: self.overrides,
             confirm: self.confirm,
             calibration: self.calibration,
+            cache: self.cache,
         };
         dedup_requirements(&mut spec.requirements);
         spec.validate()?;
@@ -652,6 +577,9 @@ impl ExperimentSpec {
         if let Some(calibration) = edit.calibration {
             spec.calibration = calibration;
         }
+        if let Some(cache) = edit.cache {
+            spec.cache = cache;
+        }
         let distinct_field = if edit.end.is_none() && edit.start.is_some() {
             "start"
         } else {
@@ -706,6 +634,8 @@ struct EditIn {
     confirm: Option<u32>,
     #[serde(default)]
     calibration: Option<bool>,
+    #[serde(default)]
+    cache: Option<bool>,
 }
 
 impl EditIn {
@@ -722,6 +652,7 @@ impl EditIn {
             overrides,
             confirm,
             calibration,
+            cache,
         } = self;
         let mut edit = ExperimentEdit {
             start,
@@ -734,6 +665,7 @@ impl EditIn {
             overrides,
             confirm,
             calibration,
+            cache,
         };
         if let Some(reqs) = &mut edit.requirements {
             dedup_requirements(reqs);
@@ -899,6 +831,7 @@ mod tests {
                 overrides: BTreeMap::new(),
                 confirm: 2,
                 calibration: false,
+                cache: true,
             }
         );
         assert_eq!(
@@ -914,7 +847,8 @@ mod tests {
                 "requirements": [],
                 "overrides": {},
                 "confirm": 2,
-                "calibration": false
+                "calibration": false,
+                "cache": true
             })
         );
     }
@@ -1004,7 +938,7 @@ mod tests {
             (
                 json!({"nme": "x"}),
                 "nme",
-                "unknown field `nme`, expected one of `name`, `start`, `end`, `mode`, `crates`, `cap_lints`, `priority`, `requirements`, `overrides`, `confirm`, `calibration`",
+                "unknown field `nme`, expected one of `name`, `start`, `end`, `mode`, `crates`, `cap_lints`, `priority`, `requirements`, `overrides`, `confirm`, `calibration`, `cache`",
             ),
             (
                 json!({"name": "Beta"}),
@@ -1272,7 +1206,7 @@ mod tests {
             (
                 r#"{"colour": "red"}"#,
                 "colour",
-                "unknown field `colour`, expected one of `name`, `start`, `end`, `mode`, `crates`, `cap_lints`, `priority`, `requirements`, `overrides`, `confirm`, `calibration`",
+                "unknown field `colour`, expected one of `name`, `start`, `end`, `mode`, `crates`, `cap_lints`, `priority`, `requirements`, `overrides`, `confirm`, `calibration`, `cache`",
             ),
             (
                 r#"{"priority": 2000}"#,
@@ -1392,6 +1326,47 @@ mod tests {
         // turning calibration off again while the sides are equal is refused
         let edit = ExperimentEdit::from_json(br#"{"calibration": false}"#).unwrap();
         assert_eq!(aa.apply(&edit).unwrap_err().field, "end");
+    }
+
+    #[test]
+    fn cache_defaults_to_on_and_can_be_turned_off_and_edited() {
+        let spec = ExperimentSpec::from_json(&with(json!({}))).unwrap();
+        assert!(spec.cache, "on by default");
+        let off = ExperimentSpec::from_json(&with(json!({"cache": false}))).unwrap();
+        assert!(!off.cache);
+        let json = serde_json::to_vec(&off).unwrap();
+        assert_eq!(ExperimentSpec::from_json(&json).unwrap(), off, "round trip");
+        for (patch, message) in [
+            (
+                json!({"cache": "no"}),
+                r#"invalid type: string "no", expected a boolean"#,
+            ),
+            (
+                json!({"cache": 0}),
+                "invalid type: integer `0`, expected a boolean",
+            ),
+        ] {
+            let err = ExperimentSpec::from_json(&with(patch.clone())).unwrap_err();
+            assert_eq!(
+                (err.field.as_str(), err.message.as_str()),
+                ("cache", message),
+                "{patch}"
+            );
+        }
+        let edit = ExperimentEdit::from_json(br#"{"cache": false}"#).unwrap();
+        assert!(!spec.apply(&edit).unwrap().cache);
+        let edit = ExperimentEdit::from_json(br#"{"cache": true}"#).unwrap();
+        assert!(off.apply(&edit).unwrap().cache);
+        let err = ExperimentEdit::from_json(br#"{"cache": null}"#);
+        assert!(
+            err.is_ok_and(|e| e.cache.is_none()),
+            "null leaves it as it is"
+        );
+        let err = ExperimentEdit::from_json(br#"{"cache": []}"#).unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.message.as_str()),
+            ("cache", "invalid type: sequence, expected a boolean")
+        );
     }
 
     #[test]

@@ -29,10 +29,16 @@ pub struct JobSpec {
     /// 0 for a crate's first run; 1.. for the runs that confirm a regression or fix, which the
     /// worker runs from fresh target dirs (never a slot's reused ones).
     pub run: u32,
+    /// `Some(side)`: run only that side; the other was settled from the result cache when the
+    /// experiment started (the worker reports it as `skipped`, and the master does not record
+    /// it). `None` (every confirmation run, every job of an experiment with `"cache": false`):
+    /// both sides.
+    pub only: Option<Side>,
 }
 
-/// Which toolchain of an experiment a result belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Which toolchain of an experiment a result belongs to (`"start"` or `"end"` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Side {
     Start,
     End,

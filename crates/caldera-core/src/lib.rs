@@ -16,6 +16,7 @@
 //! * [`lifecycle`] — [`ExperimentStatus`], [`ExperimentAction`] and [`transition`].
 //! * [`outcome`] — [`Outcome`], [`BuildFailReason`], [`Comparison`] and [`compare`].
 //! * [`confirm`] — whether a regression or fix was confirmed by its re-runs ([`confirm::status`]).
+//! * [`estimate`] — what an experiment will cost (CPU and wall time) from history and a fitted model.
 //! * [`triage`] — the cause of a regression and the marks people put on it.
 //! * [`flaky`] — what differed between two runs that should have agreed, and whether a failure is
 //!   explained by known flaky subjects.
@@ -24,7 +25,9 @@
 
 pub mod confirm;
 pub mod crates;
+pub mod estimate;
 pub mod experiment;
+pub mod fingerprint;
 pub mod flaky;
 pub mod job;
 pub mod lifecycle;

@@ -3,16 +3,19 @@
 //! * [`MIGRATOR`] embeds `migrations/` (reversible `NNNN_name.{up,down}.sql`).
 //! * One module per aggregate: [`experiments`], [`crate_lists`], [`tokens`], [`triage`],
 //!   [`toolchains`] (the build each side of an experiment is pinned to);
-//!   [`confirmations`] reads back the runs that confirm regressions and fixes.
+//!   [`confirmations`] reads back the runs that confirm regressions and fixes; [`estimate`]
+//!   what the cost estimator reads (history, jobs, slots) and the estimate kept from the start.
 //! * [`embedded`] starts a private Postgres cluster from the system binaries (tests, `caldera local`).
 //!
 //! Queries are plain `sqlx::query*` calls checked by the integration tests against a real
 //! Postgres (see `tests/`), not the compile-time macros: this keeps builds free of a database
 //! or a committed `.sqlx/` cache; every query in this crate is exercised by a test.
 
+pub mod cache;
 pub mod confirmations;
 pub mod crate_lists;
 pub mod embedded;
+pub mod estimate;
 pub mod experiments;
 pub mod flakes;
 pub mod history;

@@ -174,6 +174,9 @@ pub struct SideDetail {
     /// Name of the worker that ran it, when known.
     pub worker: Option<String>,
     pub recorded_at: DateTime<Utc>,
+    /// The experiment the side was settled from by the result cache (not run here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<String>,
 }
 
 /// Both sides of one crate of an experiment, and its job.
@@ -203,6 +206,7 @@ pub async fn crate_detail(
         Json<Vec<Step>>,
         Option<String>,
         DateTime<Utc>,
+        Option<String>,
     );
     let job: Option<(String, i32)> = sqlx::query_as(
         "SELECT j.state, j.attempt FROM jobs j JOIN crates c ON c.id = j.crate_id
@@ -213,7 +217,8 @@ pub async fn crate_detail(
     .fetch_optional(pool)
     .await?;
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT r.toolchain, r.outcome, r.log_key, r.duration_ms, r.peak_memory_bytes, r.steps, w.name, r.created_at
+        "SELECT r.toolchain, r.outcome, r.log_key, r.duration_ms, r.peak_memory_bytes, r.steps, w.name, r.created_at,
+                r.cached_from_name
          FROM results r JOIN crates c ON c.id = r.crate_id
          LEFT JOIN workers w ON w.id = r.worker_id
          WHERE r.experiment_id = $1 AND c.crate_id = $2 AND r.run = 0",
@@ -232,7 +237,17 @@ pub async fn crate_detail(
         job_state: job.as_ref().map(|(s, _)| s.clone()),
         attempt: job.map(|(_, a)| a),
     };
-    for (side, Json(outcome), log_key, duration_ms, peak, Json(steps), worker, recorded_at) in rows
+    for (
+        side,
+        Json(outcome),
+        log_key,
+        duration_ms,
+        peak,
+        Json(steps),
+        worker,
+        recorded_at,
+        cached_from,
+    ) in rows
     {
         let d = SideDetail {
             outcome,
@@ -242,6 +257,7 @@ pub async fn crate_detail(
             steps,
             worker,
             recorded_at,
+            cached_from,
         };
         match side.as_str() {
             "start" => detail.start = Some(d),

@@ -1,6 +1,8 @@
 //! The database layer against a real private Postgres (one cluster per test binary, one
 //! database per test).
 
+mod cache;
+mod estimate;
 mod job_machine;
 mod toolchains;
 
@@ -38,6 +40,7 @@ async fn migrations_apply_revert_and_reapply() {
             "crate_list_entries",
             "crate_lists",
             "crates",
+            "experiment_estimates",
             "experiment_toolchains",
             "experiments",
             "flakes",
@@ -399,6 +402,7 @@ async fn infrastructure_errors_are_retried_until_the_attempt_cap() {
         .await
         .unwrap();
     let side = |outcome: Outcome| SideRecord {
+        cache_key: None,
         outcome,
         log_key: None,
         duration_ms: 1,
@@ -818,6 +822,7 @@ async fn claim_windows_walk_over_gaps_and_finished_runs() {
 /// A passing side, as a worker reports it.
 fn side() -> caldera_db::jobs::SideRecord {
     caldera_db::jobs::SideRecord {
+        cache_key: None,
         outcome: caldera_core::outcome::Outcome::TestPass,
         log_key: None,
         duration_ms: 1,
@@ -951,6 +956,7 @@ async fn started_with_jobs(db: &TestDb, name: &str, crates: &[&str]) -> uuid::Uu
 /// A side with this outcome, taking `ms`.
 fn side_of(outcome: caldera_core::outcome::Outcome, ms: i64) -> caldera_db::jobs::SideRecord {
     caldera_db::jobs::SideRecord {
+        cache_key: None,
         outcome,
         log_key: Some(format!("log-{ms}")),
         duration_ms: ms,

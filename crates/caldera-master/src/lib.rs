@@ -5,9 +5,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod dashboard;
 pub mod edge;
 pub mod error;
+pub mod estimate;
 pub mod export;
 pub mod metrics;
 pub mod resolve;
@@ -128,6 +130,7 @@ pub fn router_with(state: AppState, dashboard: dashboard::DashboardConfig) -> Ro
                 .patch(experiments::edit)
                 .delete(experiments::delete),
         )
+        .route("/experiments/{name}/estimate", get(api::estimate::get))
         .route("/experiments/{name}/start", post(experiments::start))
         .route("/experiments/{name}/pause", post(experiments::pause))
         .route("/experiments/{name}/resume", post(experiments::resume))

@@ -134,6 +134,7 @@ impl Master {
                     None => None,
                 };
                 sides.push(SideRecord {
+                    cache_key: None,
                     outcome: if log_key.is_some() {
                         caldera_core::outcome::Outcome::TestPass
                     } else {

@@ -74,6 +74,7 @@ pub use caldera_core::outcome::CrateResult;
 
 mod attribution;
 mod confirmation;
+pub mod cost;
 mod deps;
 mod diff;
 mod json;

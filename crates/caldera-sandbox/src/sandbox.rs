@@ -151,6 +151,19 @@ impl Sandbox {
         &self.engine
     }
 
+    /// The id (`sha256:…`) of the image the sandbox runs, as the engine has it now: what the
+    /// result cache's fingerprint names (a tag can be moved to another image).
+    pub async fn image_id(&self) -> Result<String> {
+        let image = self
+            .docker
+            .inspect_image(&self.config.image)
+            .await
+            .map_err(SandboxError::docker("inspect image"))?;
+        image.id.ok_or_else(|| SandboxError::ImageMissing {
+            image: self.config.image.clone(),
+        })
+    }
+
     pub fn config(&self) -> &SandboxConfig {
         &self.config
     }

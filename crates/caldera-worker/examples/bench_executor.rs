@@ -162,6 +162,7 @@ impl Bench {
             extra_timeout_secs: 0,
             extra_memory_mib: 0,
             run: 0,
+            only: None,
         };
         self.next_id += 1;
         let t0 = Instant::now();

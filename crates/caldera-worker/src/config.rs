@@ -44,6 +44,9 @@ pub struct WorkerConfig {
     /// The build of each toolchain it has (`rustc -vV`, `cargo -V`), sent in Hello: an
     /// experiment pins the build each side ran with and then only goes to workers with it.
     pub toolchains: Vec<ToolchainIdentity>,
+    /// What else can change an outcome here (sandbox image id, limits, classifier version), sent
+    /// in Hello and hashed into each side's result-cache key; `None` offers no cache.
+    pub environment: Option<caldera_core::fingerprint::Environment>,
     /// Finished results that the master has not acknowledged yet live here, one file each.
     pub spool_dir: PathBuf,
     /// Delay between reconnect attempts.
@@ -73,6 +76,7 @@ impl WorkerConfig {
             slots: 1,
             capabilities: Vec::new(),
             toolchains: Vec::new(),
+            environment: None,
             spool_dir: spool_dir.into(),
             reconnect: Backoff::default(),
             drain_timeout: Duration::from_secs(600),

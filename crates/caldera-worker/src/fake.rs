@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use caldera_core::crates::CrateId;
+use caldera_core::job::Side;
 use caldera_core::outcome::Outcome;
 use caldera_core::toolchain::{Toolchain, ToolchainIdentity, ToolchainSource};
 use futures::future::BoxFuture;
@@ -290,14 +291,22 @@ impl Executor for FakeExecutor {
                 log_key: None,
                 duration,
                 toolchain: this.identity(tc),
+                cache_key: None,
             };
             let (start, end) = match behaviour.reruns {
                 Some(outcomes) if job.spec.run > 0 => outcomes,
                 _ => (behaviour.start, behaviour.end),
             };
+            let ran = |s: Side| job.spec.only.is_none_or(|only| only == s);
             JobOutput {
-                start: side(start, &job.spec.start),
-                end: side(end, &job.spec.end),
+                start: match ran(Side::Start) {
+                    true => side(start, &job.spec.start),
+                    false => SideOutput::not_run(),
+                },
+                end: match ran(Side::End) {
+                    true => side(end, &job.spec.end),
+                    false => SideOutput::not_run(),
+                },
             }
         })
     }
@@ -324,6 +333,34 @@ mod tests {
             job_id: id,
             attempt: 1,
             spec: JobSpec::try_from(spec).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_with_one_side_settled_runs_only_the_other() {
+        let broken = Outcome::BuildFail(BuildFailReason::CompilerError {
+            codes: vec!["E0308".into()],
+        });
+        let fake = FakeExecutor::new()
+            .with_default(FakeBehaviour::outcomes(broken.clone(), Outcome::TestPass));
+        for (only, start, end) in [
+            (None, broken.clone(), Outcome::TestPass),
+            (Some(Side::Start), broken.clone(), Outcome::Skipped),
+            (Some(Side::End), Outcome::Skipped, Outcome::TestPass),
+        ] {
+            let mut j = job(1, "reg:a@1.0.0");
+            j.spec.only = only;
+            let out = fake.run(j, CancellationToken::new()).await;
+            assert_eq!(
+                (&out.start.outcome, &out.end.outcome),
+                (&start, &end),
+                "{only:?}"
+            );
+            let not_run = [&out.start, &out.end]
+                .into_iter()
+                .filter(|s| **s == SideOutput::not_run())
+                .count();
+            assert_eq!(not_run, usize::from(only.is_some()), "{only:?}");
         }
     }
 

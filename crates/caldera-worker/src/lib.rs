@@ -57,6 +57,8 @@ pub mod upload_spool;
 pub mod workdir;
 mod worker;
 
+/// The classifier's version this worker classifies with (part of its result-cache environment).
+pub use caldera_classify::CLASSIFIER_VERSION;
 pub use config::{
     Backoff, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
     WorkerConfig,

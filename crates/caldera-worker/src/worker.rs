@@ -11,6 +11,8 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use caldera_core::fingerprint::{Environment, SideInputs, cache_key};
+use caldera_core::job::{JobSpec, Side};
 use caldera_proto::v1::{self, master_message, worker_message};
 use caldera_proto::{Assign, Cancel, Hello, JobReturned, Lease, ResultAck, Welcome};
 use futures::FutureExt;
@@ -191,6 +193,7 @@ impl Worker {
             slots: self.config.slots,
             running: Vec::new(), // filled in once connected
             toolchains: self.config.toolchains.clone(),
+            environment: self.config.environment.clone(),
         };
         debug!("connecting to {}", self.config.master);
         session::handshake(
@@ -405,6 +408,7 @@ impl Worker {
             lease,
             assignment,
             cancel,
+            self.config.environment.clone(),
         );
         let handle = self.tasks.spawn(task.instrument(span));
         self.task_leases.insert(handle.id(), lease);
@@ -616,8 +620,10 @@ async fn run_job(
     lease: Lease,
     assignment: Assignment,
     cancel: CancellationToken,
+    environment: Option<Environment>,
 ) -> JobDone {
     info!("job started");
+    let spec = assignment.spec.clone();
     let started = Instant::now();
     let run = AssertUnwindSafe(async { executor.run(assignment, cancel.clone()).await })
         .catch_unwind()
@@ -649,6 +655,10 @@ async fn run_job(
             end: side,
         }
     });
+    let mut output = output;
+    if let Some(env) = environment.filter(Environment::is_complete) {
+        add_cache_keys(&spec, &env, &mut output);
+    }
     let result = output.to_result(&lease);
     if let Err(e) = spool.write(&result).await {
         // still sent: this connection may well deliver it; only a restart before the ack loses it
@@ -658,5 +668,22 @@ async fn run_job(
     JobDone {
         lease,
         result: Some(result),
+    }
+}
+
+/// Each side's result-cache key, from the job, the build it ran with and this worker's
+/// environment: only for a side that ran (not the one `spec.only` left out) and whose build the
+/// executor knows.
+fn add_cache_keys(spec: &JobSpec, env: &Environment, output: &mut JobOutput) {
+    for (side, out) in [
+        (Side::Start, &mut output.start),
+        (Side::End, &mut output.end),
+    ] {
+        if spec.only.is_some_and(|only| only != side) {
+            continue;
+        }
+        if let Some(identity) = &out.toolchain {
+            out.cache_key = cache_key(&SideInputs::of_job(spec, side, identity, env));
+        }
     }
 }

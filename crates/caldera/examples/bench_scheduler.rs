@@ -37,6 +37,7 @@ impl Executor for Instant0 {
             log_key: None,
             duration: Duration::ZERO,
             toolchain: None,
+            cache_key: None,
         };
         Box::pin(async move {
             JobOutput {

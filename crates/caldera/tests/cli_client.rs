@@ -75,8 +75,20 @@ async fn experiment_commands_against_a_master() {
     .unwrap();
     assert!(ok, "{stderr}");
     assert_eq!(
-        stdout.trim(),
+        stdout.lines().next().unwrap_or_default(),
         "created experiment cli-x (queued); start it with `caldera experiment start cli-x`"
+    );
+    // the estimate follows: no history in this mode, no worker connected
+    assert!(
+        stdout.contains(
+            "jobs:        3 (6 sides to run, 0 settled by the cache, 0 settled otherwise)"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("CPU time:    unknown"), "{stdout}");
+    assert!(
+        stdout.contains("3 job(s) have no estimate: no CPU time."),
+        "{stdout}"
     );
 
     let (ok, stdout, stderr) = run(vec!["show", "cli-x"]).await.unwrap();
@@ -97,6 +109,20 @@ async fn experiment_commands_against_a_master() {
             "jobs:         0 of 3 finished (0 done, 0 error, 0 cancelled), 0 running, 3 queued"
         ),
         "{stdout}"
+    );
+
+    let (ok, stdout, stderr) = run(vec!["estimate", "cli-x"]).await.unwrap();
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("experiment cli-x (running)\nestimate, what is left:\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("estimate at the start ("), "{stdout}");
+    let (ok, stdout, stderr) = run(vec!["estimate", "nope"]).await.unwrap();
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains(r#"experiment "nope" not found"#),
+        "{stderr}"
     );
 
     let (ok, stdout, stderr) = run(vec!["--json", "list"]).await.unwrap();

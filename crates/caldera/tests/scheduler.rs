@@ -315,6 +315,7 @@ async fn raw_session(
         slots: 1,
         running: vec![],
         toolchains: vec![],
+        environment: None,
     };
     tx.send(v1::WorkerMessage {
         kind: Some(worker_message::Kind::Hello(hello)),
@@ -725,6 +726,7 @@ async fn finished_experiments_left_running_are_completed_by_the_reaper() {
         .unwrap();
     assert_eq!(claimed.len(), 3);
     let side = SideRecord {
+        cache_key: None,
         outcome: Outcome::TestPass,
         log_key: None,
         duration_ms: 1,

@@ -95,6 +95,7 @@ impl UploadingExecutor {
             log_key: Some(key.to_string()),
             duration: t0.elapsed(),
             toolchain: None,
+            cache_key: None,
         }
     }
 }

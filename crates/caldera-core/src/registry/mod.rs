@@ -281,6 +281,13 @@ impl RegistryListing {
         Some(Self::id(name, candidate))
     }
 
+    /// How many crates the selected version of `name` (exact name) depends on directly (normal and build,
+    /// plus dev-dependencies when `dev`): the feature of the cost model (`crate::estimate`).
+    pub fn dependency_count(&self, name: &str, dev: bool) -> Option<usize> {
+        let c = self.crates.get(name)?.selected()?;
+        Some(c.deps.len() + if dev { c.dev_deps.len() } else { 0 })
+    }
+
     /// Every crate's selected version, sorted by name.
     pub fn all(&self) -> Vec<CrateId> {
         self.selected().map(|(n, _, c)| Self::id(n, c)).collect()

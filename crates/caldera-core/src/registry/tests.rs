@@ -712,3 +712,16 @@ fn parse_index_versions_reads_and_validates() {
         r#"index line 1: invalid version "1": unexpected end of input while parsing major version number"#
     );
 }
+
+#[test]
+fn dependency_counts_are_of_the_selected_version() {
+    let listing = index_listing();
+    // app1@0.2.0: serde, libc (its older version's `log` does not count)
+    assert_eq!(listing.dependency_count("app1", false), Some(2));
+    // app3: the yanked 2.0.0 is not selected; 1.0.0 has serde and libc (twice, counted once)
+    assert_eq!(listing.dependency_count("app3", false), Some(2));
+    // tester: dev-dependencies only
+    assert_eq!(listing.dependency_count("tester", false), Some(0));
+    assert_eq!(listing.dependency_count("tester", true), Some(2));
+    assert_eq!(listing.dependency_count("unknown", true), None);
+}

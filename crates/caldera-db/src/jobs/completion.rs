@@ -227,16 +227,17 @@ impl CompletionStatement {
                  FROM unnest($1::bigint[], $2::uuid[], $5::text[], $15::boolean[], $16::uuid[])
                       AS t(job_id, token, error, confirm, worker)
                  WHERE j.id = t.job_id AND j.lease_token = t.token
-                 RETURNING j.id, j.experiment_id, j.crate_id, j.state, j.run, t.confirm, t.worker
+                 RETURNING j.id, j.experiment_id, j.crate_id, j.state, j.run, t.confirm, t.worker, j.only_side
              ), recorded AS (
                  INSERT INTO results (experiment_id, crate_id, run, toolchain, job_id, outcome, outcome_kind, log_key,
-                                      duration_ms, peak_memory_bytes, steps, worker_id, created_at)
-                 SELECT f.experiment_id, f.crate_id, f.run, r.s, f.id, r.o, r.k, r.l, r.d, r.m, r.st, r.w, $3
+                                      duration_ms, peak_memory_bytes, steps, worker_id, created_at, cache_key)
+                 SELECT f.experiment_id, f.crate_id, f.run, r.s, f.id, r.o, r.k, r.l, r.d, r.m, r.st, r.w, $3, r.ck
                  FROM finished f
                  JOIN unnest($6::bigint[], $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::bigint[],
-                             $12::bigint[], $13::jsonb[], $14::uuid[]) AS r(j, s, o, k, l, d, m, st, w)
+                             $12::bigint[], $13::jsonb[], $14::uuid[], $17::text[]) AS r(j, s, o, k, l, d, m, st, w, ck)
                    ON r.j = f.id
-                 WHERE f.state = 'done'
+                 -- a job's side settled from the result cache at the start has its row already
+                 WHERE f.state = 'done' AND (f.only_side IS NULL OR f.only_side = r.s)
                  {on_conflict}
              ){confirming}
              SELECT id, experiment_id, state, run, {confirmations} FROM finished"
@@ -267,6 +268,7 @@ impl CompletionStatement {
             .bind(&sides.worker)
             .bind(&self.confirms)
             .bind(&self.workers)
+            .bind(&sides.cache_key)
             .fetch_all(conn)
             .await?)
     }
@@ -284,6 +286,7 @@ struct SideColumns {
     memory: Vec<i64>,
     steps: Vec<serde_json::Value>,
     worker: Vec<Uuid>,
+    cache_key: Vec<Option<String>>,
 }
 
 impl SideColumns {
@@ -297,5 +300,11 @@ impl SideColumns {
         self.memory.push(rec.peak_memory_bytes);
         self.steps.push(steps_json(&rec.steps));
         self.worker.push(worker);
+        // only outcomes that may settle a later side are found by the cache's lookup
+        self.cache_key.push(
+            rec.cache_key
+                .clone()
+                .filter(|_| caldera_core::fingerprint::is_trustworthy(&rec.outcome)),
+        );
     }
 }

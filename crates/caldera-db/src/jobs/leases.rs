@@ -122,6 +122,7 @@ pub async fn reap(pool: &PgPool, now: DateTime<Utc>, max_attempts: i32) -> Resul
         if state == "error" {
             out.errored.push(id);
             let rec = SideRecord {
+                cache_key: None,
                 outcome: Outcome::Error {
                     reason: format!("no result after {attempt} attempts (leases expired)"),
                 },

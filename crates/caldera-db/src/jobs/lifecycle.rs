@@ -142,6 +142,7 @@ pub async fn settle_without_running(
             continue;
         };
         let rec = SideRecord {
+            cache_key: None,
             outcome: (*outcome).clone(),
             log_key: None,
             duration_ms: 0,

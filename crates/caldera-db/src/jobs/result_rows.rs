@@ -18,6 +18,9 @@ pub struct SideRecord {
     pub peak_memory_bytes: i64,
     /// (step name, duration in ms), in order
     pub steps: Vec<(String, i64)>,
+    /// The side's result-cache key as the worker computed it; recorded only when the outcome
+    /// may be reused (`caldera_core::fingerprint::is_trustworthy`).
+    pub cache_key: Option<String>,
 }
 
 pub(super) fn outcome_json(o: &Outcome) -> serde_json::Value {

@@ -34,6 +34,10 @@ pub struct ExperimentView {
     /// Job counts by state (only when one experiment is asked for).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<JobCounts>,
+    /// What it will cost (create, start), or what is left of it (one running or paused
+    /// experiment): see `GET …/estimate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<caldera_core::estimate::Estimate>,
 }
 
 /// How many of an experiment's jobs are in each state (one job per crate).
@@ -71,6 +75,7 @@ impl From<ExperimentRow> for ExperimentView {
             started_at: r.started_at,
             finished_at: r.finished_at,
             progress: None,
+            estimate: None,
         }
     }
 }
@@ -110,7 +115,14 @@ pub async fn create(
     crate::resolve::pin_selection(state.index.as_deref(), &mut spec.crates).await?;
     let row = experiments::create(&state.pool, &spec).await?;
     tracing::info!(experiment = %row.name, token = %caller.name, "experiment created");
-    Ok((StatusCode::CREATED, Json(row.into())))
+    // best effort: a selection the start could not resolve is the start's 422, not the create's
+    let estimate = crate::estimate::before_start(&state, &row)
+        .await
+        .inspect_err(|e| tracing::info!(experiment = %row.name, error = ?e, "no estimate"))
+        .ok();
+    let mut view = ExperimentView::from(row);
+    view.estimate = estimate;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// List experiments, optionally filtered by status.
@@ -172,8 +184,10 @@ pub async fn get(
 ) -> Result<Json<ExperimentView>, ApiError> {
     let row = experiments::get(&state.pool, &name).await?;
     let progress = caldera_db::jobs::progress_of(&state.pool, row.id).await?;
+    let estimate = super::estimate::remaining_of(&state, &row).await;
     let mut view = ExperimentView::from(row);
     view.progress = Some(progress.into());
+    view.estimate = estimate;
     Ok(Json(view))
 }
 
@@ -258,6 +272,7 @@ async fn action(
     name: &str,
     action: ExperimentAction,
 ) -> Result<Json<ExperimentView>, ApiError> {
+    let mut estimate = None;
     let row = match action {
         ExperimentAction::Start => {
             // resolve before taking the row lock: this may read crate lists or a registry listing
@@ -268,6 +283,8 @@ async fn action(
             } else {
                 let registry = crate::resolve::Registry::of(state);
                 let crates = crate::resolve::resolve(&state.pool, registry, &current.spec).await?;
+                // the result cache's lookup and object copies, before the row lock too
+                let cached = crate::cache::prepare(state, &current.spec, &crates).await?;
                 let mut pending = experiments::begin_action(&state.pool, name, action).await?;
                 let n = jobs::create_for_experiment(&mut pending.tx, pending.current.id, &crates)
                     .await?;
@@ -278,23 +295,7 @@ async fn action(
                 )
                 .await?;
                 // crates the overrides say not to run get their outcome now
-                let settled: Vec<(
-                    caldera_core::crates::CrateId,
-                    caldera_core::outcome::Outcome,
-                )> = crates
-                    .iter()
-                    .filter_map(|c| {
-                        let o = pending.current.spec.override_for(c.registry_name()?)?;
-                        let outcome = match (&o.broken, o.skip) {
-                            (Some(reason), _) => caldera_core::outcome::Outcome::Broken {
-                                reason: reason.clone(),
-                            },
-                            (None, true) => caldera_core::outcome::Outcome::Skipped,
-                            (None, false) => return None,
-                        };
-                        Some((c.clone(), outcome))
-                    })
-                    .collect();
+                let settled = overridden(&pending.current.spec, &crates);
                 let skipped = jobs::settle_without_running(
                     &mut pending.tx,
                     pending.current.id,
@@ -302,9 +303,12 @@ async fn action(
                     chrono::Utc::now(),
                 )
                 .await?;
+                let from_cache = crate::cache::apply(&mut pending, &cached).await?;
+                // made (and kept) on the start's transaction: what the start settled is in it
+                estimate = Some(crate::estimate::at_start(state, &mut pending).await?);
                 let row = pending.commit().await?;
-                tracing::info!(experiment = %row.name, jobs = n, skipped, "jobs created");
-                if skipped > 0 {
+                tracing::info!(experiment = %row.name, jobs = n, skipped, cached = ?from_cache, "jobs created");
+                if skipped > 0 || from_cache.jobs_done > 0 {
                     state.scheduler.check_finished(row.id).await;
                 }
                 state.scheduler.wake();
@@ -327,7 +331,33 @@ async fn action(
         }
     };
     tracing::info!(experiment = %row.name, token = %caller.0.name, status = %row.status, "experiment {action:?}");
-    Ok(Json(row.into()))
+    let mut view = ExperimentView::from(row);
+    view.estimate = estimate;
+    Ok(Json(view))
+}
+
+/// The crates whose override says not to run them (`broken`, `skip`), with the outcome they get.
+fn overridden(
+    spec: &ExperimentSpec,
+    crates: &[caldera_core::crates::CrateId],
+) -> Vec<(
+    caldera_core::crates::CrateId,
+    caldera_core::outcome::Outcome,
+)> {
+    crates
+        .iter()
+        .filter_map(|c| {
+            let o = spec.override_for(c.registry_name()?)?;
+            let outcome = match (&o.broken, o.skip) {
+                (Some(reason), _) => caldera_core::outcome::Outcome::Broken {
+                    reason: reason.clone(),
+                },
+                (None, true) => caldera_core::outcome::Outcome::Skipped,
+                (None, false) => return None,
+            };
+            Some((c.clone(), outcome))
+        })
+        .collect()
 }
 
 /// Start a queued experiment.

@@ -1,6 +1,7 @@
 //! The JSON API under `/api/v1`.
 
 pub mod crate_lists;
+pub mod estimate;
 pub mod experiments;
 pub mod farm;
 pub mod flakes;

@@ -11,7 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{crate_lists, experiments, farm, flakes, logs, pr, report, tokens, triage};
+use super::{crate_lists, estimate, experiments, farm, flakes, logs, pr, report, tokens, triage};
 use crate::error::{ErrorBody, ErrorDetail};
 
 struct BearerAuth;
@@ -297,7 +297,7 @@ fn error_response(description: &str) -> utoipa::openapi::Response {
         crate::health,
         experiments::create, experiments::list, experiments::get, experiments::edit, experiments::delete,
         experiments::start, experiments::pause, experiments::resume, experiments::abort,
-        experiments::confirmations,
+        experiments::confirmations, estimate::get,
         flakes::of_crate, flakes::of_experiment,
         logs::get_log,
         crate_lists::create, crate_lists::list, crate_lists::get, crate_lists::delete,

@@ -325,6 +325,7 @@ async fn record_sides(
             steps.push(("test".to_owned(), test_ms));
         }
         sides.push(SideRecord {
+            cache_key: None,
             outcome,
             log_key: Some(key.to_string()),
             duration_ms: build_ms + test_ms,

@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use caldera_core::crates::CrateId;
 use caldera_core::outcome::Comparison;
+use caldera_db::cache::CachedSides;
 use caldera_db::experiments::ExperimentRow;
 use caldera_db::flakes::Flake;
 use caldera_db::toolchains::Pins;
@@ -21,6 +22,19 @@ use super::stream::put_streamed;
 use super::{CHUNK, ExportError, ExportSummary, ExportedFile, FILES, content_type};
 use super::{html, logs_tar};
 
+/// What the report files say about the runs besides their outcomes.
+#[derive(Debug, Default)]
+pub struct Header {
+    /// The confirmation runs made (finished runs, their build time in ms), when known.
+    pub reruns: Option<(u64, u64)>,
+    /// The build each side ran with.
+    pub pins: Pins,
+    /// The sides settled from the result cache, with their source experiments.
+    pub cached: CachedSides,
+    /// The estimate made at the start against what the run cost, when one was kept.
+    pub cost: Option<caldera_report::cost::CostComparison>,
+}
+
 /// Writes every report file of `report` (the report of `experiment`), with the triage `marks` that
 /// apply to its regressions ([`crate::triage::marks_for_report`]). The files are produced
 /// concurrently: `summary.md` and `retry.txt`; `results.json`; `index.html` then `logs.tar.zst`.
@@ -28,15 +42,14 @@ pub async fn write_files(
     store: Arc<dyn ObjectStore>,
     experiment: &ExperimentRow,
     report: Arc<Report>,
-    reruns: Option<(u64, u64)>,
+    header: Arc<Header>,
     marks: Arc<HashMap<CrateId, Mark>>,
     known_flakes: Arc<BTreeMap<String, Vec<Flake>>>,
-    pins: Arc<Pins>,
 ) -> Result<ExportSummary, ExportError> {
     let name = experiment.name.clone();
-    let small = write_summary_and_retry(&*store, experiment, &report, reruns, &marks, &pins);
-    let json = write_results_json(&*store, &name, &report, &marks, &known_flakes, &pins);
-    let html_and_logs = write_index_and_logs(&store, experiment, &report, (reruns, &pins), &marks);
+    let small = write_summary_and_retry(&*store, experiment, &report, &header, &marks);
+    let json = write_results_json(&*store, &name, &report, &marks, &known_flakes, &header);
+    let html_and_logs = write_index_and_logs(&store, experiment, &report, &header, &marks);
     let (a, b, (c, (logs, missing_logs))) = tokio::try_join!(small, json, html_and_logs)?;
     let mut files: Vec<ExportedFile> = a.into_iter().chain(b).chain(c).collect();
     files.sort_by_key(|f| FILES.iter().position(|n| *n == f.name));
@@ -59,9 +72,8 @@ async fn write_summary_and_retry(
     store: &dyn ObjectStore,
     experiment: &ExperimentRow,
     report: &Arc<Report>,
-    reruns: Option<(u64, u64)>,
+    header: &Header,
     marks: &HashMap<CrateId, Mark>,
-    pins: &Pins,
 ) -> Result<Vec<ExportedFile>, ExportError> {
     let name = &experiment.name;
     let (start, end) = (
@@ -70,12 +82,16 @@ async fn write_summary_and_retry(
     );
     let t = Instant::now();
     let opts = SummaryOptions {
-        reruns,
-        toolchains: toolchains(pins),
+        reruns: header.reruns,
+        toolchains: toolchains(&header.pins),
         ..SummaryOptions::new(name, &start, &end)
     };
     let mut md = summary_markdown(report, &opts);
     md.push_str(&crate::triage::summary_section(report, marks));
+    md.push_str(&crate::cache::summary_section(&header.cached));
+    if let Some(cost) = &header.cost {
+        md.push_str(&cost.markdown());
+    }
     let k = keys::report(name, "summary.md")?;
     let n = store
         .put_bytes(
@@ -106,18 +122,20 @@ async fn write_results_json(
     report: &Arc<Report>,
     marks: &Arc<HashMap<CrateId, Mark>>,
     known_flakes: &Arc<BTreeMap<String, Vec<Flake>>>,
-    pins: &Arc<Pins>,
+    header: &Arc<Header>,
 ) -> Result<Vec<ExportedFile>, ExportError> {
     let t = Instant::now();
     let k = keys::report(name, "results.json")?;
     let r = report.clone();
     let m = marks.clone();
     let known = known_flakes.clone();
-    let pins = pins.clone();
+    let header = header.clone();
     let n = put_streamed(store, &k, "results.json", true, move |w| {
         let json = ResultsJson {
             report: &r,
-            toolchains: toolchains(&pins),
+            toolchains: toolchains(&header.pins),
+            cached: &header.cached,
+            cost: header.cost.as_ref(),
             triage: m.iter().map(|(id, mark)| (id.to_string(), mark)).collect(),
             known_flakes: &known,
         };
@@ -134,7 +152,7 @@ async fn write_index_and_logs(
     store: &Arc<dyn ObjectStore>,
     experiment: &ExperimentRow,
     report: &Arc<Report>,
-    header: (Option<(u64, u64)>, &Pins),
+    header: &Header,
     marks: &Arc<HashMap<CrateId, Mark>>,
 ) -> Result<(Vec<ExportedFile>, (usize, usize)), ExportError> {
     let t = Instant::now();
@@ -156,12 +174,17 @@ async fn write_index_and_logs(
 /// `results.json`: the report's JSON, plus `"triage"`: the mark that applies to each marked
 /// regression, by crate id; `"known_flakes"`: for each crate the report calls known-flaky,
 /// the flakes that explain it, with the evidence (experiment, run, side, log keys); and
-/// `"toolchains"`: the build each side ran with (see [`Toolchains`]; `null` sides when unknown).
+/// `"toolchains"`: the build each side ran with (see [`Toolchains`]; `null` sides when unknown);
+/// `"cached"`: for each crate with a side settled from the result cache, the source experiment
+/// of each such side (`{"reg:x@1.0.0": {"start": "last-week"}}`); `"cost"`: the estimate made
+/// at the start against what the run cost (`null` when none was kept).
 #[derive(Serialize)]
 struct ResultsJson<'a> {
     #[serde(flatten)]
     report: &'a Report,
     toolchains: Toolchains<'a>,
+    cached: &'a CachedSides,
+    cost: Option<&'a caldera_report::cost::CostComparison>,
     triage: BTreeMap<String, &'a Mark>,
     known_flakes: &'a BTreeMap<String, Vec<Flake>>,
 }

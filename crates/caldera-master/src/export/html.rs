@@ -10,7 +10,6 @@ use std::time::Instant;
 use caldera_core::crates::CrateId;
 use caldera_core::outcome::Comparison;
 use caldera_db::experiments::ExperimentRow;
-use caldera_db::toolchains::Pins;
 use caldera_db::triage::Mark;
 use caldera_report::{CrateReport, Report};
 use caldera_storage::{ObjectStore, keys};
@@ -63,7 +62,7 @@ pub(super) async fn write_index(
     store: &dyn ObjectStore,
     experiment: &ExperimentRow,
     report: &Arc<Report>,
-    (reruns, pins): (Option<(u64, u64)>, &Pins),
+    header: &super::files::Header,
     marks: &Arc<HashMap<CrateId, Mark>>,
     listed: Vec<usize>,
     started: Instant,
@@ -73,6 +72,7 @@ pub(super) async fn write_index(
         Some(t) => format!("{}, cargo {}", t.describe(), t.cargo),
         None => "not recorded".to_owned(),
     };
+    let pins = &header.pins;
     let builds = (pins.start.is_some() || pins.end.is_some())
         .then(|| (build(pins.start.as_ref()), build(pins.end.as_ref())));
     let ctx = BundleContext {
@@ -82,8 +82,10 @@ pub(super) async fn write_index(
         mode: experiment.spec.mode.as_str().to_owned(),
         status: experiment.status.as_str().to_owned(),
         generated_at: Utc::now(),
-        reruns,
+        reruns: header.reruns,
         builds,
+        cached: crate::cache::sources(&header.cached),
+        cost: header.cost.as_ref().map(|c| c.line()),
     };
     let r = report.clone();
     let m = marks.clone();
@@ -104,6 +106,10 @@ struct BundleContext {
     reruns: Option<(u64, u64)>,
     /// the build each side ran with (start, end), when known
     builds: Option<(String, String)>,
+    /// the source experiments of the sides settled from the result cache, with their counts
+    cached: Vec<(String, usize)>,
+    /// the estimate made at the start against what the run cost, in one line
+    cost: Option<String>,
 }
 
 /// The anchor of a crate in the bundle.
@@ -209,6 +215,17 @@ fn top(report: &Report, ctx: &BundleContext) -> Markup {
             tr { th { "toolchains" } td { code { (ctx.start) } " (start) → " code { (ctx.end) } " (end)" } }
             @if let Some((start, end)) = &ctx.builds {
                 tr { th { "builds" } td { "start " code { (start) } "; end " code { (end) } } }
+            }
+            @if !ctx.cached.is_empty() {
+                tr { th { "result cache" } td {
+                    @for (i, (source, n)) in ctx.cached.iter().enumerate() {
+                        @if i > 0 { "; " }
+                        (n) " sides cached from " a href=(format!("../../{source}/report/index.html")) { code { (source) } }
+                    }
+                } }
+            }
+            @if let Some(cost) = &ctx.cost {
+                tr { th { "cost" } td { (cost) } }
             }
             tr { th { "mode" } td { (ctx.mode) } }
             tr { th { "status" } td { (ctx.status) } }

@@ -193,17 +193,21 @@ pub async fn export(
     let report = build_report(&experiment, input, status).await?;
     let marks = crate::triage::marks_for_report(pool, &report).await?;
     let known = Arc::new(confirm::known_flakes_of(&report, &known));
-    let pins = Arc::new(caldera_db::toolchains::of_experiment(pool, experiment.id).await?);
+    let header = Arc::new(files::Header {
+        reruns,
+        pins: caldera_db::toolchains::of_experiment(pool, experiment.id).await?,
+        cached: caldera_db::cache::of_experiment(pool, experiment.id).await?,
+        cost: crate::estimate::comparison(pool, &experiment).await?,
+    });
     let build_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut summary = write_files(
         store,
         &experiment,
         Arc::new(report),
-        reruns,
+        header,
         Arc::new(marks),
         known,
-        pins,
     )
     .await?;
     summary.load_seconds = load_seconds;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use caldera_core::crates::CrateId;
 use caldera_core::experiment::ExperimentSpec;
-use caldera_core::job::JobSpec;
+use caldera_core::job::{JobSpec, Side};
 use caldera_db::jobs::{self, Claimed};
 use caldera_proto::Assign;
 use caldera_proto::v1::{self, master_message};
@@ -16,7 +16,14 @@ use uuid::Uuid;
 use super::{Outbound, Scheduler, chrono_dur, wire_lease};
 
 /// Each experiment's spec, read once by the dispatcher (specs do not change after the start).
-type Specs = HashMap<Uuid, Arc<ExperimentSpec>>;
+type Specs = HashMap<Uuid, Arc<Dispatchable>>;
+
+/// What the dispatcher keeps of an experiment: its spec, and the jobs that run one side only
+/// (their other side was settled from the result cache at the start, which decides them once).
+struct Dispatchable {
+    spec: ExperimentSpec,
+    only: HashMap<i64, Side>,
+}
 
 /// A claimed job ready to go: its id and lease token (as the database knows them) and the
 /// message that assigns it.
@@ -151,7 +158,12 @@ impl Scheduler {
             let read = caldera_db::experiments::specs(&self.inner.pool, &unknown).await?;
             self.remember_calibration(read.iter().map(|(id, spec)| (*id, spec.calibration)));
             for (id, spec) in read {
-                specs.insert(id, Arc::new(spec));
+                let only = match spec.cache {
+                    true => caldera_db::cache::one_sided_jobs(&self.inner.pool, id).await?,
+                    false => Vec::new(),
+                };
+                let only = only.into_iter().collect();
+                specs.insert(id, Arc::new(Dispatchable { spec, only }));
             }
         }
         Ok(())
@@ -212,13 +224,14 @@ fn assignments(claimed: &[Claimed], specs: &Specs) -> (Vec<Ready>, Vec<(i64, Uui
     let mut ready = Vec::with_capacity(claimed.len());
     let mut unsendable = Vec::new();
     for c in claimed {
-        let Some(spec) = specs.get(&c.experiment_id) else {
+        let Some(d) = specs.get(&c.experiment_id) else {
             tracing::error!(experiment = %c.experiment, "the experiment of a claimed job is gone");
             unsendable.push((c.job_id, c.lease_token));
             continue;
         };
-        match job_spec(spec, c) {
-            Ok(job) => {
+        match job_spec(&d.spec, c) {
+            Ok(mut job) => {
+                job.only = d.only.get(&c.job_id).copied();
                 let assign = Assign {
                     lease: wire_lease(c.job_id, c.lease_token),
                     attempt: c.attempt as u32,
@@ -258,5 +271,6 @@ pub fn job_spec(spec: &ExperimentSpec, c: &Claimed) -> Result<JobSpec, String> {
         extra_timeout_secs: ov.and_then(|o| o.extra_timeout_secs).unwrap_or(0),
         extra_memory_mib: ov.and_then(|o| o.extra_memory_mib).unwrap_or(0),
         run: u32::try_from(c.run).unwrap_or(0),
+        only: None,
     })
 }

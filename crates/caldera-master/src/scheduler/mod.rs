@@ -61,6 +61,9 @@ pub struct SchedulerConfig {
     pub result_batch: usize,
     /// The dispatcher also runs this often without being woken (a safety net).
     pub dispatch_tick: Duration,
+    /// The result cache's entries older than this are not used (`--result-cache-max-age`);
+    /// zero turns the cache off for every experiment.
+    pub result_cache_max_age: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -73,6 +76,7 @@ impl Default for SchedulerConfig {
             reap_interval: Duration::from_secs(5),
             result_batch: 512,
             dispatch_tick: Duration::from_secs(2),
+            result_cache_max_age: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -88,6 +92,8 @@ struct Session {
     in_flight: HashMap<i64, LeaseToken>,
     draining: bool,
     tx: Outbound,
+    /// what the worker advertised that the result cache's keys need
+    cache: crate::cache::Advertised,
 }
 
 pub(crate) struct Inner {
@@ -221,6 +227,17 @@ impl Scheduler {
     }
 
     // ------------------------------------------------------------------ sessions
+
+    /// What every connected worker that takes jobs (not draining) advertised for the result
+    /// cache's keys.
+    pub fn advertised(&self) -> Vec<crate::cache::Advertised> {
+        let sessions = self.inner.sessions.lock().expect("sessions lock");
+        sessions
+            .values()
+            .filter(|s| !s.draining)
+            .map(|s| s.cache.clone())
+            .collect()
+    }
 
     fn register(&self, worker: Uuid, session: Session) {
         let mut sessions = self.inner.sessions.lock().expect("sessions lock");

@@ -5,6 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use caldera_core::job::Side;
+use caldera_core::outcome::Outcome;
 use caldera_db::OwnConnection;
 use caldera_db::jobs::{self, Completion, CompletionOutcome};
 use caldera_proto::ResultAck;
@@ -73,6 +75,7 @@ impl Scheduler {
             if !self.check_pins(&mut db, &mut completions, &ran).await {
                 return;
             }
+            self.fill_settled_sides(&mut db, &mut completions).await;
             let Some(out) = self.write_batch(&mut db, &completions).await else {
                 return;
             };
@@ -81,6 +84,45 @@ impl Scheduler {
             self.record_flakes(&mut db, &completions, &out).await;
             self.complete_batch_experiments(&mut db, &out.experiments)
                 .await;
+        }
+    }
+
+    /// A job whose other side was settled from the result cache reports a `skipped`
+    /// placeholder for it (not recorded: the completion writes only the side that ran). Put the
+    /// settled outcome in its place, so that the comparison that decides confirmation runs sees
+    /// both real outcomes. Only batches with a `skipped` side look (one round trip); should the
+    /// read fail, those results are recorded all the same, without confirmation runs.
+    async fn fill_settled_sides(&self, db: &mut OwnConnection, completions: &mut [Completion]) {
+        let skipped = |c: &Completion| {
+            matches!(c.start.outcome, Outcome::Skipped) || matches!(c.end.outcome, Outcome::Skipped)
+        };
+        let ids: Vec<i64> = completions
+            .iter()
+            .filter(|c| skipped(c))
+            .map(|c| c.job_id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let settled = match db.get().await {
+            Ok(conn) => caldera_db::cache::settled_sides(conn, &ids).await,
+            Err(e) => Err(e),
+        };
+        match settled {
+            Ok(settled) => {
+                for (job, side, outcome) in settled {
+                    for c in completions.iter_mut().filter(|c| c.job_id == job) {
+                        match side {
+                            Side::Start => c.start.outcome = outcome.clone(),
+                            Side::End => c.end.outcome = outcome.clone(),
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                db.reset();
+                tracing::warn!(error = %e, "cannot read the settled sides of one-sided jobs; their confirmation runs are not queued");
+            }
         }
     }
 

@@ -153,6 +153,10 @@ impl WorkerService for WorkerServiceImpl {
                 in_flight,
                 draining: false,
                 tx: tx.clone(),
+                cache: crate::cache::Advertised {
+                    toolchains: hello.toolchains.clone(),
+                    environment: hello.environment.clone(),
+                },
             },
         );
         tokio::spawn(async move {
@@ -325,6 +329,7 @@ fn side_record(s: SideOutput) -> SideRecord {
     let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     SideRecord {
         outcome: s.outcome,
+        cache_key: s.cache_key,
         log_key: s.log_key,
         duration_ms: millis(s.duration),
         peak_memory_bytes: s.peak_memory_bytes.min(i64::MAX as u64) as i64,

@@ -8,6 +8,7 @@ mod common;
 
 mod api;
 mod dashboard;
+mod estimate;
 mod farm;
 mod registry;
 mod review;

@@ -1,7 +1,7 @@
 //! Jobs: what to build (`JobSpec`) and the assignment that hands it to a worker under a lease.
 
 use caldera_core::crates::CrateId;
-use caldera_core::job::JobSpec;
+use caldera_core::job::{JobSpec, Side};
 use caldera_core::toolchain::Toolchain;
 
 use crate::lease::{Lease, LeaseToken};
@@ -22,6 +22,7 @@ impl From<&JobSpec> for v1::JobSpec {
             extra_timeout_secs: j.extra_timeout_secs,
             extra_memory_mib: j.extra_memory_mib,
             run: j.run,
+            only: j.only.map(|s| s.as_str().to_owned()).unwrap_or_default(),
         }
     }
 }
@@ -57,6 +58,17 @@ impl TryFrom<v1::JobSpec> for JobSpec {
             extra_timeout_secs: j.extra_timeout_secs,
             extra_memory_mib: j.extra_memory_mib,
             run: j.run,
+            only: match j.only.as_str() {
+                "" => None,
+                "start" => Some(Side::Start),
+                "end" => Some(Side::End),
+                other => {
+                    return Err(wire(
+                        "spec.only",
+                        format!("{other:?}: expected \"start\", \"end\" or nothing"),
+                    ));
+                }
+            },
         })
     }
 }
@@ -120,6 +132,25 @@ mod tests {
         let good = good();
         let spec = JobSpec::try_from(good.clone()).unwrap();
         assert_eq!(v1::JobSpec::from(&spec), good, "round trip");
+        assert_eq!(spec.only, None, "no side named: both");
+        for side in Side::BOTH {
+            let one = v1::JobSpec {
+                only: side.as_str().into(),
+                ..good.clone()
+            };
+            let spec = JobSpec::try_from(one.clone()).unwrap();
+            assert_eq!(spec.only, Some(side));
+            assert_eq!(v1::JobSpec::from(&spec), one, "round trip");
+        }
+        let e = JobSpec::try_from(v1::JobSpec {
+            only: "both".into(),
+            ..good.clone()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"invalid spec.only: "both": expected "start", "end" or nothing"#
+        );
         for (field, mutate) in [
             (
                 "spec.experiment",
@@ -145,6 +176,10 @@ mod tests {
             (
                 "spec.cap_lints",
                 Box::new(|j: &mut v1::JobSpec| j.cap_lints = "loud".into()),
+            ),
+            (
+                "spec.only",
+                Box::new(|j: &mut v1::JobSpec| j.only = "both".into()),
             ),
         ] {
             let mut j = good.clone();

@@ -23,9 +23,21 @@ pub struct SideOutput {
     pub duration: Duration,
     /// The build of the toolchain the side ran with, when the executor knows it.
     pub toolchain: Option<ToolchainIdentity>,
+    /// The side's result-cache key (`caldera_core::fingerprint::cache_key`), filled by the
+    /// worker from the job, this build and its environment; `None` when it has none.
+    pub cache_key: Option<String>,
 }
 
 impl SideOutput {
+    /// The side a job with `JobSpec::only` did not run: it was settled from the result cache
+    /// when the experiment started, and the master does not record this placeholder.
+    pub fn not_run() -> Self {
+        SideOutput {
+            outcome: Outcome::Skipped,
+            ..SideOutput::error("", Duration::ZERO)
+        }
+    }
+
     /// A side that did not run because of an infrastructure failure (never a crate's fault).
     pub fn error(reason: impl Into<String>, duration: Duration) -> Self {
         SideOutput {
@@ -37,6 +49,7 @@ impl SideOutput {
             log_key: None,
             duration,
             toolchain: None,
+            cache_key: None,
         }
     }
 }
@@ -81,6 +94,7 @@ impl From<&SideOutput> for v1::SideResult {
             log_key: s.log_key.clone().unwrap_or_default(),
             duration_ms: millis(s.duration),
             toolchain: s.toolchain.as_ref().map(Into::into),
+            cache_key: s.cache_key.clone().unwrap_or_default(),
         }
     }
 }
@@ -104,6 +118,11 @@ impl TryFrom<v1::SideResult> for SideOutput {
                 .toolchain
                 .map(|t| ToolchainIdentity::try_from(t).map_err(|e| e.within("toolchain")))
                 .transpose()?,
+            cache_key: match s.cache_key {
+                k if k.is_empty() => None,
+                k if k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()) => Some(k),
+                k => return Err(wire("cache_key", format!("{k:?} is not a cache key"))),
+            },
         })
     }
 }
@@ -218,6 +237,7 @@ mod tests {
                 log_key: Some("logs/e/c/start.log.zst".into()),
                 duration: Duration::from_secs(4),
                 toolchain: None,
+                cache_key: None,
             },
             end: SideOutput::error("docker went away", Duration::MAX),
         };
@@ -292,6 +312,7 @@ mod tests {
                     release: "1.95.0-nightly".into(),
                     cargo: "1.95.0-nightly (fedcba987 2026-11-29)".into(),
                 }),
+                cache_key: Some(format!("v1:{}", "ab".repeat(32))),
             },
             end: SideOutput::error("docker went away", Duration::from_millis(3)),
         };
@@ -331,6 +352,16 @@ mod tests {
                     start: Some(v1::SideResult {
                         outcome: broken_outcome,
                         ..Default::default()
+                    }),
+                    ..wire.clone()
+                },
+            ),
+            (
+                "result.end.cache_key",
+                v1::JobResult {
+                    end: wire.end.clone().map(|s| v1::SideResult {
+                        cache_key: "bad key".into(),
+                        ..s
                     }),
                     ..wire.clone()
                 },

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use caldera_core::fingerprint::Environment;
 use caldera_core::toolchain::ToolchainIdentity;
 
 use crate::lease::{Lease, LeaseToken};
@@ -47,6 +48,9 @@ pub struct Hello {
     pub running: Vec<Lease>,
     /// The build of each toolchain the worker has (none from an older worker).
     pub toolchains: Vec<ToolchainIdentity>,
+    /// What else can change an outcome on this worker (none from an older worker, or a worker
+    /// that does not know its image: it offers no cache).
+    pub environment: Option<Environment>,
 }
 
 impl Hello {
@@ -73,6 +77,11 @@ impl From<Hello> for v1::Hello {
             slots: h.slots,
             running: h.running.iter().map(Into::into).collect(),
             toolchains: h.toolchains.iter().map(Into::into).collect(),
+            environment: h.environment.map(|e| v1::Environment {
+                image: e.image,
+                limits: e.limits,
+                classifier_version: e.classifier,
+            }),
         }
     }
 }
@@ -126,8 +135,22 @@ impl TryFrom<v1::Hello> for Hello {
                     .map_err(|e| e.within(&format!("hello.toolchains[{i}]")))
             })
             .collect::<Result<_, _>>()?;
+        let environment = h.environment.map(|e| Environment {
+            image: e.image,
+            limits: e.limits,
+            classifier: e.classifier_version,
+        });
+        if let Some(e) = &environment
+            && (e.image.len() > 256 || e.limits.len() > 1024)
+        {
+            return Err(wire(
+                "hello.environment",
+                "image id or limits too long (at most 256 and 1024 bytes)",
+            ));
+        }
         Ok(Hello {
             toolchains,
+            environment,
             running: leases("hello.running.lease_token", &h.running)?,
             name: h.name,
             version: h.version,
@@ -312,8 +335,21 @@ mod tests {
                 lease_token: TOKEN.into(),
             }],
             toolchains: vec![(&nightly()).into()],
+            environment: Some(v1::Environment {
+                image: "sha256:abc".into(),
+                limits: "memory=1".into(),
+                classifier_version: 1,
+            }),
         };
         let hello = Hello::try_from(good.clone()).unwrap();
+        assert_eq!(
+            hello.environment,
+            Some(Environment {
+                image: "sha256:abc".into(),
+                limits: "memory=1".into(),
+                classifier: 1
+            })
+        );
         assert_eq!(
             hello.running,
             [Lease::from_wire(7, "lease_token", TOKEN).unwrap()]
@@ -329,6 +365,16 @@ mod tests {
         );
         assert_eq!(v1::Hello::from(hello), good, "round trip");
         for (field, bad) in [
+            (
+                "hello.environment",
+                v1::Hello {
+                    environment: Some(v1::Environment {
+                        image: "x".repeat(257),
+                        ..Default::default()
+                    }),
+                    ..good.clone()
+                },
+            ),
             (
                 "hello.name",
                 v1::Hello {

@@ -55,6 +55,24 @@ fn side_toolchain(spec: &JobSpec, side: Side) -> &Toolchain {
     }
 }
 
+/// The outputs of both sides, in `Side::BOTH` order, from those of the sides that ran: with
+/// `only`, the other side was settled from the result cache (not run, not recorded) and gets
+/// [`SideOutput::not_run`].
+fn with_settled_side(mut outputs: Vec<SideOutput>, only: Option<Side>) -> Vec<SideOutput> {
+    if let Some(only) = only {
+        outputs.insert(1 - side_index(only), SideOutput::not_run());
+    }
+    outputs
+}
+
+/// The build each side ran with, `None` for the side a one-sided job did not run.
+fn ran_sides<T>(mut ran: [Option<T>; 2], only: Option<Side>) -> [Option<T>; 2] {
+    if let Some(only) = only {
+        ran[1 - side_index(only)] = None;
+    }
+    ran
+}
+
 /// Where `side` is in `Side::BOTH`, the order of every per-side list of a job.
 fn side_index(side: Side) -> usize {
     match side {
@@ -127,11 +145,12 @@ impl Inner {
         // side runs.
         let plans = self.set_up_sides(&ctx, &mut creations).await?;
         tracing::debug!(at = ?t0.elapsed(), "sides set up");
-        let mut outputs = self.run_sides(&ctx, plans, creations).await?;
+        let outputs = self.run_sides(&ctx, plans, creations).await?;
+        let mut outputs = with_settled_side(outputs, spec.only);
         drop(prepared);
         drop(slot);
         tracing::debug!(elapsed = ?t0.elapsed(), "job finished");
-        let [start_ran, end_ran] = ran;
+        let [start_ran, end_ran] = ran_sides(ran, spec.only);
         let end = SideOutput {
             toolchain: end_ran,
             ..outputs.pop()?
@@ -254,11 +273,17 @@ impl Inner {
         for (i, side) in Side::BOTH.into_iter().enumerate() {
             let plan = match (&job.sides[i], job.prepared) {
                 (Err(reason), _) => Err(SideRun::error(reason.clone(), Vec::new(), Duration::ZERO)),
+                _ if job.spec.only.is_some_and(|only| only != side) => Err(SideRun::error(
+                    "settled from the result cache".into(),
+                    Vec::new(),
+                    Duration::ZERO,
+                )),
                 (_, Err(e)) => Err(unprepared(e)),
                 (Ok(tc), Ok(_)) => {
                     let target = self.job_target(job.slot, tc, job.spec.run);
+                    let source = self.config.slot_source_dir(job.slot);
                     tokio::select! {
-                        r = self.setup_side(job.spec, tc, &target) => r,
+                        r = self.setup_side(job.spec, tc, &target, &source) => r,
                         () = job.cancel.cancelled() => {
                             self.keep_unused(job.slot, creations);
                             return None;
@@ -292,6 +317,9 @@ impl Inner {
         let mut outputs: Vec<SideOutput> = Vec::new();
         let mut pending: Option<(ObjectKey, SideRun)> = None;
         for (i, plan) in plans.into_iter().enumerate() {
+            if job.spec.only.is_some_and(|only| only != Side::BOTH[i]) {
+                continue; // settled from the result cache: no steps, no log
+            }
             let side_t0 = Instant::now();
             let work = self.run_side(job, i, plan, creations[i].take(), &mut after);
             // the previous side's log reaches storage while this side runs
@@ -477,5 +505,6 @@ fn side_output(run: SideRun, stored: Result<ObjectKey, String>) -> SideOutput {
         log_key,
         duration: run.duration,
         toolchain: None, // set with the job's output
+        cache_key: None, // set by the worker
     }
 }

@@ -46,7 +46,10 @@
 //!
 //! `job` runs one job, in the order above; `toolchains` resolves a side's toolchain (and names
 //! what a worker offers); `targets` keeps the slot's directories (target dirs, their reuse and
-//! purging, the source dir); `spares` the containers, made ahead or for the job; `steps` plans a
+//! purging, the source dir); `depstore` and `shared_deps` share registry dependency builds
+//! across crates when [`DockerExecutorConfig::shared_deps`] is on (a first run's side then
+//! starts from a target dir filled from the store and runs a deps-only build of a stub of the
+//! crate before its steps; see docs/ARCHITECTURE.md, "Shared dependency builds"); `spares` the containers, made ahead or for the job; `steps` plans a
 //! side's cargo steps and runs them; `log` writes a side's log.
 //!
 //! [`Container::prime`]: caldera_sandbox::Container::prime
@@ -78,8 +81,10 @@ use toolchains::toolchain_dir_key;
 pub use steps::{PlannedStep, plan_steps};
 pub use toolchains::{capabilities, toolchain_identities};
 
+mod depstore;
 mod job;
 mod log;
+mod shared_deps;
 mod spares;
 mod steps;
 mod targets;
@@ -107,6 +112,11 @@ pub struct DockerExecutorConfig {
     /// Reuse a slot's target dirs across the crates of one experiment (the default). When off,
     /// every job starts from empty target dirs (slower; see docs/benchmarks.md).
     pub reuse_target_dirs: bool,
+    /// Share registry dependency builds across crates through the worker's dependency store
+    /// (`<work>/depstore`; see docs/ARCHITECTURE.md, "Shared dependency builds"). When on, a
+    /// first run's target dirs are emptied before every job (instead of being reused) and filled
+    /// from the store; confirmation runs never use it.
+    pub shared_deps: bool,
     /// Fixed variables set in every step (chosen by the operator; nothing of the worker's own
     /// environment is passed). They cannot override the variables the executor sets.
     pub sandbox_env: BTreeMap<String, String>,
@@ -133,6 +143,7 @@ impl DockerExecutorConfig {
             log_cap: caldera_sandbox::DEFAULT_LOG_CAP,
             disk_high_water: 0.8,
             reuse_target_dirs: true,
+            shared_deps: false,
             sandbox_env: BTreeMap::new(),
             log_upload_timeout: Duration::from_secs(600),
             work_dir_lock: None,
@@ -141,6 +152,11 @@ impl DockerExecutorConfig {
 
     fn targets_dir(&self) -> PathBuf {
         self.work_dir.join("targets")
+    }
+
+    /// The dependency store: one directory per build key (see `depstore`).
+    fn depstore_root(&self) -> PathBuf {
+        self.work_dir.join("depstore")
     }
 
     /// Where purged target dirs wait to be deleted in the background.
@@ -183,6 +199,16 @@ pub struct ExecutorStats {
     pub purges_no_reuse: u64,
     /// Sides that ran in a spare container created ahead of the job.
     pub spare_hits: u64,
+    /// Deps-only builds run (shared dependency builds).
+    pub deps_builds: u64,
+    /// Units the store had for a side before its deps-only build.
+    pub deps_units_reused: u64,
+    /// Units deps-only builds added to the store.
+    pub deps_units_stored: u64,
+    /// Sides re-run in a clean target dir because a unit linked from the store had to be rebuilt.
+    pub store_conflict_reruns: u64,
+    /// Slot purges before a job because shared dependency builds are on.
+    pub purges_shared_deps: u64,
     /// Sides whose container was created for the job (no spare, or one with other mounts or
     /// limits).
     pub spare_misses: u64,
@@ -294,7 +320,12 @@ impl DockerExecutor {
                 "sandbox_env: {k:?} is not a variable name"
             )));
         }
-        for dir in [&config.work_dir, &config.targets_dir(), &config.trash_dir()] {
+        for dir in [
+            &config.work_dir,
+            &config.targets_dir(),
+            &config.trash_dir(),
+            &config.depstore_root(),
+        ] {
             std::fs::create_dir_all(dir).map_err(|source| DockerExecutorError::Io {
                 context: format!("creating {}", dir.display()),
                 source,

@@ -18,6 +18,7 @@ use caldera_sandbox::{
 use tokio_util::sync::CancellationToken;
 
 use super::log::{LogText, limit_notes, write_step_output};
+use super::shared_deps::DepsPlan;
 use super::toolchains::SideToolchain;
 use super::{Inner, SideRun, lock, sandbox_reason};
 use crate::prepare::PreparedCrate;
@@ -35,6 +36,15 @@ pub(super) struct SideSetup {
     body: Vec<u8>,
     commands: Vec<(StepKind, StepCommand)>,
     target: PathBuf,
+    /// The deps-only build to run first (shared dependency builds).
+    deps: Option<DepsPlan>,
+}
+
+/// What [`Inner::run_steps`] runs: a side's target dir, its steps and its deps-only build.
+struct SideWork<'a> {
+    target: &'a Path,
+    commands: &'a [(StepKind, StepCommand)],
+    deps: Option<DepsPlan>,
 }
 
 /// Cargo's message format for steps that compile.
@@ -118,7 +128,7 @@ const TMP_DIR: &str = ".caldera-tmp";
 /// Empties (or creates) the steps' temp dir inside `target`, writable by everyone (sticky): the
 /// sandbox's `/tmp` is a `noexec` tmpfs, so doctest binaries, which rustdoc writes to `TMPDIR`
 /// and runs, could not run there.
-async fn fresh_tmp_dir(target: &Path) -> std::io::Result<()> {
+pub(super) async fn fresh_tmp_dir(target: &Path) -> std::io::Result<()> {
     let dir = target.join(TMP_DIR);
     match tokio::fs::remove_dir_all(&dir).await {
         Ok(()) => {}
@@ -141,6 +151,7 @@ impl Inner {
         spec: &JobSpec,
         tc: &SideToolchain,
         target: &Path,
+        source: &Path,
     ) -> Result<SideSetup, SideRun> {
         let t0 = Instant::now();
         let mut body = Vec::new();
@@ -197,11 +208,19 @@ impl Inner {
                 (p.kind, cmd)
             })
             .collect();
+        let deps = match commands.first() {
+            Some((_, template)) => {
+                self.plan_deps_build(spec, tc, source, target, template, &mut body)
+                    .await
+            }
+            None => None,
+        };
 
         Ok(SideSetup {
             body,
             commands,
             target: target.to_owned(),
+            deps,
         })
     }
 
@@ -222,7 +241,7 @@ impl Inner {
             body,
             commands,
             target,
-            ..
+            deps,
         } = setup;
         let mut body = body;
         let mut container = match container {
@@ -230,14 +249,12 @@ impl Inner {
             Err(reason) => return Some(SideRun::error(reason, body, t0.elapsed())),
         };
         let result = {
-            let work = self.run_steps(
-                &mut container,
-                spec,
-                prepared,
-                &target,
-                &commands,
-                &mut body,
-            );
+            let side = SideWork {
+                target: &target,
+                commands: &commands,
+                deps,
+            };
+            let work = self.run_steps(&mut container, spec, prepared, side, &mut body);
             tokio::select! {
                 r = work => Some(r),
                 () = cancel.cancelled() => None,
@@ -259,17 +276,26 @@ impl Inner {
         Some(run)
     }
 
-    /// The steps of one side in a running container, re-run once from a clean target dir when the
-    /// classification saw E0464. `Err` is an infrastructure failure.
+    /// The steps of one side in a running container (after its deps-only build, if planned),
+    /// re-run once from a clean target dir when the classification saw E0464 or a unit linked
+    /// from the dependency store had to be rebuilt. `Err` is an infrastructure failure.
     async fn run_steps(
         &self,
         container: &mut Container,
         spec: &JobSpec,
         prepared: &PreparedCrate,
-        target: &Path,
-        commands: &[(StepKind, StepCommand)],
+        side: SideWork<'_>,
         body: &mut Vec<u8>,
     ) -> Result<SideRun, String> {
+        let SideWork {
+            target,
+            commands,
+            deps,
+        } = side;
+        let shared = deps.is_some();
+        if let Some(plan) = deps {
+            self.run_deps_build(container, target, plan, body).await?;
+        }
         let mut timings = StepTimings::default();
         for attempt in 0..2 {
             fresh_tmp_dir(target)
@@ -312,6 +338,10 @@ impl Inner {
             }
             if classification.contaminated_target_dir && attempt == 0 {
                 self.purge_contaminated(target, body).await?;
+                continue;
+            }
+            if shared && attempt == 0 && super::shared_deps::store_conflict(&results) {
+                self.purge_store_conflict(target, body).await?;
                 continue;
             }
             return Ok(timings.into_run(classification.outcome.clone(), Some(classification)));

@@ -1,5 +1,7 @@
 //! The slot's directories. Target dirs: one per slot and toolchain, reused across the crates of
-//! one experiment and purged on an experiment change or past the disk's high-water mark; a
+//! one experiment (or, with shared dependency builds, emptied before every job and filled from
+//! the dependency store) and purged on an experiment change or past the disk's high-water mark
+//! (the store too); a
 //! confirmation run's fresh ones, emptied before and after it. Purged contents are renamed into the
 //! trash at once and deleted in the background. And the slot's source dir, into which a prepared
 //! crate is moved for its steps.
@@ -152,18 +154,27 @@ impl Inner {
             self.purge(dir.clone(), true).await?;
             lock(&self.stats).purges_experiment_change += 1;
         }
-        if !self.config.reuse_target_dirs {
+        if self.config.shared_deps {
+            // every first run starts from store files only (see `shared_deps`)
+            self.purge(dir.clone(), true).await?;
+            lock(&self.stats).purges_shared_deps += 1;
+        } else if !self.config.reuse_target_dirs {
             self.purge(dir.clone(), true).await?;
             lock(&self.stats).purges_no_reuse += 1;
-        } else if let Some(used) = disk_used_fraction(self.config.targets_dir()).await
+        }
+        let kept = self.config.reuse_target_dirs || self.config.shared_deps;
+        if kept
+            && let Some(used) = disk_used_fraction(self.config.targets_dir()).await
             && used > self.config.disk_high_water
         {
             tracing::info!(
                 slot,
                 used = format!("{:.0}%", used * 100.0),
-                "disk past the high-water mark: purging the slot's target dirs"
+                "disk past the high-water mark: purging the slot's target dirs and the \
+                 dependency store"
             );
             self.purge(dir.clone(), true).await?;
+            self.purge(self.config.depstore_root(), false).await?;
             lock(&self.stats).purges_high_water += 1;
         }
         if previous.as_deref() != Some(experiment) || !tokio::fs::try_exists(&marker).await? {

@@ -121,6 +121,7 @@ pub fn spec(experiment: &str, krate: CrateId, start: &str, end: &str, mode: Mode
         extra_timeout_secs: 0,
         extra_memory_mib: 0,
         run: 0,
+        only: None,
     }
 }
 

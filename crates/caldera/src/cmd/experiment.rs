@@ -9,6 +9,7 @@ use futures::StreamExt;
 
 use crate::client::{Client, ServerArgs, print_json, segment};
 
+mod estimate;
 mod retry;
 mod watch;
 
@@ -36,8 +37,12 @@ pub enum ExperimentCommand {
     Retry(retry::RetryArgs),
     /// Change a queued experiment; only the given options change.
     Edit(EditArgs),
-    /// Start a queued experiment.
+    /// Start a queued experiment (prints the estimate made at the start).
     Start(NameArg),
+    /// What an experiment costs: before the start the whole of it (jobs, sides the cache
+    /// settles, CPU time, wall time on the workers connected now), while it runs what is left,
+    /// after the run the estimate against what it took.
+    Estimate(NameArg),
     /// Pause a running experiment (no new jobs are handed out).
     Pause(NameArg),
     /// Resume a paused experiment.
@@ -97,6 +102,9 @@ pub struct SpecArgs {
     /// A calibration (A/A) experiment: start and end may be the same toolchain.
     #[arg(long, env = "CALDERA_EXPERIMENT_CALIBRATION")]
     pub calibration: bool,
+    /// Run every side, even those an earlier experiment's result would settle (`"cache": false`).
+    #[arg(long, env = "CALDERA_EXPERIMENT_NO_CACHE")]
+    pub no_cache: bool,
     /// Read the experiment (or the edit) as JSON from this file (`-` for stdin); options given
     /// on the command line override its fields.
     #[arg(long, env = "CALDERA_EXPERIMENT_FILE")]
@@ -189,6 +197,9 @@ impl SpecArgs {
         if self.calibration {
             body.insert("calibration".into(), true.into());
         }
+        if self.no_cache {
+            body.insert("cache".into(), false.into());
+        }
         Ok(body)
     }
 }
@@ -248,6 +259,7 @@ pub async fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         ExperimentCommand::Retry(r) => retry::run(&client, r, json_out).await,
         ExperimentCommand::Edit(e) => edit(&client, e, json_out).await,
         ExperimentCommand::Start(n) => action(&client, &n.name, "start", json_out).await,
+        ExperimentCommand::Estimate(n) => estimate::run(&client, &n.name, json_out).await,
         ExperimentCommand::Pause(n) => action(&client, &n.name, "pause", json_out).await,
         ExperimentCommand::Resume(n) => action(&client, &n.name, "resume", json_out).await,
         ExperimentCommand::Abort(n) => action(&client, &n.name, "abort", json_out).await,
@@ -282,6 +294,7 @@ async fn create(client: &Client, c: CreateArgs, json_out: bool) -> anyhow::Resul
             v["name"].as_str().unwrap_or("?"),
             v["name"].as_str().unwrap_or("?")
         );
+        estimate::print_of_view(&v);
     }
     Ok(())
 }
@@ -417,6 +430,7 @@ async fn action(client: &Client, name: &str, verb: &str, json_out: bool) -> anyh
             "experiment {name} is now {}",
             v["status"].as_str().unwrap_or("?")
         );
+        estimate::print_of_view(&v);
     }
     Ok(())
 }

@@ -34,6 +34,11 @@ pub struct MasterArgs {
     /// How often the reaper looks for expired leases (milliseconds).
     #[arg(long, env = "CALDERA_REAP_INTERVAL_MS", default_value_t = 5_000)]
     pub reap_interval_ms: u64,
+    /// The result cache's maximum age (`30d`, `12h`, `90min`): when an experiment starts, a side
+    /// whose fingerprint has a trustworthy result younger than this is settled from it without
+    /// running. `0` turns the cache off.
+    #[arg(long, env = "CALDERA_RESULT_CACHE_MAX_AGE", default_value = "30d", value_parser = parse_max_age)]
+    pub result_cache_max_age: Duration,
     /// The registry's live index (cargo's sparse protocol over HTTP; a mirror's URL works too).
     /// When an experiment or a crate list is created, every registry crate it names is looked up:
     /// an unknown crate or version is refused, and in an experiment a name without a version is
@@ -240,6 +245,7 @@ fn scheduler_config(args: &MasterArgs) -> anyhow::Result<SchedulerConfig> {
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(10)),
         max_attempts: args.max_attempts.max(1),
         reap_interval: Duration::from_millis(args.reap_interval_ms.max(10)),
+        result_cache_max_age: args.result_cache_max_age,
         ..Default::default()
     };
     anyhow::ensure!(
@@ -247,6 +253,15 @@ fn scheduler_config(args: &MasterArgs) -> anyhow::Result<SchedulerConfig> {
         "--heartbeat-ms must be less than half of --lease-secs, or leases expire between heartbeats"
     );
     Ok(config)
+}
+
+/// `--result-cache-max-age`: a human duration (`30d`, `12h 30m`) or `0`.
+fn parse_max_age(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" => Ok(Duration::ZERO),
+        t => humantime::parse_duration(t)
+            .map_err(|e| format!("{s:?} is not a duration like 30d, 12h or 0: {e}")),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -257,4 +272,22 @@ pub async fn shutdown_signal() {
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_result_cache_max_age_is_a_human_duration() {
+        assert_eq!(parse_max_age("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_max_age("12h 30m"), Ok(Duration::from_secs(45_000)));
+        assert_eq!(parse_max_age("0"), Ok(Duration::ZERO));
+        let err = parse_max_age("forever").unwrap_err();
+        assert!(
+            err.starts_with(r#""forever" is not a duration like 30d, 12h or 0: "#),
+            "{err}"
+        );
+        assert!(parse_max_age("30").is_err(), "a unit is needed");
+    }
 }

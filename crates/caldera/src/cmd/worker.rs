@@ -109,6 +109,11 @@ pub struct ExecutorArgs {
     /// the crates of an experiment (slower; for workers short of disk).
     #[arg(long, env = "CALDERA_NO_TARGET_REUSE")]
     pub no_target_reuse: bool,
+    /// Share registry dependency builds across crates and experiments through the worker's
+    /// dependency store (`<work-dir>/depstore`): every first run starts from empty target dirs
+    /// filled from the store. See docs/ARCHITECTURE.md, "Shared dependency builds".
+    #[arg(long, env = "CALDERA_SHARED_DEPS")]
+    pub shared_deps: bool,
     /// Fixed `KEY=VALUE` variables for every sandboxed step (comma-separated in the variable).
     /// Nothing of the worker's own environment reaches the sandbox otherwise.
     #[arg(long, env = "CALDERA_SANDBOX_ENV", value_delimiter = ',', value_parser = parse_key_value)]
@@ -123,6 +128,9 @@ pub struct ExecutorArgs {
     /// Filled by [`ExecutorArgs::build`]: the build of each installed toolchain.
     #[arg(skip)]
     toolchains: OnceLock<Vec<caldera_core::toolchain::ToolchainIdentity>>,
+    /// Filled by [`ExecutorArgs::build`]: the image id, limits and classifier version.
+    #[arg(skip)]
+    environment: OnceLock<caldera_core::fingerprint::Environment>,
 }
 
 impl ExecutorArgs {
@@ -145,6 +153,35 @@ impl ExecutorArgs {
     /// [`build`](Self::build) ran; empty before.
     pub fn toolchains(&self) -> Vec<caldera_core::toolchain::ToolchainIdentity> {
         self.toolchains.get().cloned().unwrap_or_default()
+    }
+
+    /// What can change an outcome here besides the job (the result cache's environment), for
+    /// Hello. Known once [`build`](Self::build) ran; `None` before.
+    pub fn environment(&self) -> Option<caldera_core::fingerprint::Environment> {
+        self.environment.get().cloned()
+    }
+
+    /// The limits in the canonical text form of the result cache's environment.
+    fn limits_text(&self) -> String {
+        let mut text = format!(
+            "memory={},cpus={},pids={},tmp={},timeout={},no_output={},log_cap={}",
+            self.memory,
+            self.cpus,
+            self.pids,
+            self.tmp_size,
+            self.timeout_secs,
+            self.no_output_timeout_secs,
+            self.log_cap
+        );
+        let env: BTreeMap<&str, &str> = self
+            .sandbox_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for (k, v) in env {
+            text.push_str(&format!(",env:{k}={v}"));
+        }
+        text
     }
 
     /// Checks the engine and the image, lists the toolchains and builds the executor over
@@ -186,6 +223,17 @@ impl ExecutorArgs {
         .await
         .context("the Docker sandbox is not usable")?;
         let engine = sandbox.engine().clone();
+        let image_id = sandbox
+            .image_id()
+            .await
+            .context("the Docker sandbox is not usable")?;
+        let _ = self
+            .environment
+            .set(caldera_core::fingerprint::Environment {
+                image: image_id,
+                limits: self.limits_text(),
+                classifier: caldera_worker::CLASSIFIER_VERSION,
+            });
         let spool = Arc::new(
             UploadSpool::open(store, UploadSpoolConfig::new(work_dir.join("upload-spool")))
                 .await
@@ -207,6 +255,7 @@ impl ExecutorArgs {
         config.log_cap = usize::try_from(self.log_cap).unwrap_or(usize::MAX);
         config.disk_high_water = self.disk_high_water;
         config.reuse_target_dirs = !self.no_target_reuse;
+        config.shared_deps = self.shared_deps;
         config.sandbox_env = self.sandbox_env.iter().cloned().collect::<BTreeMap<_, _>>();
         config.prepare.command_timeout = Duration::from_secs(self.prepare_timeout_secs.max(1));
         config.work_dir_lock = Some(Arc::new(lock));
@@ -362,6 +411,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let executor = args.executor.build_locked(lock, store).await?;
     worker.capabilities = args.executor.capabilities();
     worker.toolchains = args.executor.toolchains();
+    worker.environment = args.executor.environment();
     tracing::info!(worker = name, master = args.master, "worker starting");
 
     let result =

@@ -49,8 +49,10 @@ pub async fn experiment(
     let marks = crate::triage::marks_for_report(&state.pool, report).await?;
     let name = e.name.as_str();
     let counts = report.counts();
+    let cost = cost_line(&state, &e).await;
     let body = html! {
         (experiment_header(&e, &progress, &dash))
+        @if let Some(cost) = cost { p #cost { "Cost: " (cost) } }
         (exports_note(&snap, name))
         (headline(report))
         @if !marks.is_empty() {
@@ -88,6 +90,61 @@ fn experiment_header(e: &ExperimentRow, p: &ExperimentProgress, dash: &Dashboard
                 } } }
             @if let Some(s) = e.started_at { tr { th { "started" } td { (views::timestamp(s)) } } }
             @if let Some(f) = e.finished_at { tr { th { "finished" } td { (views::timestamp(f)) } } }
+        }
+    }
+}
+
+/// `CPU time 24s, wall time 14s on 2 slots`.
+fn estimate_text(e: &caldera_core::estimate::Estimate) -> String {
+    let d = caldera_report::cost::duration;
+    let cpu = e.cpu_ms.map_or("unknown".to_owned(), d);
+    let wall = match (e.wall_ms, e.slots) {
+        (Some(w), n) => format!("{} on {n} slots connected now", d(w)),
+        (None, 0) => "none (no worker connected)".to_owned(),
+        (None, _) => "unknown".to_owned(),
+    };
+    format!("CPU time {cpu}, wall time {wall}")
+}
+
+/// The cost of the experiment (`GET …/estimate` in one line): before the start the estimate,
+/// while running what is left and the estimate at the start, after the run the estimate
+/// against what it took.
+async fn cost_line(state: &AppState, e: &ExperimentRow) -> Option<String> {
+    let said = |r: Result<String, String>| match r {
+        Ok(s) => s,
+        Err(why) => format!("no estimate ({why})"),
+    };
+    match e.status {
+        ExperimentStatus::Queued => Some(said(
+            crate::estimate::before_start(state, e)
+                .await
+                .map(|est| format!("if it started now, {}. {}", estimate_text(&est), est.method))
+                .map_err(|err| err.message),
+        )),
+        ExperimentStatus::Running | ExperimentStatus::Paused => {
+            let left = crate::estimate::remaining(state, e)
+                .await
+                .map(|est| format!("left: {}", estimate_text(&est)))
+                .map_err(|err| err.message);
+            let start = caldera_db::estimate::stored(&state.pool, e.id)
+                .await
+                .ok()
+                .flatten();
+            Some(match start {
+                Some(s) => format!(
+                    "{}; estimated at the start: {}",
+                    said(left),
+                    estimate_text(&s.estimate)
+                ),
+                None => said(left),
+            })
+        }
+        ExperimentStatus::Completed | ExperimentStatus::Aborted => {
+            let c = crate::estimate::comparison(&state.pool, e)
+                .await
+                .ok()
+                .flatten()?;
+            Some(c.line())
         }
     }
 }

@@ -193,6 +193,16 @@ fn side_cell(d: Option<&SideDetail>, f: impl Fn(&SideDetail) -> Markup) -> Marku
 }
 
 /// Both runs side by side: outcome, reason, duration, steps, peak memory, worker, when.
+/// "cached from <experiment>" (linked) for a side the result cache settled, else "ran here".
+fn cached_cell(d: &SideDetail) -> Markup {
+    match &d.cached_from {
+        Some(source) => {
+            html! { "cached from " a href=(views::experiment_href(source)) { code { (source) } } }
+        }
+        None => html! { span.muted { "ran here" } },
+    }
+}
+
 fn runs_table(e: &ExperimentRow, start: Option<&SideDetail>, end: Option<&SideDetail>) -> Markup {
     let steps_of = |d: &SideDetail| {
         html! {
@@ -222,6 +232,11 @@ fn runs_table(e: &ExperimentRow, start: Option<&SideDetail>, end: Option<&SideDe
                 tr { th { "recorded" }
                     td.small { (side_cell(start, |d| html! { (views::timestamp(d.recorded_at)) })) }
                     td.small { (side_cell(end, |d| html! { (views::timestamp(d.recorded_at)) })) } }
+                @if [start, end].iter().any(|d| d.is_some_and(|d| d.cached_from.is_some())) {
+                    tr { th { "result cache" }
+                        td { (side_cell(start, cached_cell)) }
+                        td { (side_cell(end, cached_cell)) } }
+                }
             }
         }
     }

@@ -86,6 +86,8 @@ impl Counts {
 pub struct Tracker {
     /// (time since watching began, jobs finished)
     samples: VecDeque<(Duration, i64)>,
+    /// The cost model's wall time for what is left (the view's `estimate`), when it has one.
+    model_eta: Option<Duration>,
 }
 
 impl Tracker {
@@ -105,6 +107,11 @@ impl Tracker {
         {
             self.samples.pop_front();
         }
+    }
+
+    /// Keeps the model's ETA of the experiment view `v` (`estimate.wall_ms`), if any.
+    pub fn set_model_eta(&mut self, v: &Value) {
+        self.model_eta = v["estimate"]["wall_ms"].as_u64().map(Duration::from_millis);
     }
 
     /// Jobs finished per minute, once some finished while watching.
@@ -145,6 +152,9 @@ pub fn pace(c: &Counts, t: &Tracker) -> String {
         if let Some(eta) = t.eta(remaining).filter(|_| remaining > 0) {
             out.push_str(&format!(" · ETA {}", short_duration(eta)));
         }
+    }
+    if let Some(eta) = t.model_eta.filter(|_| c.total() > c.finished()) {
+        out.push_str(&format!(" · model ETA {}", short_duration(eta)));
     }
     out
 }
@@ -260,6 +270,7 @@ pub async fn run(client: &Client, args: WatchArgs) -> anyhow::Result<()> {
         let status = v["status"].as_str().unwrap_or("?").to_owned();
         let counts = Counts::of(&v["progress"]);
         tracker.record(t0.elapsed(), counts.finished());
+        tracker.set_model_eta(&v);
         if matches!(status.as_str(), "completed" | "aborted") {
             display.finish(t0.elapsed(), &status, &counts, &tracker);
             break;

@@ -185,6 +185,7 @@ impl LocalWorker {
         wconfig.slots = args.executor.slots();
         wconfig.capabilities = args.executor.capabilities();
         wconfig.toolchains = args.executor.toolchains();
+        wconfig.environment = args.executor.environment();
         wconfig.drain_timeout = Duration::from_secs(5);
         let (drain, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(caldera_worker::run(wconfig, executor.clone(), async move {

@@ -63,6 +63,15 @@ fn plain_lines_say_counts_pace_and_eta() {
         plain_line(s(185), "running", &c, &t),
         "[3m05s] running: 12/80 finished (15%) · 3 running, 65 queued, 2 error, 0 cancelled · 3.0/min · ETA 22m40s"
     );
+    // the cost model's ETA (the view's `estimate.wall_ms`) next to the rate's
+    t.set_model_eta(&json!({"estimate": {"wall_ms": 125_000}}));
+    assert_eq!(
+        plain_line(s(185), "running", &c, &t),
+        "[3m05s] running: 12/80 finished (15%) · 3 running, 65 queued, 2 error, 0 cancelled · 3.0/min · ETA 22m40s · model ETA 2m05s"
+    );
+    // no wall time (no worker connected): no model ETA
+    t.set_model_eta(&json!({"estimate": {"wall_ms": null}}));
+    assert!(!plain_line(s(185), "running", &c, &t).contains("model"));
     let none = Counts::default();
     assert_eq!(
         plain_line(s(1), "queued", &none, &Tracker::default()),

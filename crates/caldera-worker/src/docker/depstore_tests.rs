@@ -1,0 +1,277 @@
+//! The dependency store on plain directories: which packages are shared, which files of a unit
+//! are linked or copied, harvesting and filling a target dir.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use super::*;
+
+const LOCK: &str = r#"
+version = 4
+
+[[package]]
+name = "itoa"
+version = "1.0.19"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "00"
+
+[[package]]
+name = "libc"
+version = "0.2.186"
+source = "sparse+https://index.crates.io/"
+
+[[package]]
+name = "me"
+version = "0.1.0"
+dependencies = ["itoa", "libc"]
+
+[[package]]
+name = "serde"
+version = "1.0.0"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+
+[[package]]
+name = "serde"
+version = "2.0.0"
+
+[[package]]
+name = "gitdep"
+version = "0.1.0"
+source = "git+https://example.com/gitdep#abc"
+"#;
+
+fn me() -> Owner {
+    let m = std::fs::metadata("/proc/self").unwrap();
+    Owner {
+        uid: m.uid(),
+        gid: m.gid(),
+    }
+}
+
+fn write(path: &Path, text: &str, mode: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A completed unit `<pkg>-<hash>` in the profile dir `pdir`, with a build dir when `build`.
+fn unit(pdir: &Path, pkg: &str, hash: &str, build: bool) {
+    let fp = pdir.join(".fingerprint").join(format!("{pkg}-{hash}"));
+    write(&fp.join(format!("lib-{pkg}")), "fingerprint", 0o644);
+    write(&fp.join(format!("lib-{pkg}.json")), "{}", 0o644);
+    write(&fp.join(format!("dep-lib-{pkg}")), "dep", 0o644);
+    let lib = pkg.replace('-', "_");
+    write(
+        &pdir.join(format!("deps/lib{lib}-{hash}.rlib")),
+        "rlib",
+        0o644,
+    );
+    write(
+        &pdir.join(format!("deps/lib{lib}-{hash}.rmeta")),
+        "rmeta",
+        0o644,
+    );
+    write(
+        &pdir.join(format!("deps/{lib}-{hash}.d")),
+        "dep-info",
+        0o644,
+    );
+    if build {
+        let b = pdir.join("build").join(format!("{pkg}-{hash}"));
+        write(&b.join("build-script-build"), "exe", 0o755);
+        write(&b.join(format!("build_script_build-{hash}")), "exe", 0o755);
+        write(&b.join("out/generated.rs"), "gen", 0o644);
+        write(&b.join("output"), "cargo:rustc-cfg=x", 0o644);
+    }
+}
+
+#[test]
+fn only_registry_packages_no_path_or_git_package_shares_a_name_with_are_shared() {
+    let p = lock_packages(LOCK).unwrap();
+    assert_eq!(
+        p.registry.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["itoa", "libc"],
+        "serde is also a path package's name; gitdep and me are not registry packages"
+    );
+    assert_eq!(
+        lock_packages("version = 4\n").unwrap(),
+        LockPackages::default()
+    );
+    let e = lock_packages("[[package]\n").unwrap_err();
+    assert!(e.starts_with("Cargo.lock is not TOML"), "{e}");
+    let e = lock_packages("package = 1\n").unwrap_err();
+    assert_eq!(e, "Cargo.lock: `package` is not an array of tables");
+    let e = lock_packages("[[package]]\nversion = \"1\"\n").unwrap_err();
+    assert_eq!(e, "Cargo.lock: a package without a name");
+}
+
+#[test]
+fn unit_names_and_their_files() {
+    assert_eq!(
+        split_unit("serde_json-0123456789abcdef"),
+        Some(("serde_json", "0123456789abcdef"))
+    );
+    assert_eq!(
+        split_unit("md-5-0123456789abcdef"),
+        Some(("md-5", "0123456789abcdef"))
+    );
+    assert_eq!(split_unit("nohash"), None);
+    assert_eq!(split_unit("x-nothex!"), None);
+    assert_eq!(split_unit("-0123456789abcdef"), None);
+    let h = "0123456789abcdef";
+    assert!(deps_file_of(&format!("libitoa-{h}.rlib"), h));
+    assert!(deps_file_of(&format!("itoa-{h}.d"), h));
+    assert!(deps_file_of(&format!("itoa-{h}"), h));
+    assert!(!deps_file_of("libitoa-fedcba9876543210.rlib", h));
+    assert!(linked(Path::new("deps/libitoa-0123.rlib")));
+    assert!(linked(Path::new("deps/libserde_derive-0123.so")));
+    assert!(!linked(Path::new("deps/itoa-0123.d")));
+    assert!(linked(Path::new("build/libc-0123/build-script-build")));
+    assert!(linked(Path::new("build/libc-0123/build_script_build-0123")));
+    assert!(!linked(Path::new(
+        "build/libc-0123/build_script_build-0123.d"
+    )));
+    assert!(!linked(Path::new("build/libc-0123/out/big.a")));
+    assert!(!linked(Path::new("build/libc-0123/output")));
+    assert!(!linked(Path::new(".fingerprint/libc-0123/lib-libc")));
+}
+
+/// What `populate` placed from the store unit `libc` into `target`: compiled artifacts as
+/// hardlinks, fingerprints as copies owned by the caller with their mtime.
+fn check_populated(libc: &Path, target2: &Path) {
+    let rlib = libc.join("deps/liblibc-00000000000000aa.rlib");
+    let placed = target2.join("debug/deps/liblibc-00000000000000aa.rlib");
+    let (a, b) = (
+        std::fs::metadata(&rlib).unwrap(),
+        std::fs::metadata(&placed).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino(), "compiled artifacts are hardlinks");
+    let fp = target2.join("debug/.fingerprint/libc-00000000000000aa/lib-libc");
+    let stored_fp = libc.join(".fingerprint/libc-00000000000000aa/lib-libc");
+    let (a, b) = (
+        std::fs::metadata(&stored_fp).unwrap(),
+        std::fs::metadata(&fp).unwrap(),
+    );
+    assert_ne!(a.ino(), b.ino(), "fingerprints are copies");
+    assert_eq!(a.mtime(), b.mtime(), "copies keep their mtime");
+    assert_eq!(std::fs::read_to_string(&fp).unwrap(), "fingerprint");
+    assert_eq!(
+        b.mode() & 0o777,
+        0o644,
+        "copies are writable by their owner"
+    );
+    assert_eq!((b.uid(), b.gid()), (me().uid, me().gid));
+    assert!(
+        target2
+            .join("x86_64-unknown-linux-gnu/debug/deps/libitoa-00000000000000bb.rlib")
+            .exists()
+    );
+}
+
+#[test]
+fn harvest_stores_completed_registry_units_read_only_and_populate_links_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, store, target2) = (
+        dir.path().join("t"),
+        dir.path().join("store"),
+        dir.path().join("t2"),
+    );
+    let packages = lock_packages(LOCK).unwrap();
+    let debug = target.join("debug");
+    let cross = target.join("x86_64-unknown-linux-gnu/debug");
+    unit(&debug, "libc", "00000000000000aa", true);
+    unit(&cross, "itoa", "00000000000000bb", false);
+    unit(&debug, "me", "00000000000000cc", false); // the crate's own: never stored
+    unit(&debug, "serde", "00000000000000dd", false); // ambiguous name: never stored
+    // an incomplete unit (its fingerprint hash file is missing): not stored
+    unit(&debug, "itoa", "00000000000000ee", false);
+    std::fs::remove_file(debug.join(".fingerprint/itoa-00000000000000ee/lib-itoa")).unwrap();
+    // a symlink planted in a unit is skipped, not followed
+    std::os::unix::fs::symlink(
+        "/etc/passwd",
+        debug.join("build/libc-00000000000000aa/out/pw"),
+    )
+    .unwrap();
+
+    let h = harvest(&target, &store, &packages).unwrap();
+    let mut stored = h.stored.clone();
+    stored.sort();
+    assert_eq!(
+        stored,
+        [
+            "debug/libc-00000000000000aa",
+            "x86_64-unknown-linux-gnu/debug/itoa-00000000000000bb"
+        ]
+    );
+    assert_eq!(unit_count(&store), 2);
+    let libc = store.join("units/debug/libc-00000000000000aa");
+    let rlib = libc.join("deps/liblibc-00000000000000aa.rlib");
+    assert_eq!(std::fs::metadata(&rlib).unwrap().mode() & 0o777, 0o444);
+    let exe = libc.join("build/libc-00000000000000aa/build-script-build");
+    assert_eq!(std::fs::metadata(&exe).unwrap().mode() & 0o777, 0o555);
+    assert!(!libc.join("build/libc-00000000000000aa/out/pw").exists());
+    // harvesting again stores nothing: the units are there
+    let again = harvest(&target, &store, &packages).unwrap();
+    assert!(again.stored.is_empty());
+    assert_eq!(again.present, 2);
+
+    let done = populate(&store, &target2, &packages, me()).unwrap();
+    assert_eq!(done.units, 2);
+    // libc: rlib, rmeta, two build script binaries; itoa: rlib, rmeta
+    assert_eq!(done.linked, 6);
+    check_populated(&libc, &target2);
+
+    // a crate whose lockfile lacks libc gets only itoa
+    let only_itoa = LockPackages {
+        registry: ["itoa".to_owned()].into(),
+    };
+    let target3 = dir.path().join("t3");
+    assert_eq!(
+        populate(&store, &target3, &only_itoa, me()).unwrap().units,
+        1
+    );
+    assert!(!target3.join("debug").exists());
+}
+
+#[test]
+fn a_unit_that_cannot_be_placed_whole_is_taken_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, store, target2) = (
+        dir.path().join("t"),
+        dir.path().join("store"),
+        dir.path().join("t2"),
+    );
+    let packages = lock_packages(LOCK).unwrap();
+    unit(&target.join("debug"), "libc", "00000000000000aa", true);
+    harvest(&target, &store, &packages).unwrap();
+    // where the unit's build dir goes, a file is in the way
+    write(&target2.join("debug/build"), "in the way", 0o644);
+    let done = populate(&store, &target2, &packages, me()).unwrap();
+    assert_eq!(done, Populated::default());
+    assert!(
+        !target2
+            .join("debug/deps/liblibc-00000000000000aa.rlib")
+            .exists()
+    );
+    assert!(
+        !target2
+            .join("debug/.fingerprint/libc-00000000000000aa/lib-libc")
+            .exists()
+    );
+}
+
+#[test]
+fn an_empty_or_missing_store_fills_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let packages = lock_packages(LOCK).unwrap();
+    let done = populate(
+        &dir.path().join("none"),
+        &dir.path().join("t"),
+        &packages,
+        me(),
+    )
+    .unwrap();
+    assert_eq!(done, Populated::default());
+    let h = harvest(&dir.path().join("t"), &dir.path().join("s"), &packages).unwrap();
+    assert_eq!(h, Harvested::default());
+}
