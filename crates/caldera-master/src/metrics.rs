@@ -156,7 +156,7 @@ impl Metrics {
         );
         registry.register(
             "heartbeat_lateness_seconds",
-            "How much later than the heartbeat interval a worker's heartbeat was handled, after \
+            "How much later than the heartbeat interval a worker's heartbeat was read, after \
              the previous one on its stream (0 when on time)",
             self.heartbeat_lateness.clone(),
         );

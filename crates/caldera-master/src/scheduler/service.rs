@@ -16,7 +16,7 @@ use caldera_proto::{
     Cancel, Heartbeat, Hello, JobResult, JobReturned, Lease, LeaseToken, SideOutput, Welcome,
     WireError,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
@@ -228,6 +228,12 @@ impl Scheduler {
     }
 }
 
+/// Serve one worker's stream until it ends. Nothing the database does may stop this loop from
+/// reading: results go to the result writer through a task of their own (in order; when the writer
+/// is behind, its queue pushes back on that task), and heartbeats to a task that renews leases
+/// (the newest heartbeat waits while one is handled; each lists every lease held). Before, a result
+/// writer behind by more than a lease blocked the stream's heartbeats too, and its leases expired
+/// while the worker lived (`cargo xtask bench fleet`).
 async fn serve_stream(
     s: &Scheduler,
     worker: Uuid,
@@ -235,11 +241,31 @@ async fn serve_stream(
     inbound: &mut Streaming<v1::WorkerMessage>,
     tx: &Outbound,
 ) -> Result<(), Status> {
-    // when the previous heartbeat on this stream was handled, for its lateness
+    // at most a worker's slots of results wait here: in-flight jobs are released once written
+    let (results, results_rx) = mpsc::unbounded_channel();
+    tokio::spawn(submit_results(s.clone(), worker, results_rx, tx.clone()));
+    let (beats, beats_rx) = watch::channel(None);
+    let mut renewer = tokio::spawn(renew_leases(s.clone(), worker, token, beats_rx, tx.clone()));
+    let end = read_stream(s, worker, inbound, &results, &beats, &mut renewer).await;
+    renewer.abort();
+    end
+}
+
+async fn read_stream(
+    s: &Scheduler,
+    worker: Uuid,
+    inbound: &mut Streaming<v1::WorkerMessage>,
+    results: &mpsc::UnboundedSender<v1::JobResult>,
+    beats: &watch::Sender<Option<v1::Heartbeat>>,
+    renewer: &mut tokio::task::JoinHandle<Result<(), Status>>,
+) -> Result<(), Status> {
+    // when the previous heartbeat on this stream came, for its lateness
     let mut last_beat: Option<std::time::Instant> = None;
     loop {
         let message = tokio::select! {
             _ = s.inner.shutdown.cancelled() => return Ok(()),
+            // the renewer ends the stream when the worker's token was revoked
+            end = &mut *renewer => return end.unwrap_or(Ok(())),
             m = inbound.message() => m?,
         };
         let Some(message) = message else {
@@ -249,11 +275,11 @@ async fn serve_stream(
             Some(worker_message::Kind::Heartbeat(hb)) => {
                 let at = std::time::Instant::now();
                 observe_lateness(s, last_beat.replace(at), at);
-                heartbeat(s, worker, token, hb, tx).await?;
-                let handling = at.elapsed().as_secs_f64();
-                s.inner.metrics.heartbeat_handling.observe(handling);
+                beats.send_replace(Some(hb));
             }
-            Some(worker_message::Kind::Result(r)) => result(s, worker, r, tx).await,
+            Some(worker_message::Kind::Result(r)) => {
+                let _ = results.send(r);
+            }
             Some(worker_message::Kind::Returned(r)) => returned(s, worker, r).await?,
             Some(worker_message::Kind::Hello(_)) => {
                 return Err(Status::invalid_argument("hello sent twice"));
@@ -261,6 +287,39 @@ async fn serve_stream(
             None => return Err(Status::invalid_argument("empty message")),
         }
     }
+}
+
+/// A stream's results, in the order they came, to the result writer.
+async fn submit_results(
+    s: Scheduler,
+    worker: Uuid,
+    mut rx: mpsc::UnboundedReceiver<v1::JobResult>,
+    tx: Outbound,
+) {
+    while let Some(r) = rx.recv().await {
+        result(&s, worker, r, &tx).await;
+    }
+}
+
+/// A stream's heartbeats: renew the leases the newest one lists. Ends with an error when the
+/// worker's token was revoked.
+async fn renew_leases(
+    s: Scheduler,
+    worker: Uuid,
+    token: Uuid,
+    mut beats: watch::Receiver<Option<v1::Heartbeat>>,
+    tx: Outbound,
+) -> Result<(), Status> {
+    while beats.changed().await.is_ok() {
+        let Some(hb) = beats.borrow_and_update().clone() else {
+            continue;
+        };
+        let at = std::time::Instant::now();
+        heartbeat(&s, worker, token, hb, &tx).await?;
+        let handling = at.elapsed().as_secs_f64();
+        s.inner.metrics.heartbeat_handling.observe(handling);
+    }
+    Ok(())
 }
 
 /// A result goes to the result writer; a malformed one is rejected at once.
