@@ -76,8 +76,11 @@ const SHARED: [&str; 2] = ["itoa", "libc"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependencies_are_built_once_and_the_crate_under_test_cannot_change_them() {
+    // the store is what this test is about: a full disk on the test machine (past the default
+    // high-water mark, which purges it with the target dirs) must not empty it between crates
     let h = harness("shared-deps", |c| {
         c.shared_deps = true;
+        c.disk_high_water = 1.0;
         c.sandbox_env = env(&[("CALDERA_SANDBOX_CANARY", "1")]);
     })
     .await;
