@@ -122,7 +122,7 @@ async fn cost_line(state: &AppState, e: &ExperimentRow) -> Option<String> {
                 .map_err(|err| err.message),
         )),
         ExperimentStatus::Running | ExperimentStatus::Paused => {
-            let left = crate::estimate::remaining(state, e)
+            let left = crate::estimate::remaining_for_view(state, e)
                 .await
                 .map(|est| format!("left: {}", estimate_text(&est)))
                 .map_err(|err| err.message);
