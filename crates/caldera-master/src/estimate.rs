@@ -106,29 +106,74 @@ pub async fn remaining(state: &AppState, row: &ExperimentRow) -> Result<Estimate
 /// result cache, or by an override, a `skip` or `broken`).
 /// How long the views of a running experiment reuse the estimate of what is left: every view
 /// shows it, and computing it reads every job of the experiment (≈ 1 s of the database for 40,000
-/// jobs). Without this, 50 clients polling one 40,000-job experiment saturated the pool
-/// (`cargo xtask bench fleet`: API p99 288 s, 503s). `GET …/estimate` stays fresh.
+/// jobs on a quiet machine, minutes on a loaded one). Computing it per request, 50 clients polling
+/// one 40,000-job experiment saturated the pool (`cargo xtask bench fleet`: API p99 288 s, 503s).
+/// `GET …/estimate` stays fresh.
 const VIEW_REUSE: Duration = Duration::from_secs(15);
+/// How long a view waits for a refresh before it shows the last value (or none).
+const VIEW_WAIT: Duration = Duration::from_secs(2);
+/// Experiments whose estimate nobody viewed for this long are forgotten.
+const VIEW_FORGET: Duration = Duration::from_secs(600);
 
-static VIEWED: LazyLock<tokio::sync::Mutex<HashMap<Uuid, (Instant, Estimate)>>> =
-    LazyLock::new(Default::default);
+struct Viewed {
+    /// The last estimate and when it was made.
+    last: tokio::sync::watch::Sender<Option<(Instant, Estimate)>>,
+    refreshing: bool,
+}
 
-/// [`remaining`] for the views: reused for [`VIEW_REUSE`], and computed by one request at a time
-/// (the others wait for it and take its result).
-pub async fn remaining_for_view(
-    state: &AppState,
-    row: &ExperimentRow,
-) -> Result<Estimate, ApiError> {
-    let mut viewed = VIEWED.lock().await;
-    if let Some((at, e)) = viewed.get(&row.id)
-        && at.elapsed() < VIEW_REUSE
-    {
-        return Ok(e.clone());
+static VIEWED: LazyLock<Mutex<HashMap<Uuid, Viewed>>> = LazyLock::new(Default::default);
+
+fn viewed() -> std::sync::MutexGuard<'static, HashMap<Uuid, Viewed>> {
+    VIEWED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// [`remaining`] for the views, which never wait long for it: a value younger than
+/// [`VIEW_REUSE`] is reused; otherwise one refresh at a time runs in the background, and the view
+/// waits for it at most [`VIEW_WAIT`] before it shows the last value (`None` before the first).
+pub async fn remaining_for_view(state: &AppState, row: &ExperimentRow) -> Option<Estimate> {
+    let mut next = {
+        let mut viewed = viewed();
+        viewed.retain(|_, v| {
+            v.refreshing
+                || v.last
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|(at, _)| at.elapsed() < VIEW_FORGET)
+        });
+        let v = viewed.entry(row.id).or_insert_with(|| Viewed {
+            last: tokio::sync::watch::channel(None).0,
+            refreshing: false,
+        });
+        if let Some((at, e)) = v.last.borrow().as_ref()
+            && at.elapsed() < VIEW_REUSE
+        {
+            return Some(e.clone());
+        }
+        if !v.refreshing {
+            v.refreshing = true;
+            tokio::spawn(refresh_view(state.clone(), row.clone()));
+        }
+        v.last.subscribe()
+    };
+    let _ = tokio::time::timeout(VIEW_WAIT, next.changed()).await;
+    next.borrow().as_ref().map(|(_, e)| e.clone())
+}
+
+async fn refresh_view(state: AppState, row: ExperimentRow) {
+    let made = remaining(&state, &row).await;
+    let mut viewed = viewed();
+    let Some(v) = viewed.get_mut(&row.id) else {
+        return;
+    };
+    v.refreshing = false;
+    match made {
+        Ok(e) => {
+            v.last.send_replace(Some((Instant::now(), e)));
+        }
+        Err(e) => {
+            tracing::warn!(experiment = %row.name, error = ?e, "estimating what is left failed")
+        }
     }
-    viewed.retain(|_, (at, _)| at.elapsed() < VIEW_REUSE);
-    let e = remaining(state, row).await?;
-    viewed.insert(row.id, (Instant::now(), e.clone()));
-    Ok(e)
 }
 
 fn input(j: &PlannedJob, now: DateTime<Utc>) -> JobInput {

@@ -55,13 +55,7 @@ pub async fn remaining_of(state: &AppState, row: &ExperimentRow) -> Option<Estim
     ) {
         return None;
     }
-    match crate::estimate::remaining_for_view(state, row).await {
-        Ok(e) => Some(e),
-        Err(e) => {
-            tracing::warn!(experiment = %row.name, error = ?e, "estimating what is left failed");
-            None
-        }
-    }
+    crate::estimate::remaining_for_view(state, row).await
 }
 
 /// What it costs: before the start the whole experiment, while running what is left, after

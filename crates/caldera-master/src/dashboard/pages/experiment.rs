@@ -125,7 +125,7 @@ async fn cost_line(state: &AppState, e: &ExperimentRow) -> Option<String> {
             let left = crate::estimate::remaining_for_view(state, e)
                 .await
                 .map(|est| format!("left: {}", estimate_text(&est)))
-                .map_err(|err| err.message);
+                .ok_or_else(|| "being computed".to_owned());
             let start = caldera_db::estimate::stored(&state.pool, e.id)
                 .await
                 .ok()

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use anyhow::anyhow;
+use anyhow::{Context, anyhow};
 use clap::Args;
 use reqwest::Method;
 use serde_json::Value;
@@ -251,6 +251,10 @@ fn unreachable(e: &anyhow::Error) -> bool {
 
 pub async fn run(client: &Client, args: WatchArgs) -> anyhow::Result<()> {
     let path = format!("/experiments/{}", segment(&args.name));
+    // Ctrl-C is ours from here on, before anything is shown (`ctrl_c()` would only take the signal
+    // once first polled, and a Ctrl-C right after the first line would kill the process)
+    let mut ctrl_c = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot take Ctrl-C")?;
     // the first look refuses an unknown experiment at once
     let first = client.call(Method::GET, &path, None).await?;
     let before = match first["status"].as_str() {
@@ -263,8 +267,6 @@ pub async fn run(client: &Client, args: WatchArgs) -> anyhow::Result<()> {
     let mut v = first;
     let mut interval = tokio::time::interval(Duration::from_secs_f64(args.interval));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     let mut warned = false;
     loop {
         let status = v["status"].as_str().unwrap_or("?").to_owned();
@@ -277,7 +279,7 @@ pub async fn run(client: &Client, args: WatchArgs) -> anyhow::Result<()> {
         }
         display.show(t0.elapsed(), &status, &counts, &tracker);
         tokio::select! {
-            _ = &mut ctrl_c => {
+            _ = ctrl_c.recv() => {
                 display.finish(t0.elapsed(), &status, &counts, &tracker);
                 println!("stopped watching {} (it goes on; `caldera experiment watch {}` to follow it again)", args.name, args.name);
                 return Err(Exit(130).into());
@@ -303,7 +305,7 @@ pub async fn run(client: &Client, args: WatchArgs) -> anyhow::Result<()> {
     }
     let report = tokio::select! {
         r = final_report(client, &args.name, before, Duration::from_secs_f64(args.report_timeout)) => r,
-        _ = tokio::signal::ctrl_c() => return Err(Exit(130).into()),
+        _ = ctrl_c.recv() => return Err(Exit(130).into()),
     };
     let regressions = print_summary(client, &args.name, &v, report.as_ref());
     if args.fail_on_regression && regressions.is_none_or(|n| n > 0) {
