@@ -154,8 +154,7 @@ pub fn fingerprint(key: &str, lockfile_sha256: Option<&str>) -> String {
 
 /// The SHA-256 (hex) of `bytes`, e.g. of a lockfile.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let hash = Sha256::digest(bytes);
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(bytes))
 }
 
 fn digest(canonical: &str) -> String {

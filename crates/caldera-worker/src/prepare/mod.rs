@@ -65,8 +65,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caldera_core::crates::CrateId;
+use caldera_core::fingerprint::sha256_hex;
 use caldera_storage::{ObjectKey, ObjectStore, keys};
-use sha2::{Digest, Sha256};
 use tame_index::index::IndexConfig;
 use tokio::sync::OnceCell;
 
@@ -226,10 +226,6 @@ struct PreparerInner {
     http: reqwest::Client,
     /// The registry's config.json, read once per process.
     index_config: OnceCell<IndexConfig>,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 impl Preparer {
