@@ -44,8 +44,10 @@ enum Cmd {
     Provision,
     /// Run a benchmark and print its `<name>: <value> <unit>` lines: scheduler, report, sandbox
     /// (a step in the sandbox vs a container per step), executor (`-- overhead` | `-- reuse`),
-    /// trust (`-- ab aa direct compare`: real crates through the farm vs cargo run directly) or
-    /// fleet (200 workers and 50 API clients against one `caldera master`; `-- --smoke` tiny).
+    /// trust (`-- ab aa direct compare`: real crates through the farm vs cargo run directly),
+    /// fleet (200 workers and 50 API clients against one `caldera master`; `-- --smoke` tiny) or
+    /// farm (`-- farm naive compare`: 40 real crates on the farm with shared dependencies and the
+    /// result cache vs a naive cargo loop).
     Bench {
         /// Which benchmark.
         name: String,
@@ -215,9 +217,10 @@ fn bench_program(name: &str) -> Result<(&'static str, &'static str)> {
         "executor" => ("caldera-worker", "bench_executor"),
         "trust" => ("caldera", "bench_trust"),
         "fleet" => ("caldera", "bench_fleet"),
+        "farm" => ("caldera", "bench_farm"),
         other => {
             bail!(
-                "unknown benchmark {other:?}; expected scheduler, report, sandbox, executor, trust or fleet"
+                "unknown benchmark {other:?}; expected scheduler, report, sandbox, executor, trust, fleet or farm"
             )
         }
     })
@@ -226,7 +229,7 @@ fn bench_program(name: &str) -> Result<(&'static str, &'static str)> {
 /// Benchmarks: a release build of the program, then the program itself.
 fn bench(name: &str, args: &[String]) -> Result<()> {
     let (package, example) = bench_program(name)?;
-    if name == "trust" || name == "fleet" {
+    if matches!(name, "trust" | "fleet" | "farm") {
         // the example drives the `caldera` binary
         run(cargo().args(["build", "--release", "-p", "caldera", "--bin", "caldera"]))?;
     }
@@ -265,6 +268,14 @@ const SMOKES: &[(&str, &[&str], &[(&str, &str)])] = &[
     ),
     ("trust", &[], &[("BENCH_TRUST_CRATES", "fnv@1.0.7")]),
     ("fleet", &["--smoke"], &[]),
+    (
+        "farm",
+        &[],
+        &[
+            ("BENCH_FARM_CRATES", "fnv@1.0.7"),
+            ("BENCH_FARM_SLOTS", "1"),
+        ],
+    ),
 ];
 
 /// Runs [`SMOKES`]; the trust benchmark gets a fresh work dir (it must never share the real
@@ -273,7 +284,7 @@ fn bench_smoke() -> Result<()> {
     let work = std::env::temp_dir().join(format!("caldera-bench-smoke-{}", std::process::id()));
     for (name, args, envs) in SMOKES {
         let (package, example) = bench_program(name)?;
-        if *name == "trust" || *name == "fleet" {
+        if matches!(*name, "trust" | "fleet" | "farm") {
             run(cargo().args(["build", "-p", "caldera", "--bin", "caldera"]))?;
         }
         say(&format!("benchmark smoke test: {name}"));

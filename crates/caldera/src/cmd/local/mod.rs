@@ -97,6 +97,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         state.join("tokens.json").display()
     ));
     let worker = LocalWorker::spawn(&args, &master.grpc_url(), &worker_token, &state, executor);
+    wait_for_worker(&master).await;
 
     let finished = run_experiment(&args, &end, &pool, &base, &admin, &*store, &state).await;
     worker.stop().await;
@@ -105,6 +106,24 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     pg.stop().await;
     finished
 }
+
+/// Waits (at most [`WORKER_WAIT`]) until the worker has said Hello: the result cache and the
+/// cost estimate are computed at start from what the connected workers advertise, and an
+/// experiment started before its worker connected would run every cached side again.
+async fn wait_for_worker(master: &caldera_master::Master) {
+    let t0 = std::time::Instant::now();
+    while master.scheduler().advertised().is_empty() {
+        if t0.elapsed() > WORKER_WAIT {
+            say(format_args!(
+                "the worker has not connected after {WORKER_WAIT:?}; starting without the result cache"
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const WORKER_WAIT: Duration = Duration::from_secs(30);
 
 /// The master on --listen, or on a free port when that one is taken; the worker service on a
 /// free port.
