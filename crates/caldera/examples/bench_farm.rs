@@ -1,34 +1,37 @@
 //! What does a run cost on the farm against a naive loop? (`cargo xtask bench farm [-- PHASE…]`)
 //!
-//! On a set of real registry crates (popular ones with dev-dependencies), build-and-test:
+//! On a set of real registry crates (popular ones with dev-dependencies), build-and-test, in
+//! `BENCH_FARM_BATCHES` batches (default 4) so that the farm and the naive loop take turns and the
+//! load of a shared machine falls on both alike; for each batch, in this order:
 //!
-//! * **farm** — from an empty state dir (fresh Postgres, empty result cache, empty dependency
-//!   store), two experiments through `caldera local --shared-deps`:
-//!   1. `farm-1`: stable vs nightly;
-//!   2. `farm-2`: stable vs `nightly+rustflags=--cfg=caldera_bench_farm` — only the end toolchain
-//!      changes, so the result cache settles the start side from `farm-1`.
+//! 1. `farm-1-<batch>`: `caldera local --shared-deps`, stable vs nightly;
+//! 2. `farm-2-<batch>`: stable vs `nightly+rustflags=--cfg=caldera_bench_farm` — only the end
+//!    toolchain changes, so the result cache settles the start side from `farm-1-<batch>`;
+//! 3. **naive**: every (crate, toolchain) of the batch built and tested by cargo directly, one
+//!    after another, each from an empty target dir: as an unprivileged user with its own cargo
+//!    home, the `.crate` from static.crates.io, `farm-1-<batch>`'s lockfile, and the farm's steps
+//!    (`cargo fetch`, `cargo build`, `cargo test --no-run`, `cargo test`; `common::Direct`). The
+//!    CPU time of each (user + system, of cargo and everything it ran) is recorded: the registry
+//!    projection is made from it.
 //!
-//!   Both with the experiment defaults otherwise (confirmation of regressions on: the re-runs are
-//!   part of the wall time) and `BENCH_FARM_SLOTS` slots (default 2, the cores of the machine the
-//!   benchmark was written on).
-//! * **naive** — every (crate, toolchain) of `farm-1` built and tested by cargo directly, one after
-//!   another, each from an empty target dir: as an unprivileged user with its own cargo home (empty
-//!   at the start of the phase), the `.crate` from static.crates.io, `farm-1`'s lockfile, and the
-//!   farm's steps (`cargo fetch`, `cargo build`, `cargo test --no-run`, `cargo test`; see
-//!   `common::Direct`). The CPU time of each (user + system, of cargo and everything it ran) is
-//!   recorded: the registry projection is made from it.
-//! * **compare** — the wall times (farm-1 / naive, farm-2 / farm-1), the 1-minute load average
-//!   during each phase, and every outcome: `farm-1` against the naive loop (which shares nothing),
-//!   `farm-2`'s cached start against `farm-1`'s start, `farm-2`'s end against `farm-1`'s end.
+//! The farm runs share one state dir, emptied when the `run` phase begins (fresh Postgres, empty
+//! result cache, empty dependency store, which then fills batch by batch as a worker's would), and
+//! the naive loop one cargo home (empty at the beginning too). The experiments use the defaults
+//! otherwise (confirmation of regressions on: the re-runs are part of the wall time) and
+//! `BENCH_FARM_SLOTS` slots (default 2, the cores of the machine this was written on).
 //!
-//! Phases default to all three, in that order (the naive loop takes the farm's lockfiles). Run as
-//! root (Docker; switching to the unprivileged user). Files under `BENCH_WORK_DIR` (default
-//! `/var/tmp/caldera-bench-farm`): the farm's state dir, `farm.tsv` (experiment, wall seconds,
-//! load), `naive/` (cargo home, sources, logs under `naive/logs/<toolchain>/`, `outcomes.tsv`:
-//! toolchain, crate, outcome, wall seconds, CPU seconds). Crates: `BENCH_FARM_CRATES`
-//! (comma-separated `name@version`; default the 40 of `cargo xtask bench trust`). The caldera
-//! binary is the one next to this example's directory (xtask builds it first). Ends with one
-//! `<name>: <value> <unit>` line per figure.
+//! Phase **compare** then sums the wall times (farm-1 / naive, farm-2 / farm-1), gives the
+//! 1-minute load average during each part, and checks every outcome: farm-1 against the naive
+//! loop (which shares nothing), farm-2's cached start against farm-1's start, farm-2's end
+//! against farm-1's end.
+//!
+//! Phases (`run`, `compare`) default to both. Run as root (Docker; switching to the unprivileged
+//! user). Files under `BENCH_WORK_DIR` (default `/var/tmp/caldera-bench-farm`): the farm's state
+//! dir, `farm.tsv` (experiment, wall seconds, load), `naive/` (cargo home, sources, logs under
+//! `naive/logs/<toolchain>/`, `outcomes.tsv`: toolchain, crate, outcome, wall seconds, CPU
+//! seconds, load). Crates: `BENCH_FARM_CRATES` (comma-separated `name@version`; default the 40 of
+//! `cargo xtask bench trust`). The caldera binary is the one next to this example's directory
+//! (xtask builds it first). Ends with one `<name>: <value> <unit>` line per figure.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -54,6 +57,7 @@ struct Bench {
     crates: Vec<(String, String)>,
     caldera: PathBuf,
     slots: String,
+    batches: usize,
     load: Load,
 }
 
@@ -63,6 +67,10 @@ fn main() -> Result<()> {
     );
     let crates = common::crate_list("BENCH_FARM_CRATES", common::DEFAULT_CRATES)?;
     let slots = std::env::var("BENCH_FARM_SLOTS").unwrap_or_else(|_| "2".into());
+    let batches = match std::env::var("BENCH_FARM_BATCHES") {
+        Ok(b) => b.parse().context("BENCH_FARM_BATCHES")?,
+        Err(_) => 4,
+    };
     std::fs::create_dir_all(&work)?;
     common::chmod(&work, 0o755)?;
     let bench = Bench {
@@ -70,11 +78,12 @@ fn main() -> Result<()> {
         crates,
         caldera: common::caldera_binary()?,
         slots,
+        batches,
         load: Load::sample_every(Duration::from_secs(10)),
     };
     let phases: Vec<String> = std::env::args().skip(1).collect();
     let phases = if phases.is_empty() {
-        vec!["farm".into(), "naive".into(), "compare".into()]
+        vec!["run".into(), "compare".into()]
     } else {
         phases
     };
@@ -82,10 +91,9 @@ fn main() -> Result<()> {
     let mut figures = Vec::new();
     for phase in &phases {
         match phase.as_str() {
-            "farm" => figures.extend(bench.farm()?),
-            "naive" => figures.extend(rt.block_on(bench.naive())?),
+            "run" => figures.extend(rt.block_on(bench.run())?),
             "compare" => figures.extend(bench.compare()?),
-            other => bail!("unknown phase {other:?}; expected farm, naive or compare"),
+            other => bail!("unknown phase {other:?}; expected run or compare"),
         }
     }
     for f in figures {
@@ -138,48 +146,66 @@ impl Bench {
         self.work.join("naive")
     }
 
-    fn crate_list(&self) -> String {
-        let ids: Vec<String> = self
-            .crates
-            .iter()
-            .map(|(n, v)| format!("{n}@{v}"))
-            .collect();
-        ids.join(",")
+    /// The crates in `self.batches` batches of (nearly) equal size, in list order.
+    fn batches(&self) -> Vec<&[(String, String)]> {
+        let size = self.crates.len().div_ceil(self.batches.max(1)).max(1);
+        self.crates.chunks(size).collect()
     }
 
-    /// Both experiments from an empty state dir; their wall times and loads in `farm.tsv`.
-    fn farm(&self) -> Result<Vec<String>> {
-        if self.state().exists() {
-            std::fs::remove_dir_all(self.state())?;
+    /// Every batch: both experiments, then the naive loop; `farm.tsv` and `naive/outcomes.tsv`.
+    async fn run(&self) -> Result<Vec<String>> {
+        for dir in [self.state(), self.naive_dir()] {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
         }
-        let mut rows = Vec::new();
-        let mut figures = Vec::new();
-        for (name, end) in [(FIRST, "nightly"), (SECOND, SECOND_END)] {
-            let (wall, load) = self.experiment(name, end)?;
-            rows.push(format!("{name}\t{:.1}\t{load:.1}", wall.as_secs_f64()));
-            figures.push(format!(
-                "{name}-wall: {:.1} min (load {load:.1})",
-                wall.as_secs_f64() / 60.0
-            ));
+        let direct = Direct::new(self.naive_dir())?;
+        let mut farm_rows = Vec::new();
+        let mut naive_rows = Vec::new();
+        let t0 = Instant::now();
+        for (i, batch) in self.batches().into_iter().enumerate() {
+            let first = format!("{FIRST}-{}", i + 1);
+            for (name, end) in [
+                (first.clone(), "nightly"),
+                (format!("{SECOND}-{}", i + 1), SECOND_END),
+            ] {
+                let (wall, load) = self.experiment(&name, end, batch)?;
+                farm_rows.push(format!("{name}\t{:.1}\t{load:.1}", wall.as_secs_f64()));
+            }
+            naive_rows.extend(self.naive(&direct, batch, &first).await?);
+            std::fs::write(self.work.join("farm.tsv"), farm_rows.join("\n") + "\n")?;
+            std::fs::write(
+                direct.dir.join("outcomes.tsv"),
+                naive_rows.join("\n") + "\n",
+            )?;
         }
-        std::fs::write(self.work.join("farm.tsv"), rows.join("\n") + "\n")?;
-        Ok(figures)
+        Ok(vec![format!(
+            "run-wall: {:.1} min (load {:.1})",
+            t0.elapsed().as_secs_f64() / 60.0,
+            self.load.median_since(t0)
+        )])
     }
 
     /// One experiment through `caldera local --shared-deps`: its wall time and median load.
-    fn experiment(&self, name: &str, end: &str) -> Result<(Duration, f64)> {
+    fn experiment(
+        &self,
+        name: &str,
+        end: &str,
+        crates: &[(String, String)],
+    ) -> Result<(Duration, f64)> {
         let log = self.work.join(format!("{name}.out"));
         eprintln!(
             "bench farm: {name}: caldera local, {} crates, stable vs {end} (output in {})",
-            self.crates.len(),
+            crates.len(),
             log.display()
         );
+        let ids: Vec<String> = crates.iter().map(|(n, v)| format!("{n}@{v}")).collect();
         let mut cmd = Command::new(&self.caldera);
         cmd.arg("local")
             .arg("--state-dir")
             .arg(self.state())
             .args(["--name", name, "--crates"])
-            .arg(self.crate_list())
+            .arg(ids.join(","))
             .args([
                 "--start",
                 "stable",
@@ -207,28 +233,28 @@ impl Bench {
         Ok((wall, load))
     }
 
-    /// Every (crate, toolchain) of `farm-1` with cargo directly, one after another, each from an
-    /// empty target dir.
-    async fn naive(&self) -> Result<Vec<String>> {
-        if self.naive_dir().exists() {
-            std::fs::remove_dir_all(self.naive_dir())?;
-        }
-        let direct = Direct::new(self.naive_dir())?;
+    /// Every (crate, toolchain) of a batch with cargo directly, one after another, each from an
+    /// empty target dir, with the lockfile of experiment `farm`: `outcomes.tsv` rows.
+    async fn naive(
+        &self,
+        direct: &Direct,
+        crates: &[(String, String)],
+        farm: &str,
+    ) -> Result<Vec<String>> {
         let store = caldera_storage::LocalStore::open(self.state().join("objects"), 1 << 30)?;
         let target = direct.dir.join("target");
         let mut rows = Vec::new();
-        let t0 = Instant::now();
         for tc_name in ["stable", "nightly"] {
             let toolchain = direct.user_toolchain(tc_name).await?;
             let tc = Toolchain::rustup(tc_name)?;
-            for (name, version) in &self.crates {
+            for (name, version) in crates {
                 let id = format!("{name}@{version}");
                 let krate = CrateId::Registry {
                     name: name.clone(),
                     version: version.parse()?,
                     checksum: None,
                 };
-                let lockfile = common::farm_lockfile(&store, FIRST, &krate).await;
+                let lockfile = common::farm_lockfile(&store, farm, &krate).await;
                 let started = Instant::now();
                 let cpu = common::children_cpu();
                 let root = direct
@@ -243,41 +269,56 @@ impl Bench {
                 })?;
                 let wall = started.elapsed().as_secs_f64();
                 let cpu = (common::children_cpu() - cpu).as_secs_f64();
+                let load = self.load.median_since(started);
                 eprintln!(
-                    "bench farm: naive {tc_name} {id}: {outcome} ({wall:.1} s, CPU {cpu:.1} s)"
+                    "bench farm: naive {tc_name} {id}: {outcome} ({wall:.1} s, CPU {cpu:.1} s, load {load:.1})"
                 );
-                rows.push(format!("{tc_name}\t{id}\t{outcome}\t{wall:.1}\t{cpu:.1}"));
+                rows.push(format!(
+                    "{tc_name}\t{id}\t{outcome}\t{wall:.1}\t{cpu:.1}\t{load:.1}"
+                ));
             }
         }
-        let wall = t0.elapsed();
-        let load = self.load.median_since(t0);
         if target.exists() {
             std::fs::remove_dir_all(&target)?;
         }
-        std::fs::write(direct.dir.join("outcomes.tsv"), rows.join("\n") + "\n")?;
-        Ok(vec![format!(
-            "naive-wall: {:.1} min (load {load:.1})",
-            wall.as_secs_f64() / 60.0
-        )])
+        Ok(rows)
     }
 
     /// Wall-time ratios, outcome agreement and the registry projection's inputs.
     fn compare(&self) -> Result<Vec<String>> {
         let farm = read_tsv(&self.work.join("farm.tsv"))?;
-        let wall = |name: &str| -> Result<f64> {
-            let row = farm.iter().find(|r| r[0] == name);
-            let row = row.with_context(|| format!("farm.tsv: no {name}"))?;
-            Ok(row[1].parse()?)
-        };
         let naive = read_tsv(&self.naive_dir().join("outcomes.tsv"))?;
-        let naive_wall: f64 = naive
-            .iter()
-            .map(|r| r[3].parse::<f64>().unwrap_or(0.0))
-            .sum();
+        // the batches' experiments: `farm-1-<i>` and `farm-2-<i>`
+        let of = |prefix: &'static str| farm.iter().filter(move |r| is_batch_of(&r[0], prefix));
+        let sum = |rows: &mut dyn Iterator<Item = &Vec<String>>, col: usize| -> f64 {
+            rows.map(|r| r[col].parse::<f64>().unwrap_or(0.0)).sum()
+        };
+        let (w1, w2) = (sum(&mut of(FIRST), 1), sum(&mut of(SECOND), 1));
+        let naive_wall = sum(&mut naive.iter(), 3);
+        let load = |rows: Vec<&Vec<String>>, col: usize| {
+            let mut v: Vec<f64> = rows.iter().filter_map(|r| r[col].parse().ok()).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let loads = [
+            load(of(FIRST).collect(), 2),
+            load(of(SECOND).collect(), 2),
+            load(naive.iter().collect(), 5),
+        ];
         let naive_cpu: Vec<f64> = naive.iter().map(|r| r[4].parse().unwrap_or(0.0)).collect();
-        let first = common::farm_results(&self.state(), FIRST)?;
-        let second = common::farm_results(&self.state(), SECOND)?;
-        let (w1, w2) = (wall(FIRST)?, wall(SECOND)?);
+        let mut first = BTreeMap::new();
+        let mut second = BTreeMap::new();
+        for row in &farm {
+            let results = common::farm_results(&self.state(), &row[0])?;
+            if is_batch_of(&row[0], FIRST) {
+                first.extend(results);
+            } else {
+                second.extend(results);
+            }
+        }
+        if first.is_empty() || naive.is_empty() {
+            bail!("nothing to compare: run the `run` phase first");
+        }
 
         let disagreements = outcome_disagreements(&first, &second, &naive);
         println!("| crate | side | this | against | reference |");
@@ -286,12 +327,29 @@ impl Bench {
             println!("{d}");
         }
         let cached = second.values().filter(|r| r.start_cached.is_some()).count();
+        if cached == 0 && first.values().any(|r| r.start == Outcome::TestPass) {
+            bail!("the result cache settled no start side of {SECOND}: it was not used");
+        }
         let mut cpu = naive_cpu.clone();
         cpu.sort_by(f64::total_cmp);
         let total_cpu: f64 = cpu.iter().sum();
         Ok(vec![
             format!("farm-crates: {} crates", first.len()),
-            format!("naive-sides-wall: {:.1} min", naive_wall / 60.0),
+            format!(
+                "farm-1-wall: {:.1} min (median load {:.1})",
+                w1 / 60.0,
+                loads[0]
+            ),
+            format!(
+                "farm-2-wall: {:.1} min (median load {:.1})",
+                w2 / 60.0,
+                loads[1]
+            ),
+            format!(
+                "naive-wall: {:.1} min (median load {:.1})",
+                naive_wall / 60.0,
+                loads[2]
+            ),
             format!("farm-1-over-naive: {:.3} x", w1 / naive_wall),
             format!("farm-2-over-farm-1: {:.3} x", w2 / w1),
             format!("farm-2-start-sides-cached: {cached} of {}", second.len()),
@@ -348,6 +406,13 @@ fn outcome_disagreements(
         }
     }
     out
+}
+
+/// Whether experiment `name` is one of the batches of `prefix` (`farm-1-3` of `farm-1`).
+fn is_batch_of(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|n| n.parse::<usize>().is_ok())
 }
 
 fn read_tsv(path: &Path) -> Result<Vec<Vec<String>>> {
