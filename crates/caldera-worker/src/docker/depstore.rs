@@ -32,13 +32,22 @@ pub(super) struct Owner {
 /// The packages of a lockfile, as the store sees them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct LockPackages {
-    /// Names of registry packages that no path package shares: only their units are shared.
+    /// Names of registry packages that no path package shares and that do not depend, directly
+    /// or through other packages, on a path or git package: only their units are shared.
     pub(super) registry: BTreeSet<String>,
 }
 
 /// Reads `Cargo.lock`: the names of registry packages (`source = "registry+…"` or `"sparse+…"`)
 /// minus any name a path package (no `source`) or git package also has, so that a unit of the
-/// crate under test can never pass for a registry one.
+/// crate under test is never taken for a dependency's — and minus every registry package that
+/// depends on a path or git package. Those are the crates a crate under test is a dependency of
+/// through its own dev-dependencies (`unicode-ident` ← `proc-macro2` ← a dev-dependency of
+/// `unicode-ident`; `itoa` ← `serde_json`): the deps-only build compiles them against the
+/// crate's stub, the crate's steps against its real source, so cargo rebuilds them in place —
+/// over files linked read-only from the store, which fails, and the side is re-run from a clean
+/// target dir. Built by the crate's steps instead, in its own target dir. Names stand for every
+/// version of a package (conservative: a registry `itoa` that depends on nothing local is left
+/// out too when another `itoa` does).
 pub(super) fn lock_packages(lockfile: &str) -> Result<LockPackages, String> {
     let doc: toml_edit::DocumentMut = lockfile
         .parse()
@@ -51,6 +60,8 @@ pub(super) fn lock_packages(lockfile: &str) -> Result<LockPackages, String> {
         .ok_or("Cargo.lock: `package` is not an array of tables")?;
     let mut registry = BTreeSet::new();
     let mut other = BTreeSet::new();
+    // each registry package's dependencies, by name
+    let mut depends: Vec<(String, Vec<String>)> = Vec::new();
     for p in packages {
         let name = p
             .get("name")
@@ -58,12 +69,33 @@ pub(super) fn lock_packages(lockfile: &str) -> Result<LockPackages, String> {
             .ok_or("Cargo.lock: a package without a name")?;
         match p.get("source").and_then(|s| s.as_str()) {
             Some(s) if s.starts_with("registry+") || s.starts_with("sparse+") => {
-                registry.insert(name.to_owned())
+                registry.insert(name.to_owned());
+                let deps = (p.get("dependencies").and_then(|d| d.as_array()))
+                    .map(|a| a.iter().filter_map(|d| d.as_str()).collect::<Vec<_>>())
+                    .unwrap_or_default();
+                // an entry is `name`, `name version` or `name version (source)`
+                let deps = deps.iter().filter_map(|d| d.split_whitespace().next());
+                depends.push((name.to_owned(), deps.map(str::to_owned).collect()));
             }
-            _ => other.insert(name.to_owned()),
-        };
+            _ => {
+                other.insert(name.to_owned());
+            }
+        }
     }
-    registry.retain(|n| !other.contains(n));
+    // the path and git packages, then whatever depends on them, until nothing is added
+    let mut local = other;
+    loop {
+        let before = local.len();
+        for (name, deps) in &depends {
+            if deps.iter().any(|d| local.contains(d)) {
+                local.insert(name.clone());
+            }
+        }
+        if local.len() == before {
+            break;
+        }
+    }
+    registry.retain(|n| !local.contains(n));
     Ok(LockPackages { registry })
 }
 

@@ -105,6 +105,78 @@ fn only_registry_packages_no_path_or_git_package_shares_a_name_with_are_shared()
     assert_eq!(e, "Cargo.lock: a package without a name");
 }
 
+/// The crate under test `unicode-ident` is a dependency of `proc-macro2`, a dependency of its
+/// dev-dependency `quote`: built against the crate's stub by the deps-only build, rebuilt by
+/// the crate's steps — neither of them may come from the store; `syn` and `trybuild` (which
+/// depend on them) neither. `serde`, `glob` and `serde_json` do not depend on it.
+#[test]
+fn registry_packages_that_depend_on_the_crate_under_test_are_not_shared() {
+    let lock = r#"
+version = 4
+
+[[package]]
+name = "unicode-ident"
+version = "1.0.27"
+dependencies = ["glob", "quote", "trybuild"]
+
+[[package]]
+name = "glob"
+version = "0.3.3"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+
+[[package]]
+name = "proc-macro2"
+version = "1.0.107"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+dependencies = ["unicode-ident"]
+
+[[package]]
+name = "quote"
+version = "1.0.47"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+dependencies = ["proc-macro2"]
+
+[[package]]
+name = "serde"
+version = "1.0.229"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+
+[[package]]
+name = "serde_json"
+version = "1.0.149"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+dependencies = ["serde 1.0.229 (registry+https://github.com/rust-lang/crates.io-index)"]
+
+[[package]]
+name = "syn"
+version = "2.0.119"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+dependencies = ["proc-macro2", "quote", "unicode-ident"]
+
+[[package]]
+name = "trybuild"
+version = "1.0.122"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+dependencies = ["glob", "serde_json", "syn 2.0.119"]
+"#;
+    let p = lock_packages(lock).unwrap();
+    assert_eq!(
+        p.registry.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["glob", "serde", "serde_json"]
+    );
+    // the git package of LOCK: whatever depends on it is left out too
+    let with_git = format!(
+        "{LOCK}\n[[package]]\nname = \"uses-git\"\nversion = \"1.0.0\"\n\
+         source = \"registry+https://github.com/rust-lang/crates.io-index\"\n\
+         dependencies = [\"gitdep\"]\n"
+    );
+    let p = lock_packages(&with_git).unwrap();
+    assert_eq!(
+        p.registry.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["itoa", "libc"]
+    );
+}
+
 #[test]
 fn unit_names_and_their_files() {
     assert_eq!(
