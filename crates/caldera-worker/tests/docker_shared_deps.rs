@@ -1,7 +1,7 @@
 //! Shared dependency builds (the executor's dependency store) end to end, in the real sandbox:
 //! a dependency compiled for one crate is not compiled again for the next, the crate under test
-//! cannot change the store (a canary tries), confirmation runs do not use it, and outcomes are
-//! the ones the fixtures have without it. See `docker_common` for what the tests need.
+//! cannot change the store (a canary tries), confirmation runs do not use it, a store past its
+//! size is emptied of its oldest units, and outcomes are the ones the fixtures have without it. See `docker_common` for what the tests need.
 
 mod docker_common;
 
@@ -255,6 +255,51 @@ fn compiler_error(codes: &[&str]) -> Outcome {
     Outcome::BuildFail(BuildFailReason::CompilerError {
         codes: codes.iter().map(|c| (*c).to_owned()).collect(),
     })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_past_its_size_evicts_and_the_next_crate_builds_its_dependencies_again() {
+    // a store of one byte: every unit a deps-only build stores is evicted right after its side
+    let h = harness("shared-deps-evict", |c| {
+        c.shared_deps = true;
+        c.disk_high_water = 1.0;
+        c.shared_deps_max_bytes = 1;
+    })
+    .await;
+    for fixture_name in ["shared-deps-a", "shared-deps-b"] {
+        let r = h
+            .run(spec(
+                "sde",
+                fixture(fixture_name),
+                "stable",
+                "nightly",
+                Mode::BuildAndTest,
+            ))
+            .await;
+        for side in [&r.start, &r.end] {
+            let log = h.log(side.log_key.as_deref()).await;
+            assert_eq!(side.outcome, Outcome::TestPass, "{}", excerpt(&log));
+            for dep in SHARED {
+                assert_eq!(compilations(&log, dep), 1, "{dep}: {}", excerpt(&log));
+            }
+        }
+    }
+    let stats = h.executor.stats();
+    assert_eq!(stats.deps_builds, 4);
+    assert_eq!(stats.deps_units_reused, 0, "{stats:?}");
+    assert!(stats.deps_units_stored >= 8, "{stats:?}"); // itoa and libc, 4 sides
+    assert_eq!(
+        stats.deps_units_evicted, stats.deps_units_stored,
+        "{stats:?}"
+    );
+    let units = std::fs::read_dir(h.work_dir().join("depstore"))
+        .unwrap()
+        .map(|k| {
+            let units = k.unwrap().path().join("units/debug");
+            std::fs::read_dir(units).map_or(0, |d| d.count())
+        })
+        .sum::<usize>();
+    assert_eq!(units, 0, "the store keeps nothing past its size");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,12 @@
 //! store's read-only inodes, everything cargo may rewrite (fingerprints, dep-info, build script
 //! output) as copies owned by the sandbox user, mtimes kept either way. [`harvest`] copies the
 //! completed units of registry packages that a deps-only build added into the store.
+//!
+//! A unit directory's own mtime (nothing cargo reads: only the files inside are placed) records
+//! when a job last placed it; [`populate`] moves it forward. [`evict`] keeps the stores of every
+//! build key within a size by removing the units placed longest ago. Every placement touches all
+//! the units it placed at one instant, a unit's dependencies included (they are in the same
+//! lockfile), so a unit is never evicted while a unit that depends on it stays.
 
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
@@ -21,6 +27,10 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+/// Names temporary directories in a store uniquely within the process.
+static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Who owns what a job's target dir gets (the sandbox user).
 #[derive(Debug, Clone, Copy)]
@@ -206,6 +216,7 @@ pub(super) fn populate(
     owner: Owner,
 ) -> io::Result<Populated> {
     let mut done = Populated::default();
+    let now = SystemTime::now();
     let units = store.join("units");
     for profile in read_dir_or_empty(&units)? {
         let profile = profile?;
@@ -226,6 +237,9 @@ pub(super) fn populate(
                     done.units += 1;
                     done.linked += l;
                     done.copied += c;
+                    if let Err(e) = touch(&unit.path(), now) {
+                        tracing::debug!(unit = %name, error = %e, "a stored unit's use not recorded");
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(unit = %name, error = %e, "a stored unit could not be placed");
@@ -338,7 +352,6 @@ pub(super) fn harvest(
     store: &Path,
     packages: &LockPackages,
 ) -> io::Result<Harvested> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
     let mut out = Harvested::default();
     let tmp_root = store.join("tmp");
     fs::create_dir_all(&tmp_root)?;
@@ -437,6 +450,104 @@ fn copy_tree_readonly(from: &Path, to: &Path) -> io::Result<()> {
 fn copy_readonly(from: &Path, to: &Path) -> io::Result<()> {
     let exec = fs::symlink_metadata(from)?.mode() & 0o111 != 0;
     copy_file(from, to, if exec { 0o555 } else { 0o444 })
+}
+
+/// Records that a unit was placed at `now`: its directory's mtime, only ever moved forward (two
+/// slots placing it at once cannot move it back).
+fn touch(unit_dir: &Path, now: SystemTime) -> io::Result<()> {
+    let dir = fs::File::open(unit_dir)?;
+    if dir.metadata()?.modified()? < now {
+        dir.set_modified(now)?;
+    }
+    Ok(())
+}
+
+/// What [`evict`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Evicted {
+    pub(super) units: usize,
+    pub(super) bytes: u64,
+    /// What the stores hold afterwards.
+    pub(super) kept_bytes: u64,
+}
+
+/// Keeps the stores under `root` (one directory per build key) within `max_bytes` of disk: when
+/// they hold more, units are removed in the order they were last placed, all the units of one
+/// placement together, until three quarters of `max_bytes` are left. A unit is moved out of the
+/// store by one rename first, so a job placing it at that moment gets all of it or none (and
+/// the files it linked stay valid: they are its own links).
+pub(super) fn evict(root: &Path, max_bytes: u64) -> io::Result<Evicted> {
+    let mut units = Vec::new();
+    let mut total = 0u64;
+    for key in read_dir_or_empty(root)? {
+        let key = key?;
+        if !key.file_type()?.is_dir() {
+            continue;
+        }
+        for profile in read_dir_or_empty(&key.path().join("units"))? {
+            for unit in read_dir_or_empty(&profile?.path())? {
+                let path = unit?.path();
+                // a unit another slot evicts meanwhile is simply not counted
+                let Ok(used) = fs::metadata(&path).and_then(|m| m.modified()) else {
+                    continue;
+                };
+                let Ok(bytes) = disk_bytes(&path) else {
+                    continue;
+                };
+                total += bytes;
+                units.push((used, bytes, path, key.path()));
+            }
+        }
+    }
+    let mut out = Evicted {
+        kept_bytes: total,
+        ..Evicted::default()
+    };
+    if total <= max_bytes {
+        return Ok(out);
+    }
+    let low = max_bytes / 4 * 3;
+    units.sort_by_key(|u| u.0);
+    let mut last = None;
+    for (used, bytes, path, key) in units {
+        if out.kept_bytes <= low && last != Some(used) {
+            break;
+        }
+        last = Some(used);
+        let tmp_root = key.join("tmp");
+        fs::create_dir_all(&tmp_root)?;
+        let tmp = tmp_root.join(format!(
+            "evicted-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        match fs::rename(&path, &tmp) {
+            Ok(()) => {
+                fs::remove_dir_all(&tmp)?;
+                out.units += 1;
+                out.bytes += bytes;
+                out.kept_bytes -= bytes;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {} // evicted by another slot
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// The disk blocks of the files under `dir`.
+fn disk_bytes(dir: &Path) -> io::Result<u64> {
+    let mut n = 0;
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let meta = e.metadata()?;
+        n += if meta.is_dir() {
+            disk_bytes(&e.path())?
+        } else {
+            meta.blocks() * 512
+        };
+    }
+    Ok(n)
 }
 
 /// How many units `store` holds.

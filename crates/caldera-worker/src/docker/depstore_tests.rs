@@ -347,3 +347,105 @@ fn an_empty_or_missing_store_fills_nothing() {
     let h = harvest(&dir.path().join("t"), &dir.path().join("s"), &packages).unwrap();
     assert_eq!(h, Harvested::default());
 }
+
+/// Sets a directory's mtime (what the store reads as the unit's last placement).
+fn set_used(dir: &Path, secs: u64) {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    std::fs::File::open(dir).unwrap().set_modified(t).unwrap();
+}
+
+fn used(dir: &Path) -> std::time::SystemTime {
+    std::fs::metadata(dir).unwrap().modified().unwrap()
+}
+
+#[test]
+fn placing_a_unit_records_when_and_never_moves_that_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, store) = (dir.path().join("t"), dir.path().join("store"));
+    let packages = lock_packages(LOCK).unwrap();
+    unit(&target.join("debug"), "libc", "00000000000000aa", true);
+    harvest(&target, &store, &packages).unwrap();
+    let libc = store.join("units/debug/libc-00000000000000aa");
+    set_used(&libc, 1_000_000_000);
+    let before = std::time::SystemTime::now();
+    populate(&store, &dir.path().join("t2"), &packages, me()).unwrap();
+    assert!(used(&libc) >= before, "placing it moved its time forward");
+    // a later placement already recorded (another slot's) is not moved back
+    let later = before + std::time::Duration::from_secs(3600);
+    std::fs::File::open(&libc)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    populate(&store, &dir.path().join("t3"), &packages, me()).unwrap();
+    assert_eq!(used(&libc), later);
+}
+
+/// A stored unit of `size` bytes, last placed at `secs`, in the store of build key `key`.
+fn stored_unit(root: &Path, key: &str, name: &str, size: usize, secs: u64) -> std::path::PathBuf {
+    let u = root.join(key).join("units/debug").join(name);
+    let (pkg, hash) = split_unit(name).unwrap();
+    write(
+        &u.join(format!("deps/lib{pkg}-{hash}.rlib")),
+        &"x".repeat(size),
+        0o444,
+    );
+    set_used(&u, secs);
+    u
+}
+
+#[test]
+fn eviction_removes_the_units_placed_longest_ago_one_whole_placement_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("depstore");
+    // the placement at 100 put two units; the one at 200 another build key's; 300 is newest
+    let a = stored_unit(&root, "nightly-1", "a-00000000000000aa", 100_000, 100);
+    let b = stored_unit(&root, "nightly-1", "b-00000000000000bb", 100_000, 100);
+    let c = stored_unit(&root, "stable-2", "c-00000000000000cc", 100_000, 200);
+    let d = stored_unit(&root, "nightly-1", "d-00000000000000dd", 100_000, 300);
+    let each = disk_bytes(&a).unwrap();
+    assert!(each >= 100_000);
+    let total = 4 * each;
+
+    // within the size: nothing goes
+    let e = evict(&root, total).unwrap();
+    assert_eq!(
+        e,
+        Evicted {
+            units: 0,
+            bytes: 0,
+            kept_bytes: total
+        }
+    );
+    assert!(a.exists() && b.exists() && c.exists() && d.exists());
+
+    // past it: down to three quarters of it. One unit would do (3 of 4 left = 3/4 of the
+    // total), but the other unit of that placement goes with it
+    let e = evict(&root, total - 1).unwrap();
+    assert_eq!(
+        e,
+        Evicted {
+            units: 2,
+            bytes: 2 * each,
+            kept_bytes: 2 * each
+        }
+    );
+    assert!(!a.exists() && !b.exists());
+    assert!(c.exists() && d.exists());
+    // nothing is left behind in the stores' temp dirs
+    assert_eq!(
+        std::fs::read_dir(root.join("nightly-1/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // a tiny size: the older build key's unit first, then the newest placement
+    let e = evict(&root, each).unwrap();
+    assert_eq!((e.units, e.kept_bytes), (2, 0));
+    assert!(!c.exists() && !d.exists());
+    // a missing store is an empty one
+    assert_eq!(
+        evict(&dir.path().join("none"), 0).unwrap(),
+        Evicted::default()
+    );
+}

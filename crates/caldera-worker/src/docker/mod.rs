@@ -117,6 +117,9 @@ pub struct DockerExecutorConfig {
     /// first run's target dirs are emptied before every job (instead of being reused) and filled
     /// from the store; confirmation runs never use it.
     pub shared_deps: bool,
+    /// Most disk the dependency store may hold, in bytes: past it, the units placed longest ago
+    /// are removed (down to three quarters of it) after a deps-only build stored new ones.
+    pub shared_deps_max_bytes: u64,
     /// Fixed variables set in every step (chosen by the operator; nothing of the worker's own
     /// environment is passed). They cannot override the variables the executor sets.
     pub sandbox_env: BTreeMap<String, String>,
@@ -130,7 +133,8 @@ pub struct DockerExecutorConfig {
 
 impl DockerExecutorConfig {
     /// Defaults: one slot, the sandbox's default limits and timeouts (4 GiB, 2 CPUs, 4096 pids;
-    /// 15 min / 5 min), 5 MiB logs, an 80 % high-water mark, 10 minutes for log uploads.
+    /// 15 min / 5 min), 5 MiB logs, an 80 % high-water mark, 10 minutes for log uploads, no
+    /// shared dependency builds (a 20 GiB store when they are turned on).
     pub fn new(work_dir: impl Into<PathBuf>, rustup_home: impl Into<PathBuf>) -> Self {
         let work_dir = work_dir.into();
         DockerExecutorConfig {
@@ -144,6 +148,7 @@ impl DockerExecutorConfig {
             disk_high_water: 0.8,
             reuse_target_dirs: true,
             shared_deps: false,
+            shared_deps_max_bytes: 20 << 30,
             sandbox_env: BTreeMap::new(),
             log_upload_timeout: Duration::from_secs(600),
             work_dir_lock: None,
@@ -205,6 +210,8 @@ pub struct ExecutorStats {
     pub deps_units_reused: u64,
     /// Units deps-only builds added to the store.
     pub deps_units_stored: u64,
+    /// Units removed from the store to keep it within its size.
+    pub deps_units_evicted: u64,
     /// Sides re-run in a clean target dir because a unit linked from the store had to be rebuilt.
     pub store_conflict_reruns: u64,
     /// Slot purges before a job because shared dependency builds are on.

@@ -208,6 +208,9 @@ impl Inner {
                 0
             }
         };
+        if stored > 0 {
+            self.evict_store().await;
+        }
         let _ = writeln!(
             LogText(body),
             "\n==== shared dependencies: {} units from the store before the deps-only build \
@@ -224,6 +227,31 @@ impl Inner {
         stats.deps_units_reused += plan.populated.units as u64;
         stats.deps_units_stored += stored as u64;
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Keeps the dependency store within its size (after it grew; the units this job placed
+    /// were placed last, so they go last). A failure costs only sharing.
+    async fn evict_store(&self) {
+        let (root, max) = (
+            self.config.depstore_root(),
+            self.config.shared_deps_max_bytes,
+        );
+        match tokio::task::spawn_blocking(move || depstore::evict(&root, max)).await {
+            Ok(Ok(e)) if e.units > 0 => {
+                tracing::info!(
+                    units = e.units,
+                    freed_mib = e.bytes >> 20,
+                    kept_mib = e.kept_bytes >> 20,
+                    "dependency store past its size: evicted the units placed longest ago"
+                );
+                lock(&self.stats).deps_units_evicted += e.units as u64;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "evicting from the dependency store"),
+            Err(e) => tracing::warn!(error = %e, "evicting from the dependency store"),
+        }
     }
 }
 

@@ -18,6 +18,8 @@
 //! [--clients N] [--think-ms N] [--heartbeat-ms N] [--lease-secs N] [--reap-ms N]
 
 mod clients;
+#[path = "../common/mod.rs"]
+mod common;
 mod master;
 mod report;
 
@@ -141,7 +143,7 @@ fn job_time(i: usize, o: &Options) -> Duration {
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let o = Options::parse(&args)?;
-    let bin = master::caldera_bin()?;
+    let bin = common::caldera_binary()?;
     let work = std::env::var_os("BENCH_WORK_DIR").map(PathBuf::from);
     let dir = match &work {
         Some(w) => {

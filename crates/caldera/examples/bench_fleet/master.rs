@@ -26,23 +26,6 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-/// The `caldera` binary next to this example's directory (xtask builds it first).
-pub fn caldera_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("caldera"))
-        .context("the example's directory")?;
-    if !bin.exists() {
-        bail!(
-            "{} is missing: `cargo build --release -p caldera --bin caldera` first (xtask does)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
 impl MasterProcess {
     /// Start `caldera master` on free loopback ports with the bench's lease and heartbeat, and wait
     /// until `/healthz` answers.

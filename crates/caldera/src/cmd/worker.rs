@@ -114,6 +114,15 @@ pub struct ExecutorArgs {
     /// filled from the store. See docs/ARCHITECTURE.md, "Shared dependency builds".
     #[arg(long, env = "CALDERA_SHARED_DEPS")]
     pub shared_deps: bool,
+    /// Most disk the dependency store may take, e.g. `20GiB`: past it, the units jobs placed
+    /// longest ago are removed, down to three quarters of it.
+    #[arg(
+        long,
+        env = "CALDERA_SHARED_DEPS_MAX_SIZE",
+        default_value = "20GiB",
+        value_parser = parse_size
+    )]
+    pub shared_deps_max_size: u64,
     /// Fixed `KEY=VALUE` variables for every sandboxed step (comma-separated in the variable).
     /// Nothing of the worker's own environment reaches the sandbox otherwise.
     #[arg(long, env = "CALDERA_SANDBOX_ENV", value_delimiter = ',', value_parser = parse_key_value)]
@@ -256,6 +265,7 @@ impl ExecutorArgs {
         config.disk_high_water = self.disk_high_water;
         config.reuse_target_dirs = !self.no_target_reuse;
         config.shared_deps = self.shared_deps;
+        config.shared_deps_max_bytes = self.shared_deps_max_size;
         config.sandbox_env = self.sandbox_env.iter().cloned().collect::<BTreeMap<_, _>>();
         config.prepare.command_timeout = Duration::from_secs(self.prepare_timeout_secs.max(1));
         config.work_dir_lock = Some(Arc::new(lock));
