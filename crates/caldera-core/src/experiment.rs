@@ -20,7 +20,8 @@
 //!   "overrides": {"serde": {"skip_tests": true, "extra_timeout_secs": 600}},  // [{}]
 //!   "confirm": 2,                             // 0..=5 [2]: re-runs of each regressed/fixed crate
 //!   "calibration": false,                     // [false]: true allows start == end (an A/A run)
-//!   "cache": true                             // [true]: sides may be settled from the result cache
+//!   "cache": true,                            // [true]: sides may be settled from the result cache
+//!   "lockfile": "shipped"                     // [shipped] or fresh: which dependency versions
 //! }
 //! ```
 //!
@@ -31,6 +32,7 @@
 //! noise; without it, equal toolchains are refused.
 //! `cache`: when the experiment starts, a side whose fingerprint (see [`crate::fingerprint`]) has
 //! a trustworthy earlier result is settled from it without running; `false` runs every side.
+//! `lockfile`: see [`LockfilePolicy`].
 
 #![warn(missing_docs)]
 
@@ -110,6 +112,27 @@ string_enum! {
         Deny => "deny",
         /// `--cap-lints forbid`.
         Forbid => "forbid",
+    }
+}
+
+string_enum! {
+    /// Which dependency versions a crate builds with (both sides build with one lockfile,
+    /// settled once per experiment and crate, either way).
+    pub enum LockfilePolicy / ParseLockfilePolicyError ("lockfile policy") {
+        /// The crate's own `Cargo.lock` when it ships one (brought up to date the way `cargo
+        /// build` would), else one generated: the versions its author tested with.
+        Shipped => "shipped",
+        /// Always resolved anew (`cargo generate-lockfile`), a shipped `Cargo.lock` ignored: the
+        /// newest versions the crate's requirements allow, as a new user of a library gets
+        /// them. Crates then share far more dependency builds (one `syn`, not a dozen).
+        Fresh => "fresh",
+    }
+}
+
+impl Default for LockfilePolicy {
+    /// `shipped`.
+    fn default() -> Self {
+        LockfilePolicy::Shipped
     }
 }
 
@@ -216,6 +239,9 @@ pub struct ExperimentSpec {
     /// runs every side).
     #[cfg_attr(feature = "openapi", schema(required = false, default = true))]
     pub cache: bool,
+    /// Which dependency versions crates build with: `shipped` (default) or `fresh`.
+    #[cfg_attr(feature = "openapi", schema(required = false))]
+    pub lockfile: LockfilePolicy,
 }
 
 /// A partial update of an [`ExperimentSpec`]: every present field replaces the spec's. The name
@@ -259,6 +285,9 @@ pub struct ExperimentEdit {
     /// Whether sides may be settled from the result cache.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<bool>,
+    /// New lockfile policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lockfile: Option<LockfilePolicy>,
 }
 
 /// Invalid input, naming the field: Display is `field: message` (or just `message` when the whole
@@ -466,6 +495,8 @@ struct SpecIn {
     calibration: bool,
     #[serde(default = "default_cache")]
     cache: bool,
+    #[serde(default)]
+    lockfile: LockfilePolicy,
 }
 
 impl SpecIn {
@@ -483,6 +514,7 @@ impl SpecIn {
             confirm: self.confirm,
             calibration: self.calibration,
             cache: self.cache,
+            lockfile: self.lockfile,
         };
         dedup_requirements(&mut spec.requirements);
         spec.validate()?;
@@ -580,6 +612,9 @@ impl ExperimentSpec {
         if let Some(cache) = edit.cache {
             spec.cache = cache;
         }
+        if let Some(lockfile) = edit.lockfile {
+            spec.lockfile = lockfile;
+        }
         let distinct_field = if edit.end.is_none() && edit.start.is_some() {
             "start"
         } else {
@@ -636,6 +671,8 @@ struct EditIn {
     calibration: Option<bool>,
     #[serde(default)]
     cache: Option<bool>,
+    #[serde(default)]
+    lockfile: Option<LockfilePolicy>,
 }
 
 impl EditIn {
@@ -653,6 +690,7 @@ impl EditIn {
             confirm,
             calibration,
             cache,
+            lockfile,
         } = self;
         let mut edit = ExperimentEdit {
             start,
@@ -666,6 +704,7 @@ impl EditIn {
             confirm,
             calibration,
             cache,
+            lockfile,
         };
         if let Some(reqs) = &mut edit.requirements {
             dedup_requirements(reqs);
@@ -832,6 +871,7 @@ mod tests {
                 confirm: 2,
                 calibration: false,
                 cache: true,
+                lockfile: LockfilePolicy::Shipped,
             }
         );
         assert_eq!(
@@ -848,7 +888,8 @@ mod tests {
                 "overrides": {},
                 "confirm": 2,
                 "calibration": false,
-                "cache": true
+                "cache": true,
+                "lockfile": "shipped"
             })
         );
     }
@@ -938,7 +979,7 @@ mod tests {
             (
                 json!({"nme": "x"}),
                 "nme",
-                "unknown field `nme`, expected one of `name`, `start`, `end`, `mode`, `crates`, `cap_lints`, `priority`, `requirements`, `overrides`, `confirm`, `calibration`, `cache`",
+                "unknown field `nme`, expected one of `name`, `start`, `end`, `mode`, `crates`, `cap_lints`, `priority`, `requirements`, `overrides`, `confirm`, `calibration`, `cache`, `lockfile`",
             ),
             (
                 json!({"name": "Beta"}),
@@ -1206,7 +1247,7 @@ mod tests {
             (
                 r#"{"colour": "red"}"#,
                 "colour",
-                "unknown field `colour`, expected one of `name`, `start`, `end`, `mode`, `crates`, `cap_lints`, `priority`, `requirements`, `overrides`, `confirm`, `calibration`, `cache`",
+                "unknown field `colour`, expected one of `name`, `start`, `end`, `mode`, `crates`, `cap_lints`, `priority`, `requirements`, `overrides`, `confirm`, `calibration`, `cache`, `lockfile`",
             ),
             (
                 r#"{"priority": 2000}"#,
@@ -1367,6 +1408,40 @@ mod tests {
             (err.field.as_str(), err.message.as_str()),
             ("cache", "invalid type: sequence, expected a boolean")
         );
+    }
+
+    #[test]
+    fn the_lockfile_policy_defaults_to_shipped_and_can_be_fresh_and_edited() {
+        let spec = ExperimentSpec::from_json(&with(json!({}))).unwrap();
+        assert_eq!(spec.lockfile, LockfilePolicy::Shipped);
+        let fresh = ExperimentSpec::from_json(&with(json!({"lockfile": "fresh"}))).unwrap();
+        assert_eq!(fresh.lockfile, LockfilePolicy::Fresh);
+        let json = serde_json::to_vec(&fresh).unwrap();
+        assert_eq!(
+            ExperimentSpec::from_json(&json).unwrap(),
+            fresh,
+            "round trip"
+        );
+        let err = ExperimentSpec::from_json(&with(json!({"lockfile": "newest"}))).unwrap_err();
+        assert_eq!(err.field, "lockfile");
+        assert!(
+            err.message.contains("newest") && err.message.contains("fresh"),
+            "{err}"
+        );
+        let edit = ExperimentEdit::from_json(br#"{"lockfile": "fresh"}"#).unwrap();
+        assert_eq!(spec.apply(&edit).unwrap().lockfile, LockfilePolicy::Fresh);
+        let edit = ExperimentEdit::from_json(br#"{"lockfile": "shipped"}"#).unwrap();
+        assert_eq!(
+            fresh.apply(&edit).unwrap().lockfile,
+            LockfilePolicy::Shipped
+        );
+        let err = ExperimentEdit::from_json(br#"{"lockfile": true}"#).unwrap_err();
+        assert_eq!(err.field, "lockfile");
+        // a spec stored before the field existed reads as `shipped`
+        let mut old = serde_json::to_value(&spec).unwrap();
+        old.as_object_mut().unwrap().remove("lockfile");
+        let old: ExperimentSpec = serde_json::from_value(old).unwrap();
+        assert_eq!(old.lockfile, LockfilePolicy::Shipped);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! A side's outcome is a function of the crate (its id, which carries the registry checksum when
 //! one is known, or a git commit), the lockfile it builds with, the toolchain (its compact form:
 //! source, flags, target, patches) and the *build* of that toolchain (its
-//! [`ToolchainIdentity`]), the mode, the lint cap, the crate's overrides (`skip_tests`,
+//! [`ToolchainIdentity`]), the mode, the lint cap, the lockfile policy, the crate's overrides (`skip_tests`,
 //! `extra_timeout_secs`, `extra_memory_mib`), and the worker's [`Environment`]: the sandbox image,
 //! its resource limits and the classifier's version. [`cache_key`] hashes all of that except the
 //! lockfile: the master computes the key when an experiment starts, before any worker has
@@ -14,13 +14,15 @@
 //!
 //! The encoding is canonical (a JSON array of the inputs in a fixed order, prefixed with
 //! [`FINGERPRINT_VERSION`]) and hashed with SHA-256. Bump the version when an input is added or
-//! its meaning changes: old entries then simply stop matching.
+//! its meaning changes: old entries then simply stop matching. (The lockfile policy is the one
+//! input added without a bump: it is appended only when it is `fresh`, so the keys of `shipped`
+//! sides, every side before it existed, stay what they were.)
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::crates::CrateId;
-use crate::experiment::{CapLints, Mode};
+use crate::experiment::{CapLints, LockfilePolicy, Mode};
 use crate::job::{JobSpec, Side};
 use crate::outcome::Outcome;
 use crate::toolchain::{Toolchain, ToolchainIdentity};
@@ -57,6 +59,9 @@ pub struct SideInputs<'a> {
     pub identity: &'a ToolchainIdentity,
     pub mode: Mode,
     pub cap_lints: CapLints,
+    /// `fresh` resolves the lockfile anew: the settled lockfile's hash is in [`fingerprint`],
+    /// but the lookup must not match a side that ran with a shipped one.
+    pub lockfile: LockfilePolicy,
     pub skip_tests: bool,
     pub extra_timeout_secs: u32,
     pub extra_memory_mib: u32,
@@ -80,6 +85,7 @@ impl<'a> SideInputs<'a> {
             identity,
             mode: spec.mode,
             cap_lints: spec.cap_lints,
+            lockfile: spec.lockfile,
             skip_tests: spec.skip_tests,
             extra_timeout_secs: spec.extra_timeout_secs,
             extra_memory_mib: spec.extra_memory_mib,
@@ -123,7 +129,7 @@ pub fn cache_key(inputs: &SideInputs<'_>) -> Option<String> {
     }
     let id = inputs.identity;
     let env = inputs.environment;
-    let canonical = serde_json::json!([
+    let mut canonical = serde_json::json!([
         FINGERPRINT_VERSION,
         inputs.krate.to_string(),
         inputs.toolchain.to_string(),
@@ -142,6 +148,11 @@ pub fn cache_key(inputs: &SideInputs<'_>) -> Option<String> {
         [&env.image, &env.limits],
         env.classifier,
     ]);
+    if inputs.lockfile != LockfilePolicy::Shipped
+        && let Some(all) = canonical.as_array_mut()
+    {
+        all.push(inputs.lockfile.as_str().into());
+    }
     Some(digest(&canonical.to_string()))
 }
 

@@ -10,7 +10,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::crates::CrateId;
-use crate::experiment::{CapLints, Mode};
+use crate::experiment::{CapLints, LockfilePolicy, Mode};
 use crate::toolchain::Toolchain;
 
 /// Everything a worker needs to run one job.
@@ -26,6 +26,9 @@ pub struct JobSpec {
     pub quiet: bool,
     pub extra_timeout_secs: u32,
     pub extra_memory_mib: u32,
+    /// Which dependency versions the crate builds with (the lockfile is settled once per
+    /// experiment and crate: the first preparation decides, every later one reuses it).
+    pub lockfile: LockfilePolicy,
     /// 0 for a crate's first run; 1.. for the runs that confirm a regression or fix, which the
     /// worker runs from fresh target dirs (never a slot's reused ones).
     pub run: u32,

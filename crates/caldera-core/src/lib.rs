@@ -45,7 +45,7 @@ mod openapi_tests;
 
 pub use crates::{CrateId, CrateSpec};
 pub use experiment::{
-    CapLints, CrateOverride, ExperimentEdit, ExperimentSpec, Mode, ValidationError,
+    CapLints, CrateOverride, ExperimentEdit, ExperimentSpec, LockfilePolicy, Mode, ValidationError,
 };
 pub use lifecycle::{ExperimentAction, ExperimentStatus, TransitionError, transition};
 pub use outcome::{BuildFailReason, Comparison, Outcome, compare};

@@ -161,6 +161,7 @@ impl Bench {
             quiet: false,
             extra_timeout_secs: 0,
             extra_memory_mib: 0,
+            lockfile: Default::default(),
             run: 0,
             only: None,
         };
@@ -258,7 +259,10 @@ async fn overhead(work: &Path, iterations: usize) -> Vec<String> {
         // warm-up: downloads, index, fetched dependencies, page cache
         let (_, warm) = bench.farm("ovh-warm", krate, Mode::BuildAndTest).await;
         bench.executor.settle().await;
-        let (_, prepared) = bench.preparer.prepare("ovh-direct", krate, &host).await;
+        let (_, prepared) = bench
+            .preparer
+            .prepare("ovh-direct", krate, Default::default(), &host)
+            .await;
         let prepared = prepared.unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut farm = Vec::new();
         let mut farm_prepare = Vec::new();

@@ -97,6 +97,7 @@ fn spec(experiment: &str, krate: &CrateId, mode: Mode) -> JobSpec {
         quiet: false,
         extra_timeout_secs: 0,
         extra_memory_mib: 0,
+        lockfile: Default::default(),
         run: 0,
         only: None,
     }

@@ -9,7 +9,7 @@ mod docker_common;
 use std::path::PathBuf;
 
 use caldera_core::crates::CrateId;
-use caldera_core::experiment::Mode;
+use caldera_core::experiment::{LockfilePolicy, Mode};
 use caldera_core::outcome::Outcome;
 use caldera_sandbox::{default_rustup_home, resolve_toolchain};
 use caldera_storage::{ObjectStore, PutOptions, keys};
@@ -45,6 +45,14 @@ async fn index_checksum(
         .await
         .unwrap()
         .checksum
+}
+
+/// The directory of a fixture crate.
+fn fixture_dir(name: &str) -> PathBuf {
+    match fixture(name) {
+        CrateId::Local { path } => PathBuf::from(path),
+        other => panic!("{other}"),
+    }
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -278,6 +286,47 @@ async fn the_lockfile_is_generated_once_stored_and_used_by_both_sides() {
         );
     }
     assert_eq!(h.store.get_bytes(&key_b).await.unwrap(), pinned.as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fresh_policy_resolves_anew_and_never_uses_a_shipped_lockfile() {
+    let h = harness("lock-fresh", |_| {}).await;
+    // its shipped Cargo.lock is not a lockfile: under `shipped` the crate is prepare-fail (the
+    // test above); under `fresh` that file is never read
+    let krate = fixture("prepare-bad-lockfile");
+    let shipped = std::fs::read(fixture_dir("prepare-bad-lockfile").join("Cargo.lock")).unwrap();
+    let mut job = spec(
+        "lock-fresh",
+        krate.clone(),
+        "stable",
+        "nightly",
+        Mode::CheckOnly,
+    );
+    job.lockfile = LockfilePolicy::Fresh;
+    let out = h.run(job).await;
+    let log = h.log(out.start.log_key.as_deref()).await;
+    for side in [&out.start, &out.end] {
+        assert_eq!(side.outcome, Outcome::TestPass, "{}", excerpt(&log));
+    }
+    let key = keys::lockfile("lock-fresh", &krate.to_string()).unwrap();
+    let stored = h.store.get_bytes(&key).await.unwrap();
+    assert_ne!(stored.as_ref(), shipped.as_slice());
+    assert!(
+        String::from_utf8_lossy(&stored).contains("name = \"fixture-prepare-bad-lockfile\""),
+        "a generated lockfile"
+    );
+    for needle in [
+        "lockfile policy fresh: the shipped Cargo.lock is not used",
+        "$ cargo generate-lockfile",
+        &format!("lockfile:    fresh (sha256 {})", sha256(&stored)),
+    ] {
+        assert!(log.contains(needle), "{needle}: {}", excerpt(&log));
+    }
+    assert_eq!(
+        std::fs::read(fixture_dir("prepare-bad-lockfile").join("Cargo.lock")).unwrap(),
+        shipped,
+        "the fixture directory is never written to"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

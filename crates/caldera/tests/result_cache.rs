@@ -1,7 +1,8 @@
 //! The result cache end to end: a second experiment whose start side equals an earlier one's
 //! runs only the end side; its results and report say "cached" and link the source; the
 //! lockfile and the log come along; a side whose earlier outcome was spurious runs again; and
-//! `"cache": false` runs everything. Real Postgres, gRPC on loopback, a fake executor.
+//! `"cache": false` runs everything, and another lockfile policy settles nothing. Real Postgres,
+//! gRPC on loopback, a fake executor.
 
 mod common;
 
@@ -269,11 +270,38 @@ async fn a_second_experiment_with_the_same_start_side_runs_only_the_end_side() {
     );
     assert_eq!(exec.runs(), 13);
 
+    // another lockfile policy is another input: a `fresh` experiment settles nothing from the
+    // `shipped` ones (their sides built with other dependency versions)
+    start_experiment_with(
+        &master.http,
+        &t.operator,
+        "fresh-locks",
+        &crates,
+        json!({"confirm": 0, "lockfile": "fresh"}),
+    )
+    .await;
+    wait_status(
+        &db.pool,
+        "fresh-locks",
+        "completed",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_exactly_one_result_each(&db.pool, "fresh-locks", 4).await;
+    assert!(
+        results(&db.pool, "fresh-locks")
+            .await
+            .iter()
+            .all(|r| r.3.is_none()),
+        "nothing cached across lockfile policies"
+    );
+    assert_eq!(exec.runs(), 17);
+
     // the same sides as `first` on both sides: every job is done at the start, nothing runs
     start_experiment(&master.http, &t.operator, "again", &crates[2..]).await;
     wait_status(&db.pool, "again", "completed", Duration::from_secs(30)).await;
     assert_exactly_one_result_each(&db.pool, "again", 2).await;
-    assert_eq!(exec.runs(), 13, "both sides cached: nothing ran");
+    assert_eq!(exec.runs(), 17, "both sides cached: nothing ran");
     assert!(
         results(&db.pool, "again")
             .await

@@ -48,7 +48,7 @@ pub async fn write_files(
 ) -> Result<ExportSummary, ExportError> {
     let name = experiment.name.clone();
     let small = write_summary_and_retry(&*store, experiment, &report, &header, &marks);
-    let json = write_results_json(&*store, &name, &report, &marks, &known_flakes, &header);
+    let json = write_results_json(&*store, experiment, &report, &marks, &known_flakes, &header);
     let html_and_logs = write_index_and_logs(&store, experiment, &report, &header, &marks);
     let (a, b, (c, (logs, missing_logs))) = tokio::try_join!(small, json, html_and_logs)?;
     let mut files: Vec<ExportedFile> = a.into_iter().chain(b).chain(c).collect();
@@ -118,14 +118,15 @@ async fn write_summary_and_retry(
 /// `results.json`: see [`ResultsJson`].
 async fn write_results_json(
     store: &dyn ObjectStore,
-    name: &str,
+    experiment: &ExperimentRow,
     report: &Arc<Report>,
     marks: &Arc<HashMap<CrateId, Mark>>,
     known_flakes: &Arc<BTreeMap<String, Vec<Flake>>>,
     header: &Arc<Header>,
 ) -> Result<Vec<ExportedFile>, ExportError> {
     let t = Instant::now();
-    let k = keys::report(name, "results.json")?;
+    let k = keys::report(&experiment.name, "results.json")?;
+    let lockfile = experiment.spec.lockfile;
     let r = report.clone();
     let m = marks.clone();
     let known = known_flakes.clone();
@@ -134,6 +135,7 @@ async fn write_results_json(
         let json = ResultsJson {
             report: &r,
             toolchains: toolchains(&header.pins),
+            lockfile,
             cached: &header.cached,
             cost: header.cost.as_ref(),
             triage: m.iter().map(|(id, mark)| (id.to_string(), mark)).collect(),
@@ -175,6 +177,7 @@ async fn write_index_and_logs(
 /// regression, by crate id; `"known_flakes"`: for each crate the report calls known-flaky,
 /// the flakes that explain it, with the evidence (experiment, run, side, log keys); and
 /// `"toolchains"`: the build each side ran with (see [`Toolchains`]; `null` sides when unknown);
+/// `"lockfile"`: the experiment's lockfile policy (`shipped` or `fresh`);
 /// `"cached"`: for each crate with a side settled from the result cache, the source experiment
 /// of each such side (`{"reg:x@1.0.0": {"start": "last-week"}}`); `"cost"`: the estimate made
 /// at the start against what the run cost (`null` when none was kept).
@@ -183,6 +186,7 @@ struct ResultsJson<'a> {
     #[serde(flatten)]
     report: &'a Report,
     toolchains: Toolchains<'a>,
+    lockfile: caldera_core::LockfilePolicy,
     cached: &'a CachedSides,
     cost: Option<&'a caldera_report::cost::CostComparison>,
     triage: BTreeMap<String, &'a Mark>,

@@ -80,6 +80,7 @@ pub(super) async fn write_index(
         start: experiment.spec.start.to_string(),
         end: experiment.spec.end.to_string(),
         mode: experiment.spec.mode.as_str().to_owned(),
+        lockfile: experiment.spec.lockfile.as_str(),
         status: experiment.status.as_str().to_owned(),
         generated_at: Utc::now(),
         reruns: header.reruns,
@@ -101,6 +102,8 @@ struct BundleContext {
     start: String,
     end: String,
     mode: String,
+    /// the experiment's lockfile policy
+    lockfile: &'static str,
     status: String,
     generated_at: chrono::DateTime<Utc>,
     reruns: Option<(u64, u64)>,
@@ -228,6 +231,7 @@ fn top(report: &Report, ctx: &BundleContext) -> Markup {
                 tr { th { "cost" } td { (cost) } }
             }
             tr { th { "mode" } td { (ctx.mode) } }
+            tr { th { "lockfiles" } td { (ctx.lockfile) } }
             tr { th { "status" } td { (ctx.status) } }
             tr { th { "crates" } td { (report.len()) } }
             tr { th { "generated" } td { (views::timestamp(ctx.generated_at)) } }

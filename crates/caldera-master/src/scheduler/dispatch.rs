@@ -270,6 +270,7 @@ pub fn job_spec(spec: &ExperimentSpec, c: &Claimed) -> Result<JobSpec, String> {
         quiet: ov.is_some_and(|o| o.quiet),
         extra_timeout_secs: ov.and_then(|o| o.extra_timeout_secs).unwrap_or(0),
         extra_memory_mib: ov.and_then(|o| o.extra_memory_mib).unwrap_or(0),
+        lockfile: spec.lockfile,
         run: u32::try_from(c.run).unwrap_or(0),
         only: None,
     })

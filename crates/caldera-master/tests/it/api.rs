@@ -85,6 +85,22 @@ async fn create_returns_201_and_lists_it() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one["id"], body["id"]);
+    assert_eq!(one["lockfile"], "shipped", "the default lockfile policy");
+
+    // the lockfile policy is kept as given
+    let mut fresh: Value = serde_json::from_str(VALID).unwrap();
+    fresh["name"] = json!("fresh-lockfiles");
+    fresh["lockfile"] = json!("fresh");
+    let (status, body) = m
+        .call(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(&m.operator),
+            Some(&fresh.to_string()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["lockfile"], "fresh");
 }
 
 /// Each bad request gets the right status and a message naming the field, and changes nothing.
@@ -125,6 +141,14 @@ async fn rejected_creates_change_nothing() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "mode",
             "fuzz",
+        ),
+        (
+            "unknown lockfile policy",
+            Some(&m.operator),
+            with("lockfile", json!("newest")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "lockfile",
+            "newest",
         ),
         (
             "same toolchains",

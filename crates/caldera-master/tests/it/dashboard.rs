@@ -260,6 +260,10 @@ async fn exports_have_the_report_content() {
     let json: Value = serde_json::from_slice(&plain).unwrap();
     assert_eq!(json["total"], 9);
     assert_eq!(json["counts"]["regressed"], 5);
+    assert_eq!(
+        json["lockfile"], "shipped",
+        "the experiment's lockfile policy"
+    );
     let crates = json["crates"].as_array().unwrap();
     let ids: BTreeSet<&str> = crates
         .iter()
@@ -302,6 +306,10 @@ async fn exports_have_the_report_content() {
     assert!(html.starts_with("<!DOCTYPE html>"), "{}", &html[..100]);
     assert!(html.trim_end().ends_with("</html>"));
     assert!(html.contains("5 regressions, 3 of them through <code>root-a 1.0.0</code>"));
+    assert!(
+        html.contains("<th>lockfiles</th><td>shipped</td>"),
+        "{html}"
+    );
     let row_start = html
         .find("<tr id=\"c-reg%3Aroot-a%401.0.0\">")
         .expect("root-a row");

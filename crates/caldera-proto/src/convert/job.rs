@@ -1,6 +1,7 @@
 //! Jobs: what to build (`JobSpec`) and the assignment that hands it to a worker under a lease.
 
 use caldera_core::crates::CrateId;
+use caldera_core::experiment::LockfilePolicy;
 use caldera_core::job::{JobSpec, Side};
 use caldera_core::toolchain::Toolchain;
 
@@ -23,6 +24,7 @@ impl From<&JobSpec> for v1::JobSpec {
             extra_memory_mib: j.extra_memory_mib,
             run: j.run,
             only: j.only.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            lockfile: j.lockfile.to_string(),
         }
     }
 }
@@ -57,6 +59,12 @@ impl TryFrom<v1::JobSpec> for JobSpec {
             quiet: j.quiet,
             extra_timeout_secs: j.extra_timeout_secs,
             extra_memory_mib: j.extra_memory_mib,
+            lockfile: match j.lockfile.as_str() {
+                "" => LockfilePolicy::Shipped,
+                s => s
+                    .parse()
+                    .map_err(|e| wire("spec.lockfile", format!("{s:?}: {e}")))?,
+            },
             run: j.run,
             only: match j.only.as_str() {
                 "" => None,
@@ -123,6 +131,7 @@ mod tests {
             end: "nightly".into(),
             mode: "build-and-test".into(),
             cap_lints: "forbid".into(),
+            lockfile: "shipped".into(),
             ..Default::default()
         }
     }
@@ -133,6 +142,22 @@ mod tests {
         let spec = JobSpec::try_from(good.clone()).unwrap();
         assert_eq!(v1::JobSpec::from(&spec), good, "round trip");
         assert_eq!(spec.only, None, "no side named: both");
+        // an older master sends no lockfile policy: the crate's shipped lockfile, as before
+        let old = v1::JobSpec {
+            lockfile: String::new(),
+            ..good.clone()
+        };
+        assert_eq!(
+            JobSpec::try_from(old).unwrap().lockfile,
+            LockfilePolicy::Shipped
+        );
+        let fresh = v1::JobSpec {
+            lockfile: "fresh".into(),
+            ..good.clone()
+        };
+        let spec_fresh = JobSpec::try_from(fresh.clone()).unwrap();
+        assert_eq!(spec_fresh.lockfile, LockfilePolicy::Fresh);
+        assert_eq!(v1::JobSpec::from(&spec_fresh), fresh, "round trip");
         for side in Side::BOTH {
             let one = v1::JobSpec {
                 only: side.as_str().into(),
@@ -180,6 +205,10 @@ mod tests {
             (
                 "spec.only",
                 Box::new(|j: &mut v1::JobSpec| j.only = "both".into()),
+            ),
+            (
+                "spec.lockfile",
+                Box::new(|j: &mut v1::JobSpec| j.lockfile = "newest".into()),
             ),
         ] {
             let mut j = good.clone();

@@ -224,7 +224,7 @@ impl Inner {
             Ok(host) => {
                 // dropping the preparation kills its subprocesses and removes its directory
                 tokio::select! {
-                    r = self.preparer.prepare(&spec.experiment, &spec.krate, &host) => Some(r),
+                    r = self.preparer.prepare(&spec.experiment, &spec.krate, spec.lockfile, &host) => Some(r),
                     () = cancel.cancelled() => None,
                 }
             }

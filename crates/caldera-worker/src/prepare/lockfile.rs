@@ -1,10 +1,12 @@
 //! The lockfile, once per (experiment, crate): the stored one when object storage holds it, else
-//! the shipped one (brought up to date) or a generated one — stored before anything is built, so
-//! both sides, and any retry of the job, build the same dependency versions.
+//! the shipped one (brought up to date) or a generated one — or, under the `fresh` policy, always
+//! a generated one — stored before anything is built, so both sides, and any retry of the job,
+//! build the same dependency versions.
 
 use std::path::Path;
 
 use bytes::Bytes;
+use caldera_core::experiment::LockfilePolicy;
 use caldera_storage::{ObjectKey, PutOptions, StorageError};
 
 use super::{HostToolchain, PrepareError, PrepareReport, Preparer, sha256_hex};
@@ -18,6 +20,8 @@ pub enum LockfileOrigin {
     Shipped,
     /// Generated with `cargo generate-lockfile` by the start toolchain; now stored.
     Generated,
+    /// Generated the same way although the crate shipped one (the `fresh` policy); now stored.
+    Fresh,
 }
 
 impl LockfileOrigin {
@@ -26,6 +30,7 @@ impl LockfileOrigin {
             LockfileOrigin::Stored => "stored",
             LockfileOrigin::Shipped => "shipped",
             LockfileOrigin::Generated => "generated",
+            LockfileOrigin::Fresh => "fresh",
         }
     }
 }
@@ -40,12 +45,15 @@ impl Preparer {
     pub(super) async fn settle_lockfile(
         &self,
         key: &ObjectKey,
+        policy: LockfilePolicy,
         start: &HostToolchain,
         src: &Path,
         report: &mut PrepareReport,
     ) -> Result<(LockfileOrigin, String), PrepareError> {
         let lock_path = src.join("Cargo.lock");
-        let origin = self.obtain_lockfile(key, start, src, report).await?;
+        let origin = self
+            .obtain_lockfile(key, policy, start, src, report)
+            .await?;
         let lock_bytes = tokio::fs::read(&lock_path).await.map_err(|e| {
             PrepareError::Crate(format!("no Cargo.lock after lockfile generation: {e}"))
         })?;
@@ -70,10 +78,11 @@ impl Preparer {
     }
 
     /// Writes `src/Cargo.lock`: the stored lockfile `key` when there is one; else the shipped one,
-    /// brought up to date, or one generated with `start`'s cargo.
+    /// brought up to date, or one generated with `start`'s cargo (always, under `fresh`).
     async fn obtain_lockfile(
         &self,
         key: &ObjectKey,
+        policy: LockfilePolicy,
         start: &HostToolchain,
         src: &Path,
         report: &mut PrepareReport,
@@ -88,7 +97,16 @@ impl Preparer {
                 Ok(LockfileOrigin::Stored)
             }
             Err(e) if e.is_not_found() => {
-                if tokio::fs::try_exists(&lock_path).await.unwrap_or(false) {
+                let shipped = tokio::fs::try_exists(&lock_path).await.unwrap_or(false);
+                if shipped && policy == LockfilePolicy::Fresh {
+                    tokio::fs::remove_file(&lock_path).await.map_err(|e| {
+                        PrepareError::Infra(format!("removing the shipped Cargo.lock: {e}"))
+                    })?;
+                    report.line("lockfile policy fresh: the shipped Cargo.lock is not used");
+                    self.cargo(start, src, &["generate-lockfile"], report)
+                        .await?;
+                    Ok(LockfileOrigin::Fresh)
+                } else if shipped {
                     // `cargo metadata` brings a stale shipped lockfile up to date minimally, as
                     // `cargo build` would for a user
                     self.cargo(start, src, &["metadata", "--format-version", "1"], report)

@@ -65,6 +65,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caldera_core::crates::CrateId;
+use caldera_core::experiment::LockfilePolicy;
 use caldera_core::fingerprint::sha256_hex;
 use caldera_storage::{ObjectKey, ObjectStore, keys};
 use tame_index::index::IndexConfig;
@@ -260,17 +261,19 @@ impl Preparer {
         &self.inner.config
     }
 
-    /// Prepares `krate` for `experiment` (see the module docs), using `start` for host-side cargo.
-    /// Returns what happened for the log, and the prepared crate or why there is none.
+    /// Prepares `krate` for `experiment` (see the module docs) with the experiment's lockfile
+    /// policy, using `start` for host-side cargo. Returns what happened for the log, and the
+    /// prepared crate or why there is none.
     pub async fn prepare(
         &self,
         experiment: &str,
         krate: &CrateId,
+        lockfile: LockfilePolicy,
         start: &HostToolchain,
     ) -> (PrepareReport, Result<PreparedCrate, PrepareError>) {
         let mut report = PrepareReport::default();
         let result = self
-            .prepare_inner(experiment, krate, start, &mut report)
+            .prepare_inner(experiment, krate, lockfile, start, &mut report)
             .await;
         if let Err(e) = &result {
             report.line(format!("preparation failed: {e}"));
@@ -282,6 +285,7 @@ impl Preparer {
         &self,
         experiment: &str,
         krate: &CrateId,
+        policy: LockfilePolicy,
         start: &HostToolchain,
         report: &mut PrepareReport,
     ) -> Result<PreparedCrate, PrepareError> {
@@ -303,7 +307,7 @@ impl Preparer {
         // 3. the lockfile
         let t0 = Instant::now();
         let (origin, lockfile_sha256) = self
-            .settle_lockfile(&lockfile_key, start, &src, report)
+            .settle_lockfile(&lockfile_key, policy, start, &src, report)
             .await?;
         report.steps.push(("lockfile".into(), t0.elapsed()));
 

@@ -120,6 +120,7 @@ pub fn spec(experiment: &str, krate: CrateId, start: &str, end: &str, mode: Mode
         quiet: false,
         extra_timeout_secs: 0,
         extra_memory_mib: 0,
+        lockfile: Default::default(),
         run: 0,
         only: None,
     }

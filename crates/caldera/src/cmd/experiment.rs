@@ -3,7 +3,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use caldera_core::{CapLints, ExperimentStatus, Mode};
+use caldera_core::{CapLints, ExperimentStatus, LockfilePolicy, Mode};
 use clap::builder::PossibleValuesParser;
 use futures::StreamExt;
 
@@ -105,6 +105,10 @@ pub struct SpecArgs {
     /// Run every side, even those an earlier experiment's result would settle (`"cache": false`).
     #[arg(long, env = "CALDERA_EXPERIMENT_NO_CACHE")]
     pub no_cache: bool,
+    /// Which dependency versions crates build with: `shipped` (a crate's own Cargo.lock when it
+    /// has one; the default) or `fresh` (always resolved anew: the newest its requirements allow).
+    #[arg(long, env = "CALDERA_EXPERIMENT_LOCKFILE", value_parser = names_of(LockfilePolicy::ALL, LockfilePolicy::as_str))]
+    pub lockfile: Option<String>,
     /// Read the experiment (or the edit) as JSON from this file (`-` for stdin); options given
     /// on the command line override its fields.
     #[arg(long, env = "CALDERA_EXPERIMENT_FILE")]
@@ -200,6 +204,9 @@ impl SpecArgs {
         if self.no_cache {
             body.insert("cache".into(), false.into());
         }
+        if let Some(l) = self.lockfile {
+            body.insert("lockfile".into(), l.into());
+        }
         Ok(body)
     }
 }
@@ -220,6 +227,7 @@ fn print_experiment(v: &Value) {
     println!("priority:     {}", s("priority"));
     println!("requirements: {}", v["requirements"]);
     println!("confirm:      {}", s("confirm"));
+    println!("lockfile:     {}", s("lockfile"));
     if v["calibration"] == json!(true) {
         println!("calibration:  yes (A/A)");
     }

@@ -55,6 +55,11 @@ pub struct LocalArgs {
     /// often the farm itself disagrees with itself.
     #[arg(long, env = "CALDERA_CALIBRATION")]
     pub calibration: bool,
+    /// Which dependency versions crates build with: `shipped` (a crate's own Cargo.lock when it
+    /// has one) or `fresh` (always resolved anew: the newest its requirements allow) [default:
+    /// shipped].
+    #[arg(long, env = "CALDERA_LOCKFILE", value_parser = ["shipped", "fresh"])]
+    pub lockfile: Option<String>,
     /// Where the private Postgres, the objects and the worker's files live (kept between runs).
     #[arg(long, env = "CALDERA_STATE_DIR")]
     pub state_dir: Option<PathBuf>,

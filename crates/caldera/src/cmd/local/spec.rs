@@ -94,6 +94,9 @@ pub(super) fn experiment_body(
     if let Some(n) = args.confirm {
         body["confirm"] = json!(n);
     }
+    if let Some(l) = &args.lockfile {
+        body["lockfile"] = json!(l);
+    }
     if args.calibration {
         body["calibration"] = json!(true);
     }
