@@ -31,7 +31,9 @@
 //! `naive/logs/<toolchain>/`, `outcomes.tsv`: toolchain, crate, outcome, wall seconds, CPU
 //! seconds, load). Crates: `BENCH_FARM_CRATES` (comma-separated `name@version`; default the 40 of
 //! `cargo xtask bench trust`). The caldera binary is the one next to this example's directory
-//! (xtask builds it first). Ends with one `<name>: <value> <unit>` line per figure.
+//! (xtask builds it first). `BENCH_FARM_LOCKFILE` (`shipped`, the default, or `fresh`) is the
+//! experiments' lockfile policy; the naive loop builds with whatever lockfiles farm-1 settled.
+//! Ends with one `<name>: <value> <unit>` line per figure.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -58,6 +60,8 @@ struct Bench {
     caldera: PathBuf,
     slots: String,
     batches: usize,
+    /// The experiments' lockfile policy.
+    lockfile: String,
     load: Load,
 }
 
@@ -71,6 +75,10 @@ fn main() -> Result<()> {
         Ok(b) => b.parse().context("BENCH_FARM_BATCHES")?,
         Err(_) => 4,
     };
+    let lockfile = std::env::var("BENCH_FARM_LOCKFILE").unwrap_or_else(|_| "shipped".into());
+    if !["shipped", "fresh"].contains(&lockfile.as_str()) {
+        bail!("BENCH_FARM_LOCKFILE={lockfile:?}: expected shipped or fresh");
+    }
     std::fs::create_dir_all(&work)?;
     common::chmod(&work, 0o755)?;
     let bench = Bench {
@@ -79,6 +87,7 @@ fn main() -> Result<()> {
         caldera: common::caldera_binary()?,
         slots,
         batches,
+        lockfile,
         load: Load::sample_every(Duration::from_secs(10)),
     };
     let phases: Vec<String> = std::env::args().skip(1).collect();
@@ -215,6 +224,8 @@ impl Bench {
                 "build-and-test",
             ])
             .args([
+                "--lockfile",
+                &self.lockfile,
                 "--shared-deps",
                 "--slots",
                 &self.slots,
