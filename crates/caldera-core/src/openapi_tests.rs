@@ -7,7 +7,7 @@ use utoipa::openapi::{ComponentsBuilder, OpenApiBuilder};
 
 use crate::{
     CapLints, Comparison, CrateId, CrateOverride, CrateSelection, CrateSpec, ExperimentEdit,
-    ExperimentSpec, ExperimentStatus, Mode, Outcome, Toolchain,
+    ExperimentSpec, ExperimentStatus, LockfilePolicy, Mode, Outcome, Toolchain,
 };
 
 fn document() -> Value {
@@ -20,6 +20,7 @@ fn document() -> Value {
         .schema_from::<CrateId>()
         .schema_from::<Mode>()
         .schema_from::<CapLints>()
+        .schema_from::<LockfilePolicy>()
         .schema_from::<CrateOverride>()
         .schema_from::<ExperimentStatus>()
         .schema_from::<Outcome>()
