@@ -349,9 +349,16 @@ fn an_empty_or_missing_store_fills_nothing() {
 }
 
 /// Sets a directory's mtime (what the store reads as the unit's last placement).
-fn set_used(dir: &Path, secs: u64) {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+fn set_used_at(dir: &Path, t: std::time::SystemTime) {
     std::fs::File::open(dir).unwrap().set_modified(t).unwrap();
+}
+
+/// [`set_used_at`] `secs` seconds after the epoch.
+fn set_used(dir: &Path, secs: u64) {
+    set_used_at(
+        dir,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+    );
 }
 
 fn used(dir: &Path) -> std::time::SystemTime {
@@ -372,10 +379,7 @@ fn placing_a_unit_records_when_and_never_moves_that_back() {
     assert!(used(&libc) >= before, "placing it moved its time forward");
     // a later placement already recorded (another slot's) is not moved back
     let later = before + std::time::Duration::from_secs(3600);
-    std::fs::File::open(&libc)
-        .unwrap()
-        .set_modified(later)
-        .unwrap();
+    set_used_at(&libc, later);
     populate(&store, &dir.path().join("t3"), &packages, me()).unwrap();
     assert_eq!(used(&libc), later);
 }
