@@ -23,7 +23,8 @@
 //! Phase **compare** then sums the wall times (farm-1 / naive, farm-2 / farm-1), gives the
 //! 1-minute load average during each part, and checks every outcome: farm-1 against the naive
 //! loop (which shares nothing), farm-2's cached start against farm-1's start, farm-2's end
-//! against farm-1's end.
+//! against farm-1's end. It also sets each experiment's estimate, made at its start from the
+//! history of the batches before it, against what the experiment took.
 //!
 //! Phases (`run`, `compare`) default to both. Run as root (Docker; switching to the unprivileged
 //! user). Files under `BENCH_WORK_DIR` (default `/var/tmp/caldera-bench-farm`): the farm's state
@@ -331,6 +332,7 @@ impl Bench {
             bail!("nothing to compare: run the `run` phase first");
         }
 
+        let estimates = self.estimates(&farm)?;
         let disagreements = outcome_disagreements(&first, &second, &naive);
         println!("| crate | side | this | against | reference |");
         println!("|---|---|---|---|---|");
@@ -371,7 +373,49 @@ impl Bench {
                 total_cpu / cpu.len().max(1) as f64
             ),
             format!("naive-cpu-total: {:.1} min", total_cpu / 60.0),
+            estimates,
         ])
+    }
+
+    /// The estimate each experiment made at its start against what it took (`results.json`'s
+    /// `cost`), as a table, and the median ratio over the experiments that had one: the
+    /// estimator on real history (the first batch has none of its own).
+    fn estimates(&self, farm: &[Vec<String>]) -> Result<String> {
+        println!(
+            "| experiment | method | sides est. / run | slot time est. / actual | wall est. / actual |"
+        );
+        println!("|---|---|---|---|---|");
+        let mut ratios = Vec::new();
+        for row in farm {
+            let json = common::results_json(&self.state(), &row[0])?;
+            let cost = &json["cost"];
+            let ms = |k: &str| cost[k].as_u64().map(|v| v as f64 / 1000.0);
+            let pair = |e: Option<f64>, a: Option<f64>| match (e, a) {
+                (Some(e), Some(a)) => format!("{e:.0} s / {a:.0} s ({:.2}×)", e / a),
+                (None, Some(a)) => format!("— / {a:.0} s"),
+                _ => "—".into(),
+            };
+            if let (Some(e), Some(a)) = (ms("estimated_wall_ms"), ms("wall_ms")) {
+                ratios.push(e / a);
+            }
+            println!(
+                "| {} | {} | {} / {} | {} | {} |",
+                row[0],
+                cost["method"].as_str().unwrap_or("none kept"),
+                cost["estimated_sides"],
+                cost["sides_run"],
+                pair(ms("estimated_cpu_ms"), ms("cpu_ms")),
+                pair(ms("estimated_wall_ms"), ms("wall_ms")),
+            );
+        }
+        ratios.sort_by(f64::total_cmp);
+        Ok(match ratios.get(ratios.len() / 2) {
+            Some(m) => format!(
+                "estimate-wall-over-actual: median {m:.2} x over {} experiments",
+                ratios.len()
+            ),
+            None => "estimate-wall-over-actual: no experiment had an estimate".into(),
+        })
     }
 }
 

@@ -91,12 +91,17 @@ pub struct FarmResult {
     pub end_cached: Option<String>,
 }
 
-/// `reports/<name>/results.json` of a `caldera local` state dir, by `name@version`.
-pub fn farm_results(state: &Path, name: &str) -> Result<BTreeMap<String, FarmResult>> {
+/// `reports/<name>/results.json` of a `caldera local` state dir.
+pub fn results_json(state: &Path, name: &str) -> Result<serde_json::Value> {
     let path = state.join("reports").join(name).join("results.json");
-    let json: serde_json::Value = serde_json::from_slice(
+    Ok(serde_json::from_slice(
         &std::fs::read(&path).with_context(|| format!("{}", path.display()))?,
-    )?;
+    )?)
+}
+
+/// The crates of [`results_json`], by `name@version`.
+pub fn farm_results(state: &Path, name: &str) -> Result<BTreeMap<String, FarmResult>> {
+    let json = results_json(state, name)?;
     let mut out = BTreeMap::new();
     for c in json["crates"].as_array().context("results.json: crates")? {
         let id: CrateId = serde_json::from_value(c["crate"].clone())?;
