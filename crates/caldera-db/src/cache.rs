@@ -112,10 +112,10 @@ pub struct Settled {
 
 /// Settle `sides` of the starting experiment from their sources, on the start's transaction
 /// (after `jobs::create_for_experiment`): one results row per side, a copy of the source's
-/// outcome, timings and worker with the log key of the copy, `cached_from` the source, and no
-/// cache key (a copy is never a source). A job with both sides settled is `done`; a job with one
-/// runs only the other (`only_side`). A side is settled only on a queued first run. One
-/// statement.
+/// outcome, timings and worker with the log key of the copy, `cached_from` the source (and
+/// `cached_from_side` its side), and no cache key (a copy is never a source). A job with both
+/// sides settled is `done`; a job with one runs only the other (`only_side`). A side is settled
+/// only on a queued first run. One statement.
 pub async fn settle(
     tx: &mut Transaction<'static, Postgres>,
     experiment_id: Uuid,
@@ -137,9 +137,9 @@ pub async fn settle(
          ), copied AS (
              INSERT INTO results (experiment_id, crate_id, run, toolchain, job_id, outcome, outcome_kind,
                                   log_key, duration_ms, peak_memory_bytes, steps, worker_id, created_at,
-                                  cached_from, cached_from_name)
+                                  cached_from, cached_from_name, cached_from_side)
              SELECT $1, c.id, 0, s.side, j.id, r.outcome, r.outcome_kind, s.log, r.duration_ms,
-                    r.peak_memory_bytes, r.steps, r.worker_id, $7, r.experiment_id, e.name
+                    r.peak_memory_bytes, r.steps, r.worker_id, $7, r.experiment_id, e.name, s.src_side
              FROM s
              JOIN crates c ON c.crate_id = s.krate
              JOIN jobs j ON j.experiment_id = $1 AND j.crate_id = c.id AND j.run = 0 AND j.state = 'queued'
@@ -223,6 +223,22 @@ pub async fn one_sided_jobs(
         "SELECT id, only_side FROM jobs WHERE experiment_id = $1 AND only_side IS NOT NULL",
     )
     .bind(experiment_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, side)| Some((id, side_of(&side)?)))
+        .collect())
+}
+
+/// The jobs among `job_ids` that run one side only, with that side: the confirmation runs whose
+/// other side was taken from the source experiment (queued after the start, so not among
+/// [`one_sided_jobs`] as the dispatcher read them).
+pub async fn one_sided_among(pool: &PgPool, job_ids: &[i64]) -> Result<Vec<(i64, Side)>, DbError> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, only_side FROM jobs WHERE id = ANY($1) AND only_side IS NOT NULL",
+    )
+    .bind(job_ids)
     .fetch_all(pool)
     .await?;
     Ok(rows

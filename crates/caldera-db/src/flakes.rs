@@ -236,11 +236,17 @@ impl Context {
                 });
             }
         };
+        let placeholder = |o: &Outcome| matches!(o, Outcome::Skipped);
         if f.run > 0 {
             for (side, first, now_) in [
                 (Side::Start, &self.first_start, f.start),
                 (Side::End, &self.first_end, f.end),
             ] {
+                // a side this run did not build (its row is the source experiment's re-run,
+                // whose sightings the source recorded) reports a `skipped` placeholder
+                if placeholder(now_.0) {
+                    continue;
+                }
                 if let Some((o, log)) = first {
                     add(
                         flaky::subjects(o, now_.0),
@@ -252,7 +258,7 @@ impl Context {
                 }
             }
         }
-        if f.calibration {
+        if f.calibration && !placeholder(f.start.0) && !placeholder(f.end.0) {
             add(
                 flaky::subjects(f.start.0, f.end.0),
                 Source::Calibration,
@@ -404,4 +410,57 @@ pub async fn known_subjects(pool: &PgPool, experiment_id: Uuid) -> Result<KnownF
         out.crates.entry(f.krate.clone()).or_default().push(f);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail(test: &str) -> Outcome {
+        Outcome::TestFail {
+            failed_tests: vec![test.into()],
+            reason: None,
+        }
+    }
+
+    /// Which subjects a finished run shows against run 0 (`test-pass` on both sides): a side this
+    /// run left out (`skipped`, the placeholder of a side copied from another experiment) shows
+    /// nothing, in a confirmation run or a calibration run.
+    #[test]
+    fn a_placeholder_side_is_never_a_sighting() {
+        let context = Context {
+            krate: 1,
+            experiment: "e".into(),
+            first_start: Some((Outcome::TestPass, None)),
+            first_end: Some((Outcome::TestPass, None)),
+        };
+        let (pass, skipped, flaky) = (Outcome::TestPass, Outcome::Skipped, fail("t"));
+        for (run, calibration, start, end, want) in [
+            (1, false, &pass, &flaky, vec!["test:t"]),
+            (1, false, &flaky, &flaky, vec!["test:t", "test:t"]),
+            (1, false, &skipped, &flaky, vec!["test:t"]),
+            (1, false, &skipped, &pass, vec![]),
+            (1, false, &pass, &skipped, vec![]),
+            (0, true, &pass, &flaky, vec!["test:t"]),
+            (0, true, &skipped, &flaky, vec![]),
+            (1, true, &skipped, &flaky, vec!["test:t"]),
+        ] {
+            let f = FinishedRun {
+                job_id: 7,
+                run,
+                calibration,
+                start: (start, None),
+                end: (end, None),
+            };
+            let got: Vec<String> = context
+                .sightings(&f)
+                .into_iter()
+                .map(|s| s.subject)
+                .collect();
+            assert_eq!(
+                got, want,
+                "run {run}, calibration {calibration}: {start} / {end}"
+            );
+        }
+    }
 }

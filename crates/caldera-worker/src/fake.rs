@@ -84,6 +84,8 @@ pub struct FakeStats {
     pub max_running: usize,
     /// Job ids in the order their runs started.
     pub jobs: Vec<u64>,
+    /// Sides built by the runs that completed (a side the job's `only` leaves out is not).
+    pub sides: usize,
 }
 
 /// An [`Executor`] with scripted results. Cheap to clone; clones share configuration and counters.
@@ -267,11 +269,16 @@ impl Executor for FakeExecutor {
             };
             let duration = t0.elapsed();
             drop(guard);
+            let built = Side::BOTH
+                .iter()
+                .filter(|s| job.spec.only.is_none_or(|only| only == **s))
+                .count();
             this.update(|s| {
                 if cancelled {
                     s.cancelled += 1
                 } else {
-                    s.finished += 1
+                    s.finished += 1;
+                    s.sides += built;
                 }
             });
             if cancelled {
@@ -428,7 +435,8 @@ mod tests {
                 cancelled: 1,
                 running: 0,
                 max_running: 2,
-                jobs: vec![1, 2, 3, 4, 5]
+                jobs: vec![1, 2, 3, 4, 5],
+                sides: 8,
             }
         );
         assert_eq!(fake.runs(), 5);

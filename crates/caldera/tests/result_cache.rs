@@ -312,3 +312,125 @@ async fn a_second_experiment_with_the_same_start_side_runs_only_the_end_side() {
     worker.stop().await;
     master.stop().await;
 }
+
+/// A confirmation run of a crate whose start side was settled from the cache does not build that
+/// side again where the source experiment re-ran it: the source's re-run of the same build is
+/// copied (and says where from), only the end side is built, the regression is confirmed, and
+/// the left-out side shows no flake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmation_takes_the_cached_sides_reruns_from_the_source() {
+    let db = TestDb::new().await;
+    let t = tokens(&db.pool).await;
+    let master = InProcessMaster::start(db.pool.clone(), fast_config(), None).await;
+    let broken = Outcome::BuildFail(BuildFailReason::CompilerError {
+        codes: vec!["E0308".into()],
+    });
+    let exec = FakeExecutor::new()
+        .with_toolchain(build("stable", '5'))
+        .with_toolchain(build("nightly", 'a'))
+        .with_crate(
+            "fx00000",
+            FakeBehaviour::outcomes(Outcome::TestPass, broken.clone()),
+        );
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = worker_config(&master.grpc, &t.worker, "w", 2, spool.path());
+    config.toolchains = exec.identities();
+    config.environment = Some(Environment {
+        image: "sha256:0123".into(),
+        limits: "memory=4294967296,cpus=1".into(),
+        classifier: caldera_worker::CLASSIFIER_VERSION,
+    });
+    let worker = InProcessWorker::spawn(config, exec.clone());
+    wait_count(
+        &db.pool,
+        "SELECT count(*) FROM workers WHERE connected",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let crates = crate_names(2);
+    start_experiment_with(
+        &master.http,
+        &t.operator,
+        "first",
+        &crates,
+        json!({"confirm": 2}),
+    )
+    .await;
+    wait_status(&db.pool, "first", "completed", Duration::from_secs(60)).await;
+    assert_eq!(
+        exec.stats().sides,
+        8,
+        "two crates and two confirmation runs"
+    );
+
+    // another end side; fx00000 regresses again, its start side is settled from `first`
+    start_experiment_with(
+        &master.http,
+        &t.operator,
+        "second",
+        &crates,
+        json!({"confirm": 2, "end": "nightly+rustflags=-Cdebug-assertions"}),
+    )
+    .await;
+    wait_status(&db.pool, "second", "completed", Duration::from_secs(60)).await;
+    assert_eq!(
+        exec.stats().sides,
+        8 + 4,
+        "the end sides of both crates and of the two confirmation runs, nothing else"
+    );
+    let reruns: Vec<(i16, String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT r.run, r.toolchain, r.outcome_kind, r.cached_from_name, r.cached_from_side
+         FROM results r JOIN experiments e ON e.id = r.experiment_id
+         WHERE e.name = 'second' AND r.run > 0 ORDER BY 1, 2 DESC",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let row = |run: i16, side: &str, kind: &str, from: Option<&str>| {
+        (
+            run,
+            side.to_owned(),
+            kind.to_owned(),
+            from.map(str::to_owned),
+            from.map(|_| "start".to_owned()),
+        )
+    };
+    assert_eq!(
+        reruns,
+        [
+            row(1, "start", "test-pass", Some("first")),
+            row(1, "end", "build-fail", None),
+            row(2, "start", "test-pass", Some("first")),
+            row(2, "end", "build-fail", None),
+        ]
+    );
+    // the copies carry the source's logs and timings, not new ones
+    let same: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM results a JOIN experiments ea ON ea.id = a.experiment_id
+         JOIN results b ON b.crate_id = a.crate_id AND b.run = a.run AND b.toolchain = a.toolchain
+         JOIN experiments eb ON eb.id = b.experiment_id
+         WHERE ea.name = 'second' AND eb.name = 'first' AND a.run > 0 AND a.toolchain = 'start'
+           AND a.log_key IS NOT DISTINCT FROM b.log_key AND a.duration_ms = b.duration_ms",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(same, 2);
+    let json: serde_json::Value = serde_json::from_str(
+        &report_file(&master.http, &t.operator, "second", "results.json").await,
+    )
+    .unwrap();
+    let fx0 = (json["crates"].as_array().unwrap().iter())
+        .find(|c| c["crate"] == "reg:fx00000@1.0.0")
+        .unwrap();
+    assert_eq!(fx0["comparison"], "regressed", "{fx0}");
+    assert_eq!(fx0["confirmation"], "confirmed", "{fx0}");
+    let flakes: i64 = sqlx::query_scalar("SELECT count(*) FROM flakes")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(flakes, 0, "a side left out is no flake");
+    worker.stop().await;
+    master.stop().await;
+}

@@ -151,16 +151,45 @@ struct CompletionStatement {
 
 /// The confirmation jobs a completion queues: for every run 0 it finished `done` that needs
 /// confirmation, the experiment's `confirm` runs, to be avoided by the worker that ran it.
+///
+/// A run 0 that ran one side only (the other settled from the result cache at the start) does not
+/// build that other side again where its source experiment already re-ran it: confirmation run
+/// `n` then runs the same side only (`only_side`), and the other side's row of run `n` is a copy of
+/// the source's run `n` of the side it was settled from (`cached_from`, `cached_from_side`; its
+/// log key is the source's). The same key means the same build, and the source's re-run of it is
+/// the evidence a re-run here would give. An `error` there is no evidence: that run builds both
+/// sides, as does every run the source does not have.
 const CONFIRMING: &str = ", confirming AS (
-         INSERT INTO jobs (experiment_id, crate_id, state, run, avoid_worker, created_at, updated_at)
-         SELECT f.experiment_id, f.crate_id, 'queued', g.run, f.worker, $3, $3
+         INSERT INTO jobs (experiment_id, crate_id, state, run, avoid_worker, only_side, created_at, updated_at)
+         SELECT f.experiment_id, f.crate_id, 'queued', g.run, f.worker, src.only_side, $3, $3
          FROM finished f
          JOIN job_queues q ON q.experiment_id = f.experiment_id
          CROSS JOIN LATERAL generate_series(1, q.confirm) AS g(run)
+         LEFT JOIN LATERAL (
+             SELECT f.only_side FROM results c
+             JOIN results s ON s.experiment_id = c.cached_from AND s.crate_id = c.crate_id
+                           AND s.run = g.run AND s.toolchain = c.cached_from_side
+                           AND s.outcome_kind <> 'error'
+             WHERE c.experiment_id = f.experiment_id AND c.crate_id = f.crate_id AND c.run = 0
+               AND c.toolchain <> f.only_side
+         ) src ON true
          WHERE f.state = 'done' AND f.run = 0 AND f.confirm
          ORDER BY f.id, g.run
          ON CONFLICT (experiment_id, crate_id, run) DO NOTHING
-         RETURNING 1
+         RETURNING id, experiment_id, crate_id, run, only_side
+     ), confirmed_from_source AS (
+         INSERT INTO results (experiment_id, crate_id, run, toolchain, job_id, outcome, outcome_kind,
+                              log_key, duration_ms, peak_memory_bytes, steps, worker_id, created_at,
+                              cached_from, cached_from_name, cached_from_side)
+         SELECT n.experiment_id, n.crate_id, n.run, c.toolchain, n.id, s.outcome, s.outcome_kind,
+                s.log_key, s.duration_ms, s.peak_memory_bytes, s.steps, s.worker_id, $3,
+                c.cached_from, c.cached_from_name, c.cached_from_side
+         FROM confirming n
+         JOIN results c ON c.experiment_id = n.experiment_id AND c.crate_id = n.crate_id
+                       AND c.run = 0 AND c.toolchain <> n.only_side
+         JOIN results s ON s.experiment_id = c.cached_from AND s.crate_id = c.crate_id
+                       AND s.run = n.run AND s.toolchain = c.cached_from_side
+         WHERE n.only_side IS NOT NULL
      )";
 
 impl CompletionStatement {

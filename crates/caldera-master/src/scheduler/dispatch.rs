@@ -18,8 +18,9 @@ use super::{Outbound, Scheduler, chrono_dur, wire_lease};
 /// Each experiment's spec, read once by the dispatcher (specs do not change after the start).
 type Specs = HashMap<Uuid, Arc<Dispatchable>>;
 
-/// What the dispatcher keeps of an experiment: its spec, and the jobs that run one side only
-/// (their other side was settled from the result cache at the start, which decides them once).
+/// What the dispatcher keeps of an experiment: its spec, and the first runs that run one side
+/// only (their other side was settled from the result cache at the start, which decides them
+/// once; confirmation runs that run one side are read when claimed).
 struct Dispatchable {
     spec: ExperimentSpec,
     only: HashMap<i64, Side>,
@@ -129,7 +130,8 @@ impl Scheduler {
         specs: &mut Specs,
     ) -> Result<(), caldera_db::DbError> {
         self.read_specs(&claimed, specs).await?;
-        let (ready, mut give_back) = assignments(&claimed, specs);
+        let later = self.one_sided_confirmations(&claimed, specs).await?;
+        let (ready, mut give_back) = assignments(&claimed, specs, &later);
         match self.track(worker, &ready) {
             Some(tx) => give_back.extend(self.send_assignments(worker, &tx, ready).await),
             None => give_back.extend(ready.iter().map(|(id, token, _)| (*id, *token))),
@@ -167,6 +169,25 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// The claimed confirmation runs of experiments with the result cache that run one side
+    /// only (queued after the start, so not in their [`Dispatchable`]): one read, only when such
+    /// runs were claimed.
+    async fn one_sided_confirmations(
+        &self,
+        claimed: &[Claimed],
+        specs: &Specs,
+    ) -> Result<HashMap<i64, Side>, caldera_db::DbError> {
+        let ids: Vec<i64> = (claimed.iter())
+            .filter(|c| c.run > 0 && specs.get(&c.experiment_id).is_some_and(|d| d.spec.cache))
+            .map(|c| c.job_id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let only = caldera_db::cache::one_sided_among(&self.inner.pool, &ids).await?;
+        Ok(only.into_iter().collect())
     }
 
     /// Count the jobs about to be sent as in flight on `worker`'s session; its stream, if it is
@@ -219,8 +240,12 @@ impl Scheduler {
 }
 
 /// The Assign message of every claimed job whose spec can be built, and (job id, token) of
-/// those that cannot be sent.
-fn assignments(claimed: &[Claimed], specs: &Specs) -> (Vec<Ready>, Vec<(i64, Uuid)>) {
+/// those that cannot be sent. `later`: the one-sided confirmation runs among them.
+fn assignments(
+    claimed: &[Claimed],
+    specs: &Specs,
+    later: &HashMap<i64, Side>,
+) -> (Vec<Ready>, Vec<(i64, Uuid)>) {
     let mut ready = Vec::with_capacity(claimed.len());
     let mut unsendable = Vec::new();
     for c in claimed {
@@ -231,7 +256,7 @@ fn assignments(claimed: &[Claimed], specs: &Specs) -> (Vec<Ready>, Vec<(i64, Uui
         };
         match job_spec(&d.spec, c) {
             Ok(mut job) => {
-                job.only = d.only.get(&c.job_id).copied();
+                job.only = (d.only.get(&c.job_id)).or(later.get(&c.job_id)).copied();
                 let assign = Assign {
                     lease: wire_lease(c.job_id, c.lease_token),
                     attempt: c.attempt as u32,

@@ -1,0 +1,1 @@
+ALTER TABLE results DROP COLUMN cached_from_side;
