@@ -219,32 +219,33 @@ pub async fn one_sided_jobs(
     pool: &PgPool,
     experiment_id: Uuid,
 ) -> Result<Vec<(i64, Side)>, DbError> {
-    let rows: Vec<(i64, String)> = sqlx::query_as(
+    let rows = sqlx::query_as(
         "SELECT id, only_side FROM jobs WHERE experiment_id = $1 AND only_side IS NOT NULL",
     )
     .bind(experiment_id)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(id, side)| Some((id, side_of(&side)?)))
-        .collect())
+    Ok(with_sides(rows))
 }
 
 /// The jobs among `job_ids` that run one side only, with that side: the confirmation runs whose
 /// other side was taken from the source experiment (queued after the start, so not among
 /// [`one_sided_jobs`] as the dispatcher read them).
 pub async fn one_sided_among(pool: &PgPool, job_ids: &[i64]) -> Result<Vec<(i64, Side)>, DbError> {
-    let rows: Vec<(i64, String)> = sqlx::query_as(
+    let rows = sqlx::query_as(
         "SELECT id, only_side FROM jobs WHERE id = ANY($1) AND only_side IS NOT NULL",
     )
     .bind(job_ids)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
+    Ok(with_sides(rows))
+}
+
+/// (job id, `only_side`) rows with their side parsed (a row with another text is dropped).
+fn with_sides(rows: Vec<(i64, String)>) -> Vec<(i64, Side)> {
+    (rows.into_iter())
         .filter_map(|(id, side)| Some((id, side_of(&side)?)))
-        .collect())
+        .collect()
 }
 
 /// The sides of an experiment's first runs that were settled from the cache: crate id → side →

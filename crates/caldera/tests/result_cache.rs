@@ -47,6 +47,33 @@ async fn results(
 
 const SPURIOUS: &str = "fx00001";
 
+/// A worker of 2 slots running `exec`, with its builds and a sandbox environment (so that its
+/// sides have cache keys), once the master counts it connected.
+async fn connected_worker(
+    pool: &caldera_db::PgPool,
+    grpc: &str,
+    token: &str,
+    exec: &FakeExecutor,
+    spool: &std::path::Path,
+) -> InProcessWorker {
+    let mut config = worker_config(grpc, token, "w", 2, spool);
+    config.toolchains = exec.identities();
+    config.environment = Some(Environment {
+        image: "sha256:0123".into(),
+        limits: "memory=4294967296,cpus=1".into(),
+        classifier: caldera_worker::CLASSIFIER_VERSION,
+    });
+    let worker = InProcessWorker::spawn(config, exec.clone());
+    wait_count(
+        pool,
+        "SELECT count(*) FROM workers WHERE connected",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    worker
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_experiment_with_the_same_start_side_runs_only_the_end_side() {
     let db = TestDb::new().await;
@@ -66,21 +93,7 @@ async fn a_second_experiment_with_the_same_start_side_runs_only_the_end_side() {
             FakeBehaviour::outcomes(oom.clone(), Outcome::TestPass),
         );
     let spool = tempfile::tempdir().unwrap();
-    let mut config = worker_config(&master.grpc, &t.worker, "w", 2, spool.path());
-    config.toolchains = exec.identities();
-    config.environment = Some(Environment {
-        image: "sha256:0123".into(),
-        limits: "memory=4294967296,cpus=1".into(),
-        classifier: caldera_worker::CLASSIFIER_VERSION,
-    });
-    let worker = InProcessWorker::spawn(config, exec.clone());
-    wait_count(
-        &db.pool,
-        "SELECT count(*) FROM workers WHERE connected",
-        1,
-        Duration::from_secs(30),
-    )
-    .await;
+    let worker = connected_worker(&db.pool, &master.grpc, &t.worker, &exec, spool.path()).await;
     let crates = crate_names(4);
     start_experiment(&master.http, &t.operator, "first", &crates).await;
     wait_status(&db.pool, "first", "completed", Duration::from_secs(60)).await;
@@ -333,21 +346,7 @@ async fn a_confirmation_takes_the_cached_sides_reruns_from_the_source() {
             FakeBehaviour::outcomes(Outcome::TestPass, broken.clone()),
         );
     let spool = tempfile::tempdir().unwrap();
-    let mut config = worker_config(&master.grpc, &t.worker, "w", 2, spool.path());
-    config.toolchains = exec.identities();
-    config.environment = Some(Environment {
-        image: "sha256:0123".into(),
-        limits: "memory=4294967296,cpus=1".into(),
-        classifier: caldera_worker::CLASSIFIER_VERSION,
-    });
-    let worker = InProcessWorker::spawn(config, exec.clone());
-    wait_count(
-        &db.pool,
-        "SELECT count(*) FROM workers WHERE connected",
-        1,
-        Duration::from_secs(30),
-    )
-    .await;
+    let worker = connected_worker(&db.pool, &master.grpc, &t.worker, &exec, spool.path()).await;
     let crates = crate_names(2);
     start_experiment_with(
         &master.http,
