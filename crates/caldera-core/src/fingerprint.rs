@@ -2,15 +2,15 @@
 //!
 //! A side's outcome is a function of the crate (its id, which carries the registry checksum when
 //! one is known, or a git commit), the lockfile it builds with, the toolchain (its compact form:
-//! source, flags, target, patches) and the *build* of that toolchain (its
-//! [`ToolchainIdentity`]), the mode, the lint cap, the lockfile policy, the crate's overrides
-//! (`skip_tests`, `extra_timeout_secs`, `extra_memory_mib`), and the worker's [`Environment`]:
-//! the sandbox image, its resource limits and the classifier's version. [`cache_key`] hashes all of that except the
-//! lockfile: the master computes the key when an experiment starts, before any worker has
-//! prepared (or generated) the lockfile, so the lookup cannot include it. Instead a side settled
-//! from the cache takes its lockfile from the source experiment (copied to the new experiment's
-//! lockfile key before any worker prepares the crate), so the side that still runs builds with the
-//! same lockfile; [`fingerprint`] is the key together with that lockfile's hash.
+//! source, flags, target, patches) and the *build* of that toolchain (its [`ToolchainIdentity`]),
+//! the mode, the lint cap, the lockfile policy, the crate's overrides (`skip_tests`,
+//! `extra_timeout_secs`, `extra_memory_mib`), and the worker's [`Environment`]: the sandbox image,
+//! its resource limits and the classifier's version. [`cache_key`] hashes all of that except the
+//! lockfile: the master computes the key when an experiment starts, before any worker has prepared
+//! (or generated) the lockfile, so the lookup cannot include it. Instead a side settled from the
+//! cache takes its lockfile from the source experiment (copied to the new experiment's lockfile key
+//! before any worker prepares the crate), so the side that still runs builds with the same
+//! lockfile; [`fingerprint`] is the key together with that lockfile's hash.
 //!
 //! The encoding is canonical (a JSON array of the inputs in a fixed order, prefixed with
 //! [`FINGERPRINT_VERSION`]) and hashed with SHA-256. Bump the version when an input is added or

@@ -269,10 +269,9 @@ impl Executor for FakeExecutor {
             };
             let duration = t0.elapsed();
             drop(guard);
-            let built = Side::BOTH
-                .iter()
-                .filter(|s| job.spec.only.is_none_or(|only| only == **s))
-                .count();
+            // the sides it builds: both, or the one `only` names
+            let ran = |s: Side| job.spec.only.is_none_or(|only| only == s);
+            let built = Side::BOTH.into_iter().filter(|s| ran(*s)).count();
             this.update(|s| {
                 if cancelled {
                     s.cancelled += 1
@@ -304,7 +303,6 @@ impl Executor for FakeExecutor {
                 Some(outcomes) if job.spec.run > 0 => outcomes,
                 _ => (behaviour.start, behaviour.end),
             };
-            let ran = |s: Side| job.spec.only.is_none_or(|only| only == s);
             JobOutput {
                 start: match ran(Side::Start) {
                     true => side(start, &job.spec.start),
