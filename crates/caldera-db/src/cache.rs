@@ -7,9 +7,13 @@
 //! `error`, `skipped`, `prepare-fail`, `broken` or a spurious outcome); [`lookup`] takes only
 //! first runs younger than the operator's maximum age, of crates the flake memory does not know;
 //! rows settled from the cache carry no key, so every source is an original run.
+//!
+//! A confirmation run's copy of a source's re-run names the source's log until the source is
+//! deleted; then [`borrowed_logs`] finds it and [`own_log`] points it at its own copy.
 
+use caldera_core::experiment::ExperimentSpec;
 use caldera_core::job::Side;
-use caldera_core::toolchain::ToolchainIdentity;
+use caldera_core::toolchain::{Toolchain, ToolchainIdentity};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -295,4 +299,98 @@ pub async fn settled_sides(
         .into_iter()
         .filter_map(|(id, side, Json(outcome))| Some((id, side_of(&side)?, outcome)))
         .collect())
+}
+
+/// A confirmation run's row of another experiment that names a log of the experiment about to
+/// be deleted: a copy `CONFIRMING` (`jobs/completion.rs`) made of the source's re-run of a
+/// cached side, whose log key is the source's.
+#[derive(Debug, Clone)]
+pub struct BorrowedLog {
+    /// The row's experiment (the borrower), its name and its two toolchains (its log keys
+    /// depend on them).
+    pub experiment_id: Uuid,
+    pub experiment: String,
+    pub start: Toolchain,
+    pub end: Toolchain,
+    /// The crate's id text and its row.
+    pub krate: String,
+    pub crate_row: i64,
+    pub run: i16,
+    pub side: Side,
+    /// The source's key the row names.
+    pub log_key: String,
+}
+
+/// The rows of other experiments that name a log of `source` (under `source_prefix`, which
+/// ends with `/`): deleting the source's objects would leave them pointing at nothing. One
+/// round trip on `results_borrowed_logs_idx`.
+pub async fn borrowed_logs(
+    pool: &PgPool,
+    source: &str,
+    source_prefix: &str,
+) -> Result<Vec<BorrowedLog>, DbError> {
+    type Row = (
+        Uuid,
+        String,
+        Json<ExperimentSpec>,
+        String,
+        i64,
+        i16,
+        String,
+        String,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT r.experiment_id, e.name, e.spec, c.crate_id, r.crate_id, r.run, r.toolchain, r.log_key
+         FROM results r
+         JOIN experiments e ON e.id = r.experiment_id
+         JOIN crates c ON c.id = r.crate_id
+         WHERE r.cached_from = (SELECT id FROM experiments WHERE name = $1)
+           AND r.run > 0 AND r.cached_from IS NOT NULL AND r.experiment_id <> r.cached_from
+           AND starts_with(r.log_key, $2)
+         ORDER BY 1, 4, 6, 7",
+    )
+    .bind(source)
+    .bind(source_prefix)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(
+            |(id, name, Json(spec), krate, crate_row, run, side, log_key)| {
+                Some(BorrowedLog {
+                    experiment_id: id,
+                    experiment: name,
+                    start: spec.start,
+                    end: spec.end,
+                    krate,
+                    crate_row,
+                    run,
+                    side: side_of(&side)?,
+                    log_key,
+                })
+            },
+        )
+        .collect())
+}
+
+/// Point a [`BorrowedLog`]'s row at `own_key` (its copy in the borrower's prefix; `None`: the
+/// source's object was gone, the row keeps no log), if it still names the source's key.
+pub async fn own_log(
+    pool: &PgPool,
+    borrowed: &BorrowedLog,
+    own_key: Option<&str>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE results SET log_key = $5
+         WHERE experiment_id = $1 AND crate_id = $2 AND run = $3 AND toolchain = $4 AND log_key = $6",
+    )
+    .bind(borrowed.experiment_id)
+    .bind(borrowed.crate_row)
+    .bind(borrowed.run)
+    .bind(borrowed.side.as_str())
+    .bind(own_key)
+    .bind(&borrowed.log_key)
+    .execute(pool)
+    .await?;
+    Ok(())
 }

@@ -14,6 +14,9 @@
 //!    source takes its objects along). A crate whose lockfile or log cannot be copied runs.
 //! 4. [`apply`], on the start's transaction: the rows, the jobs (`done`, or one side only) and
 //!    the pins of the settled sides.
+//!
+//! Later, [`relocate_borrowed_logs`]: before an experiment is deleted, the logs of its re-runs
+//! that other experiments' confirmation runs took over are copied into those experiments.
 
 use std::collections::BTreeMap;
 
@@ -245,17 +248,17 @@ async fn copy_objects(
     Ok(out)
 }
 
-/// Copy one object, with its content type, encoding and metadata; a missing source is fine
-/// only when `optional`.
+/// Copy one object, with its content type, encoding and metadata; whether there was one. A
+/// missing source is fine only when `optional`.
 async fn copy(
     store: &dyn ObjectStore,
     from: &caldera_storage::ObjectKey,
     to: &caldera_storage::ObjectKey,
     optional: bool,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let object = match store.get(from).await {
         Ok(o) => o,
-        Err(e) if optional && e.is_not_found() => return Ok(()),
+        Err(e) if optional && e.is_not_found() => return Ok(false),
         Err(e) => return Err(format!("reading {from}: {e}")),
     };
     let options = PutOptions {
@@ -271,7 +274,43 @@ async fn copy(
         .put(to, body, options)
         .await
         .map_err(|e| format!("writing {to}: {e}"))?;
-    Ok(())
+    Ok(true)
+}
+
+/// Before the experiment `source` is deleted: the logs of its that other experiments' rows
+/// still name (their confirmation runs' copies of its re-runs of a cached side, `CONFIRMING` in
+/// `caldera_db::jobs::completion`) are copied into those experiments' prefixes, under the keys
+/// their own workers would have written, and the rows pointed at the copies — so that deleting
+/// the source's objects leaves no result naming a missing log. A row whose source object is
+/// already gone keeps no log. Returns how many rows were moved; the first failure stops it
+/// (what was moved stays moved: running it again finishes).
+pub async fn relocate_borrowed_logs(state: &AppState, source: &str) -> Result<usize, String> {
+    let Ok(prefix) = keys::experiment_prefix(source) else {
+        return Ok(0); // a name that cannot be a key component owns no objects
+    };
+    let prefix = format!("{prefix}/");
+    let borrowed = caldera_db::cache::borrowed_logs(&state.pool, source, &prefix)
+        .await
+        .map_err(|e| e.to_string())?;
+    for b in &borrowed {
+        let tc = match b.side {
+            Side::Start => &b.start,
+            Side::End => &b.end,
+        };
+        let same = b.side == Side::End && b.start == b.end;
+        let run = u32::try_from(b.run).map_err(|e| e.to_string())?;
+        let own = keys::run_log(&b.experiment, &tc.to_string(), &b.krate, run, same)
+            .map_err(|e| e.to_string())?;
+        let from = caldera_storage::ObjectKey::new(b.log_key.clone()).map_err(|e| e.to_string())?;
+        let copied = copy(state.store.as_ref(), &from, &own, true).await?;
+        let own = copied.then(|| own.to_string());
+        caldera_db::cache::own_log(&state.pool, b, own.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(experiment = b.experiment, krate = b.krate, run = b.run, side = b.side.as_str(),
+            from = b.log_key, to = ?own, "a log borrowed from an experiment being deleted is now its own");
+    }
+    Ok(borrowed.len())
 }
 
 /// Settle the prepared sides on the start's transaction (after the jobs are created).

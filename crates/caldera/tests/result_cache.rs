@@ -334,7 +334,12 @@ async fn a_second_experiment_with_the_same_start_side_runs_only_the_end_side() {
 async fn a_confirmation_takes_the_cached_sides_reruns_from_the_source() {
     let db = TestDb::new().await;
     let t = tokens(&db.pool).await;
-    let master = InProcessMaster::start(db.pool.clone(), fast_config(), None).await;
+    let store_dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(caldera_storage::LocalStore::open(store_dir.path(), 64 << 20).unwrap());
+    let master =
+        InProcessMaster::start_with_store(db.pool.clone(), fast_config(), None, store.clone())
+            .await;
     let broken = Outcome::BuildFail(BuildFailReason::CompilerError {
         codes: vec!["E0308".into()],
     });
@@ -362,6 +367,7 @@ async fn a_confirmation_takes_the_cached_sides_reruns_from_the_source() {
         8,
         "two crates and two confirmation runs"
     );
+    let borrowed = give_reruns_logs(&db.pool, store.as_ref()).await;
 
     // another end side; fx00000 regresses again, its start side is settled from `first`
     start_experiment_with(
@@ -430,6 +436,66 @@ async fn a_confirmation_takes_the_cached_sides_reruns_from_the_source() {
         .await
         .unwrap();
     assert_eq!(flakes, 0, "a side left out is no flake");
+
+    // deleting `first` first gives `second` its own copies of the logs it borrowed
+    let (status, body) = api(
+        &master.http,
+        &t.operator,
+        reqwest::Method::DELETE,
+        "/experiments/first",
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let keys_now: Vec<(i16, Option<String>)> = sqlx::query_as(
+        "SELECT r.run, r.log_key FROM results r JOIN experiments e ON e.id = r.experiment_id
+         WHERE e.name = 'second' AND r.run > 0 AND r.toolchain = 'start' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let own = keys::run_log("second", "stable", FX0, 1, false).unwrap();
+    assert_eq!(
+        keys_now,
+        [(1, Some(own.to_string())), (2, None)],
+        "run 1's log copied, run 2's was gone already"
+    );
+    let text = caldera_storage::read_log(store.as_ref(), &own, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(text, borrowed.as_bytes());
+    let prefix = keys::experiment_prefix("first").unwrap();
+    assert_eq!(
+        store.list(&prefix).await.unwrap().len(),
+        0,
+        "first's objects are gone"
+    );
     worker.stop().await;
     master.stop().await;
+}
+
+const FX0: &str = "reg:fx00000@1.0.0";
+
+/// What a Docker worker stores for `first`'s two re-runs of fx00000's start side: a log each,
+/// but run 2's object is lost since (its row names it all the same). The text of run 1's log.
+async fn give_reruns_logs(pool: &caldera_db::PgPool, store: &dyn ObjectStore) -> &'static str {
+    let text = "the start side's first re-run\n";
+    for run in [1, 2] {
+        let key = keys::run_log("first", "stable", FX0, run, false).unwrap();
+        if run == 1 {
+            caldera_storage::put_log(store, &key, text).await.unwrap();
+        }
+        sqlx::query(
+            "UPDATE results r SET log_key = $1 FROM crates c, experiments e
+             WHERE c.id = r.crate_id AND c.crate_id = $2 AND e.id = r.experiment_id
+               AND e.name = 'first' AND r.toolchain = 'start' AND r.run = $3",
+        )
+        .bind(key.to_string())
+        .bind(FX0)
+        .bind(run as i16)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    text
 }
