@@ -301,8 +301,8 @@ pub async fn settled_sides(
         .collect())
 }
 
-/// A confirmation run's row of another experiment that names a log of the experiment about to
-/// be deleted: a copy `CONFIRMING` (`jobs/completion.rs`) made of the source's re-run of a
+/// A confirmation run's row of another experiment that names a log of an experiment being
+/// deleted: a copy `CONFIRMING` (`jobs/completion.rs`) made of the source's re-run of a
 /// cached side, whose log key is the source's.
 #[derive(Debug, Clone)]
 pub struct BorrowedLog {
@@ -321,9 +321,10 @@ pub struct BorrowedLog {
     pub log_key: String,
 }
 
-/// The rows of other experiments that name a log of `source` (under `source_prefix`, which
-/// ends with `/`): deleting the source's objects would leave them pointing at nothing. One
-/// round trip on `results_borrowed_logs_idx`.
+/// The rows of other experiments that name a log of the experiment named `source` (under
+/// `source_prefix`, which ends with `/`): deleting the source's objects would leave them
+/// pointing at nothing. By name, so that it finds them after the source's rows are deleted
+/// (when no new ones can appear). One round trip on `results_borrowed_logs_idx`.
 pub async fn borrowed_logs(
     pool: &PgPool,
     source: &str,
@@ -344,8 +345,7 @@ pub async fn borrowed_logs(
          FROM results r
          JOIN experiments e ON e.id = r.experiment_id
          JOIN crates c ON c.id = r.crate_id
-         WHERE r.cached_from = (SELECT id FROM experiments WHERE name = $1)
-           AND r.run > 0 AND r.cached_from IS NOT NULL AND r.experiment_id <> r.cached_from
+         WHERE r.cached_from_name = $1 AND r.run > 0 AND r.cached_from IS NOT NULL
            AND starts_with(r.log_key, $2)
          ORDER BY 1, 4, 6, 7",
     )

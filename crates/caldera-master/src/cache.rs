@@ -15,7 +15,7 @@
 //! 4. [`apply`], on the start's transaction: the rows, the jobs (`done`, or one side only) and
 //!    the pins of the settled sides.
 //!
-//! Later, [`relocate_borrowed_logs`]: before an experiment is deleted, the logs of its re-runs
+//! Later, [`relocate_borrowed_logs`]: when an experiment is deleted, the logs of its re-runs
 //! that other experiments' confirmation runs took over are copied into those experiments.
 
 use std::collections::BTreeMap;
@@ -228,13 +228,8 @@ async fn copy_objects(
             Some(src) => {
                 let src =
                     caldera_storage::ObjectKey::new(src.clone()).map_err(|e| e.to_string())?;
-                let tc = match hit.side {
-                    Side::Start => &spec.start,
-                    Side::End => &spec.end,
-                };
-                let same = hit.side == Side::End && spec.start == spec.end;
-                let dst = keys::run_log(&spec.name, &tc.to_string(), krate, 0, same)
-                    .map_err(|e| e.to_string())?;
+                let sides = (&spec.start, &spec.end);
+                let dst = side_log_key(&spec.name, sides, hit.side, krate, 0)?;
                 copy(store, &src, &dst, false).await?;
                 Some(dst.to_string())
             }
@@ -246,6 +241,27 @@ async fn copy_objects(
         });
     }
     Ok(out)
+}
+
+/// The key a worker stores the log of `krate`'s `side` of run `run` under, in the experiment
+/// `name` of toolchains `(start, end)` (as the Docker executor's `spool_log` names it).
+fn side_log_key(
+    name: &str,
+    (start, end): (&Toolchain, &Toolchain),
+    side: Side,
+    krate: &str,
+    run: u32,
+) -> Result<caldera_storage::ObjectKey, String> {
+    let tc = match side {
+        Side::Start => start,
+        Side::End => end,
+    };
+    let same = side == Side::End && start == end;
+    let krate = match krate.parse::<CrateId>() {
+        Ok(id) => id.without_checksum().to_string(),
+        Err(_) => krate.to_owned(),
+    };
+    keys::run_log(name, &tc.id(), &krate, run, same).map_err(|e| e.to_string())
 }
 
 /// Copy one object, with its content type, encoding and metadata; whether there was one. A
@@ -277,13 +293,14 @@ async fn copy(
     Ok(true)
 }
 
-/// Before the experiment `source` is deleted: the logs of its that other experiments' rows
-/// still name (their confirmation runs' copies of its re-runs of a cached side, `CONFIRMING` in
-/// `caldera_db::jobs::completion`) are copied into those experiments' prefixes, under the keys
-/// their own workers would have written, and the rows pointed at the copies — so that deleting
-/// the source's objects leaves no result naming a missing log. A row whose source object is
-/// already gone keeps no log. Returns how many rows were moved; the first failure stops it
-/// (what was moved stays moved: running it again finishes).
+/// Once the experiment `source`'s rows are deleted, before its objects are: the logs of its
+/// that other experiments' rows still name (their confirmation runs' copies of its re-runs of a
+/// cached side, `CONFIRMING` in `caldera_db::jobs::completion`, which can no longer appear) are
+/// copied into those experiments' prefixes, under the keys their own workers would have written,
+/// and the rows pointed at the copies — so that deleting the source's objects leaves no result
+/// naming a missing log. A row whose source object is already gone keeps no log. Returns how
+/// many rows were moved; the first failure stops it (what was moved stays moved: running it
+/// again finishes).
 pub async fn relocate_borrowed_logs(state: &AppState, source: &str) -> Result<usize, String> {
     let Ok(prefix) = keys::experiment_prefix(source) else {
         return Ok(0); // a name that cannot be a key component owns no objects
@@ -293,14 +310,8 @@ pub async fn relocate_borrowed_logs(state: &AppState, source: &str) -> Result<us
         .await
         .map_err(|e| e.to_string())?;
     for b in &borrowed {
-        let tc = match b.side {
-            Side::Start => &b.start,
-            Side::End => &b.end,
-        };
-        let same = b.side == Side::End && b.start == b.end;
         let run = u32::try_from(b.run).map_err(|e| e.to_string())?;
-        let own = keys::run_log(&b.experiment, &tc.to_string(), &b.krate, run, same)
-            .map_err(|e| e.to_string())?;
+        let own = side_log_key(&b.experiment, (&b.start, &b.end), b.side, &b.krate, run)?;
         let from = caldera_storage::ObjectKey::new(b.log_key.clone()).map_err(|e| e.to_string())?;
         let copied = copy(state.store.as_ref(), &from, &own, true).await?;
         let own = copied.then(|| own.to_string());

@@ -437,26 +437,79 @@ async fn a_confirmation_takes_the_cached_sides_reruns_from_the_source() {
         .unwrap();
     assert_eq!(flakes, 0, "a side left out is no flake");
 
-    // deleting `first` first gives `second` its own copies of the logs it borrowed
-    let (status, body) = api(
+    deleting_the_source_moves_the_borrowed_logs(
         &master.http,
         &t.operator,
-        reqwest::Method::DELETE,
-        "/experiments/first",
-        None,
+        &db.pool,
+        &store,
+        store_dir.path(),
+        borrowed,
     )
     .await;
-    assert_eq!(status, 204, "{body}");
-    let keys_now: Vec<(i16, Option<String>)> = sqlx::query_as(
+    worker.stop().await;
+    master.stop().await;
+}
+
+const FX0: &str = "reg:fx00000@1.0.0";
+
+/// (run, log key) of `second`'s copied re-runs of the start side.
+async fn borrowed_keys(pool: &caldera_db::PgPool) -> Vec<(i16, Option<String>)> {
+    sqlx::query_as(
         "SELECT r.run, r.log_key FROM results r JOIN experiments e ON e.id = r.experiment_id
          WHERE e.name = 'second' AND r.run > 0 AND r.toolchain = 'start' ORDER BY 1",
     )
-    .fetch_all(&db.pool)
+    .fetch_all(pool)
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Deleting `first` gives `second` its own copies of the logs it borrowed; a copy that fails
+/// keeps `first`'s objects (and `second`'s keys) until DELETE is sent again.
+async fn deleting_the_source_moves_the_borrowed_logs(
+    http: &str,
+    token: &str,
+    pool: &caldera_db::PgPool,
+    store: &Arc<dyn ObjectStore>,
+    store_dir: &std::path::Path,
+    borrowed: &str,
+) {
+    let delete = || {
+        api(
+            http,
+            token,
+            reqwest::Method::DELETE,
+            "/experiments/first",
+            None,
+        )
+    };
+    let before = borrowed_keys(pool).await;
+    let first = keys::experiment_prefix("first").unwrap();
+    let objects = store.list(&first).await.unwrap().len();
+    // a directory where run 1's copy goes: writing it fails
     let own = keys::run_log("second", "stable", FX0, 1, false).unwrap();
+    let blocker = store_dir.join("objects").join(own.as_str());
+    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    let (status, body) = delete().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "storage-unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("experiment \"first\" is deleted from the database, but copying the logs other experiments' confirmation runs borrowed from it failed:")
+            && message.ends_with("its objects stay until DELETE is sent again"),
+        "{message}"
+    );
+    assert_eq!(borrowed_keys(pool).await, before, "second's rows unchanged");
     assert_eq!(
-        keys_now,
+        store.list(&first).await.unwrap().len(),
+        objects,
+        "first's objects stay"
+    );
+
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let (status, body) = delete().await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        borrowed_keys(pool).await,
         [(1, Some(own.to_string())), (2, None)],
         "run 1's log copied, run 2's was gone already"
     );
@@ -464,17 +517,12 @@ async fn a_confirmation_takes_the_cached_sides_reruns_from_the_source() {
         .await
         .unwrap();
     assert_eq!(text, borrowed.as_bytes());
-    let prefix = keys::experiment_prefix("first").unwrap();
     assert_eq!(
-        store.list(&prefix).await.unwrap().len(),
+        store.list(&first).await.unwrap().len(),
         0,
         "first's objects are gone"
     );
-    worker.stop().await;
-    master.stop().await;
 }
-
-const FX0: &str = "reg:fx00000@1.0.0";
 
 /// What a Docker worker stores for `first`'s two re-runs of fx00000's start side: a log each,
 /// but run 2's object is lost since (its row names it all the same). The text of run 1's log.

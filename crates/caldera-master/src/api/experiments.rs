@@ -221,9 +221,9 @@ pub async fn edit(
 /// failure leaves unreferenced objects (a leak), never a result pointing at a missing log. That
 /// failure is a 503 saying so; sending DELETE again finishes the cleanup (an experiment without rows
 /// but with objects left is answered 204 once they are deleted, 404 only when there is nothing left).
-/// Before either, the logs of this experiment's re-runs that another experiment's confirmation runs
-/// took over (a side settled from this one's results) are copied into that experiment; if that
-/// fails, nothing is deleted (503).
+/// Between the two, the logs of this experiment's re-runs that another experiment's confirmation
+/// runs took over (a side settled from this one's results) are copied into that experiment; if
+/// that fails, the objects stay (503) until DELETE is sent again.
 #[utoipa::path(delete, path = "/api/v1/experiments/{name}", tag = "experiments", operation_id = "delete_experiment",
     params(("name" = String, Path, description = "the experiment's name")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -234,22 +234,6 @@ pub async fn delete(
     Writer(caller): Writer,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match crate::cache::relocate_borrowed_logs(&state, &name).await {
-        Ok(0) => {}
-        Ok(n) => {
-            tracing::info!(experiment = %name, rows = n, "logs other experiments borrowed copied to them")
-        }
-        Err(e) => {
-            tracing::error!(experiment = %name, error = %e, "cannot copy the logs other experiments borrow; nothing deleted");
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                super::logs::STORAGE_UNAVAILABLE,
-                format!(
-                    "experiment {name:?} was not deleted: other experiments' confirmation runs name its logs, and copying them failed: {e}; send DELETE again"
-                ),
-            ));
-        }
-    }
     let deleted_rows = match experiments::delete(&state.pool, &name).await {
         Ok(_) => true,
         // Rows already gone: a retry after a storage failure, or an unknown name.
@@ -258,6 +242,27 @@ pub async fn delete(
     };
     if deleted_rows {
         tracing::info!(experiment = %name, token = %caller.name, "experiment deleted");
+    }
+    let in_db = if deleted_rows {
+        "deleted from"
+    } else {
+        "no longer in"
+    };
+    match crate::cache::relocate_borrowed_logs(&state, &name).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(experiment = %name, rows = n, "logs other experiments borrowed copied to them")
+        }
+        Err(e) => {
+            tracing::error!(experiment = %name, error = %e, "cannot copy the logs other experiments borrow; the objects stay until DELETE is sent again");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                super::logs::STORAGE_UNAVAILABLE,
+                format!(
+                    "experiment {name:?} is {in_db} the database, but copying the logs other experiments' confirmation runs borrowed from it failed: {e}; its objects stay until DELETE is sent again"
+                ),
+            ));
+        }
     }
     match super::logs::delete_experiment_objects(&state, &name).await {
         Ok(0) if !deleted_rows => Err(ApiError::not_found(format!(
@@ -273,12 +278,7 @@ pub async fn delete(
                 StatusCode::SERVICE_UNAVAILABLE,
                 super::logs::STORAGE_UNAVAILABLE,
                 format!(
-                    "experiment {name:?} is {} the database, but deleting its objects from storage failed: {e}; send DELETE again to finish",
-                    if deleted_rows {
-                        "deleted from"
-                    } else {
-                        "no longer in"
-                    }
+                    "experiment {name:?} is {in_db} the database, but deleting its objects from storage failed: {e}; send DELETE again to finish"
                 ),
             ))
         }
