@@ -262,6 +262,19 @@ async fn a_second_experiment_with_the_same_start_side_runs_only_the_end_side() {
             && page.contains("ran here"),
         "{page}"
     );
+    // and its experiment page, in the header
+    let page = reqwest::Client::new()
+        .get(format!("{}/experiments/second", master.http))
+        .bearer_auth(&t.operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains(r#"<tr id="cached"><th>result cache</th><td>3 sides cached from <a href="/experiments/first"><code>first</code></a></td></tr>"#),
+        "{page}"
+    );
 
     // `"cache": false` runs every side
     start_experiment_with(

@@ -51,6 +51,8 @@ pub struct Snapshot {
     pub dependents: HashMap<CrateId, Vec<CrateId>>,
     /// Result rows the report was built from.
     pub results: i64,
+    /// The source experiments of the sides the result cache settled, with their counts.
+    pub cached: Vec<(String, usize)>,
     pub built_at: DateTime<Utc>,
     /// How long loading and building took.
     pub build_time: Duration,
@@ -85,6 +87,8 @@ pub async fn build(pool: &PgPool, experiment_id: Uuid) -> Result<Snapshot, DbErr
     let started = Instant::now();
     let before = caldera_db::results::count(pool, experiment_id).await?;
     let input = caldera_db::results::report_input(pool, experiment_id, false).await?;
+    let cached =
+        crate::cache::sources(&caldera_db::cache::of_experiment(pool, experiment_id).await?);
     let status = crate::export::confirmation(pool, experiment_id)
         .await?
         .status;
@@ -113,6 +117,7 @@ pub async fn build(pool: &PgPool, experiment_id: Uuid) -> Result<Snapshot, DbErr
         // Rows written while loading may or may not be in the report: key it by the count from
         // before, so such a change is picked up by the next revalidation.
         results: before,
+        cached,
         report,
         dependents,
         built_at: Utc::now(),

@@ -134,6 +134,17 @@ pub fn confirmation_badge(c: Option<caldera_core::confirm::ConfirmationStatus>) 
     }
 }
 
+/// The sides the result cache settled, by source experiment (`crate::cache::sources`): `3 sides
+/// cached from <source>; …`, each source linked by `href`.
+pub fn cached_sources(cached: &[(String, usize)], href: impl Fn(&str) -> String) -> Markup {
+    html! {
+        @for (i, (source, n)) in cached.iter().enumerate() {
+            @if i > 0 { "; " }
+            (n) " sides cached from " a href=(href(source)) { code { (source) } }
+        }
+    }
+}
+
 /// `foo 1.2.3` for registry crates, the id otherwise.
 pub fn crate_label(id: &CrateId) -> String {
     match id {

@@ -221,10 +221,7 @@ fn top(report: &Report, ctx: &BundleContext) -> Markup {
             }
             @if !ctx.cached.is_empty() {
                 tr { th { "result cache" } td {
-                    @for (i, (source, n)) in ctx.cached.iter().enumerate() {
-                        @if i > 0 { "; " }
-                        (n) " sides cached from " a href=(format!("../../{source}/report/index.html")) { code { (source) } }
-                    }
+                    (views::cached_sources(&ctx.cached, |s| format!("../../{s}/report/index.html")))
                 } }
             }
             @if let Some(cost) = &ctx.cost {

@@ -51,7 +51,7 @@ pub async fn experiment(
     let counts = report.counts();
     let cost = cost_line(&state, &e).await;
     let body = html! {
-        (experiment_header(&e, &progress, &dash))
+        (experiment_header(&e, &progress, &dash, &snap.cached))
         @if let Some(cost) = cost { p #cost { "Cost: " (cost) } }
         (exports_note(&snap, name))
         (headline(report))
@@ -73,7 +73,12 @@ pub async fn experiment(
     ))
 }
 
-fn experiment_header(e: &ExperimentRow, p: &ExperimentProgress, dash: &Dashboard) -> Markup {
+fn experiment_header(
+    e: &ExperimentRow,
+    p: &ExperimentProgress,
+    dash: &Dashboard,
+    cached: &[(String, usize)],
+) -> Markup {
     let now = Utc::now();
     let pace = views::pace(p, dash.config.throughput_window, e.started_at, now);
     html! {
@@ -90,6 +95,9 @@ fn experiment_header(e: &ExperimentRow, p: &ExperimentProgress, dash: &Dashboard
                 } } }
             @if let Some(s) = e.started_at { tr { th { "started" } td { (views::timestamp(s)) } } }
             @if let Some(f) = e.finished_at { tr { th { "finished" } td { (views::timestamp(f)) } } }
+            @if !cached.is_empty() {
+                tr #cached { th { "result cache" } td { (views::cached_sources(cached, experiment_href)) } }
+            }
         }
     }
 }
