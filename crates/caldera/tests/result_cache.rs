@@ -47,6 +47,18 @@ async fn results(
 
 const SPURIOUS: &str = "fx00001";
 
+/// The dashboard page at `path`, which must answer 200.
+async fn dashboard_page(http: &str, token: &str, path: &str) -> String {
+    let page = reqwest::Client::new()
+        .get(format!("{http}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "{path}");
+    page.text().await.unwrap()
+}
+
 /// A worker of 2 slots running `exec`, with its builds and a sandbox environment (so that its
 /// sides have cache keys), once the master counts it connected.
 async fn connected_worker(
@@ -246,31 +258,19 @@ async fn a_second_experiment_with_the_same_start_side_runs_only_the_end_side() {
     let index = report_file(&master.http, &t.operator, "second", "index.html").await;
     assert!(index.contains("cached from"), "{index}");
     // and so does the dashboard's crate page
-    let page = reqwest::Client::new()
-        .get(format!(
-            "{}/experiments/second/crates/reg%3Afx00000%401.0.0",
-            master.http
-        ))
-        .bearer_auth(&t.operator)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
-    let page = page.text().await.unwrap();
+    let page = dashboard_page(
+        &master.http,
+        &t.operator,
+        "/experiments/second/crates/reg%3Afx00000%401.0.0",
+    )
+    .await;
     assert!(
         page.contains(r#"cached from <a href="/experiments/first"><code>first</code></a>"#)
             && page.contains("ran here"),
         "{page}"
     );
     // and its experiment page, in the header
-    let page = reqwest::Client::new()
-        .get(format!("{}/experiments/second", master.http))
-        .bearer_auth(&t.operator)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
-    let page = page.text().await.unwrap();
+    let page = dashboard_page(&master.http, &t.operator, "/experiments/second").await;
     assert!(
         page.contains(r#"<tr id="cached"><th>result cache</th><td>3 sides cached from <a href="/experiments/first"><code>first</code></a></td></tr>"#),
         "{page}"
