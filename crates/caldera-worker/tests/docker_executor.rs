@@ -549,7 +549,14 @@ async fn a_job_with_one_side_settled_runs_only_the_other() {
             caldera_core::job::Side::End => (&out.end, &out.start),
         };
         assert_eq!(run.outcome, Outcome::TestPass, "{only:?}");
-        assert!(h.log(run.log_key.as_deref()).await.contains("cargo check"));
+        let log = h.log(run.log_key.as_deref()).await;
+        assert!(log.contains("cargo check"));
+        // the preparation ran on the clock of the side that ran, whichever it is
+        assert!(
+            run.steps[0].0.starts_with("prepare:") && log.contains("\n  prepare:source"),
+            "{only:?}: {:?}\n{log}",
+            run.steps
+        );
         assert_eq!(settled, &caldera_worker::SideOutput::not_run(), "{only:?}");
         assert_eq!(
             h.log(Some(copied.as_ref())).await,

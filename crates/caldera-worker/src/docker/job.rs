@@ -41,6 +41,12 @@ impl JobContext<'_> {
         side_toolchain(self.spec, side)
     }
 
+    /// The side whose clock the preparation ran on: the first that runs (the start side, unless
+    /// the result cache settled it).
+    pub(super) fn prepared_on(&self) -> Side {
+        self.spec.only.unwrap_or(Side::Start)
+    }
+
     /// The resolved toolchain of `side`, if it resolved.
     pub(super) fn resolved(&self, side: Side) -> Option<&SideToolchain> {
         self.sides[side_index(side)].as_ref().ok()
@@ -344,7 +350,7 @@ impl Inner {
             };
             outputs.extend(previous);
             run.duration = side_t0.elapsed();
-            if i == 0 {
+            if Side::BOTH[i] == job.prepared_on() {
                 add_preparation(&mut run, job.report);
             }
             match self.spool_log(job, Side::BOTH[i], &run).await {
@@ -469,8 +475,9 @@ fn unprepared(e: &PrepareError) -> SideRun {
     }
 }
 
-/// Preparation happened once, on the start side's clock: its steps come first in that side's
-/// timings, and its time counts in that side's duration.
+/// Preparation happened once, on the clock of the first side that runs
+/// ([`JobContext::prepared_on`]): its steps come first in that side's timings, and its time
+/// counts in that side's duration.
 fn add_preparation(run: &mut SideRun, report: &PrepareReport) {
     run.steps.splice(
         0..0,

@@ -28,7 +28,7 @@ impl Inner {
         let mut head = String::new();
         let _ = writeln!(head, "caldera build log");
         self.describe_setting(&mut head, job, side);
-        describe_steps(&mut head, side, job.report, run);
+        describe_steps(&mut head, side == job.prepared_on(), job.report, run);
         describe_outcome(&mut head, run, job.header_notes);
         let _ = writeln!(head, "\n==== prepare (shared by both sides) ====");
         head.push_str(&job.report.log);
@@ -82,11 +82,11 @@ impl Inner {
     }
 }
 
-/// The header's step lines: the preparation's (on the start side, whose clock it ran on), then the
-/// side's.
-fn describe_steps(head: &mut String, side: Side, report: &PrepareReport, run: &SideRun) {
+/// The header's step lines: the preparation's (`prepared_here`: on the side whose clock it ran
+/// on), then the side's.
+fn describe_steps(head: &mut String, prepared_here: bool, report: &PrepareReport, run: &SideRun) {
     let _ = writeln!(head, "steps:");
-    for (name, d) in report.steps.iter().filter(|_| side == Side::Start) {
+    for (name, d) in report.steps.iter().filter(|_| prepared_here) {
         let _ = writeln!(head, "  prepare:{name:<16} {:>8.2} s", d.as_secs_f64());
     }
     for line in &run.step_lines {
