@@ -140,7 +140,7 @@ pub fn cached_sources(cached: &[(String, usize)], href: impl Fn(&str) -> String)
     html! {
         @for (i, (source, n)) in cached.iter().enumerate() {
             @if i > 0 { "; " }
-            (n) " sides cached from " a href=(href(source)) { code { (source) } }
+            (n) @if *n == 1 { " side" } @else { " sides" } " cached from " a href=(href(source)) { code { (source) } }
         }
     }
 }
@@ -577,6 +577,29 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(pace(&done, window, long_ago, now).eta_secs, None);
+    }
+
+    #[test]
+    fn cached_sources_name_each_source_with_its_count() {
+        let cases: [(&[(&str, usize)], &str); 3] = [
+            (&[], ""),
+            (
+                &[("a", 1)],
+                r#"1 side cached from <a href="/experiments/a"><code>a</code></a>"#,
+            ),
+            (
+                &[("a", 3), ("b<", 2)],
+                concat!(
+                    r#"3 sides cached from <a href="/experiments/a"><code>a</code></a>; "#,
+                    r#"2 sides cached from <a href="/experiments/b%3C"><code>b&lt;</code></a>"#
+                ),
+            ),
+        ];
+        for (cached, want) in cases {
+            let cached: Vec<(String, usize)> =
+                cached.iter().map(|(s, n)| (s.to_string(), *n)).collect();
+            assert_eq!(cached_sources(&cached, experiment_href).into_string(), want);
+        }
     }
 
     #[test]
