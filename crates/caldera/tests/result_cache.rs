@@ -47,6 +47,18 @@ async fn results(
 
 const SPURIOUS: &str = "fx00001";
 
+/// A master whose object store is a local directory the test can read and write too.
+async fn master_with_store(
+    pool: &caldera_db::PgPool,
+) -> (tempfile::TempDir, Arc<dyn ObjectStore>, InProcessMaster) {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(caldera_storage::LocalStore::open(store_dir.path(), 64 << 20).unwrap());
+    let master =
+        InProcessMaster::start_with_store(pool.clone(), fast_config(), None, store.clone()).await;
+    (store_dir, store, master)
+}
+
 /// The dashboard page at `path`, which must answer 200.
 async fn dashboard_page(http: &str, token: &str, path: &str) -> String {
     let page = reqwest::Client::new()
@@ -90,12 +102,7 @@ async fn connected_worker(
 async fn a_second_experiment_with_the_same_start_side_runs_only_the_end_side() {
     let db = TestDb::new().await;
     let t = tokens(&db.pool).await;
-    let store_dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(caldera_storage::LocalStore::open(store_dir.path(), 64 << 20).unwrap());
-    let master =
-        InProcessMaster::start_with_store(db.pool.clone(), fast_config(), None, store.clone())
-            .await;
+    let (_store_dir, store, master) = master_with_store(&db.pool).await;
     let oom = Outcome::BuildFail(BuildFailReason::Oom);
     let exec = FakeExecutor::new()
         .with_toolchain(build("stable", '5'))
@@ -347,12 +354,7 @@ async fn a_second_experiment_with_the_same_start_side_runs_only_the_end_side() {
 async fn a_confirmation_takes_the_cached_sides_reruns_from_the_source() {
     let db = TestDb::new().await;
     let t = tokens(&db.pool).await;
-    let store_dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(caldera_storage::LocalStore::open(store_dir.path(), 64 << 20).unwrap());
-    let master =
-        InProcessMaster::start_with_store(db.pool.clone(), fast_config(), None, store.clone())
-            .await;
+    let (store_dir, store, master) = master_with_store(&db.pool).await;
     let broken = Outcome::BuildFail(BuildFailReason::CompilerError {
         codes: vec!["E0308".into()],
     });
